@@ -1,0 +1,203 @@
+"""Benchmark of the merge engine: re-merge time, a naive loop, a memory floor, peak memory.
+
+For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
+
+- ``remerge``: one layer-wise merge with new settings, pool already built, written into an
+  existing state dict (what a widget does on a slider change; includes building the plan);
+- ``naive``: the per-key Python loop of typical merge scripts, ``sum(w_i * sd_i[k])``, with
+  the same weights;
+- ``floor``: one pass over the stacked tensors (the faster of ``flat.sum(0)`` and a single
+  matrix-vector product over the whole flat buffer): no merge can read less;
+- ``peak extra``: the highest resident memory while building the pool and merging, above the
+  memory held before (the M state dicts already loaded), in model sizes.
+
+Each M runs in a fresh process, so the kernel's peak-RSS counter is its own. The last line is
+machine-readable:
+``M=5 speedup_vs_naive=<x> time_vs_floor=<y> peak_extra_model_sizes=<z>``.
+
+Usage: ``python benchmarks/merge.py [--models 2 5 10] [--repeats 31] [--device auto|cpu|cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merge
+
+SPEC = ModelSpec("Unet", "resnet18", 19)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, nargs="+", default=[2, 5, 10])
+    parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.repeats, args.device)))
+        return
+    results = []
+    for n in args.models:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(n),
+            "--repeats",
+            str(args.repeats),
+            "--device",
+            args.device,
+        ]
+        line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[
+            -1
+        ]
+        results.append(json.loads(line))
+    print(
+        f"smp {SPEC.arch}/{SPEC.encoder}: {results[0]['params'] / 1e6:.1f}M parameters, "
+        f"{results[0]['model_mb']:.1f} MB; device {results[0]['device']}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    header = ("M", "build s", "remerge ms", "naive ms", "floor ms", "vs naive", "vs floor", "peak")
+    print("".join(f"{h:>11}" for h in header))
+    for r in results:
+        cells = (
+            f"{r['M']}",
+            f"{r['build_s']:.2f}",
+            f"{r['remerge_ms']:.1f}",
+            f"{r['naive_ms']:.1f}",
+            f"{r['floor_ms']:.1f}",
+            f"{r['speedup_vs_naive']:.1f}x",
+            f"{r['time_vs_floor']:.2f}x",
+            f"{r['peak_extra_model_sizes']:.2f} M",
+        )
+        print("".join(f"{c:>11}" for c in cells))
+    r5 = next((r for r in results if r["M"] == 5), results[-1])
+    print(
+        f"M={r5['M']} speedup_vs_naive={r5['speedup_vs_naive']:.2f} "
+        f"time_vs_floor={r5['time_vs_floor']:.2f} "
+        f"peak_extra_model_sizes={r5['peak_extra_model_sizes']:.2f}"
+    )
+
+
+def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
+    torch.manual_seed(0)
+    state = SPEC.build().state_dict()
+    checkpoints = [
+        Checkpoint({k: _perturbed(v) for k, v in state.items()}) for _ in range(n_models)
+    ]
+    model_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    params = sum(v.numel() for v in state.values())
+    del state
+    gc.collect()
+
+    before = _rss_kb()
+    _reset_peak()
+    started = time.perf_counter()
+    pool = Pool(checkpoints, device=device)
+    build_s = time.perf_counter() - started
+    merged = merge(pool, alpha=0.5)
+    settings = [{"alpha": a, "start": s} for a in (0.2, 0.5, 0.8) for s in (1, 40, 120)]
+    for k in range(len(settings)):
+        merge(pool, into=merged, **settings[k])
+    peak_extra = (_peak_kb() - before) * 1024 / model_bytes
+
+    on_device = [{k: v.to(pool.device) for k, v in c.tensors.items()} for c in checkpoints]
+    plan = make_plan(pool, alpha=0.5)
+    weights = {r["name"]: r["weights"] for r in plan.rows() if r["weights"] is not None}
+    out = torch.empty(pool.flat.shape[1], dtype=pool.flat.dtype, device=pool.device)
+    ones = torch.full((n_models,), 1.0 / n_models, dtype=pool.flat.dtype, device=pool.device)
+    candidates = {
+        "remerge": lambda k: merge(pool, into=merged, **settings[k % len(settings)]),
+        "naive": lambda k: naive_merge(on_device, weights),
+        "floor_sum": lambda k: torch.sum(pool.flat, 0, out=out),
+        "floor_mv": lambda k: torch.mv(pool.flat.t(), ones, out=out),
+    }
+    ms = _interleaved_medians_ms(candidates, repeats, pool.device)
+    remerge, naive = ms["remerge"], ms["naive"]
+    floor = min(ms["floor_sum"], ms["floor_mv"])
+    return {
+        "M": n_models,
+        "device": str(pool.device),
+        "params": params,
+        "model_mb": model_bytes / 2**20,
+        "build_s": build_s,
+        "remerge_ms": remerge,
+        "naive_ms": naive,
+        "floor_ms": floor,
+        "speedup_vs_naive": naive / remerge,
+        "time_vs_floor": remerge / floor,
+        "peak_extra_model_sizes": peak_extra,
+    }
+
+
+def _perturbed(t: torch.Tensor) -> torch.Tensor:
+    return t + 0.01 * torch.randn_like(t) if t.is_floating_point() else t.clone()
+
+
+def naive_merge(
+    state_dicts: list[dict[str, torch.Tensor]], weights: dict[str, list[float]]
+) -> dict:
+    """How typical merge scripts do it: a Python loop over keys, one tensor op per model."""
+    merged = {}
+    for key, value in state_dicts[0].items():
+        w = weights.get(key)
+        merged[key] = (
+            value.clone()
+            if w is None
+            else sum(wi * sd[key] for wi, sd in zip(w, state_dicts, strict=True))
+        )
+    return merged
+
+
+def _interleaved_medians_ms(
+    fns: dict[str, Callable[[int], object]], repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Median time of each function, run round-robin so machine noise hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for k in range(repeats + 1):
+        for name, fn in fns.items():
+            _sync(device)
+            started = time.perf_counter()
+            fn(k)
+            _sync(device)
+            if k:  # round 0 warms up
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_kb() -> int:
+    return _status_kb("VmRSS")
+
+
+def _peak_kb() -> int:
+    return _status_kb("VmHWM")
+
+
+def _status_kb(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _reset_peak() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Checkpoints in and out: safetensors, weights-only pickles, mmseg/DAFormer layouts, smp dirs.
+
+Every file lwmm_lab writes is safetensors with metadata: the model spec (so the ``nn.Module``
+can be rebuilt from the file alone), the ``state_dict`` key order (safetensors sorts keys, and
+the layer-wise schedule depends on depth order) and, for merges, their provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from lwmm_lab._version import __version__
+from lwmm_lab.errors import DepthOrderWarning, LwmmError
+from lwmm_lab.files import atomic_path
+from lwmm_lab.spec import ModelSpec
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+#: Sub-models of an mmseg/DAFormer checkpoint: student, EMA teacher, ImageNet feature model.
+SUBMODELS = ("model", "ema_model", "imnet_model")
+#: Keys under which training scripts nest the state dict.
+NESTED_KEYS = ("state_dict", "model", "model_state_dict")
+
+_META_ORDER, _META_SPEC, _META_PROVENANCE = "lwmm.order", "lwmm.spec", "lwmm.provenance"
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """One model's tensors, in its ``state_dict`` order when ``order_known``.
+
+    ``spec`` rebuilds the model when known; ``provenance`` is what lwmm_lab recorded when it
+    wrote the file (a merge's inputs and settings). Tensors on the ``meta`` device carry only
+    shapes and dtypes (see :func:`peek_checkpoint`).
+    """
+
+    tensors: Mapping[str, torch.Tensor]
+    path: Path | None = None
+    spec: ModelSpec | None = None
+    order_known: bool = True
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: the file name without its suffix."""
+        if self.path is None:
+            return "model"
+        return self.path.stem if self.path.suffix else self.path.name
+
+    def with_tensors(self, tensors: Mapping[str, torch.Tensor]) -> Checkpoint:
+        return replace(self, tensors=tensors)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, submodel: str | None = None, check_finite: bool = True
+) -> Checkpoint:
+    """Read a checkpoint file or smp ``save_pretrained`` directory onto the CPU.
+
+    Pickles (``.pt/.pth/.bin``) are read only with ``torch.load(weights_only=True)``; one that
+    needs code is refused. Nested ``{'state_dict': ...}`` / ``{'model': ...}`` layouts are
+    unwrapped, ``module.`` prefixes stripped, and for mmseg/DAFormer files ``submodel`` picks
+    ``model`` (the student, the default), ``ema_model`` or ``imnet_model``. A floating tensor
+    with NaN or Inf is refused, naming it.
+    """
+    ckpt = _read(Path(path), submodel, meta=False)
+    if check_finite:
+        for name, t in ckpt.tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise LwmmError(f"{path}: tensor '{name}' contains NaN or Inf; refusing to use it")
+    return ckpt
+
+
+def peek_checkpoint(path: str | os.PathLike, submodel: str | None = None) -> Checkpoint:
+    """Like :func:`load_checkpoint` but with ``meta`` tensors: names, shapes, dtypes, order.
+
+    For safetensors only the header is read, so a pool can plan its memory before loading.
+    """
+    return _read(Path(path), submodel, meta=True)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    spec: ModelSpec | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    protect: tuple[Path, ...] = (),
+) -> Path:
+    """Write ``tensors`` (in their order) as safetensors with lwmm_lab metadata, atomically.
+
+    ``protect`` lists input files; writing over one of them is refused.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise LwmmError(f"{path}: output must be a .safetensors file")
+    metadata = {"format": "pt", "lwmm.version": __version__, _META_ORDER: json.dumps(list(tensors))}
+    if spec is not None:
+        metadata[_META_SPEC] = spec.to_json()
+    if provenance:
+        metadata[_META_PROVENANCE] = json.dumps(provenance)
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path, protect) as tmp:
+        save_file(data, tmp, metadata=metadata)
+    return path
+
+
+def check_compatible(
+    expected: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], what: str, hint: str = ""
+) -> None:
+    """Raise one line naming the first key of ``tensors`` that is missing, extra or mis-shaped.
+
+    ``expected`` maps names to shapes; ``what`` names the tensors' owner in the message.
+    """
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k])]
+    for problem, keys in (
+        ("lacks", missing),
+        ("has unexpected", extra),
+        ("has another shape for", wrong),
+    ):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise LwmmError(f"{what} {problem} '{keys[0]}'{more}{hint}")
+
+
+def _read(path: Path, submodel: str | None, meta: bool) -> Checkpoint:
+    if path.is_dir():
+        return _read_smp_dir(path, submodel, meta)
+    if not path.exists():
+        raise LwmmError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, submodel, meta)
+    if path.suffix in PICKLE_SUFFIXES:
+        tensors = _select_submodel(_read_pickle(path), path, submodel)
+        if meta:
+            tensors = {k: v.to("meta") for k, v in tensors.items()}
+        return Checkpoint(tensors, path)
+    raise LwmmError(
+        f"{path}: unknown checkpoint format (expected .safetensors, .pt, .pth, .bin "
+        "or a directory written by smp's save_pretrained)"
+    )
+
+
+def _read_smp_dir(path: Path, submodel: str | None, meta: bool) -> Checkpoint:
+    config, weights = path / "config.json", path / "model.safetensors"
+    if not (config.is_file() and weights.is_file()):
+        raise LwmmError(
+            f"{path}: not an smp save_pretrained directory "
+            "(it needs config.json and model.safetensors)"
+        )
+    try:
+        spec = ModelSpec.from_smp_config(json.loads(config.read_text()), str(config))
+    except ValueError as e:
+        raise LwmmError(f"{config}: not valid JSON ({e})") from None
+    ckpt = _read_safetensors(weights, submodel, meta, spec=spec)
+    return replace(ckpt, path=path)
+
+
+def _read_safetensors(
+    path: Path, submodel: str | None, meta: bool, spec: ModelSpec | None = None
+) -> Checkpoint:
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            if meta:
+                tensors = {k: _meta_tensor(f.get_slice(k), path, k) for k in f.keys()}  # noqa: SIM118
+            else:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise LwmmError(
+            f"{path}: not a readable safetensors file (corrupt or truncated: {e})"
+        ) from None
+    if _META_SPEC in metadata:
+        spec = ModelSpec.from_json(metadata[_META_SPEC], str(path))
+    provenance = _json_meta(metadata, _META_PROVENANCE, path) or {}
+    tensors = _select_submodel(tensors, path, submodel)
+    order = _json_meta(metadata, _META_ORDER, path)
+    if order is None and spec is not None:
+        order = spec.key_order()
+    if order is None:
+        if not meta:  # the header-only peek stays quiet: the full load that follows warns
+            _warn_unknown_order(path)
+        return Checkpoint(dict(sorted(tensors.items())), path, spec, False, provenance)
+    ordered = {k: tensors[k] for k in order if k in tensors}
+    ordered.update(sorted((k, v) for k, v in tensors.items() if k not in ordered))
+    return Checkpoint(ordered, path, spec, True, provenance)
+
+
+def _warn_unknown_order(path: Path) -> None:
+    warnings.warn(
+        f"{path}: no stored key order and no model spec; the depth order is unknown "
+        "(safetensors keys are sorted, so decoder.* may come before encoder.*)",
+        DepthOrderWarning,
+        stacklevel=5,
+    )
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise LwmmError(
+                f"{path}: refused: this pickle needs code to load ({found.group(1)}); lwmm_lab "
+                "reads pickles only with torch.load(weights_only=True). Re-save it as a plain "
+                "state dict or as safetensors"
+            ) from None
+        raise LwmmError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise LwmmError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated: {_first_line(e)})"
+        ) from None
+
+
+def _select_submodel(obj: Any, path: Path, submodel: str | None) -> dict[str, torch.Tensor]:
+    """The flat ``{name: tensor}`` of one model out of whatever layout the file has."""
+    if not isinstance(obj, Mapping):
+        raise LwmmError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    for key in NESTED_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            obj = inner
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise LwmmError(f"{path}: no tensors found (top-level keys: {keys})")
+    found = [p for p in SUBMODELS if any(k.startswith(p + ".") for k in tensors)]
+    if found:
+        pick = submodel or "model"
+        if pick not in found:
+            raise LwmmError(f"{path}: no sub-model '{pick}.' (it has: {', '.join(found)})")
+        tensors = {k[len(pick) + 1 :]: v for k, v in tensors.items() if k.startswith(pick + ".")}
+    elif submodel is not None:
+        raise LwmmError(f"{path}: no sub-model prefixes, so submodel='{submodel}' cannot apply")
+    return {k.removeprefix("module."): v for k, v in tensors.items()}
+
+
+def _meta_tensor(view: Any, path: Path, name: str) -> torch.Tensor:
+    dtype = _SAFETENSORS_DTYPES.get(view.get_dtype())
+    if dtype is None:
+        raise LwmmError(f"{path}: tensor '{name}' has unsupported dtype {view.get_dtype()}")
+    return torch.empty(view.get_shape(), dtype=dtype, device="meta")
+
+
+def _json_meta(metadata: Mapping[str, str], key: str, path: Path) -> Any:
+    if key not in metadata:
+        return None
+    try:
+        return json.loads(metadata[key])
+    except ValueError:
+        raise LwmmError(f"{path}: metadata '{key}' is not valid JSON") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,64 @@
+"""Safe file handling: atomic writes that never leave a half-written file, and content hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+from lwmm_lab.errors import LwmmError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, protect: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    A crash or an exception leaves ``path`` untouched and removes the temporary file. ``protect``
+    lists input files that must never be overwritten (a merge refusing to write over its inputs).
+    """
+    path = Path(path)
+    for p in protect:
+        if same_file(path, p):
+            raise LwmmError(f"{path}: output is one of the inputs; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (for manifests and reports)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (cached by path, size and modification time)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when two paths name the same file (also through links), existing or not."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False

@@ -1,0 +1,378 @@
+"""The merge engine: a config and a pool give a plan; running the plan gives merged weights.
+
+A :class:`MergePlan` is the dry run: every entry of the anchor with its kind, depth j, the
+weight each model gets and where its value comes from. :meth:`MergePlan.run` executes it as
+one fused weighted sum per shared tensor, straight into an existing model's tensors (the fast
+path for widgets) or into a new state dict.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lwmm_lab._version import __version__
+from lwmm_lab.checkpoints import check_compatible, save_checkpoint
+from lwmm_lab.errors import LwmmError
+from lwmm_lab.files import sha256
+from lwmm_lab.methods import BN_RULES, METHODS, SCHEDULES, TensorContext
+from lwmm_lab.pool import Layout, Pool, is_bn_stat, module_of
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Everything that defines one merge besides the pool.
+
+    ``anchor`` is an index 0..M-1 (or a label or input path). ``start`` is the depth index
+    where the layer-wise decay starts (1..Np); ``start_frac`` gives it as a fraction of depth
+    instead (0 -> 1, 1 -> Np). ``alpha`` is the non-anchor share before the decay (default
+    1/M, the paper's Eq. 1). ``schedule`` overrides the method's default schedule;
+    ``density`` and ``scale`` are the TIES / task-arithmetic knobs.
+    """
+
+    method: str = "layerwise"
+    anchor: int | str = 0
+    start: int | None = None
+    start_frac: float | None = None
+    alpha: float | None = None
+    bn: str = "linear"
+    weights: tuple[float, ...] | None = None
+    granularity: str = "tensor"
+    schedule: str | None = None
+    density: float = 0.2
+    scale: float = 1.0
+
+    def replace(self, **changes: Any) -> MergeConfig:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """A resolved merge: the schedule ``weights`` (Np, M) and the BN weights per BN module.
+
+    ``config`` is resolved too: the anchor is an index, and ``start`` / ``alpha`` are filled
+    in when the schedule uses them (None otherwise).
+    """
+
+    pool: Pool
+    config: MergeConfig
+    schedule: str
+    layout: Layout
+    weights: Tensor
+    bn_weights: Mapping[str, Tensor]
+    summed_counts: frozenset[str]
+
+    @property
+    def anchor(self) -> int:
+        return int(self.config.anchor)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The dry run as a table: one dict per entry of the anchor, in depth order."""
+        rows = []
+        for e in self.layout.entries:
+            weights, source = None, "anchor"
+            if e.kind == "shared" and is_bn_stat(e.name):
+                weights, source = self.bn_weights[module_of(e.name)], f"bn:{self.config.bn}"
+            elif e.kind == "shared":
+                weights, source = self.weights[e.j - 1], self.config.method
+            elif e.name in self.summed_counts:
+                source = "sum over models"
+            rows.append(
+                {
+                    "name": e.name,
+                    "kind": e.kind,
+                    "j": e.j,
+                    "shape": list(e.shape),
+                    "weights": None if weights is None else [float(v) for v in weights],
+                    "source": source,
+                }
+            )
+        return rows
+
+    def to_json(self) -> str:
+        return json.dumps(self.rows(), indent=1)
+
+    def notes(self) -> list[str]:
+        """Lines a reader should see above the table (e.g. an unknown depth order)."""
+        notes = []
+        if not self.layout.order_known:
+            notes.append(
+                "depth order unknown: the anchor gives neither a stored key order nor a model "
+                "spec, so j follows sorted key names"
+            )
+        return notes
+
+    def format(self) -> str:
+        """The plan as a text table, with a header that says what is merged and how."""
+        labels = self.pool.labels
+        c = self.config
+        knobs = ", ".join(
+            f"{k}={v}"
+            for k, v in (("start", c.start), ("alpha", c.alpha), ("weights", c.weights))
+            if v is not None
+        )
+        lines = [
+            f"models: {', '.join(f'[{i}] {name}' for i, name in enumerate(labels))}",
+            f"anchor: [{self.anchor}] {labels[self.anchor]}   method: {c.method}   "
+            f"schedule: {self.schedule}{f' ({knobs})' if knobs else ''}   bn: {c.bn}   "
+            f"granularity: {c.granularity}   Np={self.layout.n_depth}",
+            *(f"note: {n}" for n in self.notes()),
+            "",
+            f"{'j':>5}  {'name':<48} {'kind':<11} {'shape':<16} {'weights':<24} source",
+        ]
+        for r in self.rows():
+            j = "" if r["j"] is None else str(r["j"])
+            shape = "x".join(map(str, r["shape"])) or "scalar"
+            weights = "-" if r["weights"] is None else " ".join(f"{w:.3f}" for w in r["weights"])
+            lines.append(
+                f"{j:>5}  {r['name']:<48} {r['kind']:<11} {shape:<16} {weights:<24} {r['source']}"
+            )
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes())
+        cells = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v if v is not None else ''))}</td>"
+                for v in (r["j"], r["name"], r["kind"], r["shape"], r["weights"], r["source"])
+            )
+            + "</tr>"
+            for r in self.rows()
+        )
+        return (
+            f"{head}<table><tr><th>j</th><th>name</th><th>kind</th><th>shape</th>"
+            f"<th>weights ({', '.join(map(html.escape, self.pool.labels))})</th>"
+            f"<th>source</th></tr>{cells}</table>"
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """What to record in the merged file: inputs with sha256, method, schedule, BN rule."""
+        pool, c = self.pool, self.config
+        record = {
+            "lwmm_lab": __version__,
+            "method": c.method,
+            "schedule": self.schedule,
+            "anchor": {"index": self.anchor, "label": pool.labels[self.anchor]},
+            "inputs": [
+                _file_record(ck.path, label)
+                for ck, label in zip(pool.checkpoints, pool.labels, strict=True)
+            ],
+            "bn": c.bn,
+            "granularity": c.granularity,
+            "n_depth": self.layout.n_depth,
+            **{k: v for k, v in (("start", c.start), ("alpha", c.alpha)) if v is not None},
+        }
+        if c.weights is not None:
+            record["weights"] = list(c.weights)
+        if "base" in METHODS[c.method].needs:
+            record.update(base=_file_record(pool.base_path), scale=c.scale)
+            if c.method == "ties":
+                record["density"] = c.density
+        if "fisher" in METHODS[c.method].needs:
+            record["fisher"] = [_file_record(p) for p in pool.fisher_paths]
+        return record
+
+    def run(self, into: nn.Module | MutableMapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Execute the plan; write into ``into`` (a model or state dict) when given.
+
+        Returns the merged state dict (the target's own tensors when ``into`` is given).
+        """
+        targets = self._targets(into)
+        pool, method = self.pool, METHODS[self.config.method]
+        anchor_tensors = pool.checkpoints[self.anchor].tensors
+        w_device = self.weights.to(pool.device, pool.flat.dtype)
+        with torch.no_grad():
+            for e in self.layout.entries:
+                target = targets[e.name]
+                if e.name in self.summed_counts:
+                    target.copy_(sum(ck.tensors[e.name] for ck in pool.checkpoints))
+                elif e.kind != "shared":
+                    target.copy_(anchor_tensors[e.name])
+                elif not is_bn_stat(e.name):
+                    out = _output(target, pool)
+                    ctx = self._context(e.name, method.needs)
+                    method.combine(pool.stack(e.name), w_device[e.j - 1], out, ctx)
+                    _store(target, out)
+            self._merge_bn(targets)
+        return dict(targets)
+
+    def _merge_bn(self, targets: Mapping[str, Tensor]) -> None:
+        """BN running statistics, by the BN rule: mean first, then the (mixture) variance."""
+        pool, rule = self.pool, BN_RULES[self.config.bn]
+        for module, w in self.bn_weights.items():
+            w = w.to(pool.device, pool.flat.dtype)
+            mean_name, var_name = f"{module}.running_mean", f"{module}.running_var"
+            mean = pool.stack(mean_name) if mean_name in pool.columns else None
+            if mean is not None:
+                out = _output(targets[mean_name], pool)
+                torch.mv(mean.t(), w, out=out)
+                _store(targets[mean_name], out)
+            if var_name in pool.columns:
+                out = _output(targets[var_name], pool)
+                torch.mv(pool.stack(var_name).t(), w, out=out)
+                if rule.gaussian and mean is not None:
+                    spread = (mean - torch.mv(mean.t(), w)).square_()
+                    out.add_(torch.mv(spread.t(), w))
+                _store(targets[var_name], out)
+
+    def _context(self, name: str, needs: tuple[str, ...]) -> TensorContext:
+        if not needs:
+            return _NO_CONTEXT
+        cols = self.pool.columns[name]
+        return TensorContext(
+            base=self.pool.base[cols] if "base" in needs else None,
+            fisher=self.pool.fisher[:, cols] if "fisher" in needs else None,
+            density=self.config.density,
+            scale=self.config.scale,
+        )
+
+    def _targets(
+        self, into: nn.Module | MutableMapping[str, Tensor] | None
+    ) -> Mapping[str, Tensor]:
+        """Where the merged values go: a new state dict, or the given model's own tensors."""
+        anchor_tensors = self.pool.checkpoints[self.anchor].tensors
+        if into is None:
+            device = self.pool.device
+            return {
+                e.name: torch.empty(e.shape, dtype=anchor_tensors[e.name].dtype, device=device)
+                for e in self.layout.entries
+            }
+        targets = into.state_dict() if isinstance(into, nn.Module) else into
+        expected = {e.name: e.shape for e in self.layout.entries}
+        check_compatible(expected, targets, "the target model", "; build it from the anchor's spec")
+        return targets
+
+
+_NO_CONTEXT = TensorContext()
+
+
+def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> MergePlan:
+    """Resolve ``config`` (with ``changes`` applied) against ``pool`` into a :class:`MergePlan`.
+
+    Every bad value raises :class:`LwmmError` naming it: an unknown method, BN rule, schedule
+    or granularity; an anchor not among the inputs; alpha outside [0, 1]; a start outside
+    1..Np; weights of the wrong length; a method's missing base or Fisher.
+    """
+    c = (config or MergeConfig()).replace(**changes)
+    method = _lookup(METHODS, c.method, "method")
+    rule = _lookup(BN_RULES, c.bn, "BN rule")
+    anchor = pool.anchor_index(c.anchor)
+    layout = pool.layout(anchor, c.granularity)
+    for need, present in (("base", pool.base), ("fisher", pool.fisher)):
+        if need in method.needs and present is None:
+            raise LwmmError(f"method '{c.method}' needs a {need} (Pool({need}=...), --{need})")
+    if not 0.0 < c.density <= 1.0:
+        raise LwmmError(f"density={c.density} is outside (0, 1]")
+    schedule = c.schedule or method.schedule or ("weights" if c.weights is not None else "uniform")
+    _lookup(SCHEDULES, schedule, "schedule")
+    n_depth, n_models = layout.n_depth, pool.n_models
+    start, alpha = 1, None
+    if schedule == "layerwise":
+        start = _resolve_start(c.start, c.start_frac, n_depth)
+        alpha = 1.0 / n_models if c.alpha is None else float(c.alpha)
+    weights = SCHEDULES[schedule](
+        n_depth, n_models, anchor, start=start, alpha=alpha, weights=c.weights
+    )
+    bn_weights, summed = {}, set()
+    for e in layout.entries:
+        module = module_of(e.name)
+        if e.kind == "shared" and is_bn_stat(e.name) and module not in bn_weights:
+            counts = _counts(pool, f"{module}.num_batches_tracked")
+            bn_weights[module] = rule.weights(weights[e.j - 1], counts, anchor)
+            if rule.sum_counts and counts is not None:
+                summed.add(f"{module}.num_batches_tracked")
+    resolved = c.replace(
+        anchor=anchor,
+        start=start if schedule == "layerwise" else None,
+        start_frac=None,
+        alpha=alpha,
+        weights=tuple(c.weights) if c.weights is not None and schedule == "weights" else None,
+    )
+    return MergePlan(pool, resolved, schedule, layout, weights, bn_weights, frozenset(summed))
+
+
+def merge(
+    pool: Pool,
+    config: MergeConfig | None = None,
+    into: nn.Module | MutableMapping[str, Tensor] | None = None,
+    **changes: Any,
+) -> dict[str, Tensor]:
+    """Merge the pool's checkpoints; see :class:`MergeConfig` for the settings.
+
+    With ``into`` (a model built from the anchor's spec, or a state dict) the merged values are
+    written into its tensors in place: no allocation, the fast path for interactive use.
+    """
+    return make_plan(pool, config, **changes).run(into)
+
+
+def save_merge(
+    pool: Pool, path: str | os.PathLike, config: MergeConfig | None = None, **changes: Any
+) -> Path:
+    """Merge and write a safetensors file with the anchor's spec and the merge's provenance.
+
+    The write is atomic and refuses to overwrite any input checkpoint.
+    """
+    plan = make_plan(pool, config, **changes)
+    inputs = [ck.path for ck in pool.checkpoints if ck.path is not None]
+    extra = [p for p in (pool.base_path, *pool.fisher_paths) if p is not None]
+    anchor = pool.checkpoints[plan.anchor]
+    return save_checkpoint(
+        path, plan.run(), anchor.spec, plan.provenance(), protect=tuple(inputs + extra)
+    )
+
+
+def _output(target: Tensor, pool: Pool) -> Tensor:
+    """A flat buffer to compute ``target``'s values in: the target itself when it can be."""
+    if target.is_contiguous() and target.dtype == pool.flat.dtype and target.device == pool.device:
+        return target.view(-1)
+    return torch.empty(target.numel(), dtype=pool.flat.dtype, device=pool.device)
+
+
+def _store(target: Tensor, out: Tensor) -> None:
+    """Copy ``out`` into ``target`` unless it was computed there in place."""
+    if out.data_ptr() != target.data_ptr() or out.numel() == 0:
+        target.copy_(out.view(target.shape))
+
+
+def _counts(pool: Pool, name: str) -> Tensor | None:
+    """Each model's ``num_batches_tracked`` for one BN layer, or None when some lack it."""
+    values = [ck.tensors.get(name) for ck in pool.checkpoints]
+    if any(v is None or v.is_floating_point() or v.numel() != 1 for v in values):
+        return None
+    return torch.stack([v.reshape(()) for v in values]).to("cpu", torch.int64)
+
+
+def _resolve_start(start: int | None, start_frac: float | None, n_depth: int) -> int:
+    if start is not None and start_frac is not None:
+        raise LwmmError("give start or start_frac, not both")
+    if start_frac is not None:
+        if not 0.0 <= start_frac <= 1.0:
+            raise LwmmError(f"start_frac={start_frac} is outside [0, 1]")
+        return 1 + round(start_frac * (n_depth - 1))
+    return 1 if start is None else int(start)
+
+
+def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in registry:
+        raise LwmmError(f"{what} '{name}' is not one of {', '.join(registry)}")
+    return registry[name]
+
+
+def _file_record(path: Path | None, label: str | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"path": None if path is None else str(path), "sha256": None}
+    if label is not None:
+        record["label"] = label
+    if path is not None:
+        file = path / "model.safetensors" if path.is_dir() else path
+        if file.is_file():
+            record["sha256"] = sha256(file)
+    return record

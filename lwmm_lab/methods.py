@@ -1,0 +1,231 @@
+"""Every way lwmm_lab combines checkpoints, registered by name in this one place.
+
+Three registries, each entry a short function:
+
+- ``METHODS``: how the M values of one shared tensor become one, given the per-model weights
+  at that tensor's depth (``isotropic``, ``weighted``, ``layerwise``, ``fisher``,
+  ``task_arithmetic``, ``ties``).
+- ``SCHEDULES``: the weight each model gets at each depth j = 1..Np (``uniform``, ``weights``,
+  ``layerwise``). A method has a default schedule; any schedule can drive any method, so a
+  layer-wise TIES is ``method="ties", schedule="layerwise"``.
+- ``BN_RULES``: how BatchNorm running statistics are merged, independently of the method.
+
+Adding a method is one decorated function ``combine(x, w, out, ctx)``: ``x`` is the ``(M, n)``
+stack of one tensor, ``w`` the ``(M,)`` weights summing to 1, and it writes the merged ``(n,)``
+values into ``out``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lwmm_lab.errors import LwmmError
+
+#: Added to every Fisher value, so that where all models' Fisher is 0 the result is the
+#: schedule-weighted mean instead of 0/0.
+FISHER_FLOOR = 1e-12
+
+
+@dataclass(frozen=True)
+class TensorContext:
+    """What a method may need besides the stack and its weights, for one tensor."""
+
+    base: Tensor | None = None
+    fisher: Tensor | None = None
+    density: float = 0.2
+    scale: float = 1.0
+
+
+Combine = Callable[[Tensor, Tensor, Tensor, TensorContext], None]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered merge method.
+
+    ``schedule`` is its default schedule (None: ``weights`` when weights are given, else
+    ``uniform``); ``needs`` names what the pool must hold (``base``, ``fisher``).
+    """
+
+    name: str
+    combine: Combine
+    schedule: str | None
+    needs: tuple[str, ...]
+    summary: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(
+    name: str, schedule: str | None = None, needs: tuple[str, ...] = ()
+) -> Callable[[Combine], Combine]:
+    """Register ``combine`` under ``name``; its docstring's first line is the summary."""
+
+    def add(fn: Combine) -> Combine:
+        summary = (fn.__doc__ or name).strip().splitlines()[0]
+        METHODS[name] = Method(name, fn, schedule, needs, summary)
+        return fn
+
+    return add
+
+
+def weighted_sum(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
+    """Weighted average of the models' values: one fused pass over the stack."""
+    torch.mv(x.t(), w, out=out)
+
+
+register_method("isotropic", schedule="uniform")(weighted_sum)
+register_method("weighted", schedule="weights")(weighted_sum)
+register_method("layerwise", schedule="layerwise")(weighted_sum)
+
+
+@register_method("fisher", needs=("fisher",))
+def fisher(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
+    """Fisher-weighted average: sum_i w_i F_i theta_i / sum_i w_i F_i, elementwise."""
+    f = ctx.fisher.clamp_min(0).add_(FISHER_FLOOR).mul_(w[:, None])
+    torch.div((f * x).sum(0), f.sum(0), out=out)
+
+
+@register_method("task_arithmetic", needs=("base",))
+def task_arithmetic(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
+    """base + scale * sum_i w_i (theta_i - base): the weighted mean task vector, scaled."""
+    torch.mv(x.t(), w, out=out)
+    out.mul_(ctx.scale).add_(ctx.base, alpha=1.0 - ctx.scale)
+
+
+@register_method("ties", needs=("base",))
+def ties(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
+    """TIES: trim task vectors to the top density, elect signs, weighted disjoint mean."""
+    tau = x - ctx.base
+    n = tau.shape[1]
+    keep = math.ceil(ctx.density * n)
+    if keep < n:
+        magnitude = tau.abs()
+        threshold = magnitude.kthvalue(n - keep + 1, dim=1, keepdim=True).values
+        tau.mul_(magnitude >= threshold)
+    weighted = tau * w[:, None]
+    sign = weighted.sum(0).sign()
+    agree = (tau.sign() == sign) & (tau != 0)
+    total = (w[:, None] * agree).sum(0)
+    merged = (weighted * agree).sum(0) / total.clamp_min(torch.finfo(total.dtype).tiny)
+    torch.add(ctx.base, merged, alpha=ctx.scale, out=out)
+
+
+# ---------------------------------------------------------------------------------- schedules
+
+Schedule = Callable[..., Tensor]
+SCHEDULES: dict[str, Schedule] = {}
+
+
+def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
+    """Register ``fn(n_depth, n_models, anchor, *, start, alpha, weights) -> (Np, M)``."""
+
+    def add(fn: Schedule) -> Schedule:
+        SCHEDULES[name] = fn
+        return fn
+
+    return add
+
+
+@register_schedule("uniform")
+def uniform_weights(n_depth: int, n_models: int, anchor: int = 0, **_: object) -> Tensor:
+    """Every model gets 1/M at every depth."""
+    return torch.full((n_depth, n_models), 1.0 / n_models, dtype=torch.float64)
+
+
+@register_schedule("weights")
+def user_weights(
+    n_depth: int, n_models: int, anchor: int = 0, weights: tuple[float, ...] | None = None, **_
+) -> Tensor:
+    """The user's per-model weights, normalised to sum to 1, at every depth."""
+    if weights is None:
+        raise LwmmError("the 'weights' schedule needs one weight per model (--weights)")
+    if len(weights) != n_models:
+        raise LwmmError(f"{len(weights)} weights given for {n_models} models")
+    w = torch.tensor(weights, dtype=torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise LwmmError(f"weights {list(weights)} must be finite, >= 0 and not all 0")
+    return (w / w.sum()).expand(n_depth, n_models).clone()
+
+
+@register_schedule("layerwise")
+def layerwise_weights(
+    n_depth: int, n_models: int, anchor: int = 0, start: int = 1, alpha: float | None = None, **_
+) -> Tensor:
+    """The LWMM schedule: uniform before ``start``, then a linear decay towards the anchor.
+
+    With c = (1 - alpha) / (M - 1) each non-anchor model gets c for j < s and
+    c * (Np - j) / (Np - s + 1) for j >= s; the anchor gets the rest. The defaults s = 1,
+    alpha = 1/M give the paper's Eq. 1, H_i(j) = (Np - j) / (Np * M). M = 1 is the identity.
+    """
+    alpha = 1.0 / n_models if alpha is None else float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise LwmmError(f"alpha={alpha} is outside [0, 1]")
+    if not 1 <= start <= n_depth:
+        raise LwmmError(f"start={start} is outside 1..Np={n_depth} (the depth indices)")
+    weights = torch.zeros((n_depth, n_models), dtype=torch.float64)
+    if n_models > 1:
+        j = torch.arange(1, n_depth + 1, dtype=torch.float64)
+        decay = torch.where(j < start, 1.0, (n_depth - j) / (n_depth - start + 1))
+        weights[:] = ((1.0 - alpha) / (n_models - 1) * decay)[:, None]
+    weights[:, anchor] = 0.0
+    weights[:, anchor] = 1.0 - weights.sum(1)
+    return weights
+
+
+# ----------------------------------------------------------------------------------- BN rules
+
+
+@dataclass(frozen=True)
+class BnRule:
+    """How ``running_mean`` / ``running_var`` of a BatchNorm layer are merged.
+
+    ``weights(schedule_w, counts, anchor)`` gives the per-model weights; ``gaussian`` adds the
+    spread of the means to the variance (the moment-matched Gaussian mixture);
+    ``sum_counts`` makes ``num_batches_tracked`` the sum over models instead of the anchor's.
+    """
+
+    name: str
+    weights: Callable[[Tensor, Tensor | None, int], Tensor]
+    gaussian: bool
+    sum_counts: bool
+    summary: str
+
+
+def _count_weights(w: Tensor, counts: Tensor | None, anchor: int) -> Tensor:
+    if counts is None or int(counts.sum()) == 0:
+        return torch.full_like(w, 1.0 / len(w))
+    return counts.to(w.dtype) / counts.sum().to(w.dtype)
+
+
+def _anchor_weights(w: Tensor, counts: Tensor | None, anchor: int) -> Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(anchor), len(w)).to(w.dtype)
+
+
+BN_RULES: dict[str, BnRule] = {
+    rule.name: rule
+    for rule in (
+        BnRule("linear", lambda w, n, a: w, False, False, "the layer's weights, like parameters"),
+        BnRule(
+            "gaussian",
+            lambda w, n, a: w,
+            True,
+            False,
+            "moment-matched Gaussian mixture with the layer's weights",
+        ),
+        BnRule(
+            "gaussian-counts",
+            _count_weights,
+            True,
+            True,
+            "moment-matched mixture weighted by num_batches_tracked (multi-target paper)",
+        ),
+        BnRule("anchor", _anchor_weights, False, False, "the anchor's statistics"),
+    )
+}

@@ -1,0 +1,61 @@
+"""Models: rebuild an ``nn.Module`` from a checkpoint, and put merged weights into one.
+
+A merged model is the anchor's architecture with merged weights, so it is built from the
+anchor's spec. Re-merging writes into the same module's tensors: the widgets' fast path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from lwmm_lab.checkpoints import Checkpoint, check_compatible, load_checkpoint
+from lwmm_lab.errors import LwmmError
+from lwmm_lab.merge import MergeConfig, make_plan
+from lwmm_lab.pool import Pool, resolve_device
+from lwmm_lab.spec import ModelSpec
+
+
+def load_model(
+    source: Checkpoint | str | os.PathLike,
+    device: str | torch.device = "auto",
+    submodel: str | None = None,
+) -> nn.Module:
+    """The checkpoint's model with its weights, in eval mode, on ``device``."""
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, submodel)
+    model = require_spec(ckpt).build(resolve_device(device))
+    load_weights(model, ckpt.tensors, str(ckpt.path or ckpt.label))
+    return model
+
+
+def merged_model(
+    pool: Pool, config: MergeConfig | None = None, model: nn.Module | None = None, **changes: Any
+) -> nn.Module:
+    """The merge as a model: built from the anchor's spec, or ``model`` re-filled in place."""
+    plan = make_plan(pool, config, **changes)
+    if model is None:
+        model = require_spec(pool.checkpoints[plan.anchor]).build(pool.device)
+    plan.run(into=model)
+    return model.eval()
+
+
+def require_spec(ckpt: Checkpoint) -> ModelSpec:
+    """The checkpoint's model spec, or an error saying why the model cannot be rebuilt."""
+    if ckpt.spec is None:
+        raise LwmmError(
+            f"{ckpt.path or ckpt.label}: no model spec (smp arch, encoder, classes) in this "
+            "checkpoint, so its model cannot be rebuilt; load it as an smp save_pretrained "
+            "directory or re-save it with lwmm_lab"
+        )
+    return ckpt.spec
+
+
+def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatch."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    check_compatible(expected, tensors, source, hint=" for its model spec")
+    model.load_state_dict(tensors, strict=True)

@@ -1,0 +1,252 @@
+"""The pool: M checkpoints aligned by name and shape (never by position), stacked once.
+
+Every entry of the anchor's ``state_dict`` is one of three kinds:
+
+- ``shared``: all M models have it, with the same shape and a floating dtype. These carry the
+  depth index j = 1..Np, in the anchor's order, and are merged.
+- ``anchor-only``: some model lacks it or has another shape (another head, class count or
+  decoder). It is copied from the anchor.
+- ``integer``: an integer buffer such as ``num_batches_tracked``. It never passes through float
+  weights: it is copied from the anchor (or summed, for the ``gaussian-counts`` BN rule).
+
+The shared tensors of all M models live in one flat ``(M, P)`` buffer on the pool's device, so
+a new merge with other settings is one fused weighted sum per tensor: no file I/O, no copies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lwmm_lab.checkpoints import Checkpoint, load_checkpoint, peek_checkpoint
+from lwmm_lab.errors import LwmmError
+from lwmm_lab.files import same_file
+
+KINDS = ("shared", "anchor-only", "integer")
+GRANULARITIES = ("tensor", "module")
+BN_STATS = ("running_mean", "running_var")
+
+Source = Checkpoint | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of the anchor: its kind and, when shared, its depth index ``j`` (1-based)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    j: int | None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The anchor's entries in depth order, at a granularity (``tensor`` or ``module``)."""
+
+    anchor: int
+    granularity: str
+    entries: tuple[Entry, ...]
+    depth_names: tuple[str, ...]
+    order_known: bool
+
+    @property
+    def n_depth(self) -> int:
+        """Np: the number of depth indices (shared tensors, or modules holding them)."""
+        return len(self.depth_names)
+
+
+def module_of(name: str) -> str:
+    """The module that owns a state-dict entry: ``encoder.bn1.weight`` -> ``encoder.bn1``."""
+    return name.rpartition(".")[0]
+
+
+def is_bn_stat(name: str) -> bool:
+    """A BatchNorm running statistic (``running_mean`` / ``running_var``)."""
+    return name.rpartition(".")[2] in BN_STATS
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LwmmError(f"device '{device}' is not one of auto, cpu, cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LwmmError(f"device '{device}' requested but CUDA is not available here")
+    return dev
+
+
+class Pool:
+    """M checkpoints, aligned and stacked on one device, ready to be merged many times.
+
+    ``sources`` are paths or :class:`Checkpoint` objects; paths are read one at a time after
+    their headers, so building costs about M model sizes of memory on the device plus one
+    model at a time on the CPU. ``base`` (for task arithmetic and TIES) and ``fisher`` (one
+    diagonal Fisher per model, for Fisher merging) are aligned with the shared tensors.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        device: str | torch.device = "auto",
+        base: Source | None = None,
+        fisher: Sequence[Source] | None = None,
+        submodel: str | None = None,
+    ) -> None:
+        if not sources:
+            raise LwmmError("no checkpoints given")
+        self.device = resolve_device(device)
+        self.submodel = submodel
+        heads = [_head(s, submodel) for s in sources]
+        self.columns = _shared_columns(heads)
+        if not self.columns:
+            names = ", ".join(h.label for h in heads)
+            raise LwmmError(
+                f"no tensor is shared by all {len(heads)} checkpoints "
+                f"(same name and shape, floating dtype): {names}"
+            )
+        dtypes = {heads[0].tensors[name].dtype for name in self.columns}
+        dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+        width = next(reversed(self.columns.values())).stop
+        self.flat = torch.empty((len(heads), width), dtype=dtype, device=self.device)
+        self.checkpoints = [
+            self._stack(i, src, head)
+            for i, (src, head) in enumerate(zip(sources, heads, strict=True))
+        ]
+        self.labels = _unique_labels([c.label for c in self.checkpoints])
+        self.base = None if base is None else self._aligned(base, "base", bn_default=None)
+        self.base_path = None if base is None else _path_of(base)
+        self.fisher = None
+        self.fisher_paths: list[Path | None] = []
+        if fisher is not None:
+            if len(fisher) != len(heads):
+                raise LwmmError(f"{len(fisher)} Fisher files for {len(heads)} checkpoints")
+            self.fisher = torch.stack([self._aligned(f, "Fisher", bn_default=0.0) for f in fisher])
+            self.fisher_paths = [_path_of(f) for f in fisher]
+        self._layouts: dict[tuple[int, str], Layout] = {}
+
+    @property
+    def n_models(self) -> int:
+        return self.flat.shape[0]
+
+    def stack(self, name: str) -> torch.Tensor:
+        """The ``(M, n)`` view of a shared tensor across the M models (flattened, no copy)."""
+        return self.flat[:, self.columns[name]]
+
+    def layout(self, anchor: int = 0, granularity: str = "tensor") -> Layout:
+        """The anchor's entries, classified, with depth indices at ``granularity``."""
+        if granularity not in GRANULARITIES:
+            raise LwmmError(f"granularity '{granularity}' is not one of {', '.join(GRANULARITIES)}")
+        anchor = self.anchor_index(anchor)
+        key = (anchor, granularity)
+        if key not in self._layouts:
+            self._layouts[key] = self._make_layout(anchor, granularity)
+        return self._layouts[key]
+
+    def anchor_index(self, anchor: int | str | os.PathLike) -> int:
+        """The index of ``anchor``: an index 0..M-1, a label, or one of the input paths."""
+        if isinstance(anchor, int) or (isinstance(anchor, str) and anchor.lstrip("-").isdigit()):
+            index = int(anchor)
+            if 0 <= index < self.n_models:
+                return index
+        else:
+            for i, ckpt in enumerate(self.checkpoints):
+                if str(anchor) == self.labels[i] or (
+                    ckpt.path is not None and same_file(ckpt.path, anchor)
+                ):
+                    return i
+        raise LwmmError(
+            f"anchor '{anchor}' is not among the inputs "
+            f"(give one of the {self.n_models} paths or an index 0..{self.n_models - 1})"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Pool({self.n_models} models, {len(self.columns)} shared tensors, "
+            f"{self.flat.shape[1]:,} shared values each, {self.flat.dtype}, on {self.device})"
+        )
+
+    def _stack(self, i: int, src: Source, head: Checkpoint) -> Checkpoint:
+        ckpt = head if isinstance(src, Checkpoint) else load_checkpoint(src, self.submodel, False)
+        tensors = {}
+        for name, t in ckpt.tensors.items():
+            if name in self.columns:
+                view = self.flat[i, self.columns[name]]
+                view.copy_(t.reshape(-1))
+                tensors[name] = view.view(t.shape)
+            else:
+                tensors[name] = t.to(self.device)
+            if t.is_floating_point() and not bool(torch.isfinite(tensors[name]).all()):
+                raise LwmmError(
+                    f"{ckpt.path or ckpt.label}: tensor '{name}' contains NaN or Inf; "
+                    "refusing to merge it"
+                )
+        return ckpt.with_tensors(tensors)
+
+    def _aligned(self, src: Source, role: str, bn_default: float | None) -> torch.Tensor:
+        """A ``(P,)`` vector of ``src``'s tensors in the pool's column order."""
+        ckpt = src if isinstance(src, Checkpoint) else load_checkpoint(src, self.submodel)
+        out = torch.empty(self.flat.shape[1], dtype=self.flat.dtype, device=self.device)
+        for name, cols in self.columns.items():
+            t = ckpt.tensors.get(name)
+            if t is None and bn_default is not None and is_bn_stat(name):
+                out[cols] = bn_default
+                continue
+            if t is None or t.numel() != cols.stop - cols.start:
+                problem = "lacks" if t is None else "has another shape for"
+                raise LwmmError(
+                    f"{role} {ckpt.path or ckpt.label} {problem} shared tensor '{name}'"
+                )
+            out[cols] = t.reshape(-1)
+        return out
+
+    def _make_layout(self, anchor: int, granularity: str) -> Layout:
+        ckpt = self.checkpoints[anchor]
+        entries, depth_names = [], []
+        for name, t in ckpt.tensors.items():
+            shape = tuple(t.shape)
+            if name in self.columns:
+                unit = name if granularity == "tensor" else module_of(name)
+                if not depth_names or depth_names[-1] != unit or granularity == "tensor":
+                    depth_names.append(unit)
+                entries.append(Entry(name, "shared", shape, len(depth_names)))
+            elif not t.is_floating_point():
+                entries.append(Entry(name, "integer", shape, None))
+            else:
+                entries.append(Entry(name, "anchor-only", shape, None))
+        return Layout(anchor, granularity, tuple(entries), tuple(depth_names), ckpt.order_known)
+
+
+def _head(src: Source, submodel: str | None) -> Checkpoint:
+    if isinstance(src, Checkpoint):
+        if any(t.is_meta for t in src.tensors.values()):
+            raise LwmmError(f"{src.path or src.label}: holds only shapes (meta tensors), no data")
+        return src
+    return peek_checkpoint(src, submodel)
+
+
+def _path_of(src: Source) -> Path | None:
+    return src.path if isinstance(src, Checkpoint) else Path(src)
+
+
+def _shared_columns(heads: list[Checkpoint]) -> dict[str, slice]:
+    """Column ranges in the flat buffer of the entries every model has (same shape, float)."""
+    columns, offset = {}, 0
+    for name, t in heads[0].tensors.items():
+        others = [h.tensors.get(name) for h in heads[1:]]
+        if t.is_floating_point() and all(
+            o is not None and o.is_floating_point() and o.shape == t.shape for o in others
+        ):
+            columns[name] = slice(offset, offset + t.numel())
+            offset += t.numel()
+    return columns
+
+
+def _unique_labels(labels: list[str]) -> list[str]:
+    return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]

@@ -1,0 +1,79 @@
+"""The model spec: enough to rebuild a checkpoint's ``nn.Module`` from the file alone.
+
+lwmm_lab stores it in the metadata of every safetensors file it writes. It also gives the
+model's ``state_dict`` key order, which the layer-wise schedule's depth index depends on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from lwmm_lab.errors import LwmmError
+
+_SMP_CONFIG_KEYS = ("_model_class", "encoder_name", "encoder_weights", "classes")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An smp model: architecture class name, encoder name, number of classes, other kwargs.
+
+    Models are always built with ``encoder_weights=None``: nothing is downloaded, the weights
+    come from the checkpoint.
+    """
+
+    arch: str
+    encoder: str
+    classes: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, device: str | torch.device | None = None) -> nn.Module:
+        """A freshly initialised model of this spec, in eval mode."""
+        try:
+            with torch.device(device or "cpu"):
+                model = smp.create_model(
+                    self.arch,
+                    encoder_name=self.encoder,
+                    encoder_weights=None,
+                    classes=self.classes,
+                    **self.kwargs,
+                )
+        except (KeyError, ValueError, TypeError) as e:
+            raise LwmmError(f"model spec {self.to_json()} cannot be built: {e}") from None
+        return model.eval()
+
+    def key_order(self) -> list[str]:
+        """The model's ``state_dict`` keys in order (built on the meta device: no memory)."""
+        return list(_key_order(self.to_json()))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "spec") -> ModelSpec:
+        """Parse :meth:`to_json` output; ``source`` names the file in the error message."""
+        try:
+            d = json.loads(text)
+            return cls(d["arch"], d["encoder"], int(d["classes"]), dict(d.get("kwargs") or {}))
+        except (ValueError, KeyError, TypeError) as e:
+            raise LwmmError(f"{source}: malformed model spec in metadata ({e})") from None
+
+    @classmethod
+    def from_smp_config(cls, config: dict[str, Any], source: str = "config.json") -> ModelSpec:
+        """The spec of a directory written by smp's ``save_pretrained`` (its config.json)."""
+        missing = [k for k in ("_model_class", "encoder_name", "classes") if k not in config]
+        if missing:
+            raise LwmmError(f"{source}: not an smp config (missing {', '.join(missing)})")
+        kwargs = {k: v for k, v in config.items() if k not in _SMP_CONFIG_KEYS}
+        return cls(config["_model_class"], config["encoder_name"], int(config["classes"]), kwargs)
+
+
+@lru_cache(maxsize=32)
+def _key_order(spec_json: str) -> tuple[str, ...]:
+    return tuple(ModelSpec.from_json(spec_json).build("meta").state_dict())

@@ -1,0 +1,69 @@
+"""Shared fixtures: small real smp models and random state dicts, on CPU and (when present) CUDA."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from lwmm_lab import Checkpoint, ModelSpec
+
+settings.register_profile(
+    "lwmm",
+    deadline=None,
+    max_examples=int(os.environ.get("LWMM_HYPOTHESIS_EXAMPLES", "40")),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("lwmm")
+
+#: A real smp Unet small enough to build and run in milliseconds.
+TINY = ModelSpec("Unet", "tu-resnet10t", 5, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]})
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+class Payload:
+    """An object a weights-only unpickler must refuse: pickling it stores a code reference."""
+
+
+def perturbed_model(spec: ModelSpec, seed: int, counts: int = 0) -> torch.nn.Module:
+    """A model of ``spec`` with seeded weights and non-trivial BN statistics."""
+    torch.manual_seed(seed)
+    model = spec.build()
+    for name, t in model.state_dict().items():
+        if name.endswith("running_mean"):
+            t.normal_()
+        elif name.endswith("running_var"):
+            t.uniform_(0.5, 2.0)
+        elif name.endswith("num_batches_tracked"):
+            t.fill_(counts)
+    return model
+
+
+def checkpoint_of(model: torch.nn.Module, spec: ModelSpec | None = None) -> Checkpoint:
+    return Checkpoint({k: v.clone() for k, v in model.state_dict().items()}, spec=spec)
+
+
+@pytest.fixture
+def make_models() -> Callable[..., list[torch.nn.Module]]:
+    def make(n: int, spec: ModelSpec = TINY, counts: tuple[int, ...] | None = None):
+        return [perturbed_model(spec, 100 + i, (counts or [0] * n)[i]) for i in range(n)]
+
+    return make

@@ -1,0 +1,197 @@
+"""Reading and writing checkpoints: formats, layouts, metadata, order, atomic writes, refusals."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lwmm_lab import (
+    Checkpoint,
+    DepthOrderWarning,
+    LwmmError,
+    ModelSpec,
+    Pool,
+    load_checkpoint,
+    load_model,
+    make_plan,
+    save_checkpoint,
+)
+from lwmm_lab.files import atomic_path
+
+from .conftest import TINY, Payload, perturbed_model
+
+
+def test_smp_model_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    model = perturbed_model(TINY, 1, counts=7)
+    path = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), TINY)
+    again = load_model(path, device="cpu")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), again(x))
+    assert again.state_dict()["encoder.model.bn1.num_batches_tracked"].item() == 7
+
+
+def test_saved_file_keeps_model_order_and_spec(tmp_path: Path) -> None:
+    model = perturbed_model(TINY, 2)
+    path = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), TINY, {"note": "x"})
+    ckpt = load_checkpoint(path)
+    assert list(ckpt.tensors) == list(model.state_dict())
+    assert next(iter(ckpt.tensors)).startswith("encoder.")
+    assert ckpt.spec == TINY and ckpt.order_known
+    assert ckpt.provenance == {"note": "x"}
+
+
+def test_foreign_safetensors_order_unknown_warns_and_plan_says_so(tmp_path: Path) -> None:
+    sd = perturbed_model(TINY, 3).state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "foreign.safetensors")
+    with pytest.warns(DepthOrderWarning, match="foreign.safetensors"):
+        ckpt = load_checkpoint(tmp_path / "foreign.safetensors")
+    assert not ckpt.order_known
+    assert next(iter(ckpt.tensors)).startswith("decoder."), "sorted keys put decoder first"
+    plan = make_plan(Pool([ckpt, ckpt], device="cpu"))
+    assert any("depth order unknown" in note for note in plan.notes())
+    assert "depth order unknown" in plan.format()
+
+
+def test_smp_save_pretrained_directory(tmp_path: Path) -> None:
+    model = perturbed_model(TINY, 4)
+    model.save_pretrained(tmp_path / "smpdir")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DepthOrderWarning)
+        ckpt = load_checkpoint(tmp_path / "smpdir")
+    assert ckpt.spec.arch == "Unet" and ckpt.spec.encoder == "tu-resnet10t"
+    assert list(ckpt.tensors) == list(model.state_dict()), "order comes from the config's spec"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), load_model(tmp_path / "smpdir", device="cpu")(x))
+
+
+def _mmseg_file(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    subs = {
+        p: perturbed_model(TINY, i).state_dict()
+        for i, p in enumerate(("model", "ema_model", "imnet_model"))
+    }
+    state = {f"{p}.{k}": v for p, sd in subs.items() for k, v in sd.items()}
+    optimizer = {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 6e-5}]}
+    torch.save(
+        {
+            "meta": {"iter": 40000, "CLASSES": ("road", "car")},
+            "state_dict": state,
+            "optimizer": optimizer,
+        },
+        path,
+    )
+    return subs
+
+
+@pytest.mark.parametrize("submodel", [None, "model", "ema_model", "imnet_model"])
+def test_mmseg_daformer_nested_checkpoint(tmp_path: Path, submodel: str | None) -> None:
+    subs = _mmseg_file(tmp_path / "iter_40000.pth")
+    ckpt = load_checkpoint(tmp_path / "iter_40000.pth", submodel=submodel)
+    expected = subs[submodel or "model"]
+    assert list(ckpt.tensors) == list(expected), "pickle order is kept"
+    assert all(torch.equal(ckpt.tensors[k], v) for k, v in expected.items())
+
+
+def test_missing_submodel_is_named(tmp_path: Path) -> None:
+    sd = perturbed_model(TINY, 0).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}}, tmp_path / "a.pth")
+    with pytest.raises(LwmmError, match=r"a\.pth: no sub-model 'ema_model\.' \(it has: model\)"):
+        load_checkpoint(tmp_path / "a.pth", submodel="ema_model")
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+        lambda sd: {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}},
+        lambda sd: {"model": sd, "optimizer": {"param_groups": []}},
+    ],
+    ids=["dataparallel", "maxsquare", "model-key"],
+)
+def test_pickle_layouts(tmp_path: Path, layout) -> None:
+    sd = perturbed_model(TINY, 5).state_dict()
+    torch.save(layout(sd), tmp_path / "c.pt")
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    assert list(ckpt.tensors) == list(sd)
+    assert all(torch.equal(ckpt.tensors[k], v) for k, v in sd.items())
+
+
+def test_code_bearing_pickle_is_refused(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(2), "obj": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(LwmmError, match=r"evil\.pt: refused: this pickle needs code") as e:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "Payload" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_truncated_and_garbage_files(tmp_path: Path, suffix: str) -> None:
+    good = tmp_path / f"good{suffix}"
+    sd = {"w": torch.randn(64, 64)}
+    save_checkpoint(good, sd) if suffix == ".safetensors" else torch.save(sd, good)
+    for name, data in (("trunc", good.read_bytes()[:-100]), ("garbage", b"\x00garbage" * 50)):
+        bad = tmp_path / f"{name}{suffix}"
+        bad.write_bytes(data)
+        with pytest.raises(LwmmError, match=rf"{name}\{suffix}: not a readable") as e:
+            load_checkpoint(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_nan_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    save_checkpoint(
+        tmp_path / "n.safetensors",
+        {"a": torch.ones(3), "b.weight": torch.tensor([1.0, float("nan")])},
+    )
+    with pytest.raises(LwmmError, match=r"n\.safetensors: tensor 'b\.weight' contains NaN or Inf"):
+        load_checkpoint(tmp_path / "n.safetensors")
+    bad = Checkpoint({"a": torch.tensor([float("inf")])})
+    with pytest.raises(LwmmError, match="tensor 'a' contains NaN or Inf"):
+        Pool([bad], device="cpu")
+
+
+def test_other_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(LwmmError, match=r"nope\.pt: no such file"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "x.onnx").write_bytes(b"1")
+    with pytest.raises(LwmmError, match=r"x\.onnx: unknown checkpoint format"):
+        load_checkpoint(tmp_path / "x.onnx")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(LwmmError, match="not an smp save_pretrained directory"):
+        load_checkpoint(tmp_path / "d")
+    torch.save([torch.ones(1)], tmp_path / "list.pt")
+    with pytest.raises(LwmmError, match=r"list\.pt: holds a list, not a state dict"):
+        load_checkpoint(tmp_path / "list.pt")
+    with pytest.raises(LwmmError, match=r"must be a \.safetensors file"):
+        save_checkpoint(tmp_path / "out.pt", {"a": torch.ones(1)})
+
+
+def test_writes_are_atomic_and_protect_inputs(tmp_path: Path) -> None:
+    target = save_checkpoint(tmp_path / "m.safetensors", {"a": torch.ones(3)})
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"], "no temp file left behind"
+    with pytest.raises(LwmmError, match="output is one of the inputs"):
+        save_checkpoint(tmp_path / "." / "m.safetensors", {"a": torch.zeros(3)}, protect=(target,))
+    assert target.read_bytes() == before
+
+
+def test_spec_metadata_errors_are_one_line(tmp_path: Path) -> None:
+    save_file({"a": torch.ones(1)}, tmp_path / "s.safetensors", metadata={"lwmm.spec": "{not json"})
+    with pytest.raises(LwmmError, match=r"s\.safetensors: malformed model spec"):
+        load_checkpoint(tmp_path / "s.safetensors")
+    assert ModelSpec.from_json(TINY.to_json()) == TINY
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"classes": 3}))
+    save_file({"a": torch.ones(1)}, tmp_path / "cfg" / "model.safetensors")
+    with pytest.raises(
+        LwmmError, match=r"config\.json: not an smp config \(missing _model_class, encoder_name\)"
+    ):
+        load_checkpoint(tmp_path / "cfg")

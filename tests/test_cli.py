@@ -1,0 +1,160 @@
+"""The ``lwmm merge`` / ``lwmm inspect`` contract: outputs, JSON plan, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lwmm_lab import load_checkpoint, save_checkpoint
+from lwmm_lab.cli import main
+
+from .conftest import TINY, Payload, perturbed_model
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> list[Path]:
+    return [
+        save_checkpoint(
+            tmp_path / f"m{i}.safetensors", perturbed_model(TINY, i, 10 * i).state_dict(), TINY
+        )
+        for i in range(2)
+    ]
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_console_script_merges(two: list[Path], tmp_path: Path) -> None:
+    lwmm = shutil.which("lwmm", path=str(Path(sys.executable).parent))
+    assert lwmm, "the lwmm console script is installed"
+    out = tmp_path / "merged.safetensors"
+    options = [
+        "--anchor",
+        two[1],
+        "--alpha",
+        "0.6",
+        "--start-frac",
+        "0.5",
+        "--bn",
+        "gaussian-counts",
+    ]
+    command = [lwmm, "merge", *two, *options, "-o", out]
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "anchor [1] m1" in result.stdout
+    p = load_checkpoint(out).provenance
+    assert (p["anchor"]["index"], p["alpha"], p["bn"]) == (1, 0.6, "gaussian-counts")
+
+
+def test_inspect_json_is_the_plan_in_depth_order(two: list[Path], capsys) -> None:
+    rc, out, _ = _run(["inspect", *two, "--json", "--anchor", "1"], capsys)
+    assert rc == 0
+    rows = json.loads(out)
+    assert set(rows[0]) == {"name", "kind", "j", "shape", "weights", "source"}
+    depths = [r["j"] for r in rows if r["j"] is not None]
+    assert depths == list(range(1, len(depths) + 1))
+    assert {r["kind"] for r in rows} == {"shared", "integer"}
+    assert rows[-1]["weights"] == [0.0, 1.0], "the last layer is the anchor's"
+    assert rows[0]["name"].startswith("encoder."), (
+        "the model's order, not safetensors' sorted order"
+    )
+
+
+def test_inspect_text_table(two: list[Path], capsys) -> None:
+    rc, out, _ = _run(["inspect", *two, "--method", "isotropic", "--granularity", "module"], capsys)
+    assert rc == 0
+    assert (
+        "method: isotropic" in out and "schedule: uniform" in out and "granularity: module" in out
+    )
+    assert "0.500 0.500" in out
+
+
+def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00not safetensors" * 20)
+    truncated = tmp_path / "trunc.pt"
+    torch.save(perturbed_model(TINY, 0).state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(1), "x": Payload()}, evil)
+    nan = tmp_path / "nan.safetensors"
+    sd = perturbed_model(TINY, 0).state_dict()
+    sd["decoder.blocks.0.conv1.0.weight"][0, 0, 0, 0] = float("inf")
+    save_checkpoint(nan, sd, TINY)
+    unrelated = tmp_path / "unrelated.safetensors"
+    save_file(
+        {"other.weight": torch.ones(3)}, unrelated, metadata={"lwmm.order": '["other.weight"]'}
+    )
+    merged = tmp_path / "out.safetensors"
+    return {
+        "missing": (["merge", tmp_path / "nope.pt", two[0], "-o", merged], "nope.pt: no such file"),
+        "corrupt": (
+            ["merge", garbage, two[0], "-o", merged],
+            "garbage.safetensors: not a readable safetensors",
+        ),
+        "truncated": (
+            ["merge", truncated, two[0], "-o", merged],
+            "trunc.pt: not a readable PyTorch checkpoint",
+        ),
+        "code pickle": (
+            ["merge", evil, two[0], "-o", merged],
+            "evil.pt: refused: this pickle needs code",
+        ),
+        "no shared": (
+            ["merge", unrelated, two[0], "-o", merged],
+            "no tensor is shared by all 2 checkpoints",
+        ),
+        "anchor index": (
+            ["merge", *two, "--anchor", "2", "-o", merged],
+            "anchor '2' is not among the inputs",
+        ),
+        "anchor path": (
+            ["merge", *two, "--anchor", garbage, "-o", merged],
+            "garbage.safetensors' is not among",
+        ),
+        "alpha": (["merge", *two, "--alpha", "1.5", "-o", merged], "alpha=1.5 is outside [0, 1]"),
+        "start": (["merge", *two, "--start", "999", "-o", merged], "start=999 is outside 1..Np="),
+        "nan": (
+            ["merge", nan, two[0], "-o", merged],
+            "tensor 'decoder.blocks.0.conv1.0.weight' contains NaN or Inf",
+        ),
+        "output=input": (
+            ["merge", *two, "-o", two[1]],
+            "m1.safetensors: output is one of the inputs",
+        ),
+        "cuda": (["merge", *two, "--device", "cuda", "-o", merged], "CUDA is not available"),
+    }
+
+
+def test_every_bad_input_gives_one_clear_line(two: list[Path], tmp_path: Path, capsys) -> None:
+    before = [p.read_bytes() for p in two]
+    cases = _bad_inputs(tmp_path, two)
+    if torch.cuda.is_available():
+        del cases["cuda"]
+    for case, (args, message) in cases.items():
+        rc, _, err = _run(args, capsys)
+        assert rc == 1, case
+        assert err.count("\n") == 1 and err.startswith("lwmm: error: "), (case, err)
+        assert message in err, (case, err)
+        assert "Traceback" not in err
+    assert [p.read_bytes() for p in two] == before, "inputs are never modified"
+    assert not (tmp_path / "out.safetensors").exists(), "nothing is written on error"
+
+
+def test_foreign_file_warns_on_one_line(two: list[Path], tmp_path: Path, capsys) -> None:
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(dict(load_checkpoint(two[0]).tensors), foreign)
+    rc, out, err = _run(["inspect", foreign, two[1]], capsys)
+    assert rc == 0
+    assert err.startswith("lwmm: warning: ") and "depth order is unknown" in err
+    assert "note: depth order unknown" in out

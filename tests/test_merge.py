@@ -1,0 +1,284 @@
+"""The merge engine on real smp models and hand-checked small cases, on CPU and CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lwmm_lab import (
+    Checkpoint,
+    LwmmError,
+    ModelSpec,
+    Pool,
+    load_checkpoint,
+    load_model,
+    make_plan,
+    merge,
+    merged_model,
+    save_checkpoint,
+    save_merge,
+)
+from lwmm_lab.files import sha256
+
+from .conftest import TINY, checkpoint_of
+
+
+def _vectors(
+    *rows: list[float], base: list[float] | None = None
+) -> tuple[list[Checkpoint], Checkpoint]:
+    models = [Checkpoint({"w": torch.tensor(r)}) for r in rows]
+    return models, Checkpoint({"w": torch.tensor(base or [0.0] * len(rows[0]))})
+
+
+def test_ties_trims_elects_and_takes_the_disjoint_mean(device: str) -> None:
+    models, base = _vectors([3.0, -1.0, 0.0, 2.0], [1.0, 2.0, -2.0, -4.0])
+    pool = Pool(models, device=device, base=base)
+    out = merge(pool, method="ties", density=1.0)["w"].cpu()
+    # signs of the sum: + + - -; only the agreeing models are averaged at each element
+    assert out.tolist() == [2.0, 2.0, -2.0, -4.0]
+    models, base = _vectors(
+        [3.0, -0.5, 0.1, 2.0], [1.0, 2.5, -2.0, -4.0], base=[1.0, 1.0, 1.0, 1.0]
+    )
+    out = merge(Pool(models, device=device, base=base), method="ties", density=0.5)["w"].cpu()
+    # task vectors [2, -1.5, -0.9, 1] -> keep 2, -1.5; [0, 1.5, -3, -5] -> keep -3, -5
+    torch.testing.assert_close(out, torch.tensor([3.0, -0.5, -2.0, -4.0]))
+
+
+def test_task_arithmetic_scales_the_mean_task_vector(device: str) -> None:
+    models, base = _vectors([2.0, 4.0], [0.0, 8.0], base=[1.0, 1.0])
+    pool = Pool(models, device=device, base=base)
+    torch.testing.assert_close(
+        merge(pool, method="task_arithmetic")["w"].cpu(), torch.tensor([1.0, 6.0])
+    )
+    torch.testing.assert_close(
+        merge(pool, method="task_arithmetic", scale=0.0)["w"].cpu(), torch.tensor([1.0, 1.0])
+    )
+    torch.testing.assert_close(
+        merge(pool, method="task_arithmetic", scale=2.0)["w"].cpu(), torch.tensor([1.0, 11.0])
+    )
+
+
+def test_fisher_weights_elementwise_and_falls_back_where_all_zero(device: str) -> None:
+    models, _ = _vectors([0.0, 0.0, 10.0], [4.0, 8.0, 20.0])
+    fisher = [
+        Checkpoint({"w": torch.tensor([1.0, 0.0, 0.0])}),
+        Checkpoint({"w": torch.tensor([3.0, 5.0, 0.0])}),
+    ]
+    out = merge(Pool(models, device=device, fisher=fisher), method="fisher")["w"].cpu()
+    torch.testing.assert_close(out, torch.tensor([3.0, 8.0, 15.0]))
+    weighted = merge(
+        Pool(models, device=device, fisher=fisher), method="fisher", weights=(3.0, 1.0)
+    )
+    torch.testing.assert_close(weighted["w"].cpu(), torch.tensor([2.0, 8.0, 12.5]))
+
+
+def test_layerwise_ties_follows_the_depth_schedule() -> None:
+    g = torch.Generator().manual_seed(0)
+    models = [
+        Checkpoint({f"l{k}": torch.randn(50, generator=g) for k in range(4)}) for _ in range(2)
+    ]
+    base = Checkpoint({f"l{k}": torch.zeros(50) for k in range(4)})
+    pool = Pool(models, device="cpu", base=base)
+    plan = make_plan(pool, method="ties", schedule="layerwise", density=0.5)
+    assert plan.schedule == "layerwise" and plan.rows()[-1]["weights"] == [1.0, 0.0]
+    out = plan.run()
+
+    def trimmed(name: str) -> torch.Tensor:
+        tau = models[0].tensors[name]
+        return tau * (tau.abs() >= tau.abs().kthvalue(26).values)
+
+    assert torch.equal(out["l3"], trimmed("l3")), "the last layer is the anchor's trimmed vector"
+    assert not torch.equal(out["l0"], trimmed("l0")), "the first layer mixes both models"
+
+
+def test_bn_rules_on_two_domains() -> None:
+    a = {
+        "bn.running_mean": torch.tensor([0.0]),
+        "bn.running_var": torch.tensor([1.0]),
+        "bn.num_batches_tracked": torch.tensor(300),
+    }
+    b = {
+        "bn.running_mean": torch.tensor([4.0]),
+        "bn.running_var": torch.tensor([1.0]),
+        "bn.num_batches_tracked": torch.tensor(100),
+    }
+    pool = Pool(
+        [
+            Checkpoint({**a, "c.weight": torch.ones(1)}),
+            Checkpoint({**b, "c.weight": torch.ones(1)}),
+        ],
+        device="cpu",
+    )
+    linear = merge(pool, method="isotropic", bn="linear")
+    gaussian = merge(pool, method="isotropic", bn="gaussian")
+    counts = merge(pool, method="isotropic", bn="gaussian-counts")
+    anchor = merge(pool, method="isotropic", bn="anchor", anchor=1)
+    assert linear["bn.running_mean"].item() == 2.0 and linear["bn.running_var"].item() == 1.0
+    assert gaussian["bn.running_var"].item() == 5.0, "1 + the spread of the means (2^2)"
+    assert counts["bn.running_mean"].item() == 1.0  # 0.75 * 0 + 0.25 * 4
+    assert counts["bn.running_var"].item() == pytest.approx(1 + 0.75 * 1 + 0.25 * 9)
+    assert counts["bn.num_batches_tracked"].item() == 400
+    assert counts["bn.num_batches_tracked"].dtype == torch.int64
+    assert (
+        anchor["bn.running_mean"].item() == 4.0 and anchor["bn.num_batches_tracked"].item() == 100
+    )
+    assert linear["bn.num_batches_tracked"].item() == 300, "the anchor's counter"
+
+
+def test_gaussian_counts_with_zero_counts_is_uniform_not_nan() -> None:
+    sds = [
+        {
+            "bn.running_mean": torch.tensor([m]),
+            "bn.running_var": torch.ones(1),
+            "bn.num_batches_tracked": torch.tensor(0),
+        }
+        for m in (0.0, 2.0)
+    ]
+    out = merge(Pool([Checkpoint(s) for s in sds], device="cpu"), bn="gaussian-counts")
+    assert out["bn.running_mean"].item() == 1.0 and out["bn.running_var"].item() == 2.0
+
+
+def test_module_granularity_gives_one_depth_per_module(make_models) -> None:
+    pool = Pool([checkpoint_of(m) for m in make_models(2)], device="cpu")
+    by_tensor, by_module = pool.layout(0, "tensor"), pool.layout(0, "module")
+    assert by_module.n_depth < by_tensor.n_depth
+    rows = make_plan(pool, granularity="module", bn="gaussian").rows()
+    bn1 = [r for r in rows if r["name"].startswith("encoder.model.bn1.") and r["kind"] == "shared"]
+    assert len({r["j"] for r in bn1}) == 1 and len({tuple(r["weights"]) for r in bn1}) == 1
+    assert by_module.depth_names[0] == "encoder.model.conv1.0"
+
+
+def test_start_frac_maps_onto_depth(make_models) -> None:
+    pool = Pool([checkpoint_of(m) for m in make_models(2)], device="cpu")
+    n_depth = pool.layout().n_depth
+    assert make_plan(pool, start_frac=0.0).config.start == 1
+    assert make_plan(pool, start_frac=1.0).config.start == n_depth
+    late = make_plan(pool, start=n_depth, alpha=0.5).weights
+    assert late[: n_depth - 1, 1].eq(0.5).all() and late[-1, 1] == 0.0
+
+
+def test_merge_into_model_in_place_equals_a_fresh_merge(make_models, device: str) -> None:
+    pool = Pool([checkpoint_of(m, TINY) for m in make_models(3)], device=device)
+    model = merged_model(pool, alpha=0.2)
+    pointers = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    merged_model(pool, model=model, alpha=0.9, start=5, bn="gaussian")
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == pointers, "no reallocation"
+    fresh = merge(pool, alpha=0.9, start=5, bn="gaussian")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, fresh[name]), name
+
+
+def test_different_heads_and_decoders_come_from_the_anchor(tmp_path: Path) -> None:
+    spec16 = ModelSpec(TINY.arch, TINY.encoder, 3, TINY.kwargs)
+    fpn = ModelSpec("FPN", "tu-resnet10t", 5, {"encoder_depth": 3})
+    paths = []
+    for i, spec in enumerate((TINY, spec16, fpn)):
+        torch.manual_seed(i)
+        paths.append(
+            save_checkpoint(tmp_path / f"m{i}.safetensors", spec.build().state_dict(), spec)
+        )
+    pool = Pool(paths, device="cpu")
+    for anchor, spec in enumerate((TINY, spec16, fpn)):
+        plan = make_plan(pool, anchor=anchor)
+        kinds = {r["name"].split(".")[0]: r["kind"] for r in plan.rows() if r["kind"] != "integer"}
+        assert kinds == {
+            "encoder": "shared",
+            "decoder": "anchor-only",
+            "segmentation_head": "anchor-only",
+        }
+        model = merged_model(pool, anchor=anchor)
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 64, 64)).shape[1] == spec.classes
+        anchor_head = load_checkpoint(paths[anchor]).tensors
+        for name, value in model.state_dict().items():
+            if not name.startswith("encoder."):
+                assert torch.equal(value, anchor_head[name])
+
+
+def test_saved_merge_records_provenance_and_rebuilds_the_same_model(
+    tmp_path: Path, make_models
+) -> None:
+    paths = [
+        save_checkpoint(tmp_path / f"m{i}.safetensors", m.state_dict(), TINY)
+        for i, m in enumerate(make_models(2))
+    ]
+    pool = Pool(paths, device="cpu")
+    out = save_merge(
+        pool, tmp_path / "merged.safetensors", anchor=1, alpha=0.7, start=3, bn="gaussian"
+    )
+    ckpt = load_checkpoint(out)
+    p = ckpt.provenance
+    assert p["method"] == "layerwise" and p["anchor"]["index"] == 1 and p["bn"] == "gaussian"
+    assert p["start"] == 3 and p["alpha"] == 0.7 and p["n_depth"] == pool.layout(1).n_depth
+    assert [i["sha256"] for i in p["inputs"]] == [sha256(q) for q in paths]
+    assert ckpt.spec == TINY and list(ckpt.tensors) == list(pool.checkpoints[1].tensors)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = merged_model(pool, anchor=1, alpha=0.7, start=3, bn="gaussian")(x)
+        assert torch.equal(load_model(out, device="cpu")(x), expected)
+    before = paths[0].read_bytes()
+    with pytest.raises(LwmmError, match="output is one of the inputs"):
+        save_merge(pool, paths[0])
+    assert paths[0].read_bytes() == before
+
+
+def test_bad_settings_are_named() -> None:
+    models, _base = _vectors([1.0, 2.0], [3.0, 4.0])
+    pool = Pool(models, device="cpu")
+    cases = {
+        "alpha=1.5 is outside": {"alpha": 1.5},
+        r"start=3 is outside 1..Np=1": {"start": 3},
+        r"start=0 is outside": {"start": 0},
+        "anchor '7' is not among the inputs": {"anchor": 7},
+        "anchor 'other.pt' is not among the inputs": {"anchor": "other.pt"},
+        "method 'mean' is not one of": {"method": "mean"},
+        "BN rule 'batch' is not one of": {"bn": "batch"},
+        "granularity 'layer' is not one of": {"granularity": "layer"},
+        "needs a base": {"method": "ties"},
+        "needs a fisher": {"method": "fisher"},
+        "3 weights given for 2 models": {"method": "weighted", "weights": (1.0, 1.0, 1.0)},
+        "needs one weight per model": {"method": "weighted"},
+        "must be finite, >= 0 and not all 0": {"method": "weighted", "weights": (0.0, 0.0)},
+        "give start or start_frac, not both": {"start": 1, "start_frac": 0.5},
+    }
+    for message, changes in cases.items():
+        with pytest.raises(LwmmError, match=message):
+            make_plan(pool, **changes)
+    with pytest.raises(LwmmError, match="no tensor is shared by all 2 checkpoints"):
+        Pool([Checkpoint({"a": torch.ones(2)}), Checkpoint({"a": torch.ones(3)})], device="cpu")
+    with pytest.raises(LwmmError, match=r"base .* lacks shared tensor 'w'"):
+        Pool(models, device="cpu", base=Checkpoint({"v": torch.ones(2)}))
+
+
+def test_target_model_must_match_the_anchor(make_models) -> None:
+    pool = Pool([checkpoint_of(m) for m in make_models(2)], device="cpu")
+    other = ModelSpec(TINY.arch, TINY.encoder, 2, TINY.kwargs).build()
+    with pytest.raises(
+        LwmmError, match="the target model has another shape for 'segmentation_head"
+    ):
+        merge(pool, into=other)
+
+
+def test_pool_from_files_matches_pool_from_memory(tmp_path: Path, make_models) -> None:
+    models = make_models(3)
+    paths = [
+        save_checkpoint(tmp_path / f"m{i}.safetensors", m.state_dict(), TINY)
+        for i, m in enumerate(models)
+    ]
+    from_files = merge(Pool(paths, device="cpu"), alpha=0.4)
+    from_memory = merge(Pool([checkpoint_of(m) for m in models], device="cpu"), alpha=0.4)
+    assert all(torch.equal(from_files[k], from_memory[k]) for k in from_memory)
+    assert Pool(paths, device="cpu").anchor_index(tmp_path / "m2.safetensors") == 2
+    assert Pool(paths, device="cpu").anchor_index("m1") == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_merge_matches_cpu_merge(make_models) -> None:
+    checkpoints = [checkpoint_of(m) for m in make_models(3)]
+    cpu = merge(Pool(checkpoints, device="cpu"), alpha=0.5, start=4, bn="gaussian")
+    cuda = merge(Pool(checkpoints, device="cuda"), alpha=0.5, start=4, bn="gaussian")
+    for name, value in cpu.items():
+        torch.testing.assert_close(cuda[name].cpu(), value, rtol=1e-5, atol=1e-6)
