@@ -1,4 +1,4 @@
-"""The ``lwmm`` command line: merge and inspect checkpoints.
+"""The ``lwmm`` command line: merge and inspect checkpoints, draw the data gallery.
 
 Bad input exits with status 1 and one line, ``lwmm: error: <what is wrong>``, never a
 traceback; warnings print as ``lwmm: warning: ...``.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lwmm_lab._version import __version__
 from lwmm_lab.checkpoints import SUBMODELS
+from lwmm_lab.domains import save_gallery
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.merge import MergeConfig, make_plan, save_merge
 from lwmm_lab.methods import BN_RULES, METHODS, SCHEDULES
@@ -53,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_merge_arguments(inspect)
     inspect.add_argument("--json", action="store_true", help="the plan as a JSON list")
     inspect.set_defaults(run=_inspect)
+
+    data = commands.add_parser("data", help="the synthetic street-scene domains")
+    data_commands = data.add_subparsers(required=True, metavar="DATA_COMMAND")
+    gallery = data_commands.add_parser("gallery", help="one row per domain, as a PNG")
+    gallery.add_argument("-o", "--output", required=True, type=Path, help="FILE.png")
+    gallery.add_argument("--scenes", type=int, default=3, help="scenes per row (3)")
+    gallery.add_argument("--seed", type=int, default=0)
+    gallery.add_argument("--size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
+    gallery.set_defaults(run=_gallery)
     return parser
 
 
@@ -116,6 +126,14 @@ def _inspect(args: argparse.Namespace) -> int:
     pool, config = _pool_and_config(args)
     plan = make_plan(pool, config)
     print(plan.to_json() if args.json else plan.format())
+    return 0
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    if args.output.suffix.lower() != ".png":
+        raise LwmmError(f"{args.output}: the gallery is written as a .png file")
+    path = save_gallery(args.output, scenes=args.scenes, seed=args.seed, size=tuple(args.size))
+    print(f"wrote {path}")
     return 0
 
 

@@ -1,0 +1,267 @@
+"""Datasets with one interface: the synthetic domains, and Cityscapes, GTA5, SYNTHIA on disk.
+
+Every dataset returns ``(image, label)``, or ``(image, label, instances)`` when built with
+``instances=True``: ``image`` a float32 ``(3, H, W)`` tensor in [0, 1], ``label`` a long
+``(H, W)`` tensor of Cityscapes trainIds with 255 = ignore, ``instances`` a long ``(H, W)``
+tensor (0: no instance). All are plain picklable objects, so ``DataLoader`` workers work.
+
+:func:`open_dataset` takes the names the CLI uses: a synthetic domain (``real``), or
+``cityscapes:PATH``, ``gta5:PATH``, ``synthia:PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lwmm_lab import labels as L
+from lwmm_lab.domains import DOMAIN_CLASSES, DOMAINS, generate
+from lwmm_lab.errors import LwmmError
+
+#: Default number of images per split of a synthetic domain.
+DEFAULT_SIZES = {"train": 2000, "val": 100, "test": 100}
+
+Sample = tuple[torch.Tensor, ...]
+
+
+def _to_tensors(image: np.ndarray, label: np.ndarray, instances: np.ndarray | None) -> Sample:
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    y = torch.from_numpy(label.astype(np.int64))
+    if instances is None:
+        return x, y
+    return x, y, torch.from_numpy(instances.astype(np.int64))
+
+
+class SyntheticScenes(Dataset):
+    """The procedural street scenes of one domain and split, generated on the fly.
+
+    ``size`` images (default :data:`DEFAULT_SIZES`), at ``resolution`` = (height, width);
+    image ``i`` is the same on every machine for a given ``seed``.
+    """
+
+    def __init__(
+        self,
+        domain: str,
+        split: str = "train",
+        size: int | None = None,
+        resolution: tuple[int, int] = (128, 256),
+        seed: int = 0,
+        instances: bool = False,
+    ) -> None:
+        if domain not in DOMAINS:
+            raise LwmmError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
+        if split not in DEFAULT_SIZES:
+            raise LwmmError(f"split '{split}' is not one of {', '.join(DEFAULT_SIZES)}")
+        self.domain, self.split, self.seed = domain, split, seed
+        self.size = DEFAULT_SIZES[split] if size is None else int(size)
+        self.resolution = tuple(resolution)
+        self.instances = instances
+        self.classes = DOMAIN_CLASSES[domain]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        scene = generate(self.domain, self.split, index, self.seed, self.resolution)
+        return _to_tensors(scene.image, scene.label, scene.instances if self.instances else None)
+
+    def __repr__(self) -> str:
+        return (
+            f"SyntheticScenes({self.domain!r}, {self.split!r}, size={self.size}, "
+            f"resolution={self.resolution})"
+        )
+
+
+class FolderDataset(Dataset):
+    """Image/label file pairs read from disk; ``read_label`` gives a label file's trainIds.
+
+    With ``resolution`` images are resized (area) and labels (nearest) to (height, width).
+    """
+
+    def __init__(
+        self,
+        pairs: list[tuple[Path, Path]],
+        read_label: Callable[[Path], np.ndarray],
+        classes: tuple[int, ...],
+        resolution: tuple[int, int] | None = None,
+        instance_files: list[Path] | None = None,
+    ) -> None:
+        self.pairs = pairs
+        self.read_label = read_label
+        self.classes = classes
+        self.resolution = None if resolution is None else tuple(resolution)
+        self.instance_files = instance_files
+        self.instances = instance_files is not None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_path, label_path = self.pairs[index]
+        image = _read_image(image_path)
+        label = self.read_label(label_path)
+        if label.shape != image.shape[:2]:
+            raise LwmmError(f"{label_path}: label is {label.shape}, image is {image.shape[:2]}")
+        instances = None
+        if self.instance_files is not None:
+            instances = _cityscapes_instances(self.instance_files[index])
+        if self.resolution is not None:
+            h, w = self.resolution
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+            label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+            if instances is not None:
+                instances = cv2.resize(instances, (w, h), interpolation=cv2.INTER_NEAREST)
+        return _to_tensors(image, label, instances)
+
+
+def cityscapes(
+    root: str | os.PathLike,
+    split: str = "val",
+    resolution: tuple[int, int] | None = None,
+    instances: bool = False,
+) -> FolderDataset:
+    """Cityscapes: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with ``gtFine`` labelIds."""
+    root = _root(root, "Cityscapes")
+    images_dir = _subdir(
+        root, f"leftImg8bit/{split}", "leftImg8bit/<split>/<city>/*_leftImg8bit.png"
+    )
+    labels_dir = _subdir(root, f"gtFine/{split}", "gtFine/<split>/<city>/*_gtFine_labelIds.png")
+    images = sorted(images_dir.glob("*/*_leftImg8bit.png"))
+    pairs, instance_files = [], []
+    for image in images:
+        stem = image.name.removesuffix("_leftImg8bit.png")
+        label = labels_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"
+        pairs.append((image, _required(label, image)))
+        if instances:
+            instance_files.append(
+                _required(label.with_name(f"{stem}_gtFine_instanceIds.png"), image)
+            )
+    _nonempty(pairs, images_dir, "*/*_leftImg8bit.png")
+    return FolderDataset(
+        pairs,
+        _TableLabel(L.CITYSCAPES_TO_TRAIN),
+        L.CLASS_SETS["cityscapes-19"],
+        resolution,
+        instance_files if instances else None,
+    )
+
+
+def gta5(root: str | os.PathLike, resolution: tuple[int, int] | None = None) -> FolderDataset:
+    """GTA5: ``images/*.png`` with ``labels/*.png`` holding Cityscapes label ids."""
+    root = _root(root, "GTA5")
+    images_dir = _subdir(root, "images", "images/*.png")
+    labels_dir = _subdir(root, "labels", "labels/*.png")
+    pairs = [(p, _required(labels_dir / p.name, p)) for p in sorted(images_dir.glob("*.png"))]
+    _nonempty(pairs, images_dir, "*.png")
+    return FolderDataset(
+        pairs, _TableLabel(L.CITYSCAPES_TO_TRAIN), L.CLASS_SETS["cityscapes-19"], resolution
+    )
+
+
+def synthia(root: str | os.PathLike, resolution: tuple[int, int] | None = None) -> FolderDataset:
+    """SYNTHIA-RAND-CITYSCAPES: ``RGB/*.png`` with ``GT/LABELS/*.png`` (16-bit, class in R)."""
+    root = _root(root, "SYNTHIA")
+    images_dir = _subdir(root, "RGB", "RGB/*.png")
+    labels_dir = _subdir(
+        root, "GT/LABELS", "GT/LABELS/*.png (16-bit, class id in the first channel)"
+    )
+    pairs = [(p, _required(labels_dir / p.name, p)) for p in sorted(images_dir.glob("*.png"))]
+    _nonempty(pairs, images_dir, "*.png")
+    return FolderDataset(pairs, _synthia_label, L.CLASS_SETS["synthia-16"], resolution)
+
+
+_READERS = {"cityscapes": cityscapes, "gta5": gta5, "synthia": synthia}
+
+
+def open_dataset(
+    name: str,
+    split: str = "val",
+    resolution: tuple[int, int] | None = (128, 256),
+    size: int | None = None,
+    seed: int = 0,
+    instances: bool = False,
+) -> Dataset:
+    """A dataset by name: a synthetic domain, or ``cityscapes:``/``gta5:``/``synthia:PATH``.
+
+    Real datasets are resized to ``resolution`` when given (None keeps their size); ``size``
+    and ``seed`` apply to synthetic domains only.
+    """
+    kind, _, path = name.partition(":")
+    if path and kind in _READERS:
+        if kind == "cityscapes":
+            return cityscapes(path, split, resolution, instances)
+        return _READERS[kind](path, resolution)
+    if name in DOMAINS:
+        return SyntheticScenes(name, split, size, resolution or (128, 256), seed, instances)
+    raise LwmmError(
+        f"dataset '{name}' is not a synthetic domain ({', '.join(DOMAINS)}) "
+        "nor cityscapes:PATH, gta5:PATH or synthia:PATH"
+    )
+
+
+def _read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise LwmmError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class _TableLabel:
+    """Reads an 8-bit label PNG and maps its ids through a lookup table (picklable)."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+
+    def __call__(self, path: Path) -> np.ndarray:
+        ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if ids is None or ids.ndim != 2:
+            raise LwmmError(f"{path}: not a single-channel label image")
+        return self.table[ids]
+
+
+def _synthia_label(path: Path) -> np.ndarray:
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 3:
+        raise LwmmError(f"{path}: not a SYNTHIA label (a 16-bit RGB PNG with the class in red)")
+    return L.SYNTHIA_TO_TRAIN[raw[..., 2]]  # OpenCV reads BGR: red, the first channel, is last
+
+
+def _cityscapes_instances(path: Path) -> np.ndarray:
+    ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if ids is None:
+        raise LwmmError(f"{path}: not a readable instance image")
+    ids = ids.astype(np.int32)
+    return np.where(ids >= 1000, ids, 0)  # Cityscapes: class_id * 1000 + index for instances
+
+
+def _root(root: str | os.PathLike, name: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise LwmmError(f"{name} root '{root}' is not a directory")
+    return root
+
+
+def _subdir(root: Path, sub: str, layout: str) -> Path:
+    path = root / sub
+    if not path.is_dir():
+        raise LwmmError(f"'{path}' is missing (expected {layout} under {root})")
+    return path
+
+
+def _required(path: Path, image: Path) -> Path:
+    if not path.is_file():
+        raise LwmmError(f"no label for '{image}': expected '{path}'")
+    return path
+
+
+def _nonempty(pairs: list, folder: Path, pattern: str) -> None:
+    if not pairs:
+        raise LwmmError(f"no images matching {pattern} in '{folder}'")

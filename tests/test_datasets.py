@@ -1,0 +1,132 @@
+"""Datasets: the synthetic domains through torch, and real folders in their exact layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lwmm_lab import LwmmError
+from lwmm_lab import labels as L
+from lwmm_lab.datasets import SyntheticScenes, cityscapes, gta5, open_dataset, synthia
+
+
+def test_synthetic_dataset_items() -> None:
+    ds = SyntheticScenes("real", "val", size=5, resolution=(64, 128), instances=True)
+    assert len(ds) == 5
+    image, label, instances = ds[2]
+    assert image.shape == (3, 64, 128) and image.dtype == torch.float32
+    assert float(image.min()) >= 0 and float(image.max()) <= 1
+    assert label.shape == (64, 128) and label.dtype == torch.int64
+    assert instances.dtype == torch.int64 and int(instances.max()) > 0
+    assert len(SyntheticScenes("real", "val", size=5)[0]) == 2, "no instances unless asked"
+    with pytest.raises(IndexError):
+        ds[5]
+    assert len(SyntheticScenes("synthetic", "train")) == 2000
+
+
+def test_dataloader_workers_give_the_same_batches() -> None:
+    ds = SyntheticScenes("night", "val", size=6, resolution=(32, 64))
+    serial = [b for b in DataLoader(ds, batch_size=3)]
+    workers = [b for b in DataLoader(ds, batch_size=3, num_workers=2)]
+    for (xa, ya), (xb, yb) in zip(serial, workers, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_open_dataset_names() -> None:
+    assert isinstance(open_dataset("foggy", "val", size=3), SyntheticScenes)
+    with pytest.raises(LwmmError, match="dataset 'mars' is not a synthetic domain"):
+        open_dataset("mars")
+    with pytest.raises(LwmmError, match="domain 'mars' is not one of"):
+        SyntheticScenes("mars")
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+def _image(h: int = 8, w: int = 16, value: int = 100) -> np.ndarray:
+    return np.full((h, w, 3), value, dtype=np.uint8)
+
+
+def _cityscapes_tree(root: Path) -> np.ndarray:
+    ids = np.zeros((8, 16), dtype=np.uint8)
+    ids[:, 0:4] = 7  # road
+    ids[:, 4:8] = 26  # car
+    ids[:, 8:12] = 33  # bicycle
+    ids[:, 12:] = 3  # out of roi -> ignore
+    for city, stem in (("aachen", "aachen_000000_000019"), ("bremen", "bremen_000001_000019")):
+        _png(root / "leftImg8bit/val" / city / f"{stem}_leftImg8bit.png", _image())
+        _png(root / "gtFine/val" / city / f"{stem}_gtFine_labelIds.png", ids)
+        instances = ids.astype(np.uint16)
+        instances[:, 4:8] = 26 * 1000 + 1
+        _png(root / "gtFine/val" / city / f"{stem}_gtFine_instanceIds.png", instances)
+    return ids
+
+
+def test_cityscapes_folder(tmp_path: Path) -> None:
+    _cityscapes_tree(tmp_path)
+    ds = cityscapes(tmp_path, "val", instances=True)
+    assert len(ds) == 2
+    image, label, instances = ds[0]
+    assert image.shape == (3, 8, 16)
+    assert label[0, :4].eq(L.ROAD).all() and label[0, 4:8].eq(L.CAR).all()
+    assert label[0, 8:12].eq(L.BICYCLE).all() and label[0, 12:].eq(L.IGNORE).all()
+    assert instances[0, 4:8].eq(26001).all() and instances[0, :4].eq(0).all()
+    _, small = cityscapes(tmp_path, "val", resolution=(4, 8))[1]
+    assert small.shape == (4, 8) and small[0, 0] == L.ROAD
+    assert len(open_dataset(f"cityscapes:{tmp_path}", "val", resolution=None)) == 2
+
+
+def test_gta5_folder(tmp_path: Path) -> None:
+    _png(tmp_path / "images/00001.png", _image())
+    ids = np.full((8, 16), 23, dtype=np.uint8)  # sky
+    ids[4:] = 8  # sidewalk
+    _png(tmp_path / "labels/00001.png", ids)
+    _, label = gta5(tmp_path)[0]
+    assert label[0].eq(L.SKY).all() and label[-1].eq(L.SIDEWALK).all()
+
+
+def test_synthia_folder_reads_16_bit_labels(tmp_path: Path) -> None:
+    _png(tmp_path / "RGB/0000000.png", _image())
+    raw = np.zeros((8, 16, 3), dtype=np.uint16)  # RGB order: class id in the first channel
+    raw[:, :4, 0] = 3  # road
+    raw[:, 4:8, 0] = 8  # car
+    raw[:, 8:12, 0] = 16  # terrain: not a SYNTHIA-16 class
+    raw[:, 12:, 0] = 21  # wall
+    raw[..., 1] = 7  # instance channel, must be ignored
+    _png(tmp_path / "GT/LABELS/0000000.png", cv2.cvtColor(raw, cv2.COLOR_RGB2BGR))
+    ds = synthia(tmp_path)
+    _, label = ds[0]
+    assert label[0, :4].eq(L.ROAD).all() and label[0, 4:8].eq(L.CAR).all()
+    assert label[0, 8:12].eq(L.IGNORE).all() and label[0, 12:].eq(L.WALL).all()
+    assert ds.classes == L.CLASS_SETS["synthia-16"]
+
+
+def test_missing_or_malformed_folders_are_named(tmp_path: Path) -> None:
+    with pytest.raises(LwmmError, match=r"Cityscapes root .*nowhere' is not a directory"):
+        cityscapes(tmp_path / "nowhere")
+    (tmp_path / "cs/leftImg8bit/val/aachen").mkdir(parents=True)
+    with pytest.raises(LwmmError, match=r"gtFine/val' is missing \(expected gtFine/<split>/<city>"):
+        cityscapes(tmp_path / "cs")
+    (tmp_path / "cs/gtFine/val").mkdir(parents=True)
+    with pytest.raises(LwmmError, match=r"no images matching \*/\*_leftImg8bit.png"):
+        cityscapes(tmp_path / "cs")
+    _png(tmp_path / "cs/leftImg8bit/val/aachen/a_leftImg8bit.png", _image())
+    with pytest.raises(
+        LwmmError, match=r"no label for .*a_leftImg8bit.png': expected .*a_gtFine_labelIds.png"
+    ):
+        cityscapes(tmp_path / "cs")
+    with pytest.raises(LwmmError, match=r"'.*GT/LABELS' is missing"):
+        (tmp_path / "sy/RGB").mkdir(parents=True)
+        synthia(tmp_path / "sy")
+    _png(tmp_path / "gta/labels/1.png", np.zeros((8, 16), np.uint8))
+    (tmp_path / "gta/images").mkdir(parents=True)
+    (tmp_path / "gta/images/1.png").write_bytes(b"not a png")
+    with pytest.raises(LwmmError, match=r"1.png: not a readable image"):
+        gta5(tmp_path / "gta")[0]
