@@ -1,4 +1,4 @@
-"""The ``lwmm`` command line: merge and inspect checkpoints, draw the data gallery.
+"""The ``lwmm`` command line: merge, inspect, evaluate; build the zoo; draw the data gallery.
 
 Bad input exits with status 1 and one line, ``lwmm: error: <what is wrong>``, never a
 traceback; warnings print as ``lwmm: warning: ...``.
@@ -7,18 +7,24 @@ traceback; warnings print as ``lwmm: warning: ...``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lwmm_lab._version import __version__
-from lwmm_lab.checkpoints import SUBMODELS
-from lwmm_lab.domains import save_gallery
+from lwmm_lab.checkpoints import SUBMODELS, load_checkpoint
+from lwmm_lab.datasets import open_dataset
+from lwmm_lab.domains import DOMAINS, save_gallery
 from lwmm_lab.errors import LwmmError
+from lwmm_lab.evaluation import evaluate_checkpoints
+from lwmm_lab.fisher import estimate_fisher, save_fisher
 from lwmm_lab.merge import MergeConfig, make_plan, save_merge
 from lwmm_lab.methods import BN_RULES, METHODS, SCHEDULES
+from lwmm_lab.model import load_model
 from lwmm_lab.pool import GRANULARITIES, Pool
+from lwmm_lab.zoo import ZooConfig, build_zoo
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -63,6 +69,37 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--seed", type=int, default=0)
     gallery.add_argument("--size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
     gallery.set_defaults(run=_gallery)
+
+    zoo = commands.add_parser("zoo", help="the model zoo trained on the synthetic domains")
+    zoo_commands = zoo.add_subparsers(required=True, metavar="ZOO_COMMAND")
+    build = zoo_commands.add_parser("build", help="train (or finish) the zoo; resumable")
+    build.add_argument("--quick", action="store_true", help="a tiny zoo in well under a minute")
+    build.add_argument("--out", type=Path, help="folder (data/zoo; data/zoo-quick with --quick)")
+    build.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    build.set_defaults(run=_zoo_build)
+
+    ev = commands.add_parser("eval", help="mIoU and per-class IoU (Cityscapes convention)")
+    ev.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    ev.add_argument(
+        "--domain", default="real", help=f"{', '.join(DOMAINS)} or cityscapes:PATH, ..."
+    )
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--ensemble", action="store_true", help="average the models' softmax outputs")
+    ev.add_argument("--images", type=int, help="evaluate on the first N images")
+    ev.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--submodel", choices=SUBMODELS)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(run=_eval)
+
+    fisher = commands.add_parser("fisher", help="diagonal Fisher estimate on labelled data")
+    fisher.add_argument("checkpoint", metavar="CKPT")
+    fisher.add_argument("--domain", default="synthetic", help="a labelled (source) dataset")
+    fisher.add_argument("--images", type=int, default=64)
+    fisher.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    fisher.add_argument("--device", default="auto")
+    fisher.add_argument("-o", "--output", required=True, type=Path, help="F.safetensors")
+    fisher.set_defaults(run=_fisher)
     return parser
 
 
@@ -134,6 +171,53 @@ def _gallery(args: argparse.Namespace) -> int:
         raise LwmmError(f"{args.output}: the gallery is written as a .png file")
     path = save_gallery(args.output, scenes=args.scenes, seed=args.seed, size=tuple(args.size))
     print(f"wrote {path}")
+    return 0
+
+
+def _zoo_build(args: argparse.Namespace) -> int:
+    config = ZooConfig.quick_config() if args.quick else ZooConfig()
+    build_zoo(args.out, config, device=args.device)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    size = tuple(args.size) if args.size else None
+    results = evaluate_checkpoints(
+        args.checkpoints,
+        domain=args.domain,
+        split=args.split,
+        ensemble=args.ensemble,
+        images=args.images,
+        size=size,
+        device=args.device,
+        submodel=args.submodel,
+    )
+    if args.json:
+        payload = [r.to_json() for r in results]
+        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=1))
+        return 0
+    for r in results:
+        if args.ensemble:
+            name = "ensemble of " + ", ".join(r.extra["checkpoints"])
+        else:
+            name = r.extra["checkpoint"]
+        print(
+            f"{name}: mIoU {r.miou:.2f} on {r.domain} "
+            f"({r.images} images, {len(r.classes)} classes, {r.seconds:.1f} s)"
+        )
+        for cls, iou in r.per_class_iou.items():
+            print(f"  {cls:<14} {'-' if iou is None else f'{iou:6.2f}'}")
+    return 0
+
+
+def _fisher(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    model = load_model(ckpt, args.device)
+    size = tuple(args.size) if args.size else tuple(ckpt.provenance.get("resolution", (128, 256)))
+    dataset = open_dataset(args.domain, "train", size, size=args.images)
+    fisher = estimate_fisher(model, dataset, args.images)
+    path = save_fisher(args.output, fisher, ckpt, args.domain, min(args.images, len(dataset)))
+    print(f"wrote {path}: diagonal Fisher of {len(fisher)} parameters on {args.domain}")
     return 0
 
 

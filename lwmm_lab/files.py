@@ -12,6 +12,9 @@ from pathlib import Path
 
 from lwmm_lab.errors import LwmmError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, protect: tuple[Path, ...] = ()) -> Iterator[Path]:
@@ -30,6 +33,7 @@ def atomic_path(path: str | os.PathLike, protect: tuple[Path, ...] = ()) -> Iter
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

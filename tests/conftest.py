@@ -67,3 +67,13 @@ def make_models() -> Callable[..., list[torch.nn.Module]]:
         return [perturbed_model(spec, 100 + i, (counts or [0] * n)[i]) for i in range(n)]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def quick_zoo(tmp_path_factory: pytest.TempPathFactory):
+    """The quick zoo, built once per test session (about 45 s on two CPU cores)."""
+    from lwmm_lab.zoo import ZooConfig, build_zoo
+
+    folder = tmp_path_factory.mktemp("zoo-quick")
+    build_zoo(folder, ZooConfig.quick_config(), device="cpu", log=lambda message: None)
+    return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -178,9 +179,16 @@ def test_writes_are_atomic_and_protect_inputs(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"], "no temp file left behind"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask(), "the usual file mode, not 0600"
     with pytest.raises(LwmmError, match="output is one of the inputs"):
         save_checkpoint(tmp_path / "." / "m.safetensors", {"a": torch.zeros(3)}, protect=(target,))
     assert target.read_bytes() == before
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_spec_metadata_errors_are_one_line(tmp_path: Path) -> None:

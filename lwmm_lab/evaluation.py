@@ -1,0 +1,198 @@
+"""Evaluation by the Cityscapes convention: one confusion matrix over the split, then IoU.
+
+IoU per class is ``diag / (row + col - diag)`` of the confusion accumulated over every image
+(255 ignored); a class absent from both predictions and labels has no IoU (``None``) and is
+left out of the mean. A model trained on a subset of the classes (SYNTHIA-16) is scored on its
+own classes: labels of the others are ignored. ``ensemble=True`` averages the models' softmax
+outputs, the output-ensemble baseline that costs M forward passes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lwmm_lab import labels as L
+from lwmm_lab.checkpoints import load_checkpoint
+from lwmm_lab.datasets import SyntheticScenes, open_dataset
+from lwmm_lab.domains import DOMAINS
+from lwmm_lab.model import load_model
+from lwmm_lab.pool import resolve_device
+
+#: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def normalize(images: Tensor) -> Tensor:
+    """Images in [0, 1], (N, 3, H, W) -> the model's input."""
+    return (images - MEAN.to(images.device)) / STD.to(images.device)
+
+
+def model_classes(model: nn.Module) -> tuple[int, ...]:
+    """The trainIds of a model's output channels: 19 -> all, 16 -> SYNTHIA-16, else the first n."""
+    n = _out_channels(model)
+    for subset in L.CLASS_SETS.values():
+        if len(subset) == n:
+            return subset
+    return tuple(range(n))
+
+
+def class_probabilities(models: Sequence[nn.Module], images: Tensor) -> Tensor:
+    """Mean softmax over ``models``, scattered into the 19 trainId channels: (N, 19, H, W)."""
+    x = normalize(images)
+    total = torch.zeros(x.shape[0], len(L.CLASSES), *x.shape[2:], device=x.device)
+    for model in models:
+        total[:, list(model_classes(model))] += model(x).softmax(1)
+    return total / len(models)
+
+
+def predict(models: nn.Module | Sequence[nn.Module], images: Tensor) -> Tensor:
+    """trainId predictions (N, H, W) of a model, or of the ensemble of several."""
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    with torch.no_grad():
+        if len(models) == 1:
+            logits = models[0](normalize(images))
+            index = torch.tensor(model_classes(models[0]), device=images.device)
+            return index[logits.argmax(1)]
+        return class_probabilities(models, images).argmax(1)
+
+
+def confusion(prediction: Tensor, label: Tensor, classes: Sequence[int]) -> Tensor:
+    """Confusion counts (19 x 19, rows = label, cols = prediction) over ``classes``' pixels."""
+    n = len(L.CLASSES)
+    keep = torch.zeros(256, dtype=torch.bool, device=label.device)
+    keep[list(classes)] = True
+    valid = keep[label]
+    index = label[valid] * n + prediction[valid]
+    return torch.bincount(index, minlength=n * n).reshape(n, n).cpu()
+
+
+@dataclass
+class Scores:
+    """mIoU (0-100) and per-class IoU (None: the class occurs in neither labels nor predictions)."""
+
+    miou: float
+    per_class_iou: dict[str, float | None]
+    domain: str
+    images: int
+    classes: tuple[int, ...]
+    seconds: float = 0.0
+    models: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "miou": round(self.miou, 4),
+            "per_class_iou": {
+                k: None if v is None else round(v, 4) for k, v in self.per_class_iou.items()
+            },
+            "domain": self.domain,
+            "images": self.images,
+            "classes": len(self.classes),
+            "models": self.models,
+            "seconds": round(self.seconds, 3),
+            **self.extra,
+        }
+
+
+def scores_from_confusion(conf: Tensor, classes: Sequence[int], domain: str, images: int) -> Scores:
+    """IoU per class from an accumulated confusion matrix, mean over classes that occur."""
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    per_class, values = {}, []
+    for c in classes:
+        if union[c] > 0:
+            iou = float(tp[c] / union[c]) * 100
+            per_class[L.CLASSES[c]] = iou
+            values.append(iou)
+        else:
+            per_class[L.CLASSES[c]] = None
+    miou = sum(values) / len(values) if values else float("nan")
+    return Scores(miou, per_class, domain, images, tuple(classes))
+
+
+def evaluate(
+    models: nn.Module | Sequence[nn.Module],
+    dataset: Dataset,
+    domain: str = "",
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> Scores:
+    """Score a model (or the softmax ensemble of several) on ``dataset``.
+
+    The classes scored are the model's (or, for an ensemble, those of any member).
+    """
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    device = torch.device(device) if device else next(models[0].parameters()).device
+    classes = tuple(sorted(set().union(*(model_classes(m) for m in models))))
+    for m in models:
+        m.eval()
+    conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64)
+    started, count = time.perf_counter(), 0
+    for images, labels in _batches(dataset, batch_size):
+        images, labels = images.to(device), labels.to(device)
+        conf += confusion(predict(models, images), labels, classes)
+        count += images.shape[0]
+    scores = scores_from_confusion(conf, classes, domain or getattr(dataset, "domain", ""), count)
+    scores.seconds = time.perf_counter() - started
+    scores.models = len(models)
+    return scores
+
+
+def evaluate_checkpoints(
+    paths: Sequence[str | os.PathLike],
+    domain: str = "real",
+    split: str = "val",
+    ensemble: bool = False,
+    images: int | None = None,
+    size: tuple[int, int] | None = None,
+    device: str | torch.device = "auto",
+    submodel: str | None = None,
+) -> list[Scores]:
+    """Score checkpoint files on ``domain`` (a synthetic domain or ``cityscapes:PATH`` ...).
+
+    One :class:`Scores` per checkpoint, or a single one for the ensemble of all of them.
+    Synthetic domains are rendered at ``size``, else at the resolution a zoo checkpoint was
+    trained at (128 x 256 for others); real datasets keep their size unless ``size`` is given.
+    """
+    dev = resolve_device(device)
+    checkpoints = [load_checkpoint(p, submodel) for p in paths]
+    models = [load_model(c, dev) for c in checkpoints]
+    resolution = size
+    if resolution is None and domain in DOMAINS:
+        resolution = tuple(checkpoints[0].provenance.get("resolution", (128, 256)))
+    dataset = open_dataset(domain, split, resolution, size=images)
+    if images is not None and not isinstance(dataset, SyntheticScenes):
+        dataset = Subset(dataset, range(min(images, len(dataset))))
+    if ensemble:
+        scores = evaluate(models, dataset, domain)
+        scores.extra["checkpoints"] = [str(p) for p in paths]
+        return [scores]
+    results = []
+    for path, model in zip(paths, models, strict=True):
+        scores = evaluate(model, dataset, domain)
+        scores.extra["checkpoint"] = str(path)
+        results.append(scores)
+    return results
+
+
+def _batches(dataset: Dataset, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        yield batch[0], batch[1]
+
+
+def _out_channels(model: nn.Module) -> int:
+    head = getattr(model, "segmentation_head", None)
+    convs = [m for m in (head or model).modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("cannot tell the model's number of classes (no segmentation_head conv)")
+    return convs[-1].out_channels

@@ -1,0 +1,435 @@
+"""The model zoo: the kinds of checkpoint the paper merges, trained here from the synthetic data.
+
+A base model is trained supervised on ``synthetic``; every other run starts from it (the
+encoder always, the decoder and head where the architecture and classes match), so all zoo
+models share their pre-training as the paper assumes. The runs:
+
+- ``strategies``: the six strategies of :mod:`lwmm_lab.training`, synthetic -> real;
+- ``checkpoints``: the four checkpoints (25/50/75/100 %) of every run;
+- ``other-classes``: a SYNTHIA-16 model (16-class head), synthetic-16 -> real;
+- ``other-decoders``: FPN and DeepLabV3+ on the base encoder;
+- ``multi-target``: one strategy adapted to ``foggy`` and to ``night`` separately, and on the
+  union of the three targets (the multi-target paper's data-combination baseline);
+- ``seeds``: a second seed of one strategy.
+
+``build_zoo`` writes safetensors checkpoints (model spec in their metadata) and
+``manifest.json``, one entry per checkpoint with its mIoU on the source val and every target
+val. It is resumable: finished checkpoints are kept, and a run stopped midway continues from
+its last checkpoint with the optimiser state saved beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lwmm_lab import labels as L
+from lwmm_lab._version import __version__
+from lwmm_lab.checkpoints import load_checkpoint, save_checkpoint
+from lwmm_lab.domains import DOMAIN_CLASSES, TARGET_DOMAINS, generate
+from lwmm_lab.errors import LwmmError
+from lwmm_lab.evaluation import evaluate
+from lwmm_lab.files import atomic_path, atomic_write_text
+from lwmm_lab.model import load_weights
+from lwmm_lab.pool import resolve_device
+from lwmm_lab.spec import ModelSpec
+from lwmm_lab.training import ImagePool, TrainConfig, balanced_class_weights, train
+
+MANIFEST = "manifest.json"
+#: Bump when training changes what a run produces, so existing zoos are retrained, not reused.
+RECIPE = 2
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the zoo."""
+
+    name: str
+    strategy: str
+    scenarios: tuple[str, ...]
+    source: str = "synthetic"
+    targets: tuple[str, ...] = ("real",)
+    arch: str = "Unet"
+    classes: str = "cityscapes-19"
+    seed: int = 0
+    steps_factor: float = 1.0
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """Sizes and schedules of a zoo; ``quick()`` is the tiny one the tests use."""
+
+    resolution: tuple[int, int] = (96, 192)
+    encoder: str = "tu-mobilenetv3_small_100"
+    decoder_channels: tuple[int, ...] = (64, 32, 16, 8, 8)
+    base_steps: int = 900
+    base_lr: float = 3e-3
+    base_batch: int = 8
+    steps: int = 120
+    lr: float = 3e-4
+    batch: int = 4
+    train_images: int = 500
+    val_images: int = 40
+    quick: bool = False
+    runs: tuple[Run, ...] = field(default_factory=lambda: DEFAULT_RUNS)
+
+    @classmethod
+    def quick_config(cls) -> ZooConfig:
+        """A zoo in well under a minute: tiny images, a few steps; weak but real models."""
+        return cls(
+            resolution=(64, 128),
+            base_steps=80,
+            base_batch=8,
+            steps=12,
+            train_images=64,
+            val_images=8,
+            quick=True,
+        )
+
+    def spec(self, arch: str, classes: str) -> ModelSpec:
+        n = len(L.CLASS_SETS[classes])
+        kwargs: dict[str, Any] = {"encoder_depth": 5}
+        if arch == "Unet":
+            kwargs["decoder_channels"] = list(self.decoder_channels)
+        elif arch == "FPN":
+            kwargs.update(decoder_pyramid_channels=64, decoder_segmentation_channels=32)
+        elif arch == "DeepLabV3Plus":
+            kwargs.update(decoder_channels=64, encoder_output_stride=16)
+        return ModelSpec(arch, self.encoder, n, kwargs)
+
+
+DEFAULT_RUNS = (
+    Run("source_only", "source_only", ("strategies", "checkpoints")),
+    Run("minent", "minent", ("strategies", "checkpoints", "multi-target")),
+    Run("maxsquare", "maxsquare", ("strategies", "checkpoints")),
+    Run("advent", "advent", ("strategies", "checkpoints")),
+    Run("adaptsegnet", "adaptsegnet", ("strategies", "checkpoints")),
+    Run("selftrain", "selftrain", ("strategies", "checkpoints")),
+    Run("synthia16-minent", "minent", ("other-classes", "checkpoints"), source="synthetic-16",
+        classes="synthia-16"),
+    Run("fpn-minent", "minent", ("other-decoders", "checkpoints"), arch="FPN", steps_factor=2.0),
+    Run("deeplabv3plus-minent", "minent", ("other-decoders", "checkpoints"), arch="DeepLabV3Plus",
+        steps_factor=2.0),
+    Run("minent-foggy", "minent", ("multi-target", "checkpoints"), targets=("foggy",)),
+    Run("minent-night", "minent", ("multi-target", "checkpoints"), targets=("night",)),
+    Run("minent-union", "minent", ("multi-target", "checkpoints"), targets=TARGET_DOMAINS),
+    Run("minent-seed1", "minent", ("seeds", "checkpoints"), seed=1),
+)  # fmt: skip
+BASE = Run("base", "source_only", ("base",), targets=())
+
+
+def default_zoo_dir(quick: bool = False) -> Path:
+    """``data/zoo`` (``data/zoo-quick`` for the quick zoo, so it never replaces the real one)."""
+    return Path("data") / ("zoo-quick" if quick else "zoo")
+
+
+def build_zoo(
+    out: str | os.PathLike | None = None,
+    config: ZooConfig | None = None,
+    device: str | torch.device = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Build (or finish building) the zoo in ``out``; returns the manifest."""
+    config = config or ZooConfig()
+    out = Path(out) if out is not None else default_zoo_dir(config.quick)
+    device = resolve_device(device)
+    started = time.perf_counter()
+    manifest = _load_manifest(out)
+    known = {e["path"]: e for e in manifest.get("checkpoints", [])}
+    entries: list[dict[str, Any]] = []
+    data = _DataCache(out / "cache", config)
+
+    def record(entry: dict[str, Any]) -> None:
+        entries.append(entry)
+        _write_manifest(out, config, entries, time.perf_counter() - started)
+
+    base_path = _run_dir(out, BASE) / _step_name(config.base_steps)
+    for run in (BASE, *config.runs):
+        log(f"[zoo] {run.name}: {run.strategy}, {run.source} -> {'+'.join(run.targets) or '-'}")
+        for entry in _train_run(run, config, out, base_path, data, device, known):
+            record(entry)
+    manifest = _write_manifest(out, config, entries, time.perf_counter() - started)
+    log(f"[zoo] {len(entries)} checkpoints in {out} ({manifest['build_seconds']:.0f} s)")
+    return manifest
+
+
+def load_manifest(zoo: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a built zoo, with each entry's path made absolute."""
+    zoo = Path(zoo)
+    manifest = _load_manifest(zoo)
+    if not manifest:
+        raise LwmmError(f"{zoo / MANIFEST}: no zoo manifest (build one with: lwmm zoo build)")
+    for entry in manifest["checkpoints"]:
+        entry["path"] = str(zoo / entry["path"])
+    return manifest
+
+
+def select(manifest: dict[str, Any], **where: Any) -> list[dict[str, Any]]:
+    """Manifest entries matching every ``key=value`` (``scenario=`` tests membership)."""
+    picked = []
+    for entry in manifest["checkpoints"]:
+        if all(
+            value in entry["scenarios"] if key == "scenario" else entry.get(key) == value
+            for key, value in where.items()
+        ):
+            picked.append(entry)
+    return picked
+
+
+# ---------------------------------------------------------------------------------- one run
+
+
+def _train_run(
+    run: Run,
+    config: ZooConfig,
+    out: Path,
+    base_path: Path,
+    data: _DataCache,
+    device: torch.device,
+    known: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Train one run, or finish it from its last checkpoint; returns its manifest entries."""
+    is_base = run is BASE
+    steps = config.base_steps if is_base else max(4, round(config.steps * run.steps_factor))
+    checkpoint_steps = (steps,) if is_base else tuple(max(1, round(f * steps)) for f in FRACTIONS)
+    spec = config.spec(run.arch, run.classes)
+    fingerprint = _fingerprint(run, config)
+    folder = _run_dir(out, run)
+    paths = {s: folder / _step_name(s) for s in checkpoint_steps}
+    done = {s for s in checkpoint_steps if _finished(paths[s], fingerprint)}
+    if len(done) < len(checkpoint_steps):
+        start = max(done, default=0)
+        state = _resume_state(folder, start, device) if start else None
+        if state is None:
+            start = 0  # no optimiser state beside the last checkpoint: train from the start
+        torch.manual_seed(run.seed)
+        model = spec.build(device)
+        if start:
+            load_weights(model, load_checkpoint(paths[start]).tensors, str(paths[start]))
+        elif not is_base:
+            _initialize_from(model, load_checkpoint(base_path).tensors)
+
+        def on_checkpoint(step: int, state: dict[str, Any]) -> None:
+            provenance = {
+                "lwmm_lab": __version__,
+                "zoo": {"run": run.name, "fingerprint": fingerprint, "step": step, "steps": steps},
+                "run": asdict(run),
+                "resolution": list(config.resolution),
+            }
+            save_checkpoint(paths[step], model.state_dict(), spec, provenance)
+            with atomic_path(folder / "resume.pt") as tmp:
+                torch.save(state, tmp)
+
+        source = data.pool(run.source, "train", labels=True)
+        classes = L.CLASS_SETS[run.classes]
+        train_config = TrainConfig(
+            steps=steps,
+            class_weights=balanced_class_weights(source.labels, classes),
+            batch_size=config.base_batch if is_base else config.batch,
+            lr=config.base_lr if is_base else config.lr,
+            head_lr_mult=1.0 if is_base else 10.0,
+            warmup=steps // 20 if is_base else 0,
+            seed=run.seed,
+        )
+        train(
+            model,
+            source,
+            data.union(run.targets) if run.targets else None,
+            run.strategy,
+            train_config,
+            classes=classes,
+            checkpoint_steps=tuple(s for s in checkpoint_steps if s > start),
+            on_checkpoint=on_checkpoint,
+            resume=state,
+            description=run.name,
+        )
+        (folder / "resume.pt").unlink(missing_ok=True)
+    return [_entry(run, out, paths[s], s, steps, data, device, known) for s in checkpoint_steps]
+
+
+def _resume_state(folder: Path, step: int, device: torch.device) -> dict[str, Any] | None:
+    """The optimiser and strategy state saved with the checkpoint at ``step``, if any."""
+    path = folder / "resume.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state if state.get("step") == step else None
+
+
+def _entry(
+    run: Run,
+    out: Path,
+    path: Path,
+    step: int,
+    steps: int,
+    data: _DataCache,
+    device: torch.device,
+    known: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The manifest entry of a checkpoint, evaluated on its source val and every target val."""
+    rel = _rel(out, path)
+    if rel in known and known[rel].get("run") == run.name:
+        return known[rel]
+    ckpt = load_checkpoint(path)
+    model = ckpt.spec.build(device)
+    load_weights(model, ckpt.tensors, str(path))
+    miou = {
+        d: round(evaluate(model, data.val(d), d).miou, 3) for d in (run.source, *TARGET_DOMAINS)
+    }
+    return {
+        "path": rel,
+        "run": run.name,
+        "strategy": run.strategy,
+        "scenarios": list(run.scenarios),
+        "arch": ckpt.spec.arch,
+        "encoder": ckpt.spec.encoder,
+        "classes": run.classes,
+        "num_classes": ckpt.spec.classes,
+        "source": run.source,
+        "targets": list(run.targets),
+        "seed": run.seed,
+        "step": step,
+        "fraction": round(step / steps, 4),
+        "miou": miou,
+    }
+
+
+def _initialize_from(model: nn.Module, base: dict[str, torch.Tensor]) -> None:
+    """Copy every base tensor whose name and shape the model shares (encoder, matching decoder)."""
+    own = model.state_dict()
+    with torch.no_grad():
+        for name, value in base.items():
+            if name in own and own[name].shape == value.shape:
+                own[name].copy_(value)
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+class _DataCache:
+    """Training pools and val sets of the synthetic domains, generated once, cached as npz."""
+
+    def __init__(self, folder: Path, config: ZooConfig) -> None:
+        self.folder, self.config = folder, config
+        self._pools: dict[tuple[str, str], ImagePool] = {}
+
+    def pool(self, domain: str, split: str, labels: bool) -> ImagePool:
+        n = self.config.train_images if split == "train" else self.config.val_images
+        key = (domain, split)
+        if key not in self._pools:
+            images, label_maps = self._arrays(domain, split, n)
+            self._pools[key] = ImagePool(images, label_maps)
+        pool = self._pools[key]
+        return pool if labels else ImagePool(pool.images)
+
+    def union(self, domains: tuple[str, ...]) -> ImagePool:
+        """The unlabelled images of several target domains, together."""
+        images = np.concatenate([self.pool(d, "train", labels=False).images for d in domains])
+        return ImagePool(images)
+
+    def val(self, domain: str) -> torch.utils.data.TensorDataset:
+        pool = self.pool(domain, "val", labels=True)
+        images = torch.from_numpy(pool.images).permute(0, 3, 1, 2).float().div_(255)
+        return torch.utils.data.TensorDataset(
+            images, torch.from_numpy(pool.labels.astype(np.int64))
+        )
+
+    def _arrays(self, domain: str, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.config.resolution
+        path = self.folder / f"{domain}-{split}-{n}-{h}x{w}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return z["images"], z["labels"]
+        jobs = [(domain, split, i, (h, w)) for i in range(n)]
+        with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+            scenes = list(
+                tqdm(
+                    pool.map(_generate, jobs, chunksize=16),
+                    total=n,
+                    desc=f"{domain} {split}",
+                    leave=False,
+                )
+            )
+        images = np.stack([s[0] for s in scenes])
+        labels = np.stack([L.restrict(s[1], DOMAIN_CLASSES[domain]) for s in scenes])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=images, labels=labels)
+        return images, labels
+
+
+def _generate(job: tuple[str, str, int, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    domain, split, index, size = job
+    scene = generate(domain, split, index, 0, size)
+    return scene.image, scene.label
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _run_dir(out: Path, run: Run) -> Path:
+    return out / "runs" / run.name
+
+
+def _step_name(step: int) -> str:
+    return f"step-{step:06d}.safetensors"
+
+
+def _rel(out: Path, path: Path) -> str:
+    return path.relative_to(out).as_posix()
+
+
+def _fingerprint(run: Run, config: ZooConfig) -> str:
+    """What a checkpoint was trained with; a change means it is retrained (and re-evaluated)."""
+    settings = asdict(replace(config, runs=()))
+    record = {"run": asdict(run), "config": settings, "recipe": RECIPE}
+    text = json.dumps(record, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished(path: Path, fingerprint: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        provenance = load_checkpoint(path).provenance
+    except LwmmError:
+        return False
+    return provenance.get("zoo", {}).get("fingerprint") == fingerprint
+
+
+def _load_manifest(out: Path) -> dict[str, Any]:
+    path = out / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise LwmmError(f"{path}: not valid JSON ({e})") from None
+
+
+def _write_manifest(
+    out: Path, config: ZooConfig, entries: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    manifest = {
+        "lwmm_lab": __version__,
+        "config": asdict(replace(config, runs=())),
+        "runs": [asdict(r) for r in (BASE, *config.runs)],
+        "build_seconds": round(seconds, 1),
+        "checkpoints": entries,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest

@@ -1,0 +1,86 @@
+"""mIoU by the Cityscapes convention, checked against smp's metrics; subsets; ensembles."""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+from torch.utils.data import TensorDataset
+
+from lwmm_lab import ModelSpec
+from lwmm_lab import labels as L
+from lwmm_lab.evaluation import (
+    class_probabilities,
+    confusion,
+    evaluate,
+    model_classes,
+    predict,
+    scores_from_confusion,
+)
+
+ALL = L.CLASS_SETS["cityscapes-19"]
+
+
+def _random_maps(
+    seed: int, n: int = 3, h: int = 8, w: int = 12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    present = torch.tensor([0, 1, 2, 10, 13])  # only some classes occur
+    label = present[torch.randint(len(present), (n, h, w), generator=g)]
+    label[:, 0, :] = L.IGNORE
+    pred = present[torch.randint(len(present), (n, h, w), generator=g)]
+    pred[0, 1, 0] = 5  # a class predicted but never labelled
+    return pred, label
+
+
+def test_iou_matches_smp_where_classes_occur_and_skips_absent_ones() -> None:
+    pred, label = _random_maps(0)
+    scores = scores_from_confusion(confusion(pred, label, ALL), ALL, "x", 3)
+    tp, fp, fn, _ = smp.metrics.get_stats(
+        pred, label, mode="multiclass", num_classes=19, ignore_index=L.IGNORE
+    )
+    tp, fp, fn = tp.sum(0), fp.sum(0), fn.sum(0)  # accumulated over the split
+    reference = smp.metrics.iou_score(tp, fp, fn, torch.zeros_like(tp), reduction="none")
+    valid = label != L.IGNORE
+    occurring = set(label[valid].tolist()) | set(pred[valid].tolist())
+    for c, name in enumerate(L.CLASSES):
+        if c in occurring:
+            assert abs(scores.per_class_iou[name] - 100 * float(reference[c])) < 1e-6
+        else:
+            assert scores.per_class_iou[name] is None, "absent classes have no IoU"
+            assert float(reference[c]) == 1.0, "(smp's default scores them 1.0)"
+    present = [v for v in scores.per_class_iou.values() if v is not None]
+    assert abs(scores.miou - sum(present) / len(present)) < 1e-9
+    assert scores.per_class_iou["pole"] == 0.0, "predicted but never labelled: IoU 0, counted"
+
+
+def test_subset_models_are_scored_on_their_own_classes() -> None:
+    spec16 = ModelSpec(
+        "Unet", "tu-resnet10t", 16, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
+    )
+    model = spec16.build()
+    assert model_classes(model) == L.CLASS_SETS["synthia-16"]
+    images = torch.rand(2, 3, 32, 64)
+    label = torch.full((2, 32, 64), L.TERRAIN)
+    label[:, :16] = L.ROAD
+    scores = evaluate(model, TensorDataset(images, label))
+    assert "terrain" not in scores.per_class_iou and len(scores.per_class_iou) == 16
+    prediction = predict(model, images)
+    assert set(prediction.unique().tolist()) <= set(L.CLASS_SETS["synthia-16"])
+
+
+def test_ensemble_averages_softmax_over_the_union_of_classes() -> None:
+    torch.manual_seed(0)
+    a = ModelSpec(
+        "Unet", "tu-resnet10t", 19, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
+    ).build()
+    b = ModelSpec(
+        "Unet", "tu-resnet10t", 16, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
+    ).build()
+    images = torch.rand(2, 3, 32, 64)
+    with torch.no_grad():
+        probs = class_probabilities([a, b], images)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 32, 64))
+    assert torch.equal(predict([a, b], images), probs.argmax(1))
+    label = torch.randint(0, 19, (2, 32, 64))
+    scores = evaluate([a, b], TensorDataset(images, label))
+    assert scores.models == 2 and len(scores.per_class_iou) == 19

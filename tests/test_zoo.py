@@ -1,0 +1,132 @@
+"""The quick zoo: what it contains, its manifest, resuming, evaluation and Fisher via the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lwmm_lab import Pool, load_checkpoint, load_model, merge
+from lwmm_lab.cli import main
+from lwmm_lab.domains import TARGET_DOMAINS
+from lwmm_lab.zoo import DEFAULT_RUNS, ZooConfig, build_zoo, load_manifest, select
+
+KEYS = {"path", "run", "strategy", "scenarios", "arch", "encoder", "classes", "num_classes",
+        "source", "targets", "seed", "step", "fraction", "miou"}  # fmt: skip
+
+
+def test_manifest_describes_every_checkpoint(quick_zoo: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+    entries = manifest["checkpoints"]
+    assert len(entries) == 1 + 4 * len(DEFAULT_RUNS)
+    for e in entries:
+        assert set(e) == KEYS
+        assert Path(e["path"]).is_file()
+        assert set(e["miou"]) == {e["source"], *TARGET_DOMAINS}
+        assert all(0 <= v <= 100 for v in e["miou"].values())
+    strategies = select(manifest, scenario="strategies", fraction=1.0)
+    assert sorted(e["strategy"] for e in strategies) == sorted(
+        ["source_only", "minent", "maxsquare", "advent", "adaptsegnet", "selftrain"]
+    )
+    fractions = sorted(e["fraction"] for e in select(manifest, run="advent"))
+    assert fractions == [0.25, 0.5, 0.75, 1.0]
+    (sixteen,) = select(manifest, scenario="other-classes", fraction=1.0)
+    assert sixteen["num_classes"] == 16 and sixteen["source"] == "synthetic-16"
+    assert {e["arch"] for e in select(manifest, scenario="other-decoders")} == {
+        "FPN",
+        "DeepLabV3Plus",
+    }
+    targets = {tuple(e["targets"]) for e in select(manifest, scenario="multi-target")}
+    assert targets == {("real",), ("foggy",), ("night",), TARGET_DOMAINS}
+
+
+def test_checkpoints_rebuild_and_share_the_base_encoder(quick_zoo: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+    (base,) = select(manifest, run="base")
+    (fpn,) = select(manifest, run="fpn-minent", fraction=0.25)
+    model = load_model(fpn["path"], "cpu")
+    assert type(model).__name__ == "FPN"
+    assert model(torch.rand(1, 3, 64, 128)).shape == (1, 19, 64, 128)
+    pool = Pool([base["path"], fpn["path"]], device="cpu")
+    shared = {n for n in pool.columns if not n.startswith("encoder.")}
+    assert shared == {"segmentation_head.0.bias"}, "the decoders share nothing; the heads a bias"
+    assert sum(n.startswith("encoder.") for n in pool.columns) > 100
+    assert load_checkpoint(fpn["path"]).provenance["zoo"]["run"] == "fpn-minent"
+
+
+def test_uda_strategies_beat_source_only_on_the_target(quick_zoo: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+    final = {
+        e["strategy"]: e["miou"]["real"]
+        for e in select(manifest, scenario="strategies", fraction=1.0)
+    }
+    baseline = final.pop("source_only")
+    assert sum(v > baseline for v in final.values()) >= 3, final
+
+
+def test_strategies_differ_more_than_checkpoints_of_one_run(quick_zoo: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+
+    def distance(a: str, b: str) -> float:
+        pool = Pool([a, b], device="cpu")
+        diff = pool.flat[0] - pool.flat[1]
+        return float(diff.norm() / pool.flat[0].norm())
+
+    run = sorted(select(manifest, run="minent"), key=lambda e: e["step"])
+    within = max(distance(x["path"], y["path"]) for x, y in itertools.pairwise(run))
+    finals = {
+        e["strategy"]: e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)
+    }
+    across = distance(finals["minent"], finals["selftrain"])
+    assert across > within
+
+
+def test_rebuilding_keeps_finished_checkpoints(quick_zoo: Path, tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    shutil.copytree(quick_zoo, zoo)
+    removed = zoo / "runs/maxsquare/step-000012.safetensors"
+    removed.unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in zoo.glob("runs/*/*.safetensors")}
+    messages: list[str] = []
+    manifest = build_zoo(zoo, ZooConfig.quick_config(), device="cpu", log=messages.append)
+    assert removed.is_file()
+    assert len(manifest["checkpoints"]) == 1 + 4 * len(DEFAULT_RUNS)
+    touched = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
+    assert touched <= set(zoo.glob("runs/maxsquare/*")), "only the unfinished run is trained again"
+
+
+def test_eval_and_fisher_commands(quick_zoo: Path, tmp_path: Path, capsys) -> None:
+    manifest = load_manifest(quick_zoo)
+    finals = [e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)][:2]
+    assert main(["eval", finals[0], "--domain", "real", "--images", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"miou", "per_class_iou", "domain", "images"}
+    assert (
+        result["domain"] == "real" and result["images"] == 4 and len(result["per_class_iou"]) == 19
+    )
+    assert main(["eval", *finals, "--ensemble", "--images", "4", "--json"]) == 0
+    ensemble = json.loads(capsys.readouterr().out)
+    assert ensemble["models"] == 2
+    out = tmp_path / "f.safetensors"
+    assert (
+        main(["fisher", finals[0], "--domain", "synthetic", "--images", "3", "-o", str(out)]) == 0
+    )
+    capsys.readouterr()
+    fisher = load_checkpoint(out)
+    assert fisher.provenance["fisher"]["images"] == 3
+    assert all(bool((v >= 0).all()) for v in fisher.tensors.values())
+    other = tmp_path / "g.safetensors"
+    assert main(["fisher", finals[1], "--images", "3", "-o", str(other)]) == 0
+    merged = merge(Pool(finals, device="cpu", fisher=[out, other]), method="fisher")
+    assert all(bool(torch.isfinite(v).all()) for v in merged.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("bad", ["nope.safetensors"])
+def test_eval_errors_are_one_line(bad: str, capsys) -> None:
+    assert main(["eval", bad, "--domain", "real"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lwmm: error: ") and err.count("\n") == 1
