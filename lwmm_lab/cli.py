@@ -16,15 +16,40 @@ from pathlib import Path
 from lwmm_lab._version import __version__
 from lwmm_lab.checkpoints import SUBMODELS, load_checkpoint
 from lwmm_lab.datasets import open_dataset
+from lwmm_lab.discrepancy import (
+    bn_divergence,
+    discrepancy,
+    suggest_start,
+    task_vector_cosine,
+)
 from lwmm_lab.domains import DOMAINS, save_gallery
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.evaluation import evaluate_checkpoints
+from lwmm_lab.figures import (
+    bn_divergence_figure,
+    counts_figure,
+    discrepancy_figure,
+    save_figure,
+    save_html,
+    sweep_curves,
+    sweep_heatmap,
+    task_vector_figure,
+)
 from lwmm_lab.fisher import estimate_fisher, save_fisher
 from lwmm_lab.merge import MergeConfig, make_plan, save_merge
 from lwmm_lab.methods import BN_RULES, METHODS, SCHEDULES
 from lwmm_lab.model import load_model
 from lwmm_lab.pool import GRANULARITIES, Pool
-from lwmm_lab.zoo import ZooConfig, build_zoo
+from lwmm_lab.sweeps import EXECUTORS, grid, run_sweep
+from lwmm_lab.zoo import (
+    PRESETS,
+    ZooConfig,
+    base_checkpoint,
+    build_zoo,
+    default_zoo_dir,
+    load_manifest,
+    preset,
+)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -100,7 +125,41 @@ def build_parser() -> argparse.ArgumentParser:
     fisher.add_argument("--device", default="auto")
     fisher.add_argument("-o", "--output", required=True, type=Path, help="F.safetensors")
     fisher.set_defaults(run=_fisher)
+
+    disc = commands.add_parser(
+        "discrepancy", help="per-layer distance between checkpoints (Fig. 2)"
+    )
+    disc.add_argument("checkpoints", nargs="*", metavar="CKPT", help="the first is the reference")
+    disc.add_argument("--preset", choices=PRESETS, help="take the checkpoints from the zoo")
+    disc.add_argument("--zoo", type=Path, default=default_zoo_dir(), help="zoo folder (data/zoo)")
+    disc.add_argument("--run", default="advent", help="the run of the checkpoint preset (advent)")
+    disc.add_argument("--tau", type=float, default=10.0, help="discrepant: relative L2 >= 1/tau")
+    disc.add_argument("--base", type=Path, help="shared base, for task-vector cosines")
+    _add_output_arguments(disc)
+    disc.set_defaults(run=_discrepancy)
+
+    sweep = commands.add_parser("sweep", help="mIoU over start layer x alpha (Fig. 5b, 5c)")
+    sweep.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    sweep.add_argument("--anchors", type=int, nargs="+", default=[0], help="anchor indices (0)")
+    sweep.add_argument("--starts", type=float, nargs="+", help="start fractions (11 from 0 to 1)")
+    sweep.add_argument("--alphas", type=float, nargs="+", help="alphas (11 from 0 to 1)")
+    sweep.add_argument("--domains", nargs="+", default=["real", "synthetic"], help="target first")
+    sweep.add_argument("--images", type=int, default=100, help="val images per domain (100)")
+    sweep.add_argument("--method", default="layerwise", choices=list(METHODS))
+    sweep.add_argument("--bn", default="linear", choices=list(BN_RULES))
+    sweep.add_argument("--executor", default="serial", choices=EXECUTORS)
+    sweep.add_argument("--address", help="dask scheduler or ray cluster address")
+    sweep.add_argument("--workers", type=int, help="processes for --executor process")
+    sweep.add_argument("--no-cache", action="store_true", help="recompute every cell")
+    _add_output_arguments(sweep)
+    sweep.set_defaults(run=_sweep)
     return parser
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--html", type=Path, help="write the figures to an HTML page")
+    p.add_argument("--png", type=Path, help="write the main figure as a PNG")
 
 
 def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
@@ -219,6 +278,88 @@ def _fisher(args: argparse.Namespace) -> int:
     path = save_fisher(args.output, fisher, ckpt, args.domain, min(args.images, len(dataset)))
     print(f"wrote {path}: diagonal Fisher of {len(fisher)} parameters on {args.domain}")
     return 0
+
+
+def _discrepancy(args: argparse.Namespace) -> int:
+    paths, base = [str(p) for p in args.checkpoints], args.base
+    if args.preset:
+        manifest = load_manifest(args.zoo)
+        reference, others = preset(manifest, args.preset, run=args.run)
+        paths, base = [reference, *others], base or base_checkpoint(manifest)
+    if len(paths) < 2:
+        raise LwmmError("give at least two checkpoints (the first is the reference) or --preset")
+    pool = Pool(paths, device="cpu", base=base)
+    d = discrepancy(pool)
+    bn = bn_divergence(pool)
+    figures = [
+        discrepancy_figure(d, args.tau),
+        counts_figure(d, args.tau),
+        bn_divergence_figure(bn),
+    ]
+    payload = d.to_json(args.tau) | {"bn_divergence": bn}
+    if base is not None:
+        tv = task_vector_cosine(pool)
+        suggestion = suggest_start(tv, d.n_depth)
+        figures.append(task_vector_figure(tv, suggestion))
+        payload |= {"task_vector_cosine": tv, "suggested_start": suggestion}
+    _write_outputs(args, payload, figures)
+    if not args.json:
+        print(f"reference {d.reference}, tau {args.tau:g} (relative L2 >= {1 / args.tau:.3g})")
+        for model, c in d.counts(args.tau).items():
+            kinds = ", ".join(f"{k} {n}" for k, n in c["kind"].items() if n)
+            regions = ", ".join(f"{k} {n}" for k, n in c["region"].items())
+            print(
+                f"  {model}: {c['total']} tensors above ({kinds or 'none'}); by region: {regions}"
+            )
+        if "suggested_start" in payload:
+            s = payload["suggested_start"]
+            print(f"suggested start layer from task-vector agreement: s = {s}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    resolution = tuple(
+        load_checkpoint(args.checkpoints[0]).provenance.get("resolution", (128, 256))
+    )
+    cells = grid(
+        args.checkpoints,
+        starts=args.starts or [k / 10 for k in range(11)],
+        alphas=args.alphas or [k / 10 for k in range(11)],
+        anchors=args.anchors,
+        method=args.method,
+        bn=args.bn,
+        domains=tuple(args.domains),
+        images=args.images,
+        resolution=resolution,
+    )
+    result = run_sweep(
+        cells,
+        args.executor,
+        args.address,
+        args.workers,
+        cache=None if args.no_cache else "data/cache/sweeps",
+    )
+    target = args.domains[0]
+    figures = [sweep_heatmap(result, d, anchor=a) for a in args.anchors for d in args.domains]
+    figures.append(sweep_curves(result, args.domains, anchor=args.anchors[0]))
+    _write_outputs(args, result.to_json(), figures)
+    if not args.json:
+        best = max(result.results, key=lambda r: r["miou"][target])
+        scores = ", ".join(f"{d} {v:.2f}" for d, v in best["miou"].items())
+        print(
+            f"{len(cells)} merges; best on {target}: anchor {best['anchor']}, s = {best['start']}, "
+            f"alpha = {best['alpha']:.2f} ({scores})"
+        )
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, payload: object, figures: list) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=1))
+    if args.html:
+        save_html(figures, args.html)
+    if args.png:
+        save_figure(figures[0], args.png)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

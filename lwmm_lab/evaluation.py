@@ -13,11 +13,12 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lwmm_lab import labels as L
 from lwmm_lab.checkpoints import load_checkpoint
@@ -146,6 +147,16 @@ def evaluate(
     scores.seconds = time.perf_counter() - started
     scores.models = len(models)
     return scores
+
+
+@lru_cache(maxsize=16)
+def val_set(
+    domain: str, images: int = 100, resolution: tuple[int, int] = (96, 192), seed: int = 0
+) -> TensorDataset:
+    """A synthetic domain's val split held in memory (generated once per process)."""
+    scenes = SyntheticScenes(domain, "val", images, resolution, seed)
+    x, y = zip(*(scenes[i] for i in range(len(scenes))), strict=True)
+    return TensorDataset(torch.stack(x), torch.stack(y))
 
 
 def evaluate_checkpoints(

@@ -189,6 +189,35 @@ def select(manifest: dict[str, Any], **where: Any) -> list[dict[str, Any]]:
     return picked
 
 
+PRESETS = ("checkpoint", "heterogeneous")
+
+
+def preset(
+    manifest: dict[str, Any], name: str, run: str = "advent", domain: str = "real"
+) -> tuple[str, list[str]]:
+    """A reference checkpoint and the ones to compare with it (the paper's Fig. 2 scenarios).
+
+    ``checkpoint``: the first checkpoint of ``run`` against its later ones (Fig. 2a).
+    ``heterogeneous``: the best final strategy on ``domain`` against each other one (Fig. 2b).
+    """
+    if name == "checkpoint":
+        entries = sorted(select(manifest, run=run), key=lambda e: e["step"])
+        if len(entries) < 2:
+            raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
+        return entries[0]["path"], [e["path"] for e in entries[1:]]
+    if name == "heterogeneous":
+        finals = select(manifest, scenario="strategies", fraction=1.0)
+        finals.sort(key=lambda e: -e["miou"][domain])
+        return finals[0]["path"], [e["path"] for e in finals[1:]]
+    raise LwmmError(f"preset '{name}' is not one of {', '.join(PRESETS)}")
+
+
+def base_checkpoint(manifest: dict[str, Any]) -> str:
+    """The path of the zoo's shared pre-trained base model."""
+    (entry,) = select(manifest, run="base")
+    return entry["path"]
+
+
 # ---------------------------------------------------------------------------------- one run
 
 
@@ -257,7 +286,10 @@ def _train_run(
             description=run.name,
         )
         (folder / "resume.pt").unlink(missing_ok=True)
-    return [_entry(run, out, paths[s], s, steps, data, device, known) for s in checkpoint_steps]
+    return [
+        _entry(run, out, paths[s], s, steps, fingerprint, data, device, known)
+        for s in checkpoint_steps
+    ]
 
 
 def _resume_state(folder: Path, step: int, device: torch.device) -> dict[str, Any] | None:
@@ -275,14 +307,15 @@ def _entry(
     path: Path,
     step: int,
     steps: int,
+    fingerprint: str,
     data: _DataCache,
     device: torch.device,
     known: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """The manifest entry of a checkpoint, evaluated on its source val and every target val."""
     rel = _rel(out, path)
-    if rel in known and known[rel].get("run") == run.name:
-        return known[rel]
+    if rel in known and known[rel].get("fingerprint") == fingerprint:
+        return known[rel]  # evaluated before, and the checkpoint has not changed since
     ckpt = load_checkpoint(path)
     model = ckpt.spec.build(device)
     load_weights(model, ckpt.tensors, str(path))
@@ -304,6 +337,7 @@ def _entry(
         "step": step,
         "fraction": round(step / steps, 4),
         "miou": miou,
+        "fingerprint": fingerprint,
     }
 
 

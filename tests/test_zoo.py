@@ -16,7 +16,7 @@ from lwmm_lab.domains import TARGET_DOMAINS
 from lwmm_lab.zoo import DEFAULT_RUNS, ZooConfig, build_zoo, load_manifest, select
 
 KEYS = {"path", "run", "strategy", "scenarios", "arch", "encoder", "classes", "num_classes",
-        "source", "targets", "seed", "step", "fraction", "miou"}  # fmt: skip
+        "source", "targets", "seed", "step", "fraction", "miou", "fingerprint"}  # fmt: skip
 
 
 def test_manifest_describes_every_checkpoint(quick_zoo: Path) -> None:

@@ -1,0 +1,222 @@
+"""How far checkpoints are apart, layer by layer (the paper's Fig. 2), and where they disagree.
+
+For a reference model and each other model, every shared tensor gets its relative L2 distance
+``||theta - theta_ref|| / ||theta_ref||`` and its cosine distance, with its depth j, its kind
+(conv/linear weight, bias, norm weight, norm bias, BN running_mean, BN running_var) and its
+region (encoder, decoder, head). The paper counts a tensor as discrepant when
+``||theta_m - theta_m+z|| >= ||theta_m|| / tau``, i.e. when the relative distance reaches
+``1 / tau``: :meth:`Discrepancy.above` applies that threshold.
+
+Two data-free diagnostics suggest where the anchor should take over: a symmetric KL divergence
+between the per-channel Gaussians of BN layers, and the cosine between task vectors (each model
+minus the shared base) per tensor: near 1, the models moved the same way and averaging is safe;
+low, they pulled apart and the anchor should keep its own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lwmm_lab.pool import Pool, is_bn_stat, module_of
+
+KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
+REGIONS = ("encoder", "decoder", "head")
+_HEAD_PREFIXES = ("segmentation_head.", "decode_head.conv_seg", "classifier.", "head.")
+_ENCODER_PREFIXES = ("encoder.", "backbone.")
+
+
+def tensor_kind(name: str, shapes: dict[str, tuple[int, ...]]) -> str:
+    """The kind of a state-dict entry, from its name and the shapes of its module's entries.
+
+    A 1-D weight is a norm layer's (BatchNorm, LayerNorm, GroupNorm); a bias is a norm bias
+    when its module's weight is 1-D.
+    """
+    module, _, leaf = name.rpartition(".")
+    if leaf in ("running_mean", "running_var"):
+        return f"BN {leaf}"
+    if leaf == "weight":
+        return "norm weight" if len(shapes[name]) <= 1 else "weight"
+    sibling = shapes.get(f"{module}.weight")
+    return "norm bias" if sibling is not None and len(sibling) <= 1 else "bias"
+
+
+def region_of(name: str) -> str:
+    """encoder, decoder or head, from the smp (or mmseg) name prefix."""
+    if name.startswith(_HEAD_PREFIXES):
+        return "head"
+    if name.startswith(_ENCODER_PREFIXES):
+        return "encoder"
+    return "decoder"
+
+
+@dataclass
+class Discrepancy:
+    """Per-tensor distances of ``others`` to ``reference`` (labels), one row per (model, tensor).
+
+    ``boundary`` is the first depth index outside the encoder: the backbone/head line of Fig. 2.
+    """
+
+    reference: str
+    others: list[str]
+    rows: list[dict[str, Any]]
+    n_depth: int
+    boundary: int | None
+
+    def above(self, tau: float) -> list[dict[str, Any]]:
+        """Rows whose relative distance reaches ``1 / tau`` (the paper's threshold)."""
+        return [r for r in self.rows if r["relative_l2"] >= 1.0 / tau]
+
+    def counts(self, tau: float) -> dict[str, dict[str, dict[str, int]]]:
+        """Tensors above ``1 / tau`` per other model, by kind and by region."""
+        result = {}
+        for other in self.others:
+            hits = [r for r in self.above(tau) if r["model"] == other]
+            result[other] = {
+                "kind": {k: Counter(r["kind"] for r in hits)[k] for k in KINDS},
+                "region": {k: Counter(r["region"] for r in hits)[k] for k in REGIONS},
+                "total": len(hits),
+            }
+        return result
+
+    def to_json(self, tau: float | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "reference": self.reference,
+            "others": self.others,
+            "n_depth": self.n_depth,
+            "boundary": self.boundary,
+            "rows": self.rows,
+        }
+        if tau is not None:
+            payload["tau"] = tau
+            payload["counts"] = self.counts(tau)
+        return payload
+
+
+def discrepancy(pool: Pool, reference: int = 0) -> Discrepancy:
+    """Distances of every model of ``pool`` to model ``reference``, per shared tensor."""
+    layout = pool.layout(reference)
+    shapes = {n: tuple(t.shape) for n, t in pool.checkpoints[reference].tensors.items()}
+    ref = pool.flat[reference]
+    rows, boundary = [], None
+    for e in layout.entries:
+        if e.kind != "shared":
+            continue
+        cols = pool.columns[e.name]
+        kind, region = tensor_kind(e.name, shapes), region_of(e.name)
+        if boundary is None and region != "encoder":
+            boundary = e.j
+        a = ref[cols].double()
+        norm = float(a.norm())
+        scale = norm if norm > 0 else 1.0  # an all-zero reference: the absolute distance
+        for i, label in enumerate(pool.labels):
+            if i == reference:
+                continue
+            b = pool.flat[i, cols].double()
+            diff = float((b - a).norm())
+            rows.append(
+                {
+                    "model": label,
+                    "name": e.name,
+                    "j": e.j,
+                    "kind": kind,
+                    "region": region,
+                    "numel": int(a.numel()),
+                    "relative_l2": diff / scale,
+                    "cosine_distance": 1.0 - _cosine(a, b),
+                }
+            )
+    others = [label for i, label in enumerate(pool.labels) if i != reference]
+    return Discrepancy(pool.labels[reference], others, rows, layout.n_depth, boundary)
+
+
+def bn_divergence(pool: Pool, reference: int = 0) -> list[dict[str, Any]]:
+    """Per BN layer and other model, the mean over channels of the symmetric KL divergence.
+
+    Each channel's statistics are a Gaussian N(running_mean, running_var);
+    ``KL(p||q) + KL(q||p) = (s_p + d^2) / (2 s_q) + (s_q + d^2) / (2 s_p) - 1`` with ``s`` the
+    variances and ``d`` the difference of means.
+    """
+    layout = pool.layout(reference)
+    rows = []
+    for e in layout.entries:
+        if e.kind != "shared" or not e.name.endswith(".running_mean"):
+            continue
+        module = module_of(e.name)
+        var_name = f"{module}.running_var"
+        if var_name not in pool.columns:
+            continue
+        means, variances = (
+            pool.stack(e.name).double(),
+            pool.stack(var_name).double().clamp_min(1e-12),
+        )
+        for i, label in enumerate(pool.labels):
+            if i == reference:
+                continue
+            d2 = (means[i] - means[reference]).square()
+            sp, sq = variances[reference], variances[i]
+            kl = (sp + d2) / (2 * sq) + (sq + d2) / (2 * sp) - 1
+            rows.append(
+                {"model": label, "module": module, "j": e.j, "symmetric_kl": float(kl.mean())}
+            )
+    return rows
+
+
+def task_vector_cosine(pool: Pool, reference: int = 0) -> list[dict[str, Any]]:
+    """Per shared parameter tensor and other model, cos(theta_ref - base, theta_other - base).
+
+    Needs the pool's ``base`` (the zoo's shared pre-trained model). BN statistics are left out:
+    they are not learned by gradient descent.
+    """
+    if pool.base is None:
+        raise ValueError("task vectors need the pool's base checkpoint (Pool(..., base=...))")
+    layout = pool.layout(reference)
+    rows = []
+    for e in layout.entries:
+        if e.kind != "shared" or is_bn_stat(e.name):
+            continue
+        cols = pool.columns[e.name]
+        tau_ref = (pool.flat[reference, cols] - pool.base[cols]).double()
+        for i, label in enumerate(pool.labels):
+            if i == reference:
+                continue
+            tau = (pool.flat[i, cols] - pool.base[cols]).double()
+            rows.append({"model": label, "name": e.name, "j": e.j, "cosine": _cosine(tau_ref, tau)})
+    return rows
+
+
+def suggest_start(
+    rows: list[dict[str, Any]], n_depth: int, threshold: float = 0.5, window: int = 9
+) -> int:
+    """A start layer from task-vector cosines: the first j after which agreement stays low.
+
+    The cosines (averaged over the other models) are smoothed over ``window`` depths; the
+    suggestion is the first j from which the smoothed curve stays below ``threshold``
+    (``n_depth`` if it never drops). Averaging is safe where task vectors agree.
+    """
+    per_j: dict[int, list[float]] = {}
+    for r in rows:
+        per_j.setdefault(r["j"], []).append(r["cosine"])
+    js = sorted(per_j)
+    if not js:
+        return n_depth
+    values = torch.tensor([sum(per_j[j]) / len(per_j[j]) for j in js], dtype=torch.float64)
+    kernel = torch.ones(1, 1, window, dtype=torch.float64) / window
+    padded = torch.nn.functional.pad(
+        values[None, None], (window // 2, window // 2), mode="replicate"
+    )
+    smooth = torch.nn.functional.conv1d(padded, kernel)[0, 0]
+    start = n_depth
+    for j, value in reversed(list(zip(js, smooth.tolist(), strict=True))):
+        if value >= threshold:
+            break
+        start = j
+    return start
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    denom = float(a.norm() * b.norm())
+    return float(a @ b) / denom if denom > 0 else 1.0

@@ -1,0 +1,521 @@
+"""Every chart of the lab as a plotly figure: notebooks show them, widgets update them in place,
+the CLI writes them as HTML or PNG.
+
+Images (segmentations, change maps) are embedded as PNG data URIs, which keeps figures small:
+a widget that changes one image sends a few kilobytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
+
+from lwmm_lab import labels as L
+from lwmm_lab.discrepancy import KINDS, Discrepancy, region_of
+from lwmm_lab.errors import LwmmError
+from lwmm_lab.files import atomic_path
+from lwmm_lab.merge import MergePlan
+from lwmm_lab.qualitative import CHANGES, Example
+from lwmm_lab.sweeps import Sweep
+
+KIND_COLORS = dict(
+    zip(KINDS, ("#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#d62728", "#ff9896"), strict=True)
+)
+REGION_SHADES = {
+    "encoder": "rgba(31,119,180,0.06)",
+    "decoder": "rgba(44,160,44,0.08)",
+    "head": "rgba(214,39,40,0.10)",
+}
+MODEL_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+METHOD_COLORS = {
+    "isotropic": "#7f7f7f",
+    "fisher": "#9467bd",
+    "ensemble": "#ff7f0e",
+    "layerwise": "#d62728",
+    "weighted": "#8c564b",
+    "task_arithmetic": "#17becf",
+    "ties": "#bcbd22",
+}
+
+
+def _base_layout(fig: go.Figure, title: str, **extra: Any) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        template="plotly_white",
+        margin={"l": 60, "r": 20, "t": 60, "b": 50},
+        legend={"orientation": "h", "y": -0.18},
+        **extra,
+    )
+    return fig
+
+
+def _region_spans(names: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Consecutive depth ranges (1-based, inclusive) of the encoder, decoder and head."""
+    spans: list[tuple[str, int, int]] = []
+    for j, name in enumerate(names, start=1):
+        region = region_of(name)
+        if spans and spans[-1][0] == region:
+            spans[-1] = (region, spans[-1][1], j)
+        else:
+            spans.append((region, j, j))
+    return spans
+
+
+def _shade_regions(fig: go.Figure, names: Sequence[str], **where: Any) -> None:
+    for region, j0, j1 in _region_spans(names):
+        fig.add_vrect(
+            x0=j0 - 0.5,
+            x1=j1 + 0.5,
+            fillcolor=REGION_SHADES[region],
+            line_width=0,
+            layer="below",
+            annotation_text=region,
+            annotation_position="top left",
+            **where,
+        )
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+def schedule_figure(plan: MergePlan) -> go.Figure:
+    """The weight each model gets at each depth (the paper's Fig. 5a)."""
+    names = plan.layout.depth_names
+    weights = plan.weights.numpy()
+    x = np.arange(1, len(names) + 1)
+    fig = go.Figure()
+    for i, label in enumerate(plan.pool.labels):
+        anchor = i == plan.anchor
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=weights[:, i],
+                mode="lines",
+                name=f"{label} (anchor)" if anchor else label,
+                line={"width": 3 if anchor else 1.5, "color": MODEL_COLORS[i % len(MODEL_COLORS)]},
+                customdata=names,
+                hovertemplate="j=%{x} %{customdata}<br>weight %{y:.3f}<extra></extra>",
+            )
+        )
+    _shade_regions(fig, names)
+    if plan.config.start is not None:
+        fig.add_vline(
+            x=plan.config.start,
+            line_dash="dash",
+            line_color="black",
+            annotation_text=f"s = {plan.config.start}",
+        )
+    c = plan.config
+    knobs = f", s = {c.start}, alpha = {c.alpha:.2f}" if c.start is not None else ""
+    title = f"Merge weights by depth: {c.method} ({plan.schedule}{knobs})"
+    fig.update_yaxes(title="weight", range=[-0.02, 1.02])
+    fig.update_xaxes(title="depth index j (shared tensors, in the anchor's order)")
+    return _base_layout(fig, title)
+
+
+# ---------------------------------------------------------------------------- discrepancy
+
+
+def discrepancy_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None = None) -> go.Figure:
+    """Relative L2 distance per tensor and depth, by kind, with the 1/tau line (Fig. 2)."""
+    kinds = list(kinds or KINDS)
+    fig = go.Figure()
+    symbols = ("circle", "diamond", "square", "triangle-up", "x", "star")
+    for m, model in enumerate(d.others):
+        for kind in kinds:
+            rows = [r for r in d.rows if r["model"] == model and r["kind"] == kind]
+            if not rows:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["j"] for r in rows],
+                    y=[max(r["relative_l2"], 1e-8) for r in rows],
+                    mode="markers",
+                    name=f"{kind} ({model})" if len(d.others) > 1 else kind,
+                    legendgroup=kind,
+                    marker={
+                        "color": KIND_COLORS[kind],
+                        "size": 6,
+                        "symbol": symbols[m % len(symbols)],
+                    },
+                    customdata=[r["name"] for r in rows],
+                    hovertemplate="j=%{x} %{customdata}<br>relative L2 %{y:.2e}<extra></extra>",
+                )
+            )
+    fig.add_hline(
+        y=1.0 / tau, line_dash="dash", line_color="black", annotation_text=f"1/tau, tau = {tau:g}"
+    )
+    if d.boundary is not None:
+        fig.add_vline(
+            x=d.boundary - 0.5,
+            line_dash="dot",
+            line_color="gray",
+            annotation_text="backbone | head",
+            annotation_position="top",
+        )
+    total = sum(c["total"] for c in d.counts(tau).values())
+    fig.update_yaxes(type="log", title="||theta - theta_ref|| / ||theta_ref||")
+    fig.update_xaxes(title="depth index j")
+    title = f"Discrepancy to {d.reference}: {total} tensors at or above 1/tau"
+    return _base_layout(fig, title)
+
+
+def counts_figure(d: Discrepancy, tau: float) -> go.Figure:
+    """Tensors above 1/tau per kind and per region, one bar per other model."""
+    counts = d.counts(tau)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by kind", "by region"))
+    for m, model in enumerate(d.others):
+        color = MODEL_COLORS[m % len(MODEL_COLORS)]
+        by_kind, by_region = counts[model]["kind"], counts[model]["region"]
+        fig.add_trace(
+            go.Bar(
+                x=list(by_kind),
+                y=list(by_kind.values()),
+                name=model,
+                marker_color=color,
+                legendgroup=model,
+            ),
+            1,
+            1,
+        )
+        fig.add_trace(
+            go.Bar(
+                x=list(by_region),
+                y=list(by_region.values()),
+                name=model,
+                marker_color=color,
+                legendgroup=model,
+                showlegend=False,
+            ),
+            1,
+            2,
+        )
+    fig.update_yaxes(title="tensors above 1/tau", col=1)
+    return _base_layout(fig, f"Discrepant tensors (tau = {tau:g})", barmode="group")
+
+
+def bn_divergence_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """Symmetric KL between the BN layers' per-channel Gaussians, by depth."""
+    fig = go.Figure()
+    for m, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        mine = [r for r in rows if r["model"] == model]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["j"] for r in mine],
+                y=[r["symmetric_kl"] for r in mine],
+                mode="lines+markers",
+                name=model,
+                line={"color": MODEL_COLORS[m % len(MODEL_COLORS)]},
+                customdata=[r["module"] for r in mine],
+                hovertemplate="j=%{x} %{customdata}<br>KL %{y:.3g}<extra></extra>",
+            )
+        )
+    fig.update_yaxes(type="log", title="symmetric KL (mean over channels)")
+    fig.update_xaxes(title="depth index j")
+    return _base_layout(fig, "BatchNorm statistics: how far apart the domains' Gaussians are")
+
+
+def task_vector_figure(rows: Sequence[dict[str, Any]], suggestion: int | None = None) -> go.Figure:
+    """Cosine between task vectors (model minus base) per tensor; a suggested start layer."""
+    fig = go.Figure()
+    for m, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        mine = [r for r in rows if r["model"] == model]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["j"] for r in mine],
+                y=[r["cosine"] for r in mine],
+                mode="markers",
+                name=model,
+                marker={"color": MODEL_COLORS[m % len(MODEL_COLORS)], "size": 5},
+                customdata=[r["name"] for r in mine],
+                hovertemplate="j=%{x} %{customdata}<br>cos %{y:.2f}<extra></extra>",
+            )
+        )
+    if suggestion is not None:
+        fig.add_vline(x=suggestion, line_dash="dash", annotation_text=f"suggested s = {suggestion}")
+    fig.update_yaxes(title="cosine of task vectors", range=[-1.05, 1.05])
+    fig.update_xaxes(title="depth index j")
+    return _base_layout(fig, "Do the models move the same way? Task-vector agreement by depth")
+
+
+# ---------------------------------------------------------------------------------- sweeps
+
+
+def sweep_heatmap(sweep: Sweep, domain: str, anchor: int | None = None) -> go.Figure:
+    """mIoU over (start, alpha) for one anchor (the paper's Fig. 5b/5c as one picture)."""
+    results = [r for r in sweep.results if anchor is None or r["anchor"] == anchor]
+    anchor = results[0]["anchor"] if results else anchor
+    results = [r for r in results if r["anchor"] == anchor]
+    starts = sorted({r["start"] for r in results})
+    alphas = sorted({round(r["alpha"], 6) for r in results})
+    z = np.full((len(starts), len(alphas)), np.nan)
+    for r in results:
+        z[starts.index(r["start"]), alphas.index(round(r["alpha"], 6))] = r["miou"][domain]
+    fig = go.Figure(
+        go.Heatmap(
+            x=alphas,
+            y=starts,
+            z=z,
+            colorscale="Viridis",
+            colorbar={"title": "mIoU"},
+            hovertemplate="s=%{y} alpha=%{x}<br>mIoU %{z:.2f}<extra></extra>",
+        )
+    )
+    best = np.unravel_index(np.nanargmax(z), z.shape) if np.isfinite(z).any() else None
+    if best is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[alphas[best[1]]],
+                y=[starts[best[0]]],
+                mode="markers",
+                name="best",
+                marker={
+                    "symbol": "star",
+                    "size": 14,
+                    "color": "white",
+                    "line": {"color": "black", "width": 1},
+                },
+            )
+        )
+    fig.update_xaxes(title="alpha (share of the other models before the decay)")
+    fig.update_yaxes(title="start layer s")
+    label = sweep.labels[anchor] if sweep.labels else anchor
+    return _base_layout(fig, f"{domain} mIoU over start and alpha (anchor {label})")
+
+
+def sweep_curves(sweep: Sweep, domains: Sequence[str], anchor: int = 0) -> go.Figure:
+    """mIoU against the start layer (at the best alpha) and against alpha (at s = 1)."""
+    results = [r for r in sweep.results if r["anchor"] == anchor]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by start layer s", "by alpha at s = 1"))
+    target = domains[0]
+    best_alpha = max(results, key=lambda r: r["miou"][target])["alpha"] if results else None
+    for d, domain in enumerate(domains):
+        color = MODEL_COLORS[d % len(MODEL_COLORS)]
+        by_start = sorted(
+            (r["start"], r["miou"][domain]) for r in results if r["alpha"] == best_alpha
+        )
+        by_alpha = sorted((r["alpha"], r["miou"][domain]) for r in results if r["start"] == 1)
+        for col, points in ((1, by_start), (2, by_alpha)):
+            if points:
+                xs, ys = zip(*points, strict=True)
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=ys,
+                        mode="lines+markers",
+                        name=domain,
+                        legendgroup=domain,
+                        showlegend=col == 1,
+                        line={"color": color},
+                    ),
+                    1,
+                    col,
+                )
+    fig.update_yaxes(title="mIoU", col=1)
+    fig.update_xaxes(title="start layer s", col=1)
+    fig.update_xaxes(title="alpha", col=2)
+    return _base_layout(
+        fig, f"Target and source mIoU (alpha = {best_alpha:.2f} on the left)" if results else ""
+    )
+
+
+# ---------------------------------------------------------------------------- comparisons
+
+
+def comparison_figure(
+    rows: Sequence[dict[str, Any]], methods: Sequence[str], domain: str = "real"
+) -> go.Figure:
+    """mIoU of each method as models are added (the paper's Table 2 as a chart)."""
+    fig = go.Figure()
+    k = [r["models"] for r in rows]
+    fig.add_trace(
+        go.Scatter(
+            x=k,
+            y=[r["added_miou"] for r in rows],
+            mode="lines+markers",
+            name="added model alone",
+            line={"dash": "dot", "color": "black"},
+            customdata=[r["added"] for r in rows],
+            hovertemplate="%{customdata}: %{y:.2f}<extra></extra>",
+        )
+    )
+    for method in methods:
+        fig.add_trace(
+            go.Scatter(
+                x=k,
+                y=[r[method] for r in rows],
+                mode="lines+markers",
+                name=method,
+                line={
+                    "color": METHOD_COLORS.get(method),
+                    "width": 3 if method == "layerwise" else 2,
+                },
+            )
+        )
+    fig.update_xaxes(title="number of models merged (best first; the first is the anchor)", dtick=1)
+    fig.update_yaxes(title=f"{domain} mIoU")
+    return _base_layout(fig, "Merging more and more models")
+
+
+def rows_figure(rows: Sequence[dict[str, Any]], title: str) -> go.Figure:
+    """Bars of mIoU for individual models and merges, with inference time per image."""
+    names = [r["name"] for r in rows]
+    colors = [
+        METHOD_COLORS.get(r["name"], "#4c72b0") if r["kind"] == "merged" else "#c0c0c0"
+        for r in rows
+    ]
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=[r["miou"] for r in rows],
+            marker_color=colors,
+            text=[f"{r['ms_per_image']:.1f} ms" for r in rows],
+            textposition="outside",
+            hovertemplate="%{x}: mIoU %{y:.2f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(title="mIoU")
+    return _base_layout(fig, title)
+
+
+def iou_delta_figure(
+    delta: dict[str, float | None], title: str = "Per-class IoU: merged minus anchor"
+) -> go.Figure:
+    """Per-class IoU change, green where the merge helps, red where it hurts."""
+    names = [n for n, v in delta.items() if v is not None]
+    values = [delta[n] for n in names]
+    colors = ["#2ca02c" if v >= 0 else "#d62728" for v in values]
+    fig = go.Figure(
+        go.Bar(
+            x=names, y=values, marker_color=colors, hovertemplate="%{x}: %{y:+.2f}<extra></extra>"
+        )
+    )
+    fig.update_yaxes(title="IoU change (points)", zeroline=True)
+    return _base_layout(fig, title)
+
+
+# ------------------------------------------------------------------------------ qualitative
+
+
+def png_uri(rgb: np.ndarray) -> str:
+    """An RGB uint8 array as a PNG data URI (what ``go.Image(source=...)`` shows)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", optimize=False, compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+COLUMNS = ("image", "ground truth", "anchor", "merged", "change")
+
+
+def example_panels(example: Example) -> list[np.ndarray]:
+    """The five RGB panels of an example, in :data:`COLUMNS` order."""
+    return [
+        example.image,
+        L.colorize(example.label),
+        L.colorize(example.anchor),
+        L.colorize(example.merged),
+        example.change_rgb(),
+    ]
+
+
+def qualitative_figure(
+    examples: Sequence[Example], title: str = "What the merge changes"
+) -> go.Figure:
+    """Image, ground truth, anchor, merged and change map per example, with legends."""
+    rows = max(1, len(examples))
+    fig = make_subplots(
+        rows=rows,
+        cols=len(COLUMNS),
+        column_titles=list(COLUMNS),
+        horizontal_spacing=0.01,
+        vertical_spacing=0.02,
+    )
+    for r, example in enumerate(examples, start=1):
+        for c, panel in enumerate(example_panels(example), start=1):
+            fig.add_trace(go.Image(source=png_uri(panel), hoverinfo="skip"), r, c)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    present = sorted(
+        {int(v) for e in examples for a in (e.label, e.anchor, e.merged) for v in np.unique(a)}
+        - {255}
+    )
+    for cls in present:
+        color = "rgb({},{},{})".format(*L.COLORS[cls])
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=L.CLASSES[cls],
+                marker={"color": color, "symbol": "square", "size": 11},
+            )
+        )
+    for name, color in CHANGES.items():
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=f"change: {name}",
+                legendgroup="change",
+                marker={"color": "rgb({},{},{})".format(*color), "symbol": "square", "size": 11},
+            )
+        )
+    height = 120 + 170 * rows
+    return _base_layout(fig, title, height=height, legend={"orientation": "v", "x": 1.01, "y": 1})
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+def save_html(figures: Sequence[go.Figure], path: str | os.PathLike) -> Path:
+    """Write several figures to one self-contained HTML page, atomically."""
+    path = Path(path)
+    if path.suffix.lower() != ".html":
+        raise LwmmError(f"{path}: the page is written as a .html file")
+    parts = [fig.to_html(full_html=False, include_plotlyjs=k == 0) for k, fig in enumerate(figures)]
+    page = "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+    return path
+
+
+def save_figure(fig: go.Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as ``.html`` (self-contained) or ``.png`` (through kaleido), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".html", ".png"):
+        raise LwmmError(f"{path}: figures are written as .html or .png")
+    with atomic_path(path) as tmp:
+        if suffix == ".html":
+            fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+        else:
+            try:
+                png = fig.to_image(format="png", scale=2)
+            except Exception as e:  # kaleido raises its own types when no browser is found
+                raise LwmmError(
+                    f"{path}: PNG export needs kaleido and a Chromium browser "
+                    f"(apt install chromium); write .html instead ({type(e).__name__})"
+                ) from None
+            tmp.write_bytes(png)
+    return path

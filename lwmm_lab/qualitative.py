@@ -1,0 +1,85 @@
+"""Qualitative results (the paper's Figs. 4 and 6): what a merge changes, pixel by pixel.
+
+For chosen images: the image, its ground truth, the anchor's and the merged model's
+predictions, and a change map that shows where the merge fixed the anchor (right now, wrong
+before), broke it (wrong now, right before), and where both are right or both wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from lwmm_lab import labels as L
+from lwmm_lab.evaluation import Scores, predict
+
+#: Change-map codes and their colours.
+CHANGES = {
+    "both right": (60, 60, 60),
+    "fixed": (40, 200, 70),
+    "broken": (230, 40, 40),
+    "both wrong": (240, 170, 30),
+    "ignored": (0, 0, 0),
+}
+_CODE = {name: k for k, name in enumerate(CHANGES)}
+
+
+@dataclass
+class Example:
+    """One image's arrays: RGB image, trainId ground truth and predictions, change codes."""
+
+    index: int
+    image: np.ndarray
+    label: np.ndarray
+    anchor: np.ndarray
+    merged: np.ndarray
+    changes: np.ndarray
+
+    def change_rgb(self) -> np.ndarray:
+        palette = np.array(list(CHANGES.values()), dtype=np.uint8)
+        return palette[self.changes]
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.changes == k).sum()) for name, k in _CODE.items()}
+
+
+def examples(
+    anchor: nn.Module, merged: nn.Module, dataset: Dataset, indices: Sequence[int]
+) -> list[Example]:
+    """The anchor's and the merged model's predictions on ``dataset[indices]``."""
+    items = [dataset[i] for i in indices]
+    images = torch.stack([x for x, *_ in items])
+    labels = torch.stack([y for _, y, *_ in items]).numpy()
+    a = predict(anchor, images).cpu().numpy()
+    m = predict(merged, images).cpu().numpy()
+    rgb = (images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
+    result = []
+    for k, i in enumerate(indices):
+        label, a_k, m_k = labels[k].astype(np.uint8), a[k].astype(np.uint8), m[k].astype(np.uint8)
+        result.append(Example(i, rgb[k], label, a_k, m_k, change_map(label, a_k, m_k)))
+    return result
+
+
+def change_map(label: np.ndarray, anchor: np.ndarray, merged: np.ndarray) -> np.ndarray:
+    """Per pixel, the change code (see :data:`CHANGES`)."""
+    a_ok, m_ok = anchor == label, merged == label
+    codes = np.full(label.shape, _CODE["both wrong"], dtype=np.uint8)
+    codes[a_ok & m_ok] = _CODE["both right"]
+    codes[~a_ok & m_ok] = _CODE["fixed"]
+    codes[a_ok & ~m_ok] = _CODE["broken"]
+    codes[label == L.IGNORE] = _CODE["ignored"]
+    return codes
+
+
+def iou_delta(anchor: Scores, merged: Scores) -> dict[str, float | None]:
+    """Per class, the merged model's IoU minus the anchor's (None where either has none)."""
+    delta: dict[str, float | None] = {}
+    for name, a in anchor.per_class_iou.items():
+        m = merged.per_class_iou.get(name)
+        delta[name] = None if a is None or m is None else m - a
+    return delta

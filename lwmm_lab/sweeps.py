@@ -1,0 +1,261 @@
+"""Sweeps over the layer-wise knobs (the paper's Fig. 5b, 5c): start s, alpha, and the anchor.
+
+A sweep is a list of :class:`Cell` s; :func:`sweep_cell` is a pure function of one cell (it
+builds or reuses the pool, merges, evaluates), so the cells can run anywhere: serially, on a
+local process pool, or on a Dask or Ray cluster given its address. Results are cached on disk
+per cell, keyed by the checkpoints' sha256 and the cell's settings, so a sweep that is run
+again (or interrupted) only computes what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lwmm_lab._version import __version__
+from lwmm_lab.errors import LwmmError
+from lwmm_lab.evaluation import evaluate, val_set
+from lwmm_lab.files import atomic_write_text, sha256
+from lwmm_lab.merge import MergeConfig, make_plan
+from lwmm_lab.model import require_spec
+from lwmm_lab.pool import Pool
+
+EXECUTORS = ("serial", "process", "dask", "ray")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One merge of a sweep and how to score it: everything :func:`sweep_cell` needs."""
+
+    checkpoints: tuple[str, ...]
+    anchor: int = 0
+    start: int | None = None
+    start_frac: float | None = None
+    alpha: float | None = None
+    method: str = "layerwise"
+    bn: str = "linear"
+    domains: tuple[str, ...] = ("real", "synthetic")
+    images: int = 100
+    resolution: tuple[int, int] = (96, 192)
+    device: str = "cpu"
+
+    def config(self) -> MergeConfig:
+        return MergeConfig(
+            method=self.method, anchor=self.anchor, start=self.start,
+            start_frac=self.start_frac, alpha=self.alpha, bn=self.bn,
+        )  # fmt: skip
+
+    def key(self) -> str:
+        """A content key: the checkpoints' sha256 (not their paths) and the settings."""
+        fields = asdict(self) | {"checkpoints": [sha256(p) for p in self.checkpoints]}
+        text = json.dumps({"cell": fields, "lwmm_lab": __version__}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def sweep_cell(cell: Cell) -> dict[str, Any]:
+    """Merge and score one cell; the same cell always gives the same result."""
+    pool = _pool(cell.checkpoints, cell.device)
+    plan = make_plan(pool, cell.config())
+    model = _model_for(pool, plan.anchor)
+    plan.run(into=model)
+    miou = {}
+    for domain in cell.domains:
+        data = val_set(domain, cell.images, tuple(cell.resolution))
+        miou[domain] = evaluate(model, data, domain).miou
+    return {
+        "anchor": plan.anchor,
+        "start": plan.config.start,
+        "start_frac": cell.start_frac,
+        "alpha": plan.config.alpha,
+        "method": cell.method,
+        "bn": cell.bn,
+        "n_depth": plan.layout.n_depth,
+        "miou": miou,
+    }
+
+
+@dataclass
+class Sweep:
+    """The results of a sweep, in the order of its cells."""
+
+    cells: list[Cell]
+    results: list[dict[str, Any]]
+    labels: list[str] = field(default_factory=list)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One flat row per cell: the knobs, then one mIoU column per domain."""
+        rows = []
+        for r in self.results:
+            row = {k: r[k] for k in ("anchor", "start", "start_frac", "alpha", "method", "bn")}
+            row.update({f"miou_{d}": v for d, v in r["miou"].items()})
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "cells": [asdict(c) for c in self.cells],
+            "results": self.results,
+        }
+
+
+def grid(
+    checkpoints: Sequence[str | os.PathLike],
+    starts: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    alphas: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    anchors: Sequence[int] = (0,),
+    **cell: Any,
+) -> list[Cell]:
+    """The cells of a (start fraction x alpha x anchor) grid; ``cell`` sets the other fields."""
+    paths = tuple(str(p) for p in checkpoints)
+    return [
+        Cell(paths, anchor=a, start_frac=float(s), alpha=float(al), **cell)
+        for a in anchors
+        for s in starts
+        for al in alphas
+    ]
+
+
+def run_sweep(
+    cells: Sequence[Cell],
+    executor: str = "serial",
+    address: str | None = None,
+    workers: int | None = None,
+    cache: str | os.PathLike | None = "data/cache/sweeps",
+    progress: bool = True,
+) -> Sweep:
+    """Compute every cell (cached ones are read back), with a progress bar.
+
+    ``executor`` is ``serial``, ``process`` (a local pool of ``workers`` processes, one
+    thread each), ``dask`` or ``ray`` (a cluster at ``address``; ``pip install
+    lwmm-lab[dask]`` / ``[ray]``).
+    """
+    if executor not in EXECUTORS:
+        raise LwmmError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
+    cells = list(cells)
+    store = _Store(Path(cache)) if cache else None
+    keys = [c.key() for c in cells]
+    results: dict[int, dict[str, Any]] = {}
+    todo = []
+    for i, key in enumerate(keys):
+        cached = store.get(key) if store else None
+        if cached is None:
+            todo.append(i)
+        else:
+            results[i] = cached
+    bar = tqdm(total=len(cells), initial=len(results), desc="sweep", disable=not progress)
+    for i, result in _execute(executor, [cells[i] for i in todo], todo, address, workers):
+        results[i] = result
+        if store:
+            store.put(keys[i], result)
+        bar.update()
+    bar.close()
+    labels = (
+        [Path(p).stem if Path(p).suffix else Path(p).name for p in cells[0].checkpoints]
+        if cells
+        else []
+    )
+    return Sweep(cells, [results[i] for i in range(len(cells))], labels)
+
+
+def _execute(
+    executor: str, cells: list[Cell], index: list[int], address: str | None, workers: int | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    if not cells:
+        return
+    if executor == "serial":
+        for i, cell in zip(index, cells, strict=True):
+            yield i, sweep_cell(cell)
+    elif executor == "process":
+        with ProcessPoolExecutor(
+            max_workers=workers or os.cpu_count(), initializer=_one_thread
+        ) as pool:
+            futures = {pool.submit(sweep_cell, c): i for c, i in zip(cells, index, strict=True)}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+    elif executor == "dask":
+        yield from _dask(cells, index, address)
+    else:
+        yield from _ray(cells, index, address)
+
+
+def _dask(cells: list[Cell], index: list[int], address: str | None) -> Iterator[tuple[int, dict]]:
+    try:
+        from dask.distributed import Client
+        from dask.distributed import as_completed as dask_completed
+    except ImportError:
+        raise LwmmError(
+            "the dask executor needs dask[distributed]: pip install 'lwmm-lab[dask]'"
+        ) from None
+    if not address:
+        raise LwmmError(
+            "the dask executor needs the scheduler's address (e.g. tcp://127.0.0.1:8786)"
+        )
+    with Client(address) as client:
+        futures = client.map(sweep_cell, cells, pure=False)
+        where = {f.key: i for f, i in zip(futures, index, strict=True)}
+        for future in dask_completed(futures):
+            yield where[future.key], future.result()
+
+
+def _ray(cells: list[Cell], index: list[int], address: str | None) -> Iterator[tuple[int, dict]]:
+    try:
+        import ray
+    except ImportError:
+        raise LwmmError("the ray executor needs ray: pip install 'lwmm-lab[ray]'") from None
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(sweep_cell)
+    pending = {remote.remote(c): i for c, i in zip(cells, index, strict=True)}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            yield pending.pop(ref), ray.get(ref)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@lru_cache(maxsize=4)
+def _pool(checkpoints: tuple[str, ...], device: str) -> Pool:
+    return Pool(list(checkpoints), device=device)
+
+
+_MODELS: dict[tuple[int, int], torch.nn.Module] = {}
+
+
+def _model_for(pool: Pool, anchor: int) -> torch.nn.Module:
+    """The module a pool's merges with this anchor are written into (built on first use)."""
+    key = (id(pool), anchor)
+    if key not in _MODELS:
+        _MODELS[key] = require_spec(pool.checkpoints[anchor]).build(pool.device)
+    return _MODELS[key]
+
+
+class _Store:
+    """Results cached one JSON file per cell: written atomically, read back by key."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.folder / f"{key}.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return None
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        atomic_write_text(self.folder / f"{key}.json", json.dumps(result))
