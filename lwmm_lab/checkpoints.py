@@ -64,7 +64,10 @@ class Checkpoint:
 
     @property
     def label(self) -> str:
-        """A short name for tables: the file name without its suffix."""
+        """A short name for tables: ``run@step`` for zoo checkpoints, else the file's stem."""
+        zoo = self.provenance.get("zoo") if isinstance(self.provenance, Mapping) else None
+        if zoo:
+            return f"{zoo['run']}@{zoo['step']}"
         if self.path is None:
             return "model"
         return self.path.stem if self.path.suffix else self.path.name

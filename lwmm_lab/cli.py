@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return args.run(args)
+            return args.handler(args)
         except LwmmError as e:
             print(f"lwmm: error: {e}", file=sys.stderr)
             return 1
@@ -79,12 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="merge checkpoints into one safetensors file")
     _add_merge_arguments(merge)
     merge.add_argument("-o", "--output", required=True, type=Path, help="OUT.safetensors")
-    merge.set_defaults(run=_merge)
+    merge.set_defaults(handler=_merge)
 
     inspect = commands.add_parser("inspect", help="print the merge plan (a dry run)")
     _add_merge_arguments(inspect)
     inspect.add_argument("--json", action="store_true", help="the plan as a JSON list")
-    inspect.set_defaults(run=_inspect)
+    inspect.set_defaults(handler=_inspect)
 
     data = commands.add_parser("data", help="the synthetic street-scene domains")
     data_commands = data.add_subparsers(required=True, metavar="DATA_COMMAND")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--scenes", type=int, default=3, help="scenes per row (3)")
     gallery.add_argument("--seed", type=int, default=0)
     gallery.add_argument("--size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
-    gallery.set_defaults(run=_gallery)
+    gallery.set_defaults(handler=_gallery)
 
     zoo = commands.add_parser("zoo", help="the model zoo trained on the synthetic domains")
     zoo_commands = zoo.add_subparsers(required=True, metavar="ZOO_COMMAND")
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--quick", action="store_true", help="a tiny zoo in well under a minute")
     build.add_argument("--out", type=Path, help="folder (data/zoo; data/zoo-quick with --quick)")
     build.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    build.set_defaults(run=_zoo_build)
+    build.set_defaults(handler=_zoo_build)
 
     ev = commands.add_parser("eval", help="mIoU and per-class IoU (Cityscapes convention)")
     ev.add_argument("checkpoints", nargs="+", metavar="CKPT")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--submodel", choices=SUBMODELS)
     ev.add_argument("--json", action="store_true")
-    ev.set_defaults(run=_eval)
+    ev.set_defaults(handler=_eval)
 
     fisher = commands.add_parser("fisher", help="diagonal Fisher estimate on labelled data")
     fisher.add_argument("checkpoint", metavar="CKPT")
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     fisher.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
     fisher.add_argument("--device", default="auto")
     fisher.add_argument("-o", "--output", required=True, type=Path, help="F.safetensors")
-    fisher.set_defaults(run=_fisher)
+    fisher.set_defaults(handler=_fisher)
 
     disc = commands.add_parser(
         "discrepancy", help="per-layer distance between checkpoints (Fig. 2)"
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--tau", type=float, default=10.0, help="discrepant: relative L2 >= 1/tau")
     disc.add_argument("--base", type=Path, help="shared base, for task-vector cosines")
     _add_output_arguments(disc)
-    disc.set_defaults(run=_discrepancy)
+    disc.set_defaults(handler=_discrepancy)
 
     sweep = commands.add_parser("sweep", help="mIoU over start layer x alpha (Fig. 5b, 5c)")
     sweep.add_argument("checkpoints", nargs="+", metavar="CKPT")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, help="processes for --executor process")
     sweep.add_argument("--no-cache", action="store_true", help="recompute every cell")
     _add_output_arguments(sweep)
-    sweep.set_defaults(run=_sweep)
+    sweep.set_defaults(handler=_sweep)
     return parser
 
 

@@ -59,13 +59,13 @@ METHOD_COLORS = {
 
 
 def _base_layout(fig: go.Figure, title: str, **extra: Any) -> go.Figure:
-    fig.update_layout(
-        title={"text": title, "x": 0.01, "xanchor": "left"},
-        template="plotly_white",
-        margin={"l": 60, "r": 20, "t": 60, "b": 50},
-        legend={"orientation": "h", "y": -0.18},
-        **extra,
-    )
+    layout = {
+        "title": {"text": title, "x": 0.01, "xanchor": "left"},
+        "template": "plotly_white",
+        "margin": {"l": 60, "r": 20, "t": 60, "b": 50},
+        "legend": {"orientation": "h", "y": -0.18},
+    }
+    fig.update_layout(layout | extra)
     return fig
 
 

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
+from lwmm_lab.checkpoints import peek_checkpoint
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.evaluation import evaluate, val_set
 from lwmm_lab.files import atomic_write_text, sha256
@@ -160,11 +161,7 @@ def run_sweep(
             store.put(keys[i], result)
         bar.update()
     bar.close()
-    labels = (
-        [Path(p).stem if Path(p).suffix else Path(p).name for p in cells[0].checkpoints]
-        if cells
-        else []
-    )
+    labels = [peek_checkpoint(p).label for p in cells[0].checkpoints] if cells else []
     return Sweep(cells, [results[i] for i in range(len(cells))], labels)
 
 

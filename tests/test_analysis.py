@@ -1,0 +1,286 @@
+"""Discrepancy, sweeps (serial, process pool, a local Dask cluster), comparisons, figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from lwmm_lab import Checkpoint, Pool, make_plan, merged_model
+from lwmm_lab.cli import main
+from lwmm_lab.comparison import add_one_at_a_time, heads_and_decoders
+from lwmm_lab.discrepancy import (
+    bn_divergence,
+    discrepancy,
+    suggest_start,
+    task_vector_cosine,
+    tensor_kind,
+)
+from lwmm_lab.evaluation import evaluate, val_set
+from lwmm_lab.figures import (
+    bn_divergence_figure,
+    comparison_figure,
+    counts_figure,
+    discrepancy_figure,
+    iou_delta_figure,
+    qualitative_figure,
+    rows_figure,
+    save_figure,
+    save_html,
+    schedule_figure,
+    sweep_curves,
+    sweep_heatmap,
+    task_vector_figure,
+)
+from lwmm_lab.qualitative import change_map, examples, iou_delta
+from lwmm_lab.sweeps import grid, run_sweep
+from lwmm_lab.zoo import base_checkpoint, load_manifest, preset, select
+
+
+def test_tensor_kinds_of_an_smp_model(make_models) -> None:
+    sd = make_models(1)[0].state_dict()
+    shapes = {n: tuple(t.shape) for n, t in sd.items()}
+    kinds = {n: tensor_kind(n, shapes) for n in sd if not n.endswith("num_batches_tracked")}
+    assert kinds["encoder.model.conv1.0.weight"] == "weight"
+    assert kinds["encoder.model.conv1.1.weight"] == "norm weight"
+    assert kinds["encoder.model.conv1.1.bias"] == "norm bias"
+    assert kinds["encoder.model.conv1.1.running_var"] == "BN running_var"
+    assert kinds["segmentation_head.0.bias"] == "bias"
+
+
+def test_discrepancy_follows_the_papers_threshold() -> None:
+    ref = Checkpoint(
+        {"encoder.a.weight": torch.ones(4, 4), "segmentation_head.0.weight": torch.ones(2, 2)}
+    )
+    other = Checkpoint(
+        {
+            "encoder.a.weight": torch.ones(4, 4) * 1.05,
+            "segmentation_head.0.weight": torch.ones(2, 2) * 1.5,
+        }
+    )
+    d = discrepancy(Pool([ref, other], device="cpu"))
+    by_name = {r["name"]: r for r in d.rows}
+    assert by_name["encoder.a.weight"]["relative_l2"] == pytest.approx(0.05)
+    assert by_name["segmentation_head.0.weight"]["relative_l2"] == pytest.approx(0.5)
+    assert by_name["encoder.a.weight"]["cosine_distance"] == pytest.approx(0.0, abs=1e-12)
+    assert d.boundary == 2, "the head starts at the second depth index"
+    assert [r["name"] for r in d.above(tau=10)] == ["segmentation_head.0.weight"]  # rel >= 0.1
+    assert len(d.above(tau=100)) == 2
+    counts = d.counts(tau=10)["model#1"]
+    assert counts["region"] == {"encoder": 0, "decoder": 0, "head": 1} and counts["total"] == 1
+
+
+def test_bn_divergence_is_the_symmetric_kl_of_gaussians() -> None:
+    a = Checkpoint({"bn.running_mean": torch.tensor([0.0]), "bn.running_var": torch.tensor([1.0])})
+    b = Checkpoint({"bn.running_mean": torch.tensor([2.0]), "bn.running_var": torch.tensor([4.0])})
+    (row,) = bn_divergence(Pool([a, b], device="cpu"))
+    # KL(p||q) + KL(q||p) for N(0, 1) and N(2, 4): (1 + 4)/8 + (4 + 4)/2 - 1
+    assert row["symmetric_kl"] == pytest.approx(5 / 8 + 4 - 1)
+    (same,) = bn_divergence(Pool([a, a], device="cpu"))
+    assert same["symmetric_kl"] == pytest.approx(0.0)
+
+
+def test_task_vectors_and_the_suggested_start() -> None:
+    base = Checkpoint({f"l{k}": torch.zeros(3) for k in range(20)})
+    a = Checkpoint({f"l{k}": torch.tensor([1.0, 0.0, 0.0]) for k in range(20)})
+    b = Checkpoint(
+        {f"l{k}": torch.tensor([1.0, 0.1, 0.0] if k < 12 else [-1.0, 0.0, 0.5]) for k in range(20)}
+    )
+    rows = task_vector_cosine(Pool([a, b], device="cpu", base=base))
+    assert rows[0]["cosine"] > 0.99 and rows[-1]["cosine"] < 0
+    assert suggest_start(rows, 20, window=1) == 13, "agreement ends after the 12th layer"
+    with pytest.raises(ValueError, match="base"):
+        task_vector_cosine(Pool([a, b], device="cpu"))
+
+
+def test_change_map_codes() -> None:
+    import numpy as np
+
+    label = np.array([[0, 0, 1, 255]])
+    anchor = np.array([[0, 1, 1, 0]])
+    merged = np.array([[0, 0, 2, 1]])
+    assert change_map(label, anchor, merged).tolist() == [[0, 1, 2, 4]]
+
+
+@pytest.fixture(scope="module")
+def two_finals(quick_zoo: Path) -> list[str]:
+    manifest = load_manifest(quick_zoo)
+    finals = {
+        e["strategy"]: e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)
+    }
+    return [finals["advent"], finals["minent"]]
+
+
+def test_sweep_executors_agree_and_cache(two_finals: list[str], tmp_path: Path) -> None:
+    cells = grid(
+        two_finals,
+        starts=(0.0, 1.0),
+        alphas=(0.5, 1.0),
+        domains=("real",),
+        images=4,
+        resolution=(64, 128),
+    )
+    serial = run_sweep(cells, "serial", cache=tmp_path / "cache", progress=False)
+    assert len(serial.results) == 4 and len(list((tmp_path / "cache").glob("*.json"))) == 4
+    process = run_sweep(cells, "process", workers=2, cache=None, progress=False)
+    for a, b in zip(serial.results, process.results, strict=True):
+        assert a["miou"]["real"] == pytest.approx(b["miou"]["real"], abs=1e-6)
+    anchor_only = [r for r in serial.results if r["alpha"] == 1.0]
+    assert len({round(r["miou"]["real"], 6) for r in anchor_only}) == 1, (
+        "alpha = 1 is the anchor, whatever s"
+    )
+    model = merged_model(Pool(two_finals, device="cpu"), alpha=1.0)
+    expected = evaluate(model, val_set("real", 4, (64, 128))).miou
+    assert anchor_only[0]["miou"]["real"] == pytest.approx(expected)
+    for path in (tmp_path / "cache").glob("*.json"):
+        data = json.loads(path.read_text())
+        data["miou"]["real"] = -1.0
+        path.write_text(json.dumps(data))
+    cached = run_sweep(cells, "serial", cache=tmp_path / "cache", progress=False)
+    assert all(r["miou"]["real"] == -1.0 for r in cached.results), "cached cells are read back"
+
+
+def test_sweep_on_a_local_dask_cluster(two_finals: list[str]) -> None:
+    distributed = pytest.importorskip("dask.distributed")
+    cells = grid(
+        two_finals,
+        starts=(0.5,),
+        alphas=(0.0, 0.5),
+        domains=("real",),
+        images=4,
+        resolution=(64, 128),
+    )
+    serial = run_sweep(cells, "serial", cache=None, progress=False)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        remote = run_sweep(
+            cells, "dask", address=cluster.scheduler_address, cache=None, progress=False
+        )
+    for a, b in zip(serial.results, remote.results, strict=True):
+        assert a["miou"]["real"] == pytest.approx(b["miou"]["real"], abs=1e-6)
+
+
+def test_comparisons_on_the_quick_zoo(quick_zoo: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+    finals = sorted(
+        select(manifest, scenario="strategies", fraction=1.0), key=lambda e: -e["miou"]["real"]
+    )
+    paths = [e["path"] for e in finals[:3]]
+    rows = add_one_at_a_time(paths, images=4, resolution=(64, 128))
+    assert [r["models"] for r in rows] == [1, 2, 3]
+    first = rows[0]
+    assert (
+        first["isotropic"]
+        == pytest.approx(first["added_miou"])
+        == pytest.approx(first["layerwise"])
+    )
+    assert first["ensemble"] == pytest.approx(first["added_miou"]), (
+        "one model: every method is the model"
+    )
+    (sixteen,) = select(manifest, scenario="other-classes", fraction=1.0)
+    decoders = [e["path"] for e in select(manifest, scenario="other-decoders", fraction=1.0)]
+    table = heads_and_decoders(
+        paths[0], [sixteen["path"], *decoders], images=4, resolution=(64, 128)
+    )
+    assert [r["kind"] for r in table] == ["individual"] * 4 + ["merged"] * 4
+    ensemble = next(r for r in table if r["name"] == "ensemble")
+    layerwise = next(r for r in table if r["name"] == "layerwise")
+    assert ensemble["ms_per_image"] > layerwise["ms_per_image"], "the ensemble runs four models"
+
+
+def test_every_figure_is_a_plotly_figure(quick_zoo: Path, tmp_path: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+    reference, others = preset(manifest, "checkpoint", run="advent")
+    pool = Pool([reference, *others], device="cpu", base=base_checkpoint(manifest))
+    d = discrepancy(pool)
+    tv = task_vector_cosine(pool)
+    plan = make_plan(pool, start_frac=0.5, alpha=0.5)
+    merged = merged_model(pool, plan.config)
+    anchor = merged_model(pool, alpha=1.0)
+    data = val_set("real", 3, (64, 128))
+    shown = examples(anchor, merged, data, [0, 2])
+    delta = iou_delta(evaluate(anchor, data), evaluate(merged, data))
+    cells = grid(
+        [reference, others[0]],
+        starts=(0.0, 1.0),
+        alphas=(0.5,),
+        domains=("real", "synthetic"),
+        images=2,
+        resolution=(64, 128),
+    )
+    sweep = run_sweep(cells, cache=None, progress=False)
+    rows = [{"models": 1, "added": "a", "added_miou": 10.0, "layerwise": 10.0, "isotropic": 10.0}]
+    figures = [
+        schedule_figure(plan),
+        discrepancy_figure(d, 10),
+        counts_figure(d, 10),
+        bn_divergence_figure(bn_divergence(pool)),
+        task_vector_figure(tv, suggest_start(tv, d.n_depth)),
+        sweep_heatmap(sweep, "real"),
+        sweep_curves(sweep, ["real", "synthetic"]),
+        comparison_figure(rows, ["isotropic", "layerwise"]),
+        rows_figure([{"name": "a", "kind": "individual", "miou": 1.0, "ms_per_image": 2.0}], "t"),
+        iou_delta_figure(delta),
+        qualitative_figure(shown),
+    ]
+    assert all(isinstance(f, go.Figure) and f.data for f in figures)
+    assert len(figures[0].data) == 4, "one weight curve per model"
+    images = [t for t in figures[-1].data if isinstance(t, go.Image)]
+    assert len(images) == 2 * 5 and images[0].source.startswith("data:image/png;base64,")
+    page = save_html(figures, tmp_path / "all.html")
+    assert page.read_text().count("plotly-graph-div") >= len(figures)
+    assert not math.isnan(sum(v for v in delta.values() if v is not None))
+
+
+def test_png_export_works_or_says_what_is_missing(tmp_path: Path) -> None:
+    fig = go.Figure(go.Bar(x=["a"], y=[1]))
+    try:
+        path = save_figure(fig, tmp_path / "f.png")
+    except Exception as e:  # without a browser: one clear line
+        assert "PNG export needs kaleido and a Chromium browser" in str(e)
+    else:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_discrepancy_and_sweep_commands(
+    quick_zoo: Path, two_finals: list[str], tmp_path: Path, capsys
+) -> None:
+    page = str(tmp_path / "d.html")
+    assert (
+        main(
+            [
+                "discrepancy",
+                "--preset",
+                "heterogeneous",
+                "--zoo",
+                str(quick_zoo),
+                "--json",
+                "--html",
+                page,
+            ]
+        )
+        == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    assert {"rows", "counts", "bn_divergence", "task_vector_cosine", "suggested_start"} <= set(
+        payload
+    )
+    assert (tmp_path / "d.html").is_file()
+    assert (
+        main(["discrepancy", "--preset", "checkpoint", "--run", "minent", "--zoo", str(quick_zoo)])
+        == 0
+    )
+    assert "reference minent@3" in capsys.readouterr().out
+    assert main(["discrepancy", *two_finals, "--tau", "5"]) == 0
+    assert "tensors above" in capsys.readouterr().out
+    options = ["--starts", "0", "1", "--alphas", "0.5", "--images", "2", "--domains", "real"]
+    assert main(["sweep", *two_finals, *options, "--no-cache", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["results"]) == 2
+    assert main(["discrepancy", two_finals[0]]) == 1
+    assert "give at least two checkpoints" in capsys.readouterr().err
