@@ -1,10 +1,12 @@
 # lwmm-lab: `make lab` opens the lab, `make test` runs every test. Both set up .venv first.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed-stamp
+CHROMIUM := /usr/bin/chromium
+SETTINGS := $(CURDIR)/lwmm_lab/lab_settings
 
-.PHONY: setup lab test lint format bench clean
+.PHONY: setup lab zoo test lint format browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +16,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-lab: setup
-	@echo "lwmm-lab is set up in $(VENV). The notebooks and widgets are not built yet;"
-	@echo "until then use the engine: $(BIN)/lwmm merge --help, $(BIN)/lwmm inspect --help"
+# Build the model zoo if it is missing or unfinished (resumable), then open the quickstart.
+lab: zoo
+	cd notebooks && ../$(BIN)/jupyter lab 01_quickstart.ipynb --LabApp.app_settings_dir=$(SETTINGS)
 
-test: setup lint
-	$(BIN)/python -m pytest
+zoo: setup
+	$(BIN)/lwmm zoo build
+
+# Every test, the real-browser one included (it needs Debian's Chromium; never downloaded).
+test: setup lint browser
+	LWMM_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check lwmm_lab tests benchmarks
@@ -29,8 +35,18 @@ format: setup
 	$(BIN)/ruff format lwmm_lab tests benchmarks
 	$(BIN)/ruff check --fix lwmm_lab tests benchmarks
 
+browser:
+	@test -x $(CHROMIUM) || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "lwmm-lab: the browser test needs $(CHROMIUM): apt install chromium" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
 bench: setup
 	$(BIN)/python benchmarks/merge.py
+	$(BIN)/python benchmarks/scenes.py
+	$(BIN)/python benchmarks/analysis.py
+	$(BIN)/python benchmarks/widgets.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis artifacts

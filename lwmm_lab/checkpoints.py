@@ -75,6 +75,10 @@ class Checkpoint:
     def with_tensors(self, tensors: Mapping[str, torch.Tensor]) -> Checkpoint:
         return replace(self, tensors=tensors)
 
+    def with_spec(self, spec: ModelSpec) -> Checkpoint:
+        """The same checkpoint with a model spec: for foreign files that do not carry one."""
+        return replace(self, spec=spec)
+
 
 def load_checkpoint(
     path: str | os.PathLike, submodel: str | None = None, check_finite: bool = True

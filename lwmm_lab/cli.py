@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -36,7 +38,7 @@ from lwmm_lab.figures import (
     task_vector_figure,
 )
 from lwmm_lab.fisher import estimate_fisher, save_fisher
-from lwmm_lab.merge import MergeConfig, make_plan, save_merge
+from lwmm_lab.merge import MergeConfig, MergePlan, make_plan, save_merge
 from lwmm_lab.methods import BN_RULES, METHODS, SCHEDULES
 from lwmm_lab.model import load_model
 from lwmm_lab.pool import GRANULARITIES, Pool
@@ -180,6 +182,30 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=float, default=0.2, help="TIES: fraction kept (0.2)")
     p.add_argument("--scale", type=float, default=1.0, help="task vector scale (1.0)")
     p.add_argument("--submodel", choices=SUBMODELS, help="mmseg/DAFormer sub-model (model)")
+
+
+def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
+    """The ``lwmm merge`` command that reproduces ``plan`` into ``output``."""
+    c, pool = plan.config, plan.pool
+    words = ["lwmm", "merge", *(str(ck.path) for ck in pool.checkpoints)]
+    words += ["--anchor", str(plan.anchor), "--method", c.method, "--schedule", plan.schedule]
+    if c.start is not None:
+        words += ["--start", str(c.start), "--alpha", repr(c.alpha)]
+    if c.weights is not None:
+        words += ["--weights", *map(repr, c.weights)]
+    words += ["--bn", c.bn, "--granularity", c.granularity]
+    if "base" in METHODS[c.method].needs:
+        words += [
+            "--base",
+            str(pool.base_path),
+            "--scale",
+            repr(c.scale),
+            "--density",
+            repr(c.density),
+        ]
+    if "fisher" in METHODS[c.method].needs:
+        words += ["--fisher", *map(str, pool.fisher_paths)]
+    return shlex.join([*words, "-o", str(output)])
 
 
 def _pool_and_config(args: argparse.Namespace) -> tuple[Pool, MergeConfig]:
@@ -337,7 +363,7 @@ def _sweep(args: argparse.Namespace) -> int:
         args.executor,
         args.address,
         args.workers,
-        cache=None if args.no_cache else "data/cache/sweeps",
+        cache=not args.no_cache,
     )
     target = args.domains[0]
     figures = [sweep_heatmap(result, d, anchor=a) for a in args.anchors for d in args.domains]

@@ -1,7 +1,9 @@
-"""Merging methods compared on the zoo (the paper's Tables 2-4).
+"""Merging methods compared on the zoo (the paper's Tables 2-4, and the multi-target paper).
 
+- :func:`compare`: each method on given groups of models (Table 3: kinds of strategy).
 - :func:`add_one_at_a_time`: models sorted by target mIoU, the best one the anchor, merged
   with 1, 2, ... M of them by ``isotropic``, ``fisher``, the output ensemble and ``layerwise``.
+- :func:`multi_target`: models adapted to different targets merged with each BN rule.
 - :func:`heads_and_decoders`: models with another class set or another decoder than the
   anchor; only the shared tensors can be merged, the rest comes from the anchor. Inference
   time is measured too: a merge costs one forward pass, the ensemble one per model.
@@ -21,7 +23,7 @@ from torch import nn
 from lwmm_lab.checkpoints import load_checkpoint
 from lwmm_lab.datasets import open_dataset
 from lwmm_lab.evaluation import evaluate, normalize, val_set
-from lwmm_lab.files import sha256
+from lwmm_lab.files import data_dir, sha256
 from lwmm_lab.fisher import estimate_fisher, save_fisher
 from lwmm_lab.model import load_model, merged_model
 from lwmm_lab.pool import Pool
@@ -33,10 +35,12 @@ def fisher_file(
     checkpoint: str | os.PathLike,
     domain: str = "synthetic",
     images: int = 32,
-    cache: str | os.PathLike = "data/cache/fisher",
+    cache: str | os.PathLike | None = None,
 ) -> Path:
-    """The checkpoint's diagonal Fisher on ``domain``, computed once per content and cached."""
-    path = Path(cache) / f"{sha256(checkpoint)[:20]}-{domain}-{images}.safetensors"
+    """The checkpoint's diagonal Fisher on ``domain``, computed once per content and cached
+    (in ``cache``, by default ``data/cache/fisher``)."""
+    folder = Path(cache) if cache is not None else data_dir() / "cache" / "fisher"
+    path = folder / f"{sha256(checkpoint)[:20]}-{domain}-{images}.safetensors"
     if not path.is_file():
         ckpt = load_checkpoint(checkpoint)
         model = load_model(ckpt, "cpu")
@@ -44,6 +48,41 @@ def fisher_file(
         data = open_dataset(domain, "train", resolution, size=images)
         save_fisher(path, estimate_fisher(model, data, images), ckpt, domain, images)
     return path
+
+
+def compare(
+    groups: Sequence[Sequence[str | os.PathLike]],
+    domain: str = "real",
+    methods: Sequence[str] = METHODS,
+    images: int = 100,
+    resolution: tuple[int, int] = (96, 192),
+    fisher_domain: str = "synthetic",
+) -> list[dict[str, Any]]:
+    """Each method's mIoU on each group of checkpoints (the first of a group is the anchor).
+
+    Rows also give the group's labels and its best single model's mIoU.
+    """
+    data = val_set(domain, images, resolution)
+    paths = sorted({str(p) for group in groups for p in group})
+    models = {p: load_model(p, "cpu") for p in paths}
+    alone = {p: evaluate(models[p], data, domain).miou for p in paths}
+    fishers = {p: fisher_file(p, fisher_domain) for p in paths} if "fisher" in methods else {}
+    rows = []
+    for group in groups:
+        group = [str(p) for p in group]
+        pool = Pool(group, device="cpu", fisher=[fishers[p] for p in group] if fishers else None)
+        row: dict[str, Any] = {
+            "models": list(pool.labels),
+            "anchor": pool.labels[0],
+            "best_single": max(alone[p] for p in group),
+        }
+        for method in methods:
+            if method == "ensemble":
+                row[method] = evaluate([models[p] for p in group], data, domain).miou
+            else:
+                row[method] = evaluate(merged_model(pool, method=method), data, domain).miou
+        rows.append(row)
+    return rows
 
 
 def add_one_at_a_time(
@@ -58,24 +97,46 @@ def add_one_at_a_time(
 
     ``checkpoints`` must be in the order to add them (best first: it is the anchor).
     """
-    data = val_set(domain, images, resolution)
     paths = [str(p) for p in checkpoints]
-    fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
-    models = [load_model(p, "cpu") for p in paths]
+    groups = [paths[:k] for k in range(1, len(paths) + 1)]
+    rows = compare(groups, domain, methods, images, resolution, fisher_domain)
+    data = val_set(domain, images, resolution)
+    for k, row in enumerate(rows, start=1):
+        row["added"] = row["models"][-1]
+        row["added_miou"] = evaluate(load_model(paths[k - 1], "cpu"), data, domain).miou
+        row["models"] = k
+    return rows
+
+
+def multi_target(
+    adapted: Sequence[str | os.PathLike],
+    union: str | os.PathLike | None,
+    domains: Sequence[str] = ("real", "foggy", "night"),
+    bn_rules: Sequence[str] = ("linear", "gaussian", "gaussian-counts", "anchor"),
+    images: int = 100,
+    resolution: tuple[int, int] = (96, 192),
+) -> list[dict[str, Any]]:
+    """Models adapted to different targets, merged with each BN rule (parameters: isotropic).
+
+    Rows: each adapted model alone, each merge, and the model trained on the union of the
+    targets (the multi-target paper's data-combination baseline); mIoU on every domain and
+    their mean.
+    """
     rows = []
-    for k in range(1, len(paths) + 1):
-        pool = Pool(paths[:k], device="cpu", fisher=fishers[:k] if fishers else None)
-        row: dict[str, Any] = {
-            "models": k,
-            "added": pool.labels[-1],
-            "added_miou": evaluate(models[k - 1], data, domain).miou,
-        }
-        for method in methods:
-            if method == "ensemble":
-                row[method] = evaluate(models[:k], data, domain).miou
-            else:
-                row[method] = evaluate(merged_model(pool, method=method), data, domain).miou
-        rows.append(row)
+
+    def row(name: str, kind: str, model: nn.Module) -> dict[str, Any]:
+        miou = {d: evaluate(model, val_set(d, images, resolution), d).miou for d in domains}
+        return {"name": name, "kind": kind, **miou, "mean": sum(miou.values()) / len(miou)}
+
+    pool = Pool([str(p) for p in adapted], device="cpu")
+    for label, path in zip(pool.labels, adapted, strict=True):
+        rows.append(row(label, "adapted", load_model(path, "cpu")))
+    for rule in bn_rules:
+        rows.append(
+            row(f"merge, BN {rule}", "merged", merged_model(pool, method="isotropic", bn=rule))
+        )
+    if union is not None:
+        rows.append(row("union of targets", "baseline", load_model(union, "cpu")))
     return rows
 
 

@@ -33,8 +33,9 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 def normalize(images: Tensor) -> Tensor:
-    """Images in [0, 1], (N, 3, H, W) -> the model's input."""
-    return (images - MEAN.to(images.device)) / STD.to(images.device)
+    """Images in [0, 1], (N, 3, H, W) -> the model's input (``channels_last``, like the models)."""
+    x = (images - MEAN.to(images.device)) / STD.to(images.device)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def model_classes(model: nn.Module) -> tuple[int, ...]:

@@ -123,7 +123,9 @@ def schedule_figure(plan: MergePlan) -> go.Figure:
             x=plan.config.start,
             line_dash="dash",
             line_color="black",
-            annotation_text=f"s = {plan.config.start}",
+            name="start",
+            annotation={"text": f"s = {plan.config.start}", "name": "start"},
+            annotation_position="bottom right",
         )
     c = plan.config
     knobs = f", s = {c.start}, alpha = {c.alpha:.2f}" if c.start is not None else ""
@@ -131,6 +133,48 @@ def schedule_figure(plan: MergePlan) -> go.Figure:
     fig.update_yaxes(title="weight", range=[-0.02, 1.02])
     fig.update_xaxes(title="depth index j (shared tensors, in the anchor's order)")
     return _base_layout(fig, title)
+
+
+def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
+    """Move ``fig`` (from :func:`schedule_figure`) to ``plan`` in place: new weights and start.
+
+    Cheap enough for every slider step. Returns False when the figure cannot follow (other
+    models, depth or start line): then draw a new one.
+    """
+    weights = plan.weights.numpy()
+    starts = [s for s in fig.layout.shapes if s.name == "start"]
+    if (
+        len(fig.data) != weights.shape[1]
+        or any(len(t.y) != weights.shape[0] for t in fig.data)
+        or len(starts) != (plan.config.start is not None)
+        or [t.customdata[0] for t in fig.data[:1]] != list(plan.layout.depth_names[:1])
+    ):
+        return False
+    with _batch(fig):
+        for i, trace in enumerate(fig.data):
+            trace.y = weights[:, i]
+            label = plan.pool.labels[i]
+            trace.name = f"{label} (anchor)" if i == plan.anchor else label
+            trace.line.width = 3 if i == plan.anchor else 1.5
+        if starts:
+            starts[0].x0 = starts[0].x1 = plan.config.start
+            for note in fig.layout.annotations:
+                if note.name == "start":
+                    note.x, note.text = plan.config.start, f"s = {plan.config.start}"
+    return True
+
+
+def _batch(fig: go.Figure) -> Any:
+    """``fig.batch_update()`` for a FigureWidget, a no-op context for a plain Figure."""
+    return fig.batch_update() if hasattr(fig, "batch_update") else _Nothing()
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------------- discrepancy
@@ -398,6 +442,16 @@ def rows_figure(rows: Sequence[dict[str, Any]], title: str) -> go.Figure:
     return _base_layout(fig, title)
 
 
+def update_iou_delta_figure(fig: go.Figure, delta: dict[str, float | None]) -> None:
+    """Show new per-class IoU changes in a figure from :func:`iou_delta_figure`, in place."""
+    names = [n for n, v in delta.items() if v is not None]
+    values = [delta[n] for n in names]
+    with _batch(fig):
+        bar = fig.data[0]
+        bar.x, bar.y = names, values
+        bar.marker.color = ["#2ca02c" if v >= 0 else "#d62728" for v in values]
+
+
 def iou_delta_figure(
     delta: dict[str, float | None], title: str = "Per-class IoU: merged minus anchor"
 ) -> go.Figure:
@@ -412,6 +466,34 @@ def iou_delta_figure(
     )
     fig.update_yaxes(title="IoU change (points)", zeroline=True)
     return _base_layout(fig, title)
+
+
+def table_figure(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = ""
+) -> go.Figure:
+    """Rows of results as a plotly table; numbers are shown with two decimals."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+
+    def show(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        if isinstance(value, list | tuple):
+            return " + ".join(map(str, value))
+        return "" if value is None else str(value)
+
+    cells = [[show(r.get(c)) for r in rows] for c in columns]
+    table = go.Table(
+        header={
+            "values": [f"<b>{c}</b>" for c in columns],
+            "fill_color": "#e8eef7",
+            "align": "left",
+        },
+        cells={"values": cells, "align": "left"},
+    )
+    fig = go.Figure(table)
+    return _base_layout(
+        fig, title, height=80 + 28 * (len(rows) + 1), margin={"l": 10, "r": 10, "t": 40, "b": 10}
+    )
 
 
 # ------------------------------------------------------------------------------ qualitative

@@ -39,6 +39,18 @@ def atomic_path(path: str | os.PathLike, protect: tuple[Path, ...] = ()) -> Iter
         tmp_path.unlink(missing_ok=True)
 
 
+def data_dir() -> Path:
+    """Where generated files go: ``$LWMM_DATA``, else the ``data/`` folder of the lwmm-lab
+    checkout that holds the current folder (notebooks run from ``notebooks/``), else ``data``."""
+    if os.environ.get("LWMM_DATA"):
+        return Path(os.environ["LWMM_DATA"])
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "data" / "README.md").is_file() and (folder / "lwmm_lab").is_dir():
+            return folder / "data"
+    return Path("data")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (for manifests and reports)."""
     with atomic_path(path) as tmp:

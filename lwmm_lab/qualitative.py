@@ -54,14 +54,26 @@ def examples(
     """The anchor's and the merged model's predictions on ``dataset[indices]``."""
     items = [dataset[i] for i in indices]
     images = torch.stack([x for x, *_ in items])
-    labels = torch.stack([y for _, y, *_ in items]).numpy()
-    a = predict(anchor, images).cpu().numpy()
-    m = predict(merged, images).cpu().numpy()
+    labels = torch.stack([y for _, y, *_ in items])
+    return examples_from_predictions(
+        images, labels, predict(anchor, images), predict(merged, images), indices
+    )
+
+
+def examples_from_predictions(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    anchor: torch.Tensor,
+    merged: torch.Tensor,
+    indices: Sequence[int],
+) -> list[Example]:
+    """Examples from images (N, 3, H, W) in [0, 1], labels and the two models' trainIds."""
     rgb = (images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
     result = []
-    for k, i in enumerate(indices):
-        label, a_k, m_k = labels[k].astype(np.uint8), a[k].astype(np.uint8), m[k].astype(np.uint8)
-        result.append(Example(i, rgb[k], label, a_k, m_k, change_map(label, a_k, m_k)))
+    for k, index in enumerate(indices):
+        label = labels[k].cpu().numpy().astype(np.uint8)
+        a, m = anchor[k].cpu().numpy().astype(np.uint8), merged[k].cpu().numpy().astype(np.uint8)
+        result.append(Example(index, rgb[k], label, a, m, change_map(label, a, m)))
     return result
 
 

@@ -34,7 +34,11 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def build(self, device: str | torch.device | None = None) -> nn.Module:
-        """A freshly initialised model of this spec, in eval mode."""
+        """A freshly initialised model of this spec, in eval mode, in ``channels_last`` layout.
+
+        ``channels_last`` makes convolutions 1.5-2.5x faster on CPUs (oneDNN) and is neutral or
+        better on GPUs; values, names and shapes of the state dict do not change.
+        """
         try:
             with torch.device(device or "cpu"):
                 model = smp.create_model(
@@ -46,7 +50,7 @@ class ModelSpec:
                 )
         except (KeyError, ValueError, TypeError) as e:
             raise LwmmError(f"model spec {self.to_json()} cannot be built: {e}") from None
-        return model.eval()
+        return model.to(memory_format=torch.channels_last).eval()
 
     def key_order(self) -> list[str]:
         """The model's ``state_dict`` keys in order (built on the meta device: no memory)."""

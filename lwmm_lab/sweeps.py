@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -26,7 +26,7 @@ from lwmm_lab._version import __version__
 from lwmm_lab.checkpoints import peek_checkpoint
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.evaluation import evaluate, val_set
-from lwmm_lab.files import atomic_write_text, sha256
+from lwmm_lab.files import atomic_write_text, data_dir, sha256
 from lwmm_lab.merge import MergeConfig, make_plan
 from lwmm_lab.model import require_spec
 from lwmm_lab.pool import Pool
@@ -132,18 +132,22 @@ def run_sweep(
     executor: str = "serial",
     address: str | None = None,
     workers: int | None = None,
-    cache: str | os.PathLike | None = "data/cache/sweeps",
+    cache: str | os.PathLike | bool | None = True,
     progress: bool = True,
+    on_result: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> Sweep:
     """Compute every cell (cached ones are read back), with a progress bar.
 
     ``executor`` is ``serial``, ``process`` (a local pool of ``workers`` processes, one
     thread each), ``dask`` or ``ray`` (a cluster at ``address``; ``pip install
-    lwmm-lab[dask]`` / ``[ray]``).
+    lwmm-lab[dask]`` / ``[ray]``). ``on_result(done, result)`` is called after each cell.
+    ``cache`` is a folder, True for ``data/cache/sweeps``, or None/False for none.
     """
     if executor not in EXECUTORS:
         raise LwmmError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
     cells = list(cells)
+    if cache is True:
+        cache = data_dir() / "cache" / "sweeps"
     store = _Store(Path(cache)) if cache else None
     keys = [c.key() for c in cells]
     results: dict[int, dict[str, Any]] = {}
@@ -160,6 +164,8 @@ def run_sweep(
         if store:
             store.put(keys[i], result)
         bar.update()
+        if on_result is not None:
+            on_result(len(results), result)
     bar.close()
     labels = [peek_checkpoint(p).label for p in cells[0].checkpoints] if cells else []
     return Sweep(cells, [results[i] for i in range(len(cells))], labels)

@@ -41,7 +41,7 @@ from lwmm_lab.checkpoints import load_checkpoint, save_checkpoint
 from lwmm_lab.domains import DOMAIN_CLASSES, TARGET_DOMAINS, generate
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.evaluation import evaluate
-from lwmm_lab.files import atomic_path, atomic_write_text
+from lwmm_lab.files import atomic_path, atomic_write_text, data_dir
 from lwmm_lab.model import load_weights
 from lwmm_lab.pool import resolve_device
 from lwmm_lab.spec import ModelSpec
@@ -133,7 +133,17 @@ BASE = Run("base", "source_only", ("base",), targets=())
 
 def default_zoo_dir(quick: bool = False) -> Path:
     """``data/zoo`` (``data/zoo-quick`` for the quick zoo, so it never replaces the real one)."""
-    return Path("data") / ("zoo-quick" if quick else "zoo")
+    return data_dir() / ("zoo-quick" if quick else "zoo")
+
+
+def find_zoo() -> Path:
+    """The zoo the lab uses: ``$LWMM_ZOO``, else ``data/zoo``, else ``data/zoo-quick``."""
+    if os.environ.get("LWMM_ZOO"):
+        return Path(os.environ["LWMM_ZOO"])
+    for quick in (False, True):
+        if (default_zoo_dir(quick) / MANIFEST).is_file():
+            return default_zoo_dir(quick)
+    raise LwmmError("no model zoo found: build it with `lwmm zoo build` (or set LWMM_ZOO)")
 
 
 def build_zoo(

@@ -1,0 +1,58 @@
+"""Benchmark of the MergeLab panel: from a slider change to an updated mIoU and image grid.
+
+The default zoo's six strategies in one MergeLab (preview: 16 target + 16 source images at the
+zoo's resolution). Each slider change re-merges into the anchor's module, re-scores the
+previews, and updates the schedule, the per-class bars, the readout and the image grid; the
+figure is the median over many changes of alpha and of the start layer. Target: <= 300 ms on a
+2-core CPU. Measured in-process (``background=False``), so the time of the kernel's messages to
+the browser is not included; the browser test shows the update arriving there.
+
+The last line is machine-readable: ``slider_update_ms_median=<x> start_update_ms_median=<y>``.
+
+Usage: ``python benchmarks/widgets.py [--zoo data/zoo]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from lwmm_lab.widgets import MergeLab
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", default=None)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    lab = MergeLab(zoo=args.zoo, background=False)
+    print(
+        f"MergeLab with {lab.pool.n_models} models ready in {time.perf_counter() - started:.1f} s"
+    )
+
+    def timed(control: object, values: list) -> list[float]:
+        times = []
+        for value in values:
+            t = time.perf_counter()
+            control.value = value
+            times.append((time.perf_counter() - t) * 1000)
+        return times
+
+    alphas = [round(0.05 * k, 2) for k in range(21)] + [
+        round(1 - 0.05 * k, 2) for k in range(1, 21)
+    ]
+    starts = [max(1, round(lab.start.max * k / 20)) for k in range(1, 21)]
+    alpha_ms, start_ms = timed(lab.alpha, alphas), timed(lab.start, starts)
+    for name, values in (("alpha", alpha_ms), ("start", start_ms)):
+        q = statistics.quantiles(values, n=10)
+        median = statistics.median(values)
+        print(f"{name}: median {median:.0f} ms, p90 {q[-1]:.0f} ms over {len(values)} changes")
+    print(
+        f"slider_update_ms_median={statistics.median(alpha_ms):.0f} "
+        f"start_update_ms_median={statistics.median(start_ms):.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

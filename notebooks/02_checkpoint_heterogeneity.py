@@ -1,0 +1,62 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · How different are the checkpoints? (the paper's Fig. 2)
+#
+# Before merging, look at what you merge. For a **reference** model and each other model, take
+# every tensor θ⁽ʲ⁾ at depth j and measure how far it moved: the relative distance
+# ‖θ − θ_ref‖ / ‖θ_ref‖. The paper calls a tensor *discrepant* when that distance reaches
+# **1/τ**: a larger **τ** flags smaller changes.
+#
+# Two scenarios:
+#
+# - **checkpoint**: the first checkpoint of one training run against its later ones;
+# - **heterogeneous**: the best model against models trained with other UDA strategies.
+#
+# The paper's observation: the backbone's convolution weights barely move; the discrepancy
+# lives in the **head** and in the **BatchNorm running statistics**, which follow the data
+# each model saw. Check whether the zoo agrees, by tensor kind and by region.
+
+# %%
+from lwmm_lab.widgets import DiscrepancyExplorer
+from lwmm_lab.zoo import find_zoo
+
+zoo = find_zoo()
+explorer = DiscrepancyExplorer(zoo=zoo, scenario="checkpoint", run="advent", tau=20)
+explorer
+
+# %% [markdown]
+# Switch the **scenario** to `heterogeneous`: do different strategies differ more than the
+# checkpoints of one run? Filter the **kinds** to see weights alone, or BN statistics alone.
+#
+# Two data-free diagnostics go further. The **BN divergence** compares the Gaussians that the
+# running mean and variance describe, per channel. The **task vector** of a model is what it
+# learned on top of the shared base (θ − θ_base): where the task vectors of two models point
+# the same way (cosine near 1), averaging them is safe; where they disagree, the anchor should
+# keep its own.
+
+# %%
+from lwmm_lab import Pool
+from lwmm_lab.discrepancy import bn_divergence, suggest_start, task_vector_cosine
+from lwmm_lab.figures import bn_divergence_figure, task_vector_figure
+from lwmm_lab.zoo import base_checkpoint, load_manifest, preset
+
+manifest = load_manifest(zoo)
+reference, others = preset(manifest, "heterogeneous")
+pool = Pool([reference, *others], device="cpu", base=base_checkpoint(manifest))
+bn_divergence_figure(bn_divergence(pool))
+
+# %%
+cosines = task_vector_cosine(pool)
+task_vector_figure(cosines, suggest_start(cosines, pool.layout().n_depth))

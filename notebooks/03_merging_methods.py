@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Merging methods compared (the paper's Tables 2 and 3)
+#
+# Four ways to combine M models:
+#
+# | method | what | cost at inference |
+# |---|---|---|
+# | isotropic | the plain average of every weight | 1 model |
+# | fisher | an average weighted, per weight, by each model's Fisher information on source data | 1 model |
+# | ensemble | run all M models and average their predictions | **M** models |
+# | layerwise | LWMM: averaged shallow layers, the anchor's deep layers | 1 model |
+#
+# **Table 2**: sort the strategies by their target mIoU, take the best as the anchor, and add the
+# others one at a time. Good merging should not fall below the anchor as worse models come in.
+
+# %%
+from lwmm_lab.comparison import METHODS, add_one_at_a_time, compare
+from lwmm_lab.figures import comparison_figure, table_figure
+from lwmm_lab.zoo import find_zoo, load_manifest, select
+
+manifest = load_manifest(find_zoo())
+quick = manifest["config"]["quick"]  # the tests run this on a tiny zoo
+settings = {"images": 8 if quick else 100, "resolution": tuple(manifest["config"]["resolution"])}
+finals = sorted(select(manifest, scenario="strategies", fraction=1.0), key=lambda e: -e["miou"]["real"])
+rows = add_one_at_a_time([e["path"] for e in finals], **settings)
+comparison_figure(rows, METHODS)
+
+# %%
+table_figure(rows, ["models", "added", "added_miou", *METHODS], "real mIoU as models are added")
+
+# %% [markdown]
+# **Table 3**: does it matter *which* models you combine? The paper found that mixing kinds of
+# strategy (an adversarial one with an entropy one) helps more than two of one kind: they make
+# different mistakes. The first model of each pair is the anchor.
+
+# %%
+by_name = {e["strategy"]: e["path"] for e in finals}
+pairs = {
+    "adversarial + entropy": ["advent", "minent"],
+    "two adversarial": ["advent", "adaptsegnet"],
+    "two entropy-based": ["minent", "maxsquare"],
+    "self-training + entropy": ["selftrain", "minent"],
+}
+table3 = compare([[by_name[n] for n in pair] for pair in pairs.values()], **settings)
+for kind, row in zip(pairs, table3, strict=True):
+    row["pair"] = kind
+table_figure(table3, ["pair", "models", "best_single", *METHODS], "Kinds of strategy, merged in pairs")

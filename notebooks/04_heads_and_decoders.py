@@ -1,0 +1,62 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Other class sets, other decoders (the paper's Tables 4 and 5)
+#
+# What if the models do not even have the same shape?
+#
+# - A model trained on SYNTHIA-like data knows **16 classes**: its last layer has 16 outputs,
+#   not 19. Its head cannot be averaged with a 19-class head.
+# - An FPN or a DeepLabV3+ shares the **encoder** with a Unet, but not the decoder.
+#
+# The merge engine aligns tensors by name and shape: only the **shared** ones are merged, the
+# rest comes from the anchor. So the merged model is always the anchor's architecture, as fast
+# as the anchor. The ensemble has to run every model.
+
+# %%
+from lwmm_lab.comparison import heads_and_decoders
+from lwmm_lab.figures import rows_figure, table_figure
+from lwmm_lab.zoo import find_zoo, load_manifest, select
+
+manifest = load_manifest(find_zoo())
+quick = manifest["config"]["quick"]
+settings = {"images": 8 if quick else 100, "resolution": tuple(manifest["config"]["resolution"])}
+(anchor,) = select(manifest, run="minent", fraction=1.0)
+(sixteen,) = select(manifest, scenario="other-classes", fraction=1.0)
+classes = heads_and_decoders(anchor["path"], [sixteen["path"]], **settings)
+rows_figure(classes, "A 19-class anchor with a 16-class model (mIoU; bar labels: ms per image)")
+
+# %%
+table_figure(classes, ["name", "kind", "miou", "ms_per_image"], "Different class sets")
+
+# %% [markdown]
+# Now three decoders on one encoder, the Unet as the anchor.
+
+# %%
+decoders = [e["path"] for e in select(manifest, scenario="other-decoders", fraction=1.0)]
+table = heads_and_decoders(anchor["path"], decoders, **settings)
+rows_figure(table, "Unet anchor with FPN and DeepLabV3+ (mIoU; bar labels: ms per image)")
+
+# %% [markdown]
+# Which of the shared tensors are actually averaged? `make_plan` lists every entry with its
+# kind: `shared` tensors are merged, `anchor-only` ones (the other decoders, the other head)
+# come from the anchor.
+
+# %%
+from collections import Counter
+
+from lwmm_lab import Pool, make_plan
+
+plan = make_plan(Pool([anchor["path"], *decoders], device="cpu"))
+Counter((row["kind"], row["name"].split(".")[0]) for row in plan.rows())

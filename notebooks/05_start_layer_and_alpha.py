@@ -1,0 +1,54 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Where should the anchor take over? (the paper's Fig. 5)
+#
+# Two models, an adversarial one (AdvEnt) as the anchor and an entropy one (MinEnt). The
+# **start layer s** says where the weight of the other model starts to decay towards zero;
+# **alpha** is the anchor's weight before that (for two models: θ = α·θ₁ + (1 − α)·θ₂).
+#
+# The paper reports that starting the decay later hurts the target while the source stays
+# stable, and that α = 0.5 (a plain average of the early layers) is best. A sweep measures
+# both mIoUs on a grid of (s, α); clicking a cell of the heat map loads that merge into the
+# MergeLab below it.
+
+# %%
+from lwmm_lab.widgets import MergeLab, SweepExplorer
+from lwmm_lab.zoo import find_zoo, load_manifest, select
+
+zoo = find_zoo()
+manifest = load_manifest(zoo)
+quick = manifest["config"]["quick"]
+finals = {e["strategy"]: e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)}
+lab = MergeLab([finals["advent"], finals["minent"]], zoo=zoo)
+sweep = SweepExplorer(lab, steps=3 if quick else 11, images=8 if quick else 50)
+sweep
+
+# %% [markdown]
+# Press **run** (a cached sweep is read back instantly), then click a cell.
+
+# %%
+lab
+
+# %% [markdown]
+# The same sweep as curves: the target and the source mIoU against s (at the best α), and
+# against α (at s = 1).
+
+# %%
+from lwmm_lab.figures import sweep_curves
+from lwmm_lab.sweeps import run_sweep
+
+result = run_sweep(sweep.cells(), progress=False)
+sweep.load(result)
+sweep_curves(result, ["real", "synthetic"])

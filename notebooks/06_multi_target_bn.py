@@ -1,0 +1,48 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Several targets, one model: merging BatchNorm statistics
+#
+# Three copies of one strategy were adapted separately: to clear **real** scenes, to **foggy**
+# ones and to **night** ones. Can one merged model serve all three targets, without ever
+# seeing the three datasets together?
+#
+# The weights can simply be averaged: all three start from the same pre-trained base. The
+# **BatchNorm statistics** are different: each model's running mean μᵢ and variance σᵢ² describe
+# the activations of *its* target domain. Averaging variances ignores how far apart the means
+# are. The multi-target paper (Li et al., 2024) models each as a Gaussian and merges them as a
+# mixture:
+#
+# μ = Σ wᵢ μᵢ,  σ² = Σ wᵢ (σᵢ² + (μᵢ − μ)²),
+#
+# with wᵢ proportional to how many batches each model saw (`gaussian-counts`), or to the merge
+# weights (`gaussian`). The baseline to beat: one model adapted on the union of all three
+# target datasets.
+
+# %%
+from lwmm_lab.comparison import multi_target
+from lwmm_lab.figures import table_figure
+from lwmm_lab.zoo import find_zoo, load_manifest, select
+
+manifest = load_manifest(find_zoo())
+quick = manifest["config"]["quick"]
+settings = {"images": 8 if quick else 100, "resolution": tuple(manifest["config"]["resolution"])}
+adapted = [select(manifest, run=run, fraction=1.0)[0]["path"] for run in ("minent", "minent-foggy", "minent-night")]
+(union,) = select(manifest, run="minent-union", fraction=1.0)
+rows = multi_target(adapted, union["path"], **settings)
+table_figure(rows, ["name", "kind", "real", "foggy", "night", "mean"], "mIoU per target domain")
+
+# %% [markdown]
+# Questions to ask the table: does `gaussian` beat `linear`? Does any merge come close to the
+# union-trained model, which needed all the target data at once? Where is the night domain?

@@ -1,0 +1,133 @@
+"""The widget panels without a browser: set controls, check merged weights and readouts."""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from lwmm_lab import load_checkpoint
+from lwmm_lab.cli import main
+from lwmm_lab.widgets import DiscrepancyExplorer, LatestOnly, MergeLab, SweepExplorer
+from lwmm_lab.zoo import load_manifest, select
+
+
+@pytest.fixture
+def lab(quick_zoo: Path) -> MergeLab:
+    return MergeLab(zoo=quick_zoo, preview=4, full=6, background=False)
+
+
+def _images(fig: go.FigureWidget) -> list[str]:
+    return [t.source for t in fig.data if isinstance(t, go.Image)]
+
+
+def test_sliders_remerge_and_update_every_view(lab: MergeLab) -> None:
+    anchor = lab.pool.checkpoints[lab.plan.anchor].tensors
+    assert lab.start.max == lab.pool.layout().n_depth
+    lab.alpha.value = 1.0
+    merged = lab._model(lab.plan.anchor).state_dict()
+    assert all(torch.equal(merged[k], anchor[k]) for k in anchor), "alpha = 1 is the anchor"
+    assert "+0.00" in lab.readout.value
+    readout, images, weights = (
+        lab.readout.value,
+        _images(lab.grid_fig),
+        list(lab.schedule_fig.data[1].y),
+    )
+    lab.alpha.value = 0.0
+    merged = lab._model(lab.plan.anchor).state_dict()
+    assert not torch.equal(
+        merged["encoder.model.conv_stem.weight"], anchor["encoder.model.conv_stem.weight"]
+    )
+    assert list(lab.schedule_fig.data[1].y) != weights, "the schedule follows alpha"
+    assert lab.readout.value != readout and _images(lab.grid_fig) != images
+    lab.start.value = 10
+    assert "j = 10:" in lab.start_name.value and lab.plan.config.start == 10
+    assert [s.x0 for s in lab.schedule_fig.layout.shapes if s.name == "start"] == [10]
+
+
+def test_method_granularity_and_anchor_controls(lab: MergeLab) -> None:
+    lab.method.value = "isotropic"
+    weights = lab.plan.weights
+    assert torch.allclose(weights, torch.full_like(weights, 1 / lab.pool.n_models))
+    tensors = lab.start.max
+    lab.granularity.value = "module"
+    assert lab.start.max < tensors and lab.plan.layout.granularity == "module"
+    lab.anchor.value = 2
+    assert lab.plan.anchor == 2 and "(anchor)" in lab.schedule_fig.data[2].name
+
+
+def test_errors_show_in_the_panel(lab: MergeLab) -> None:
+    lab.method.value = "weighted"  # needs weights the panel does not give
+    assert "needs one weight per model" in lab.error.value
+    lab.method.value = "layerwise"
+    assert lab.error.value == ""
+
+
+def test_save_and_the_equivalent_command(lab: MergeLab, tmp_path: Path) -> None:
+    lab.set(alpha=0.3, start=7)
+    lab.bn.value = "gaussian"
+    lab.output.value = str(tmp_path / "from_panel.safetensors")
+    lab.save_button.click()
+    saved = load_checkpoint(tmp_path / "from_panel.safetensors")
+    assert saved.provenance["alpha"] == 0.3 and saved.provenance["start"] == 7
+    lab.command_button.click()
+    command = shlex.split(lab.command.value)
+    command[command.index("-o") + 1] = str(tmp_path / "from_cli.safetensors")
+    assert main(command[1:]) == 0
+    again = load_checkpoint(tmp_path / "from_cli.safetensors")
+    assert all(torch.equal(again.tensors[k], v) for k, v in saved.tensors.items())
+
+
+def test_full_val_button(lab: MergeLab) -> None:
+    lab.full_button.click()
+    assert "on 6 images" in lab.status.value
+
+
+def test_latest_only_drops_stale_requests() -> None:
+    ran, errors = [], []
+    gate = threading.Event()
+    worker = LatestOnly(errors.append, background=True)
+    worker.submit(lambda: (gate.wait(5), ran.append(0)))
+    time.sleep(0.05)
+    for k in range(1, 6):
+        worker.submit(lambda k=k: ran.append(k))
+    gate.set()
+    assert worker.wait(5)
+    assert ran == [0, 5], "only the newest pending request runs"
+    worker.submit(lambda: 1 / 0)
+    worker.wait(5)
+    assert isinstance(errors[0], ZeroDivisionError)
+
+
+def test_discrepancy_explorer(quick_zoo: Path) -> None:
+    d = DiscrepancyExplorer(
+        zoo=quick_zoo, scenario="checkpoint", run="minent", tau=10, background=False
+    )
+    count = int(d.status.value.split("<b>")[1].split("</b>")[0])
+    d.tau.value = 1000
+    assert int(d.status.value.split("<b>")[1].split("</b>")[0]) >= count
+    assert len(d.figure.data) > 0 and len(d.counts.data) > 0
+    assert d.result.reference == "minent@3" and d.result.others == [
+        "minent@6",
+        "minent@9",
+        "minent@12",
+    ]
+    d.scenario.value = "heterogeneous"
+    assert len(d.result.others) == 5 and all(o.endswith("@12") for o in d.result.others)
+
+
+def test_sweep_explorer_loads_a_cell_into_the_lab(lab: MergeLab, quick_zoo: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+    finals = [e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)][:2]
+    sweep = SweepExplorer(lab, checkpoints=finals, steps=2, images=2, background=False)
+    sweep.run_button.click()
+    assert sweep.progress.value == 4 and "best real mIoU" in sweep.status.value
+    best = sweep.sweep.results[-1]
+    sweep.pick(best["start"], best["alpha"])
+    assert lab.start.value == best["start"] and lab.alpha.value == best["alpha"]
+    assert lab.plan.config.alpha == best["alpha"]
