@@ -521,15 +521,20 @@ def example_panels(example: Example) -> list[np.ndarray]:
 
 
 def qualitative_figure(
-    examples: Sequence[Example], title: str = "What the merge changes"
+    examples: Sequence[Example], title: str = "What the merge changes", width: int = 1100
 ) -> go.Figure:
-    """Image, ground truth, anchor, merged and change map per example, with legends."""
+    """Image, ground truth, anchor, merged and change map per example, with legends.
+
+    The figure is ``width`` pixels wide and as tall as the images' aspect ratio needs; the
+    class and change legends sit below the grid.
+    """
     rows = max(1, len(examples))
+    h, w = examples[0].image.shape[:2] if examples else (1, 2)
     fig = make_subplots(
         rows=rows,
         cols=len(COLUMNS),
         column_titles=list(COLUMNS),
-        horizontal_spacing=0.01,
+        horizontal_spacing=0.008,
         vertical_spacing=0.02,
     )
     for r, example in enumerate(examples, start=1):
@@ -537,34 +542,23 @@ def qualitative_figure(
             fig.add_trace(go.Image(source=png_uri(panel), hoverinfo="skip"), r, c)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    present = sorted(
-        {int(v) for e in examples for a in (e.label, e.anchor, e.merged) for v in np.unique(a)}
-        - {255}
-    )
-    for cls in present:
+    shown = {int(v) for e in examples for a in (e.label, e.anchor, e.merged) for v in np.unique(a)}
+    for cls in sorted(shown - {255}):
         color = "rgb({},{},{})".format(*L.COLORS[cls])
+        marker = {"color": color, "symbol": "square", "size": 11}
         fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                name=L.CLASSES[cls],
-                marker={"color": color, "symbol": "square", "size": 11},
-            )
+            go.Scatter(x=[None], y=[None], mode="markers", name=L.CLASSES[cls], marker=marker)
         )
     for name, color in CHANGES.items():
+        marker = {"color": "rgb({},{},{})".format(*color), "symbol": "square", "size": 11}
         fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                name=f"change: {name}",
-                legendgroup="change",
-                marker={"color": "rgb({},{},{})".format(*color), "symbol": "square", "size": 11},
-            )
+            go.Scatter(x=[None], y=[None], mode="markers", name=f"change: {name}", marker=marker)
         )
-    height = 120 + 170 * rows
-    return _base_layout(fig, title, height=height, legend={"orientation": "v", "x": 1.01, "y": 1})
+    panel_height = (width - 40) / len(COLUMNS) * h / w
+    height = int(110 + rows * (panel_height + 12) + 90)
+    legend = {"orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}}
+    margin = {"l": 20, "r": 20, "t": 70, "b": 10}
+    return _base_layout(fig, title, width=width, height=height, legend=legend, margin=margin)
 
 
 # ----------------------------------------------------------------------------------- export
