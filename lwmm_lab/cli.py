@@ -1,4 +1,4 @@
-"""The ``lwmm`` command line: merge, inspect, evaluate; build the zoo; draw the data gallery.
+"""The ``lwmm`` command line: merge, inspect, evaluate, analyse; build the zoo; the findings.
 
 Bad input exits with status 1 and one line, ``lwmm: error: <what is wrong>``, never a
 traceback; warnings print as ``lwmm: warning: ...``.
@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lwmm_lab import findings
 from lwmm_lab._version import __version__
 from lwmm_lab.checkpoints import SUBMODELS, load_checkpoint
 from lwmm_lab.datasets import open_dataset
@@ -155,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-cache", action="store_true", help="recompute every cell")
     _add_output_arguments(sweep)
     sweep.set_defaults(handler=_sweep)
+
+    found = commands.add_parser("findings", help="the papers' claims, measured on the zoo")
+    found.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
+    found.add_argument("--only", type=int, nargs="+", metavar="N", help="claim numbers (all)")
+    found.add_argument("--images", type=int, default=100, help="val images per domain (100)")
+    found.add_argument("--json", action="store_true", help="the findings as JSON")
+    found.add_argument("--markdown", action="store_true", help="the findings as a Markdown table")
+    found.set_defaults(handler=_findings)
     return parser
 
 
@@ -376,6 +385,22 @@ def _sweep(args: argparse.Namespace) -> int:
             f"{len(cells)} merges; best on {target}: anchor {best['anchor']}, s = {best['start']}, "
             f"alpha = {best['alpha']:.2f} ({scores})"
         )
+    return 0
+
+
+def _findings(args: argparse.Namespace) -> int:
+    results = findings.measure(args.zoo, images=args.images, only=args.only)
+    if args.json:
+        print(json.dumps(findings.to_json(results), indent=1))
+    elif args.markdown:
+        print(findings.table(results))
+    else:
+        for f in results:
+            print(f"{f.number:>2}. [{f.holds}] {f.claim} ({f.source})")
+            print(f"    paper: {f.paper}")
+            print(f"    ours:  {f.ours}")
+            print(f"    why:   {f.explanation}")
+            print(f"    run:   {f.command}")
     return 0
 
 

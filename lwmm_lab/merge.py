@@ -190,6 +190,11 @@ class MergePlan:
         pool, method = self.pool, METHODS[self.config.method]
         anchor_tensors = pool.checkpoints[self.anchor].tensors
         w_device = self.weights.to(pool.device, pool.flat.dtype)
+        groups = _equal_weight_groups(self.weights) if method.linear else []
+        if len(groups) == pool.n_models:
+            groups = []  # nothing to gain: every model has its own weights
+        rows = [pool.flat[g[0]] if len(g) == 1 else pool.model_sum(g) for g in groups]
+        weights = self.weights.tolist()
         with torch.no_grad():
             for e in self.layout.entries:
                 target = targets[e.name]
@@ -199,8 +204,14 @@ class MergePlan:
                     target.copy_(anchor_tensors[e.name])
                 elif not is_bn_stat(e.name):
                     out = _output(target, pool)
-                    ctx = self._context(e.name, method.needs)
-                    method.combine(pool.stack(e.name), w_device[e.j - 1], out, ctx)
+                    if rows:
+                        w, cols = weights[e.j - 1], pool.columns[e.name]
+                        torch.mul(rows[0][cols], w[groups[0][0]], out=out)
+                        for row, group in zip(rows[1:], groups[1:], strict=True):
+                            out.add_(row[cols], alpha=w[group[0]])
+                    else:
+                        ctx = self._context(e.name, method.needs)
+                        method.combine(pool.stack(e.name), w_device[e.j - 1], out, ctx)
                     _store(target, out)
             self._merge_bn(targets)
         return dict(targets)
@@ -328,6 +339,20 @@ def save_merge(
     return save_checkpoint(
         path, plan.run(), anchor.spec, plan.provenance(), protect=tuple(inputs + extra)
     )
+
+
+def _equal_weight_groups(weights: Tensor) -> list[tuple[int, ...]]:
+    """Models whose weight is the same at every depth, grouped (a weighted sum may add them
+    first): for layer-wise, the anchor alone and all the others; for isotropic, everyone."""
+    groups: list[tuple[int, ...]] = []
+    for i in range(weights.shape[1]):
+        for k, group in enumerate(groups):
+            if torch.equal(weights[:, group[0]], weights[:, i]):
+                groups[k] = (*group, i)
+                break
+        else:
+            groups.append((i,))
+    return groups
 
 
 def _output(target: Tensor, pool: Pool) -> Tensor:

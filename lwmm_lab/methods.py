@@ -49,7 +49,9 @@ class Method:
     """A registered merge method.
 
     ``schedule`` is its default schedule (None: ``weights`` when weights are given, else
-    ``uniform``); ``needs`` names what the pool must hold (``base``, ``fisher``).
+    ``uniform``); ``needs`` names what the pool must hold (``base``, ``fisher``). ``linear``
+    says the method is a plain weighted sum, so models with equal weights at every depth may be
+    summed once and reused (what makes layer-wise re-merges read two models, not M).
     """
 
     name: str
@@ -57,19 +59,20 @@ class Method:
     schedule: str | None
     needs: tuple[str, ...]
     summary: str
+    linear: bool = False
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(
-    name: str, schedule: str | None = None, needs: tuple[str, ...] = ()
+    name: str, schedule: str | None = None, needs: tuple[str, ...] = (), linear: bool = False
 ) -> Callable[[Combine], Combine]:
     """Register ``combine`` under ``name``; its docstring's first line is the summary."""
 
     def add(fn: Combine) -> Combine:
         summary = (fn.__doc__ or name).strip().splitlines()[0]
-        METHODS[name] = Method(name, fn, schedule, needs, summary)
+        METHODS[name] = Method(name, fn, schedule, needs, summary, linear)
         return fn
 
     return add
@@ -80,9 +83,9 @@ def weighted_sum(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
     torch.mv(x.t(), w, out=out)
 
 
-register_method("isotropic", schedule="uniform")(weighted_sum)
-register_method("weighted", schedule="weights")(weighted_sum)
-register_method("layerwise", schedule="layerwise")(weighted_sum)
+register_method("isotropic", schedule="uniform", linear=True)(weighted_sum)
+register_method("weighted", schedule="weights", linear=True)(weighted_sum)
+register_method("layerwise", schedule="layerwise", linear=True)(weighted_sum)
 
 
 @register_method("fisher", needs=("fisher",))
