@@ -77,12 +77,16 @@ def compare(
             "best_single": max(alone[p] for p in group),
         }
         for method in methods:
-            if method == "ensemble":
-                row[method] = evaluate([models[p] for p in group], data, domain).miou
-            else:
-                row[method] = evaluate(merged_model(pool, method=method), data, domain).miou
+            row[method] = evaluate(
+                _method_models(pool, [models[p] for p in group], method), data, domain
+            ).miou
         rows.append(row)
     return rows
+
+
+def _method_models(pool: Pool, models: list[nn.Module], method: str) -> list[nn.Module]:
+    """What to run for ``method``: every model for the ensemble, else the one merged model."""
+    return models if method == "ensemble" else [merged_model(pool, method=method)]
 
 
 def add_one_at_a_time(
@@ -163,8 +167,7 @@ def heads_and_decoders(
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
     pool = Pool(paths, device="cpu", fisher=fishers)
     for method in methods:
-        merged = models if method == "ensemble" else [merged_model(pool, method=method)]
-        rows.append(_row(method, "merged", merged, data, domain))
+        rows.append(_row(method, "merged", _method_models(pool, models, method), data, domain))
     return rows
 
 
@@ -172,7 +175,7 @@ def _row(name: str, kind: str, models: list[nn.Module], data: Any, domain: str) 
     return {
         "name": name,
         "kind": kind,
-        "miou": evaluate(models if len(models) > 1 else models[0], data, domain).miou,
+        "miou": evaluate(models, data, domain).miou,
         "ms_per_image": inference_ms(models, data.tensors[0][:16]),
     }
 

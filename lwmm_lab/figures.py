@@ -258,47 +258,43 @@ def counts_figure(d: Discrepancy, tau: float) -> go.Figure:
     return _base_layout(fig, f"Discrepant tensors (tau = {tau:g})", barmode="group")
 
 
-def bn_divergence_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
-    """Symmetric KL between the BN layers' per-channel Gaussians, by depth."""
-    fig = go.Figure()
+def _series_by_model(
+    fig: go.Figure, rows: Sequence[dict[str, Any]], y: str, label: str, mode: str, hover: str
+) -> None:
+    """One trace per model of ``rows`` (x: depth j, y: ``rows[y]``, hover: ``rows[label]``)."""
     for m, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
         mine = [r for r in rows if r["model"] == model]
+        color = MODEL_COLORS[m % len(MODEL_COLORS)]
         fig.add_trace(
             go.Scatter(
                 x=[r["j"] for r in mine],
-                y=[r["symmetric_kl"] for r in mine],
-                mode="lines+markers",
+                y=[r[y] for r in mine],
+                mode=mode,
                 name=model,
-                line={"color": MODEL_COLORS[m % len(MODEL_COLORS)]},
-                customdata=[r["module"] for r in mine],
-                hovertemplate="j=%{x} %{customdata}<br>KL %{y:.3g}<extra></extra>",
+                line={"color": color},
+                marker={"color": color, "size": 5},
+                customdata=[r[label] for r in mine],
+                hovertemplate=f"j=%{{x}} %{{customdata}}<br>{hover}<extra></extra>",
             )
         )
-    fig.update_yaxes(type="log", title="symmetric KL (mean over channels)")
     fig.update_xaxes(title="depth index j")
+
+
+def bn_divergence_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """Symmetric KL between the BN layers' per-channel Gaussians, by depth."""
+    fig = go.Figure()
+    _series_by_model(fig, rows, "symmetric_kl", "module", "lines+markers", "KL %{y:.3g}")
+    fig.update_yaxes(type="log", title="symmetric KL (mean over channels)")
     return _base_layout(fig, "BatchNorm statistics: how far apart the domains' Gaussians are")
 
 
 def task_vector_figure(rows: Sequence[dict[str, Any]], suggestion: int | None = None) -> go.Figure:
     """Cosine between task vectors (model minus base) per tensor; a suggested start layer."""
     fig = go.Figure()
-    for m, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
-        mine = [r for r in rows if r["model"] == model]
-        fig.add_trace(
-            go.Scatter(
-                x=[r["j"] for r in mine],
-                y=[r["cosine"] for r in mine],
-                mode="markers",
-                name=model,
-                marker={"color": MODEL_COLORS[m % len(MODEL_COLORS)], "size": 5},
-                customdata=[r["name"] for r in mine],
-                hovertemplate="j=%{x} %{customdata}<br>cos %{y:.2f}<extra></extra>",
-            )
-        )
+    _series_by_model(fig, rows, "cosine", "name", "markers", "cos %{y:.2f}")
     if suggestion is not None:
         fig.add_vline(x=suggestion, line_dash="dash", annotation_text=f"suggested s = {suggestion}")
     fig.update_yaxes(title="cosine of task vectors", range=[-1.05, 1.05])
-    fig.update_xaxes(title="depth index j")
     return _base_layout(fig, "Do the models move the same way? Task-vector agreement by depth")
 
 

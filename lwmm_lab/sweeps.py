@@ -93,15 +93,6 @@ class Sweep:
     results: list[dict[str, Any]]
     labels: list[str] = field(default_factory=list)
 
-    def table(self) -> list[dict[str, Any]]:
-        """One flat row per cell: the knobs, then one mIoU column per domain."""
-        rows = []
-        for r in self.results:
-            row = {k: r[k] for k in ("anchor", "start", "start_frac", "alpha", "method", "bn")}
-            row.update({f"miou_{d}": v for d, v in r["miou"].items()})
-            rows.append(row)
-        return rows
-
     def to_json(self) -> dict[str, Any]:
         return {
             "labels": self.labels,
