@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 
 import pytest
@@ -10,6 +11,11 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from lwmm_lab import Checkpoint, ModelSpec
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Caches (sweeps, Fisher estimates) go to a temporary folder, never the checkout's data/."""
+    os.environ.setdefault("LWMM_DATA", tempfile.mkdtemp(prefix="lwmm-test-data-"))
+
 
 settings.register_profile(
     "lwmm",
