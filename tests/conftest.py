@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 
 from lwmm_lab import Checkpoint, ModelSpec
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """Caches (sweeps, Fisher estimates) go to a temporary folder, never the checkout's data/."""
     os.environ.setdefault("LWMM_DATA", tempfile.mkdtemp(prefix="lwmm-test-data-"))
