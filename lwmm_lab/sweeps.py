@@ -131,7 +131,8 @@ def run_sweep(
 
     ``executor`` is ``serial``, ``process`` (a local pool of ``workers`` processes, one
     thread each), ``dask`` or ``ray`` (a cluster at ``address``; ``pip install
-    lwmm-lab[dask]`` / ``[ray]``). ``on_result(done, result)`` is called after each cell.
+    lwmm-lab[dask]`` / ``[ray]``; with no address, Ray starts a local one for the sweep).
+    ``on_result(done, result)`` is called after each cell.
     ``cache`` is a folder, True for ``data/cache/sweeps``, or None/False for none.
     """
     if executor not in EXECUTORS:
@@ -207,13 +208,19 @@ def _ray(cells: list[Cell], index: list[int], address: str | None) -> Iterator[t
         import ray
     except ImportError:
         raise LwmmError("the ray executor needs ray: pip install 'lwmm-lab[ray]'") from None
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(sweep_cell)
-    pending = {remote.remote(c): i for c, i in zip(cells, index, strict=True)}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            yield pending.pop(ref), ray.get(ref)
+    connected_here = not ray.is_initialized()
+    if connected_here:
+        ray.init(address=address, log_to_driver=False)
+    try:
+        remote = ray.remote(sweep_cell)
+        pending = {remote.remote(c): i for c, i in zip(cells, index, strict=True)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), ray.get(ref)
+    finally:
+        if connected_here:
+            ray.shutdown()
 
 
 def _one_thread() -> None:

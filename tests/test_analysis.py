@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -161,6 +164,30 @@ def test_sweep_on_a_local_dask_cluster(two_finals: list[str]) -> None:
         remote = run_sweep(
             cells, "dask", address=cluster.scheduler_address, cache=None, progress=False
         )
+    for a, b in zip(serial.results, remote.results, strict=True):
+        assert a["miou"]["real"] == pytest.approx(b["miou"]["real"], abs=1e-6)
+
+
+def test_sweep_on_a_local_ray_cluster(two_finals: list[str]) -> None:
+    """A head node started like a user's (``ray start --head``), reached by its address."""
+    pytest.importorskip("ray")
+    ray_cli = Path(sys.executable).with_name("ray")
+    cells = grid(
+        two_finals,
+        starts=(0.5,),
+        alphas=(0.0, 0.5),
+        domains=("real",),
+        images=4,
+        resolution=(64, 128),
+    )
+    serial = run_sweep(cells, "serial", cache=None, progress=False)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = [str(ray_cli), "start", "--head", "--port=6391", "--num-cpus=2"]
+    subprocess.run([*head, "--include-dashboard=false"], check=True, env=env, capture_output=True)
+    try:
+        remote = run_sweep(cells, "ray", address="127.0.0.1:6391", cache=None, progress=False)
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True)
     for a, b in zip(serial.results, remote.results, strict=True):
         assert a["miou"]["real"] == pytest.approx(b["miou"]["real"], abs=1e-6)
 
