@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Build the model zoo if it is missing or unfinished (resumable), then open the quickstart.
+# Jupyter refuses to run as root unless told to (containers and CI machines often are root).
 lab: zoo
-	cd notebooks && ../$(BIN)/jupyter lab 01_quickstart.ipynb --LabApp.app_settings_dir=$(SETTINGS)
+	cd notebooks && ../$(BIN)/jupyter lab 01_quickstart.ipynb --LabApp.app_settings_dir=$(SETTINGS) \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 zoo: setup
 	$(BIN)/lwmm zoo build
