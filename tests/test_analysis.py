@@ -147,10 +147,10 @@ def test_sweep_executors_agree_and_cache(two_finals: list[str], tmp_path: Path) 
     assert all(r["miou"]["real"] == -1.0 for r in cached.results), "cached cells are read back"
 
 
-def test_sweep_on_a_local_dask_cluster(two_finals: list[str]) -> None:
-    distributed = pytest.importorskip("dask.distributed")
+def assert_cluster_matches_serial(checkpoints: list[str], executor: str, address: str) -> None:
+    """A small sweep on the cluster at ``address`` gives the serial sweep's results."""
     cells = grid(
-        two_finals,
+        checkpoints,
         starts=(0.5,),
         alphas=(0.0, 0.5),
         domains=("real",),
@@ -158,38 +158,30 @@ def test_sweep_on_a_local_dask_cluster(two_finals: list[str]) -> None:
         resolution=(64, 128),
     )
     serial = run_sweep(cells, "serial", cache=None, progress=False)
+    remote = run_sweep(cells, executor, address=address, cache=None, progress=False)
+    for a, b in zip(serial.results, remote.results, strict=True):
+        assert a["miou"]["real"] == pytest.approx(b["miou"]["real"], abs=1e-6)
+
+
+def test_sweep_on_a_local_dask_cluster(two_finals: list[str]) -> None:
+    distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
-        remote = run_sweep(
-            cells, "dask", address=cluster.scheduler_address, cache=None, progress=False
-        )
-    for a, b in zip(serial.results, remote.results, strict=True):
-        assert a["miou"]["real"] == pytest.approx(b["miou"]["real"], abs=1e-6)
+        assert_cluster_matches_serial(two_finals, "dask", cluster.scheduler_address)
 
 
 def test_sweep_on_a_local_ray_cluster(two_finals: list[str]) -> None:
     """A head node started like a user's (``ray start --head``), reached by its address."""
     pytest.importorskip("ray")
-    ray_cli = Path(sys.executable).with_name("ray")
-    cells = grid(
-        two_finals,
-        starts=(0.5,),
-        alphas=(0.0, 0.5),
-        domains=("real",),
-        images=4,
-        resolution=(64, 128),
-    )
-    serial = run_sweep(cells, "serial", cache=None, progress=False)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    head = [str(ray_cli), "start", "--head", "--port=6391", "--num-cpus=2"]
-    subprocess.run([*head, "--include-dashboard=false"], check=True, env=env, capture_output=True)
+    head = [ray_cli, "start", "--head", "--port=6391", "--num-cpus=2", "--include-dashboard=false"]
+    subprocess.run(head, check=True, env=env, capture_output=True)
     try:
-        remote = run_sweep(cells, "ray", address="127.0.0.1:6391", cache=None, progress=False)
+        assert_cluster_matches_serial(two_finals, "ray", "127.0.0.1:6391")
     finally:
-        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True)
-    for a, b in zip(serial.results, remote.results, strict=True):
-        assert a["miou"]["real"] == pytest.approx(b["miou"]["real"], abs=1e-6)
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
 
 
 def test_comparisons_on_the_quick_zoo(quick_zoo: Path) -> None:
