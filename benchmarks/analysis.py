@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from lwmm_lab.evaluation import evaluate, val_set
-from lwmm_lab.model import merged_model
-from lwmm_lab.pool import Pool
-from lwmm_lab.sweeps import grid, run_sweep
+from lwmm_lab.analysis.evaluation import evaluate, val_set
+from lwmm_lab.analysis.sweeps import grid, run_sweep
+from lwmm_lab.engine.model import merged_model
+from lwmm_lab.engine.pool import Pool
 from lwmm_lab.zoo import load_manifest, select
 
 

@@ -15,7 +15,7 @@ import os
 import statistics
 import time
 
-from lwmm_lab.domains import DOMAINS, generate
+from lwmm_lab.data.domains import DOMAINS, generate
 
 
 def main() -> None:

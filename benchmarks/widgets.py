@@ -18,7 +18,7 @@ import argparse
 import statistics
 import time
 
-from lwmm_lab.widgets import MergeLab
+from lwmm_lab.lab.widgets import MergeLab
 
 
 def main() -> None:

@@ -5,13 +5,13 @@ The flow is one-directional: checkpoints -> pool -> merge -> model -> evaluation
 """
 
 from lwmm_lab._version import __version__
-from lwmm_lab.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from lwmm_lab.engine.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge, save_merge
+from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, layerwise_weights
+from lwmm_lab.engine.model import load_model, merged_model
+from lwmm_lab.engine.pool import Pool
+from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.errors import DepthOrderWarning, LwmmError
-from lwmm_lab.merge import MergeConfig, MergePlan, make_plan, merge, save_merge
-from lwmm_lab.methods import BN_RULES, METHODS, SCHEDULES, layerwise_weights
-from lwmm_lab.model import load_model, merged_model
-from lwmm_lab.pool import Pool
-from lwmm_lab.spec import ModelSpec
 
 __all__ = [
     "BN_RULES",

@@ -8,27 +8,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lwmm_lab import findings
 from lwmm_lab._version import __version__
-from lwmm_lab.checkpoints import SUBMODELS, load_checkpoint
-from lwmm_lab.datasets import open_dataset
-from lwmm_lab.discrepancy import (
+from lwmm_lab.analysis import findings
+from lwmm_lab.analysis.discrepancy import (
     bn_divergence,
     discrepancy,
     suggest_start,
     task_vector_cosine,
 )
-from lwmm_lab.domains import DOMAINS, save_gallery
+from lwmm_lab.analysis.evaluation import evaluate_checkpoints
+from lwmm_lab.analysis.sweeps import EXECUTORS, grid, run_sweep
+from lwmm_lab.data.datasets import open_dataset
+from lwmm_lab.data.domains import DOMAINS, save_gallery
+from lwmm_lab.engine.checkpoints import SUBMODELS, load_checkpoint
+from lwmm_lab.engine.merge import MergeConfig, make_plan, save_merge
+from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES
+from lwmm_lab.engine.model import load_model
+from lwmm_lab.engine.pool import GRANULARITIES, Pool
 from lwmm_lab.errors import LwmmError
-from lwmm_lab.evaluation import evaluate_checkpoints
-from lwmm_lab.figures import (
+from lwmm_lab.lab.figures import (
     bn_divergence_figure,
     counts_figure,
     discrepancy_figure,
@@ -38,12 +41,6 @@ from lwmm_lab.figures import (
     sweep_heatmap,
     task_vector_figure,
 )
-from lwmm_lab.fisher import estimate_fisher, save_fisher
-from lwmm_lab.merge import MergeConfig, MergePlan, make_plan, save_merge
-from lwmm_lab.methods import BN_RULES, METHODS, SCHEDULES
-from lwmm_lab.model import load_model
-from lwmm_lab.pool import GRANULARITIES, Pool
-from lwmm_lab.sweeps import EXECUTORS, grid, run_sweep
 from lwmm_lab.zoo import (
     PRESETS,
     ZooConfig,
@@ -53,6 +50,7 @@ from lwmm_lab.zoo import (
     load_manifest,
     preset,
 )
+from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -191,30 +189,6 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=float, default=0.2, help="TIES: fraction kept (0.2)")
     p.add_argument("--scale", type=float, default=1.0, help="task vector scale (1.0)")
     p.add_argument("--submodel", choices=SUBMODELS, help="mmseg/DAFormer sub-model (model)")
-
-
-def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
-    """The ``lwmm merge`` command that reproduces ``plan`` into ``output``."""
-    c, pool = plan.config, plan.pool
-    words = ["lwmm", "merge", *(str(ck.path) for ck in pool.checkpoints)]
-    words += ["--anchor", str(plan.anchor), "--method", c.method, "--schedule", plan.schedule]
-    if c.start is not None:
-        words += ["--start", str(c.start), "--alpha", repr(c.alpha)]
-    if c.weights is not None:
-        words += ["--weights", *map(repr, c.weights)]
-    words += ["--bn", c.bn, "--granularity", c.granularity]
-    if "base" in METHODS[c.method].needs:
-        words += [
-            "--base",
-            str(pool.base_path),
-            "--scale",
-            repr(c.scale),
-            "--density",
-            repr(c.density),
-        ]
-    if "fisher" in METHODS[c.method].needs:
-        words += ["--fisher", *map(str, pool.fisher_paths)]
-    return shlex.join([*words, "-o", str(output)])
 
 
 def _pool_and_config(args: argparse.Namespace) -> tuple[Pool, MergeConfig]:

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import torch
 
-from lwmm_lab import labels as L
-from lwmm_lab.checkpoints import load_checkpoint
-from lwmm_lab.domains import generate
-from lwmm_lab.model import load_model
+from lwmm_lab.data import labels as L
+from lwmm_lab.data.domains import generate
+from lwmm_lab.engine.checkpoints import load_checkpoint
+from lwmm_lab.engine.model import load_model
 
 _CITYSCAPES_IDS = np.array(
     [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]

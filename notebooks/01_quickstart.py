@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -32,7 +34,7 @@
 # the paper's formula; alpha = 1 is the anchor alone.
 
 # %%
-from lwmm_lab.widgets import MergeLab
+from lwmm_lab.lab import MergeLab
 from lwmm_lab.zoo import find_zoo
 
 zoo = find_zoo()

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -29,7 +31,7 @@
 # each model saw. Check whether the zoo agrees, by tensor kind and by region.
 
 # %%
-from lwmm_lab.widgets import DiscrepancyExplorer
+from lwmm_lab.lab import DiscrepancyExplorer
 from lwmm_lab.zoo import find_zoo
 
 zoo = find_zoo()
@@ -48,8 +50,8 @@ explorer
 
 # %%
 from lwmm_lab import Pool
-from lwmm_lab.discrepancy import bn_divergence, suggest_start, task_vector_cosine
-from lwmm_lab.figures import bn_divergence_figure, task_vector_figure
+from lwmm_lab.analysis.discrepancy import bn_divergence, suggest_start, task_vector_cosine
+from lwmm_lab.lab.figures import bn_divergence_figure, task_vector_figure
 from lwmm_lab.zoo import base_checkpoint, load_manifest, preset
 
 manifest = load_manifest(zoo)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -27,8 +29,8 @@
 # others one at a time. Good merging should not fall below the anchor as worse models come in.
 
 # %%
-from lwmm_lab.comparison import METHODS, add_one_at_a_time, compare
-from lwmm_lab.figures import comparison_figure, table_figure
+from lwmm_lab.analysis.comparison import METHODS, add_one_at_a_time, compare
+from lwmm_lab.lab.figures import comparison_figure, table_figure
 from lwmm_lab.zoo import find_zoo, load_manifest, select
 
 manifest = load_manifest(find_zoo())

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -25,8 +27,8 @@
 # as the anchor. The ensemble has to run every model.
 
 # %%
-from lwmm_lab.comparison import heads_and_decoders
-from lwmm_lab.figures import rows_figure, table_figure
+from lwmm_lab.analysis.comparison import heads_and_decoders
+from lwmm_lab.lab.figures import rows_figure, table_figure
 from lwmm_lab.zoo import find_zoo, load_manifest, select
 
 manifest = load_manifest(find_zoo())

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -24,7 +26,7 @@
 # MergeLab below it.
 
 # %%
-from lwmm_lab.widgets import MergeLab, SweepExplorer
+from lwmm_lab.lab import MergeLab, SweepExplorer
 from lwmm_lab.zoo import find_zoo, load_manifest, select
 
 zoo = find_zoo()
@@ -46,8 +48,8 @@ lab
 # against α (at s = 1).
 
 # %%
-from lwmm_lab.figures import sweep_curves
-from lwmm_lab.sweeps import run_sweep
+from lwmm_lab.lab.figures import sweep_curves
+from lwmm_lab.analysis.sweeps import run_sweep
 
 result = run_sweep(sweep.cells(), progress=False)
 sweep.load(result)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -31,8 +33,8 @@
 # target datasets.
 
 # %%
-from lwmm_lab.comparison import multi_target
-from lwmm_lab.figures import table_figure
+from lwmm_lab.analysis.comparison import multi_target
+from lwmm_lab.lab.figures import table_figure
 from lwmm_lab.zoo import find_zoo, load_manifest, select
 
 manifest = load_manifest(find_zoo())

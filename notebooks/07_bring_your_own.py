@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -75,8 +77,8 @@ print(plan.format()[:1500])
 
 # %%
 from lwmm_lab import load_model, save_merge
-from lwmm_lab.datasets import open_dataset
-from lwmm_lab.evaluation import evaluate
+from lwmm_lab.data.datasets import open_dataset
+from lwmm_lab.analysis.evaluation import evaluate
 
 merged = save_merge(pool, Path(tempfile.mkdtemp()) / "merged.safetensors", plan.config)
 print(load_checkpoint(merged).provenance["inputs"])

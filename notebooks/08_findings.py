@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -24,8 +26,8 @@
 # Which ones, and why, is itself a lesson about when merging helps.
 
 # %%
-from lwmm_lab.findings import measure, to_json
-from lwmm_lab.figures import comparison_figure, table_figure
+from lwmm_lab.analysis.findings import measure, to_json
+from lwmm_lab.lab.figures import comparison_figure, table_figure
 from lwmm_lab.zoo import find_zoo, load_manifest
 
 zoo = find_zoo()

@@ -14,17 +14,19 @@ import pytest
 import torch
 
 from lwmm_lab import Checkpoint, Pool, make_plan, merged_model
-from lwmm_lab.cli import main
-from lwmm_lab.comparison import add_one_at_a_time, heads_and_decoders
-from lwmm_lab.discrepancy import (
+from lwmm_lab.analysis.comparison import add_one_at_a_time, heads_and_decoders
+from lwmm_lab.analysis.discrepancy import (
     bn_divergence,
     discrepancy,
     suggest_start,
     task_vector_cosine,
     tensor_kind,
 )
-from lwmm_lab.evaluation import evaluate, val_set
-from lwmm_lab.figures import (
+from lwmm_lab.analysis.evaluation import evaluate, val_set
+from lwmm_lab.analysis.qualitative import change_map, examples, iou_delta
+from lwmm_lab.analysis.sweeps import grid, run_sweep
+from lwmm_lab.cli import main
+from lwmm_lab.lab.figures import (
     bn_divergence_figure,
     comparison_figure,
     counts_figure,
@@ -39,8 +41,6 @@ from lwmm_lab.figures import (
     sweep_heatmap,
     task_vector_figure,
 )
-from lwmm_lab.qualitative import change_map, examples, iou_delta
-from lwmm_lab.sweeps import grid, run_sweep
 from lwmm_lab.zoo import base_checkpoint, load_manifest, preset, select
 
 

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lwmm_lab import LwmmError
-from lwmm_lab import labels as L
-from lwmm_lab.datasets import SyntheticScenes, cityscapes, gta5, open_dataset, synthia
+from lwmm_lab.data import labels as L
+from lwmm_lab.data.datasets import SyntheticScenes, cityscapes, gta5, open_dataset, synthia
 
 
 def test_synthetic_dataset_items() -> None:

@@ -7,8 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lwmm_lab import ModelSpec
-from lwmm_lab import labels as L
-from lwmm_lab.evaluation import (
+from lwmm_lab.analysis.evaluation import (
     class_probabilities,
     confusion,
     evaluate,
@@ -16,6 +15,7 @@ from lwmm_lab.evaluation import (
     predict,
     scores_from_confusion,
 )
+from lwmm_lab.data import labels as L
 
 ALL = L.CLASS_SETS["cityscapes-19"]
 

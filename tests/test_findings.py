@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lwmm_lab.analysis.findings import CLAIMS
 from lwmm_lab.cli import main
-from lwmm_lab.findings import CLAIMS
 
 KEYS = {"number", "claim", "source", "paper", "ours", "holds", "explanation", "command", "details"}
 

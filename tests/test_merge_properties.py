@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from lwmm_lab import BN_RULES, Checkpoint, Pool, layerwise_weights, make_plan, merge
-from lwmm_lab.pool import is_bn_stat
+from lwmm_lab.engine.pool import is_bn_stat
 
 from .conftest import checkpoint_of
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lwmm_lab import labels as L
 from lwmm_lab.cli import main
-from lwmm_lab.domains import DOMAINS, apply_fog, gallery, generate
+from lwmm_lab.data import labels as L
+from lwmm_lab.data.domains import DOMAINS, apply_fog, gallery, generate
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -27,7 +27,7 @@ def _digest(*arrays: np.ndarray) -> str:
 def test_same_arguments_give_the_same_scene_in_another_process() -> None:
     scene = generate("real", "val", 7, seed=3)
     code = (
-        "import hashlib, numpy as np; from lwmm_lab.domains import generate; "
+        "import hashlib, numpy as np; from lwmm_lab.data.domains import generate; "
         "s = generate('real', 'val', 7, seed=3); h = hashlib.sha256(); "
         "[h.update(np.ascontiguousarray(a).tobytes()) for a in (s.image, s.label, s.instances)]; "
         "print(h.hexdigest())"

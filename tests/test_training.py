@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lwmm_lab import ModelSpec
-from lwmm_lab import labels as L
-from lwmm_lab.domains import generate
-from lwmm_lab.training import (
+from lwmm_lab.data import labels as L
+from lwmm_lab.data.domains import generate
+from lwmm_lab.zoo.training import (
     STRATEGIES,
     ImagePool,
     TrainConfig,

@@ -13,7 +13,7 @@ import torch
 
 from lwmm_lab import load_checkpoint
 from lwmm_lab.cli import main
-from lwmm_lab.widgets import DiscrepancyExplorer, LatestOnly, MergeLab, SweepExplorer
+from lwmm_lab.lab.widgets import DiscrepancyExplorer, LatestOnly, MergeLab, SweepExplorer
 from lwmm_lab.zoo import load_manifest, select
 
 

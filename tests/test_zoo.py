@@ -12,7 +12,7 @@ import torch
 
 from lwmm_lab import Pool, load_checkpoint, load_model, merge
 from lwmm_lab.cli import main
-from lwmm_lab.domains import TARGET_DOMAINS
+from lwmm_lab.data.domains import TARGET_DOMAINS
 from lwmm_lab.zoo import DEFAULT_RUNS, ZooConfig, build_zoo, load_manifest, select
 
 KEYS = {"path", "run", "strategy", "scenarios", "arch", "encoder", "classes", "num_classes",

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lwmm_lab import labels as L
-from lwmm_lab.domains import DOMAIN_CLASSES, DOMAINS, generate
+from lwmm_lab.data import labels as L
+from lwmm_lab.data.domains import DOMAIN_CLASSES, DOMAINS, generate
 from lwmm_lab.errors import LwmmError
 
 #: Default number of images per split of a synthetic domain.

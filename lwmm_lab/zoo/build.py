@@ -1,16 +1,4 @@
-"""The model zoo: the kinds of checkpoint the paper merges, trained here from the synthetic data.
-
-A base model is trained supervised on ``synthetic``; every other run starts from it (the
-encoder always, the decoder and head where the architecture and classes match), so all zoo
-models share their pre-training as the paper assumes. The runs:
-
-- ``strategies``: the six strategies of :mod:`lwmm_lab.training`, synthetic -> real;
-- ``checkpoints``: the four checkpoints (25/50/75/100 %) of every run;
-- ``other-classes``: a SYNTHIA-16 model (16-class head), synthetic-16 -> real;
-- ``other-decoders``: FPN and DeepLabV3+ on the base encoder;
-- ``multi-target``: one strategy adapted to ``foggy`` and to ``night`` separately, and on the
-  union of the three targets (the multi-target paper's data-combination baseline);
-- ``seeds``: a second seed of one strategy.
+"""Building the zoo: train every run of the recipe, evaluate its checkpoints, write the manifest.
 
 ``build_zoo`` writes safetensors checkpoints (model spec in their metadata) and
 ``manifest.json``, one entry per checkpoint with its mIoU on the source val and every target
@@ -20,13 +8,12 @@ its last checkpoint with the optimiser state saved beside it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,115 +22,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lwmm_lab import labels as L
 from lwmm_lab._version import __version__
-from lwmm_lab.checkpoints import load_checkpoint, save_checkpoint
-from lwmm_lab.domains import DOMAIN_CLASSES, TARGET_DOMAINS, generate
+from lwmm_lab.analysis.evaluation import evaluate
+from lwmm_lab.data import labels as L
+from lwmm_lab.data.domains import DOMAIN_CLASSES, TARGET_DOMAINS, generate
+from lwmm_lab.engine.checkpoints import load_checkpoint, save_checkpoint
+from lwmm_lab.engine.model import load_weights
+from lwmm_lab.engine.pool import resolve_device
 from lwmm_lab.errors import LwmmError
-from lwmm_lab.evaluation import evaluate
-from lwmm_lab.files import atomic_path, atomic_write_text, data_dir
-from lwmm_lab.model import load_weights
-from lwmm_lab.pool import resolve_device
-from lwmm_lab.spec import ModelSpec
-from lwmm_lab.training import ImagePool, TrainConfig, balanced_class_weights, train
-
-MANIFEST = "manifest.json"
-#: Bump when training changes what a run produces, so existing zoos are retrained, not reused.
-RECIPE = 2
-FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run of the zoo."""
-
-    name: str
-    strategy: str
-    scenarios: tuple[str, ...]
-    source: str = "synthetic"
-    targets: tuple[str, ...] = ("real",)
-    arch: str = "Unet"
-    classes: str = "cityscapes-19"
-    seed: int = 0
-    steps_factor: float = 1.0
-
-
-@dataclass(frozen=True)
-class ZooConfig:
-    """Sizes and schedules of a zoo; ``quick()`` is the tiny one the tests use."""
-
-    resolution: tuple[int, int] = (96, 192)
-    encoder: str = "tu-mobilenetv3_small_100"
-    decoder_channels: tuple[int, ...] = (64, 32, 16, 8, 8)
-    base_steps: int = 900
-    base_lr: float = 3e-3
-    base_batch: int = 8
-    steps: int = 120
-    lr: float = 3e-4
-    batch: int = 4
-    train_images: int = 500
-    val_images: int = 40
-    quick: bool = False
-    runs: tuple[Run, ...] = field(default_factory=lambda: DEFAULT_RUNS)
-
-    @classmethod
-    def quick_config(cls) -> ZooConfig:
-        """A zoo in well under a minute: tiny images, a few steps; weak but real models."""
-        return cls(
-            resolution=(64, 128),
-            base_steps=80,
-            base_batch=8,
-            steps=12,
-            train_images=64,
-            val_images=8,
-            quick=True,
-        )
-
-    def spec(self, arch: str, classes: str) -> ModelSpec:
-        n = len(L.CLASS_SETS[classes])
-        kwargs: dict[str, Any] = {"encoder_depth": 5}
-        if arch == "Unet":
-            kwargs["decoder_channels"] = list(self.decoder_channels)
-        elif arch == "FPN":
-            kwargs.update(decoder_pyramid_channels=64, decoder_segmentation_channels=32)
-        elif arch == "DeepLabV3Plus":
-            kwargs.update(decoder_channels=64, encoder_output_stride=16)
-        return ModelSpec(arch, self.encoder, n, kwargs)
-
-
-DEFAULT_RUNS = (
-    Run("source_only", "source_only", ("strategies", "checkpoints")),
-    Run("minent", "minent", ("strategies", "checkpoints", "multi-target")),
-    Run("maxsquare", "maxsquare", ("strategies", "checkpoints")),
-    Run("advent", "advent", ("strategies", "checkpoints")),
-    Run("adaptsegnet", "adaptsegnet", ("strategies", "checkpoints")),
-    Run("selftrain", "selftrain", ("strategies", "checkpoints")),
-    Run("synthia16-minent", "minent", ("other-classes", "checkpoints"), source="synthetic-16",
-        classes="synthia-16"),
-    Run("fpn-minent", "minent", ("other-decoders", "checkpoints"), arch="FPN", steps_factor=2.0),
-    Run("deeplabv3plus-minent", "minent", ("other-decoders", "checkpoints"), arch="DeepLabV3Plus",
-        steps_factor=2.0),
-    Run("minent-foggy", "minent", ("multi-target", "checkpoints"), targets=("foggy",)),
-    Run("minent-night", "minent", ("multi-target", "checkpoints"), targets=("night",)),
-    Run("minent-union", "minent", ("multi-target", "checkpoints"), targets=TARGET_DOMAINS),
-    Run("minent-seed1", "minent", ("seeds", "checkpoints"), seed=1),
-)  # fmt: skip
-BASE = Run("base", "source_only", ("base",), targets=())
-
-
-def default_zoo_dir(quick: bool = False) -> Path:
-    """``data/zoo`` (``data/zoo-quick`` for the quick zoo, so it never replaces the real one)."""
-    return data_dir() / ("zoo-quick" if quick else "zoo")
-
-
-def find_zoo() -> Path:
-    """The zoo the lab uses: ``$LWMM_ZOO``, else ``data/zoo``, else ``data/zoo-quick``."""
-    if os.environ.get("LWMM_ZOO"):
-        return Path(os.environ["LWMM_ZOO"])
-    for quick in (False, True):
-        if (default_zoo_dir(quick) / MANIFEST).is_file():
-            return default_zoo_dir(quick)
-    raise LwmmError("no model zoo found: build it with `lwmm zoo build` (or set LWMM_ZOO)")
+from lwmm_lab.files import atomic_path, atomic_write_text
+from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, read_manifest
+from lwmm_lab.zoo.recipe import BASE, FRACTIONS, Run, ZooConfig, run_fingerprint
+from lwmm_lab.zoo.training import ImagePool, TrainConfig, balanced_class_weights, train
 
 
 def build_zoo(
@@ -157,7 +47,7 @@ def build_zoo(
     out = Path(out) if out is not None else default_zoo_dir(config.quick)
     device = resolve_device(device)
     started = time.perf_counter()
-    manifest = _load_manifest(out)
+    manifest = read_manifest(out)
     known = {e["path"]: e for e in manifest.get("checkpoints", [])}
     entries: list[dict[str, Any]] = []
     data = _DataCache(out / "cache", config)
@@ -174,58 +64,6 @@ def build_zoo(
     manifest = _write_manifest(out, config, entries, time.perf_counter() - started)
     log(f"[zoo] {len(entries)} checkpoints in {out} ({manifest['build_seconds']:.0f} s)")
     return manifest
-
-
-def load_manifest(zoo: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a built zoo, with each entry's path made absolute."""
-    zoo = Path(zoo)
-    manifest = _load_manifest(zoo)
-    if not manifest:
-        raise LwmmError(f"{zoo / MANIFEST}: no zoo manifest (build one with: lwmm zoo build)")
-    for entry in manifest["checkpoints"]:
-        entry["path"] = str(zoo / entry["path"])
-    return manifest
-
-
-def select(manifest: dict[str, Any], **where: Any) -> list[dict[str, Any]]:
-    """Manifest entries matching every ``key=value`` (``scenario=`` tests membership)."""
-    picked = []
-    for entry in manifest["checkpoints"]:
-        if all(
-            value in entry["scenarios"] if key == "scenario" else entry.get(key) == value
-            for key, value in where.items()
-        ):
-            picked.append(entry)
-    return picked
-
-
-PRESETS = ("checkpoint", "heterogeneous")
-
-
-def preset(
-    manifest: dict[str, Any], name: str, run: str = "advent", domain: str = "real"
-) -> tuple[str, list[str]]:
-    """A reference checkpoint and the ones to compare with it (the paper's Fig. 2 scenarios).
-
-    ``checkpoint``: the first checkpoint of ``run`` against its later ones (Fig. 2a).
-    ``heterogeneous``: the best final strategy on ``domain`` against each other one (Fig. 2b).
-    """
-    if name == "checkpoint":
-        entries = sorted(select(manifest, run=run), key=lambda e: e["step"])
-        if len(entries) < 2:
-            raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
-        return entries[0]["path"], [e["path"] for e in entries[1:]]
-    if name == "heterogeneous":
-        finals = select(manifest, scenario="strategies", fraction=1.0)
-        finals.sort(key=lambda e: -e["miou"][domain])
-        return finals[0]["path"], [e["path"] for e in finals[1:]]
-    raise LwmmError(f"preset '{name}' is not one of {', '.join(PRESETS)}")
-
-
-def base_checkpoint(manifest: dict[str, Any]) -> str:
-    """The path of the zoo's shared pre-trained base model."""
-    (entry,) = select(manifest, run="base")
-    return entry["path"]
 
 
 # ---------------------------------------------------------------------------------- one run
@@ -245,7 +83,7 @@ def _train_run(
     steps = config.base_steps if is_base else max(4, round(config.steps * run.steps_factor))
     checkpoint_steps = (steps,) if is_base else tuple(max(1, round(f * steps)) for f in FRACTIONS)
     spec = config.spec(run.arch, run.classes)
-    fingerprint = _fingerprint(run, config)
+    fingerprint = run_fingerprint(run, config)
     folder = _run_dir(out, run)
     paths = {s: folder / _step_name(s) for s in checkpoint_steps}
     done = {s for s in checkpoint_steps if _finished(paths[s], fingerprint)}
@@ -436,14 +274,6 @@ def _rel(out: Path, path: Path) -> str:
     return path.relative_to(out).as_posix()
 
 
-def _fingerprint(run: Run, config: ZooConfig) -> str:
-    """What a checkpoint was trained with; a change means it is retrained (and re-evaluated)."""
-    settings = asdict(replace(config, runs=()))
-    record = {"run": asdict(run), "config": settings, "recipe": RECIPE}
-    text = json.dumps(record, sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _finished(path: Path, fingerprint: str) -> bool:
     if not path.is_file():
         return False
@@ -452,16 +282,6 @@ def _finished(path: Path, fingerprint: str) -> bool:
     except LwmmError:
         return False
     return provenance.get("zoo", {}).get("fingerprint") == fingerprint
-
-
-def _load_manifest(out: Path) -> dict[str, Any]:
-    path = out / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise LwmmError(f"{path}: not valid JSON ({e})") from None
 
 
 def _write_manifest(

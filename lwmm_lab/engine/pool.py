@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lwmm_lab.checkpoints import Checkpoint, load_checkpoint, peek_checkpoint
+from lwmm_lab.engine.checkpoints import Checkpoint, load_checkpoint, peek_checkpoint
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import same_file
 

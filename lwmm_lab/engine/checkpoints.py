@@ -22,9 +22,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lwmm_lab._version import __version__
+from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.errors import DepthOrderWarning, LwmmError
 from lwmm_lab.files import atomic_path
-from lwmm_lab.spec import ModelSpec
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 #: Sub-models of an mmseg/DAFormer checkpoint: student, EMA teacher, ImageNet feature model.

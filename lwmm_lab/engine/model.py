@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwmm_lab.checkpoints import Checkpoint, check_compatible, load_checkpoint
+from lwmm_lab.engine.checkpoints import Checkpoint, check_compatible, load_checkpoint
+from lwmm_lab.engine.merge import MergeConfig, make_plan
+from lwmm_lab.engine.pool import Pool, resolve_device
+from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.errors import LwmmError
-from lwmm_lab.merge import MergeConfig, make_plan
-from lwmm_lab.pool import Pool, resolve_device
-from lwmm_lab.spec import ModelSpec
 
 
 def load_model(

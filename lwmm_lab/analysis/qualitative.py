@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lwmm_lab import labels as L
-from lwmm_lab.evaluation import Scores, predict
+from lwmm_lab.analysis.evaluation import Scores, predict
+from lwmm_lab.data import labels as L
 
 #: Change-map codes and their colours.
 CHANGES = {

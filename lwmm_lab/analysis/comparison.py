@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwmm_lab.checkpoints import load_checkpoint
-from lwmm_lab.datasets import open_dataset
-from lwmm_lab.evaluation import evaluate, normalize, val_set
+from lwmm_lab.analysis.evaluation import evaluate, normalize, val_set
+from lwmm_lab.data.datasets import open_dataset
+from lwmm_lab.engine.checkpoints import load_checkpoint
+from lwmm_lab.engine.model import load_model, merged_model
+from lwmm_lab.engine.pool import Pool
 from lwmm_lab.files import data_dir, sha256
-from lwmm_lab.fisher import estimate_fisher, save_fisher
-from lwmm_lab.model import load_model, merged_model
-from lwmm_lab.pool import Pool
+from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
 
 METHODS = ("isotropic", "fisher", "ensemble", "layerwise")
 

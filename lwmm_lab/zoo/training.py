@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lwmm_lab import labels as L
-from lwmm_lab.evaluation import normalize
+from lwmm_lab.analysis.evaluation import normalize
+from lwmm_lab.data import labels as L
 
 #: Target-term weights for our short schedules, and the originals' for reference.
 DEFAULT_WEIGHTS = {

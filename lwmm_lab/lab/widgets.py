@@ -28,11 +28,9 @@ import plotly.graph_objects as go
 import torch
 from torch.utils.data import TensorDataset
 
-from lwmm_lab.checkpoints import peek_checkpoint
-from lwmm_lab.cli import merge_command
-from lwmm_lab.comparison import fisher_file
-from lwmm_lab.discrepancy import KINDS, discrepancy
-from lwmm_lab.evaluation import (
+from lwmm_lab.analysis.comparison import fisher_file
+from lwmm_lab.analysis.discrepancy import KINDS, discrepancy
+from lwmm_lab.analysis.evaluation import (
     Scores,
     confusion,
     model_classes,
@@ -40,7 +38,14 @@ from lwmm_lab.evaluation import (
     scores_from_confusion,
     val_set,
 )
-from lwmm_lab.figures import (
+from lwmm_lab.analysis.qualitative import Example, examples_from_predictions, iou_delta
+from lwmm_lab.analysis.sweeps import Cell, Sweep, grid, run_sweep
+from lwmm_lab.engine.checkpoints import peek_checkpoint
+from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_command, save_merge
+from lwmm_lab.engine.methods import BN_RULES, METHODS
+from lwmm_lab.engine.model import require_spec
+from lwmm_lab.engine.pool import GRANULARITIES, Pool
+from lwmm_lab.lab.figures import (
     COLUMNS,
     counts_figure,
     discrepancy_figure,
@@ -53,13 +58,7 @@ from lwmm_lab.figures import (
     update_iou_delta_figure,
     update_schedule_figure,
 )
-from lwmm_lab.merge import MergeConfig, MergePlan, make_plan, save_merge
-from lwmm_lab.methods import BN_RULES, METHODS
-from lwmm_lab.model import require_spec
-from lwmm_lab.pool import GRANULARITIES, Pool
-from lwmm_lab.qualitative import Example, examples_from_predictions, iou_delta
-from lwmm_lab.sweeps import Cell, Sweep, grid, run_sweep
-from lwmm_lab.zoo import PRESETS, base_checkpoint, find_zoo, load_manifest, preset, select
+from lwmm_lab.zoo.manifest import PRESETS, base_checkpoint, find_zoo, load_manifest, preset, select
 
 
 class LatestOnly:

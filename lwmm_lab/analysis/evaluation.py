@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from lwmm_lab import labels as L
-from lwmm_lab.checkpoints import load_checkpoint
-from lwmm_lab.datasets import SyntheticScenes, open_dataset
-from lwmm_lab.domains import DOMAINS
-from lwmm_lab.model import load_model
-from lwmm_lab.pool import resolve_device
+from lwmm_lab.data import labels as L
+from lwmm_lab.data.datasets import SyntheticScenes, open_dataset
+from lwmm_lab.data.domains import DOMAINS
+from lwmm_lab.engine.checkpoints import load_checkpoint
+from lwmm_lab.engine.model import load_model
+from lwmm_lab.engine.pool import resolve_device
 
 #: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from lwmm_lab import labels as L
 from lwmm_lab._version import __version__
-from lwmm_lab.checkpoints import Checkpoint, save_checkpoint
-from lwmm_lab.evaluation import model_classes, normalize
+from lwmm_lab.analysis.evaluation import model_classes, normalize
+from lwmm_lab.data import labels as L
+from lwmm_lab.engine.checkpoints import Checkpoint, save_checkpoint
 
 
 def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dict[str, Tensor]:

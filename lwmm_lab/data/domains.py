@@ -25,8 +25,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lwmm_lab import labels as L
-from lwmm_lab import scenes as S
+from lwmm_lab.data import labels as L
+from lwmm_lab.data import raster as R
+from lwmm_lab.data.layout import Draw, Layout, sample_layout
+from lwmm_lab.data.street import draw
 from lwmm_lab.files import atomic_path
 
 DOMAINS = ("synthetic", "synthetic-16", "real", "foggy", "night")
@@ -66,21 +68,21 @@ def generate(
     if split not in SPLITS:
         raise ValueError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     words = (seed, SPLITS.index(split), index, _SCENE_STREAM[domain])
-    layout = S.sample_layout(S.Draw(*words, 0), DOMAIN_CLASSES[domain])
-    drawing = S.draw(layout, *size)
+    layout = sample_layout(Draw(*words, 0), DOMAIN_CLASSES[domain])
+    drawing = draw(layout, *size)
     image = render(drawing, layout, domain, words)
     return Scene(image, drawing.label, drawing.instances, drawing.depth, domain)
 
 
 def render(
-    drawing: S.Drawing, layout: S.Layout, domain: str, words: tuple[int, ...] = (0,)
+    drawing: R.Drawing, layout: Layout, domain: str, words: tuple[int, ...] = (0,)
 ) -> np.ndarray:
     """The RGB uint8 image of a drawing in ``domain``'s style.
 
     ``words`` seed the image's own draws (exposure, noise, fog); the fog has its own stream,
     so a ``foggy`` image is exactly the ``real`` one with fog before the sensor.
     """
-    look = S.Draw(*words, 1)
+    look = Draw(*words, 1)
     if domain == "synthetic":
         return _quantize(_synthetic(drawing, layout))
     if domain == "synthetic-16":
@@ -89,7 +91,7 @@ def render(
         return _sensor(_night(drawing, layout, look), look, noise=(0.03, 0.06), quality=(35, 60))
     radiance = _real(drawing, layout, look)
     if domain == "foggy":
-        fog = S.Draw(*words, 2)
+        fog = Draw(*words, 2)
         radiance = apply_fog(
             radiance, drawing.depth, fog.uniform(0.02, 0.06), fog.uniform(0.72, 0.88)
         )
@@ -115,8 +117,8 @@ def gallery(
     Returns an RGB uint8 array with the domain names in a left margin.
     """
     gap, margin = 2, 96
-    layouts = [S.sample_layout(S.Draw(seed, 1, i, 99, 0)) for i in range(scenes)]
-    drawings = [S.draw(layout, *size) for layout in layouts]
+    layouts = [sample_layout(Draw(seed, 1, i, 99, 0)) for i in range(scenes)]
+    drawings = [draw(layout, *size) for layout in layouts]
     rows = []
     for domain in domains:
         tiles = []
@@ -155,20 +157,20 @@ def _join(arrays: list[np.ndarray], axis: int, gap: int) -> np.ndarray:
 # ------------------------------------------------------------------------------ the styles
 
 
-def _shade(drawing: S.Drawing, layout: S.Layout, strength: float) -> np.ndarray:
+def _shade(drawing: R.Drawing, layout: Layout, strength: float) -> np.ndarray:
     """Per-material brightness from the facing: walls towards the sun are lit, others not."""
     sun_side = layout.sun[1]
-    lit = {S.GROUND: 1.0, S.FRONT: 0.92, S.SKYWARD: 1.0}
-    lit[S.FACING_LEFT if sun_side > 0 else S.FACING_RIGHT] = 0.72
-    lit[S.FACING_RIGHT if sun_side > 0 else S.FACING_LEFT] = 1.0
+    lit = {R.GROUND: 1.0, R.FRONT: 0.92, R.SKYWARD: 1.0}
+    lit[R.FACING_LEFT if sun_side > 0 else R.FACING_RIGHT] = 0.72
+    lit[R.FACING_RIGHT if sun_side > 0 else R.FACING_LEFT] = 1.0
     table = np.array([lit[f] for f in drawing.facing], dtype=np.float32)
     return 1.0 - strength * (1.0 - table)
 
 
 def _blend_sky(
     image: np.ndarray,
-    drawing: S.Drawing,
-    layout: S.Layout,
+    drawing: R.Drawing,
+    layout: Layout,
     whiten: float,
     color: np.ndarray | float,
 ) -> None:
@@ -180,14 +182,14 @@ def _blend_sky(
     image[:top] += weight[..., None] * (color - image[:top])
 
 
-def _synthetic(drawing: S.Drawing, layout: S.Layout) -> np.ndarray:
+def _synthetic(drawing: R.Drawing, layout: Layout) -> np.ndarray:
     colors = _saturate(drawing.color, 1.5) * 1.05 * _shade(drawing, layout, 0.8)[:, None]
     image = colors[drawing.material]
     _blend_sky(image, drawing, layout, 0.35, 1.0)
     return image
 
 
-def _synthia_like(drawing: S.Drawing, layout: S.Layout) -> np.ndarray:
+def _synthia_like(drawing: R.Drawing, layout: Layout) -> np.ndarray:
     tint = np.array([[0.95, 0.08, 0.0], [0.0, 0.85, 0.12], [0.1, 0.05, 1.0]], dtype=np.float32)
     colors = (_saturate(drawing.color @ tint.T, 0.8) * 0.95 + 0.04) * _shade(drawing, layout, 1.6)[
         :, None
@@ -205,7 +207,7 @@ def _synthia_like(drawing: S.Drawing, layout: S.Layout) -> np.ndarray:
     return image * np.where(edge, 0.45, 1.0).astype(np.float32)[..., None]
 
 
-def _real(drawing: S.Drawing, layout: S.Layout, look: S.Draw) -> np.ndarray:
+def _real(drawing: R.Drawing, layout: Layout, look: Draw) -> np.ndarray:
     """Muted, textured colours under one illuminant, with shadows, blur and vignetting."""
     overcast = look.chance(0.3)
     warm = look.uniform(-0.08, 0.08)
@@ -221,7 +223,7 @@ def _real(drawing: S.Drawing, layout: S.Layout, look: S.Draw) -> np.ndarray:
     return _blur3(_blur3(image)) if look.chance(0.5) else _blur3(image)
 
 
-def _night(drawing: S.Drawing, layout: S.Layout, look: S.Draw) -> np.ndarray:
+def _night(drawing: R.Drawing, layout: Layout, look: Draw) -> np.ndarray:
     """Dim bluish ambient light; lamps, head- and tail-lights glow; some windows are lit."""
     m = drawing.material
     ambient = np.array([0.75, 0.85, 1.1], np.float32) * look.uniform(0.16, 0.28)
@@ -238,9 +240,9 @@ def _night(drawing: S.Drawing, layout: S.Layout, look: S.Draw) -> np.ndarray:
     return _blur3(image)
 
 
-def _lit_windows(drawing: S.Drawing) -> tuple[np.ndarray, np.ndarray]:
+def _lit_windows(drawing: R.Drawing) -> tuple[np.ndarray, np.ndarray]:
     """Pixels of the windows that are lit at night: a coin per window from the noise tile."""
-    window = (drawing.texture == S.GLASS)[drawing.material] & np.isfinite(drawing.tex_u)
+    window = (drawing.texture == R.GLASS)[drawing.material] & np.isfinite(drawing.tex_u)
     rows, cols = np.nonzero(window)
     cell_u = np.floor(drawing.tex_u[rows, cols] / 2.5).astype(np.int64) % _TILE
     cell_v = np.floor(drawing.tex_v[rows, cols] / 3.0).astype(np.int64) % _TILE
@@ -256,7 +258,7 @@ def _glow(light: np.ndarray) -> np.ndarray:
 
 
 def _sensor(
-    image: np.ndarray, look: S.Draw, noise: tuple[float, float], quality: tuple[int, int]
+    image: np.ndarray, look: Draw, noise: tuple[float, float], quality: tuple[int, int]
 ) -> np.ndarray:
     """Sensor noise, 8-bit quantisation and JPEG compression."""
     h, w = image.shape[:2]
@@ -272,19 +274,19 @@ def _sensor(
 
 # Per texture kind: amplitude, and metres per tile cell (0: screen space).
 _TEXTURE = {
-    S.FLAT: (0.0, 1.0), S.ASPHALT: (0.18, 0.05), S.PAVING: (0.14, 0.08), S.GRASS: (0.3, 0.06),
-    S.LEAVES: (0.45, 0.12), S.FACADE: (0.12, 0.2), S.CONCRETE: (0.1, 0.08), S.FABRIC: (0.15, 0.03),
-    S.PAINT: (0.05, 0.1), S.GLASS: (0.25, 0.4), S.METAL: (0.08, 0.05), S.CLOUDS: (0.3, 0.0),
+    R.FLAT: (0.0, 1.0), R.ASPHALT: (0.18, 0.05), R.PAVING: (0.14, 0.08), R.GRASS: (0.3, 0.06),
+    R.LEAVES: (0.45, 0.12), R.FACADE: (0.12, 0.2), R.CONCRETE: (0.1, 0.08), R.FABRIC: (0.15, 0.03),
+    R.PAINT: (0.05, 0.1), R.GLASS: (0.25, 0.4), R.METAL: (0.08, 0.05), R.CLOUDS: (0.3, 0.0),
 }  # fmt: skip
 _AMPLITUDE = np.array([_TEXTURE[k][0] for k in sorted(_TEXTURE)], np.float32)
 _CELL = np.array([_TEXTURE[k][1] or 1.0 for k in sorted(_TEXTURE)], np.float32)
-_COARSE = np.array([k in (S.LEAVES, S.CLOUDS) for k in sorted(_TEXTURE)])
+_COARSE = np.array([k in (R.LEAVES, R.CLOUDS) for k in sorted(_TEXTURE)])
 
 
 @lru_cache(maxsize=1)
 def _tiles() -> np.ndarray:
     """Two fixed noise tiles in [-1, 1], stacked: fine grain, and a smooth, blotchy one."""
-    draw = S.Draw(20240915)
+    draw = Draw(20240915)
     fine = draw.array(_TILE, _TILE) * 2 - 1
     coarse = draw.array(_TILE, _TILE)
     for _ in range(4):  # smooth, wrapping around so that the tile repeats seamlessly
@@ -297,7 +299,7 @@ def _tiles() -> np.ndarray:
 @lru_cache(maxsize=8)
 def _noise_field(h: int, w: int) -> np.ndarray:
     """A fixed field of unit Gaussian noise, twice the image size: images take a window of it."""
-    return S.Draw(20240916, h, w).normal(2 * h, 2 * w, 3)
+    return Draw(20240916, h, w).normal(2 * h, 2 * w, 3)
 
 
 @lru_cache(maxsize=8)
@@ -306,7 +308,7 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return ys, xs
 
 
-def _texture(drawing: S.Drawing, look: S.Draw) -> np.ndarray:
+def _texture(drawing: R.Drawing, look: Draw) -> np.ndarray:
     """Relative brightness change per pixel from each material's texture.
 
     Surfaces with coordinates in metres (ground, facades) get textures that shrink with

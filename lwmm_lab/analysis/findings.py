@@ -18,11 +18,16 @@ from typing import Any
 
 import torch
 
-from lwmm_lab.comparison import add_one_at_a_time, compare, heads_and_decoders, multi_target
-from lwmm_lab.discrepancy import Discrepancy, discrepancy
-from lwmm_lab.pool import Pool
-from lwmm_lab.sweeps import grid, run_sweep
-from lwmm_lab.zoo import find_zoo, load_manifest, preset, select
+from lwmm_lab.analysis.comparison import (
+    add_one_at_a_time,
+    compare,
+    heads_and_decoders,
+    multi_target,
+)
+from lwmm_lab.analysis.discrepancy import Discrepancy, discrepancy
+from lwmm_lab.analysis.sweeps import grid, run_sweep
+from lwmm_lab.engine.pool import Pool
+from lwmm_lab.zoo.manifest import find_zoo, load_manifest, preset, select
 
 STRATEGIES = ("source_only", "minent", "maxsquare", "advent", "adaptsegnet", "selftrain")
 UDA = STRATEGIES[1:]

@@ -19,13 +19,13 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from lwmm_lab import labels as L
-from lwmm_lab.discrepancy import KINDS, Discrepancy, region_of
+from lwmm_lab.analysis.discrepancy import KINDS, Discrepancy, region_of
+from lwmm_lab.analysis.qualitative import CHANGES, Example
+from lwmm_lab.analysis.sweeps import Sweep
+from lwmm_lab.data import labels as L
+from lwmm_lab.engine.merge import MergePlan
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import atomic_path
-from lwmm_lab.merge import MergePlan
-from lwmm_lab.qualitative import CHANGES, Example
-from lwmm_lab.sweeps import Sweep
 
 KIND_COLORS = dict(
     zip(KINDS, ("#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#d62728", "#ff9896"), strict=True)

@@ -23,13 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
-from lwmm_lab.checkpoints import peek_checkpoint
+from lwmm_lab.analysis.evaluation import evaluate, val_set
+from lwmm_lab.engine.checkpoints import peek_checkpoint
+from lwmm_lab.engine.merge import MergeConfig, make_plan
+from lwmm_lab.engine.model import require_spec
+from lwmm_lab.engine.pool import Pool
 from lwmm_lab.errors import LwmmError
-from lwmm_lab.evaluation import evaluate, val_set
 from lwmm_lab.files import atomic_write_text, data_dir, sha256
-from lwmm_lab.merge import MergeConfig, make_plan
-from lwmm_lab.model import require_spec
-from lwmm_lab.pool import Pool
 
 EXECUTORS = ("serial", "process", "dask", "ray")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import shlex
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,11 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from lwmm_lab._version import __version__
-from lwmm_lab.checkpoints import check_compatible, save_checkpoint
+from lwmm_lab.engine.checkpoints import check_compatible, save_checkpoint
+from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, TensorContext
+from lwmm_lab.engine.pool import Layout, Pool, is_bn_stat, module_of
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import sha256
-from lwmm_lab.methods import BN_RULES, METHODS, SCHEDULES, TensorContext
-from lwmm_lab.pool import Layout, Pool, is_bn_stat, module_of
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,30 @@ def save_merge(
     return save_checkpoint(
         path, plan.run(), anchor.spec, plan.provenance(), protect=tuple(inputs + extra)
     )
+
+
+def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
+    """The ``lwmm merge`` command that reproduces ``plan`` into ``output``."""
+    c, pool = plan.config, plan.pool
+    words = ["lwmm", "merge", *(str(ck.path) for ck in pool.checkpoints)]
+    words += ["--anchor", str(plan.anchor), "--method", c.method, "--schedule", plan.schedule]
+    if c.start is not None:
+        words += ["--start", str(c.start), "--alpha", repr(c.alpha)]
+    if c.weights is not None:
+        words += ["--weights", *map(repr, c.weights)]
+    words += ["--bn", c.bn, "--granularity", c.granularity]
+    if "base" in METHODS[c.method].needs:
+        words += [
+            "--base",
+            str(pool.base_path),
+            "--scale",
+            repr(c.scale),
+            "--density",
+            repr(c.density),
+        ]
+    if "fisher" in METHODS[c.method].needs:
+        words += ["--fisher", *map(str, pool.fisher_paths)]
+    return shlex.join([*words, "-o", str(output)])
 
 
 def _equal_weight_groups(weights: Tensor) -> list[tuple[int, ...]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from lwmm_lab.pool import Pool, is_bn_stat, module_of
+from lwmm_lab.engine.pool import Pool, is_bn_stat, module_of
 
 KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
 REGIONS = ("encoder", "decoder", "head")
