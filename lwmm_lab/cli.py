@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lwmm_lab._version import __version__
-from lwmm_lab.analysis import findings
+from lwmm_lab.analysis import findings, regimes
 from lwmm_lab.analysis.discrepancy import (
     bn_divergence,
     discrepancy,
@@ -47,10 +48,13 @@ from lwmm_lab.zoo import (
     base_checkpoint,
     build_zoo,
     default_zoo_dir,
+    find_zoo,
     load_manifest,
     preset,
 )
 from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
+from lwmm_lab.zoo.manifest import scenario_checkpoints
+from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -103,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, help="folder (data/zoo; data/zoo-quick with --quick)")
     build.add_argument("--device", default="auto", help="auto, cpu or cuda")
     build.set_defaults(handler=_zoo_build)
+    listing = zoo_commands.add_parser("list", help="the zoo's runs, or one scenario's checkpoints")
+    listing.add_argument("scenario", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
+    listing.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
+    listing.add_argument("--paths", action="store_true", help="only the paths, anchor first")
+    listing.set_defaults(handler=_zoo_list)
+    bars = zoo_commands.add_parser("bars", help="measure the zoo against its bars (regimes)")
+    bars.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
+    bars.add_argument("--images", type=int, default=100, help="real val images (100)")
+    bars.add_argument("--json", action="store_true")
+    bars.add_argument("--markdown", action="store_true", help="the README's table")
+    bars.set_defaults(handler=_zoo_bars)
 
     ev = commands.add_parser("eval", help="mIoU and per-class IoU (Cityscapes convention)")
     ev.add_argument("checkpoints", nargs="+", metavar="CKPT")
@@ -134,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--preset", choices=PRESETS, help="take the checkpoints from the zoo")
     disc.add_argument("--zoo", type=Path, default=default_zoo_dir(), help="zoo folder (data/zoo)")
     disc.add_argument("--run", default="advent", help="the run of the checkpoint preset (advent)")
+    disc.add_argument(
+        "--family",
+        default="strategies",
+        choices=list(FAMILIES),
+        help="the models of the heterogeneous preset (strategies: from one source model)",
+    )
     disc.add_argument("--tau", type=float, default=10.0, help="discrepant: relative L2 >= 1/tau")
     disc.add_argument("--base", type=Path, help="shared base, for task-vector cosines")
     _add_output_arguments(disc)
@@ -179,7 +200,7 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--start", type=int, help="depth index s where the decay starts (1)")
     start.add_argument("--start-frac", type=float, help="s as a fraction of depth, 0..1")
-    p.add_argument("--alpha", type=float, help="non-anchor share before the decay (1/M)")
+    p.add_argument("--alpha", type=float, help="the anchor's share before the decay (1/M)")
     p.add_argument("--bn", default="linear", choices=list(BN_RULES), help="BN statistics rule")
     p.add_argument("--weights", type=float, nargs="+", help="per-model weights")
     p.add_argument("--granularity", default="tensor", choices=GRANULARITIES)
@@ -189,6 +210,12 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=float, default=0.2, help="TIES: fraction kept (0.2)")
     p.add_argument("--scale", type=float, default=1.0, help="task vector scale (1.0)")
     p.add_argument("--submodel", choices=SUBMODELS, help="mmseg/DAFormer sub-model (model)")
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="first permute the other models' Unet decoder channels to match the anchor's "
+        "(weight matching, Git Re-Basin)",
+    )
 
 
 def _pool_and_config(args: argparse.Namespace) -> tuple[Pool, MergeConfig]:
@@ -198,6 +225,7 @@ def _pool_and_config(args: argparse.Namespace) -> tuple[Pool, MergeConfig]:
         base=args.base,
         fisher=args.fisher,
         submodel=args.submodel,
+        align=args.anchor if args.align else None,
     )
     config = MergeConfig(
         method=args.method,
@@ -248,6 +276,40 @@ def _zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_list(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.zoo or find_zoo())
+    if args.scenario is not None:
+        paths = scenario_checkpoints(manifest, args.scenario)
+        entries = [next(e for e in manifest["checkpoints"] if e["path"] == p) for p in paths]
+    else:
+        entries = [e for e in manifest["checkpoints"] if e["fraction"] == 1.0]
+    if args.paths:
+        print(" ".join(shlex.quote(e["path"]) for e in entries))
+        return 0
+    for e in entries:
+        scenarios = ", ".join(e["scenarios"]) or "-"
+        print(
+            f"{e['run']}@{e['step']:<5} {e['arch']:<13} {e['num_classes']:>2} classes  "
+            f"real {e['miou']['real']:5.1f}  ({scenarios})  {e['path']}"
+        )
+    return 0
+
+
+def _zoo_bars(args: argparse.Namespace) -> int:
+    rows = regimes.bars(args.zoo, images=args.images)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif args.markdown:
+        print(regimes.bars_table(rows))
+    else:
+        for r in rows:
+            print(
+                f"[{'met' if r['met'] else 'NOT MET'}] {r['family']}: {r['measurement']} = "
+                f"{r['value']:+.2f} (bar {r['bar']})\n    {r['command']}"
+            )
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     size = tuple(args.size) if args.size else None
     results = evaluate_checkpoints(
@@ -293,7 +355,7 @@ def _discrepancy(args: argparse.Namespace) -> int:
     paths, base = [str(p) for p in args.checkpoints], args.base
     if args.preset:
         manifest = load_manifest(args.zoo)
-        reference, others = preset(manifest, args.preset, run=args.run)
+        reference, others = preset(manifest, args.preset, run=args.run, family=args.family)
         paths, base = [reference, *others], base or base_checkpoint(manifest)
     if len(paths) < 2:
         raise LwmmError("give at least two checkpoints (the first is the reference) or --preset")
@@ -368,12 +430,15 @@ def _findings(args: argparse.Namespace) -> int:
         print(json.dumps(findings.to_json(results), indent=1))
     elif args.markdown:
         print(findings.table(results))
+        print()
+        print(findings.explanations(results))
     else:
         for f in results:
-            print(f"{f.number:>2}. [{f.holds}] {f.claim} ({f.source})")
+            print(f"{f.number:>2}. {f.claim} ({f.source})")
             print(f"    paper: {f.paper}")
-            print(f"    ours:  {f.ours}")
-            print(f"    why:   {f.explanation}")
+            for family, r in f.results.items():
+                print(f"    {findings.FAMILY_TITLES[family]}: [{r.holds}] {r.ours}")
+                print(f"      why: {r.why}")
             print(f"    run:   {f.command}")
     return 0
 

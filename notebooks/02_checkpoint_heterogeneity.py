@@ -40,7 +40,42 @@ explorer
 
 # %% [markdown]
 # Switch the **scenario** to `heterogeneous`: do different strategies differ more than the
-# checkpoints of one run? Filter the **kinds** to see weights alone, or BN statistics alone.
+# checkpoints of one run? Filter the **kinds** to see weights alone, or BN statistics alone,
+# and switch the **family** between the strategies fine-tuned from one source model and those
+# with independently trained decoders.
+#
+# The two families side by side, each against its best model. On the left, decoders that
+# started as the same decoder; in the middle, decoders that started from different random
+# seeds; on the right, the same independent decoders after **alignment**: each model's
+# decoder channels are permuted to match the anchor's (weight matching), which changes nothing
+# about what the models compute, only the order their channels are stored in.
+
+# %%
+from lwmm_lab import Pool
+from lwmm_lab.analysis.discrepancy import LEARNED, discrepancy
+from lwmm_lab.lab.figures import discrepancy_comparison_figure
+from lwmm_lab.zoo import load_manifest, preset
+
+manifest = load_manifest(zoo)
+panels = {}
+for title, family, align in (
+    ("one source model", "strategies", None),
+    ("independent decoders", "independent", None),
+    ("independent, aligned", "independent", 0),
+):
+    reference, others = preset(manifest, "heterogeneous", family=family)
+    panels[title] = discrepancy(Pool([reference, *others], device="cpu", align=align))
+    median = panels[title].median(("decoder", "head"), LEARNED)
+    print(f"{title}: median relative distance of the decoder's weights {median:.3f}")
+discrepancy_comparison_figure(panels, tau=20)
+
+# %% [markdown]
+# Read the decoder part (right of the dotted line) and the medians printed above. Decoders that
+# started as one decoder end up a few percent apart; decoders that started from different seeds
+# are about as far apart as two unrelated tensors of equal norm (a relative distance near
+# √2 ≈ 1.41). Alignment can only reorder channels: how much closer does it bring them? That is
+# how much of their difference was just the order of their channels. Averaging the middle
+# panel's decoders is what makes a plain average collapse (notebook 01).
 #
 # Two data-free diagnostics go further. The **BN divergence** compares the Gaussians that the
 # running mean and variance describe, per channel. The **task vector** of a model is what it
@@ -49,12 +84,10 @@ explorer
 # keep its own.
 
 # %%
-from lwmm_lab import Pool
 from lwmm_lab.analysis.discrepancy import bn_divergence, suggest_start, task_vector_cosine
 from lwmm_lab.lab.figures import bn_divergence_figure, task_vector_figure
-from lwmm_lab.zoo import base_checkpoint, load_manifest, preset
+from lwmm_lab.zoo import base_checkpoint
 
-manifest = load_manifest(zoo)
 reference, others = preset(manifest, "heterogeneous")
 pool = Pool([reference, *others], device="cpu", base=base_checkpoint(manifest))
 bn_divergence_figure(bn_divergence(pool))

@@ -27,21 +27,33 @@
 #
 # **Table 2**: sort the strategies by their target mIoU, take the best as the anchor, and add the
 # others one at a time. Good merging should not fall below the anchor as worse models come in.
+# First the strategies fine-tuned from one source model, the paper's setting.
 
 # %%
 from lwmm_lab.analysis.comparison import METHODS, add_one_at_a_time, compare
 from lwmm_lab.lab.figures import comparison_figure, table_figure
-from lwmm_lab.zoo import find_zoo, load_manifest, select
+from lwmm_lab.zoo import find_zoo, load_manifest
+from lwmm_lab.zoo.manifest import scenario_checkpoints
 
 manifest = load_manifest(find_zoo())
 quick = manifest["config"]["quick"]  # the tests run this on a tiny zoo
 settings = {"images": 8 if quick else 100, "resolution": tuple(manifest["config"]["resolution"])}
-finals = sorted(select(manifest, scenario="strategies", fraction=1.0), key=lambda e: -e["miou"]["real"])
-rows = add_one_at_a_time([e["path"] for e in finals], **settings)
-comparison_figure(rows, METHODS)
+one_source = scenario_checkpoints(manifest, "strategies")  # the best on the target first
+rows = add_one_at_a_time(one_source, **settings)
+comparison_figure(rows, METHODS, title="One source model: merging more and more")
 
 # %%
 table_figure(rows, ["models", "added", "added_miou", *METHODS], "real mIoU as models are added")
+
+# %% [markdown]
+# The same with the strategies whose decoders were trained independently (one encoder, six
+# random decoder initialisations). Watch isotropic and Fisher: they average every decoder
+# tensor, channel by channel, across models whose channels do not correspond. Layer-wise
+# averages the early layers only and hands the decoder to the anchor, so it degrades far less.
+
+# %%
+independent = add_one_at_a_time(scenario_checkpoints(manifest, "independent"), **settings)
+comparison_figure(independent, METHODS, title="Independent decoders: merging more and more")
 
 # %% [markdown]
 # **Table 3**: does it matter *which* models you combine? The paper found that mixing kinds of
@@ -49,7 +61,7 @@ table_figure(rows, ["models", "added", "added_miou", *METHODS], "real mIoU as mo
 # different mistakes. The first model of each pair is the anchor.
 
 # %%
-by_name = {e["strategy"]: e["path"] for e in finals}
+by_name = {e["strategy"]: e["path"] for e in manifest["checkpoints"] if e["path"] in one_source}
 pairs = {
     "adversarial + entropy": ["advent", "minent"],
     "two adversarial": ["advent", "adaptsegnet"],

@@ -25,18 +25,22 @@
 # The merge engine aligns tensors by name and shape: only the **shared** ones are merged, the
 # rest comes from the anchor. So the merged model is always the anchor's architecture, as fast
 # as the anchor. The ensemble has to run every model.
+#
+# Like the paper's Table 4 models, these share only the pre-trained encoder: the 16-class model
+# and the FPN and DeepLabV3+ trained their decoders from scratch. The anchor is the MinEnt Unet
+# of the independent family, which did the same.
 
 # %%
 from lwmm_lab.analysis.comparison import heads_and_decoders
 from lwmm_lab.lab.figures import rows_figure, table_figure
-from lwmm_lab.zoo import find_zoo, load_manifest, select
+from lwmm_lab.zoo import find_zoo, load_manifest
+from lwmm_lab.zoo.manifest import scenario_checkpoints
 
 manifest = load_manifest(find_zoo())
 quick = manifest["config"]["quick"]
 settings = {"images": 8 if quick else 100, "resolution": tuple(manifest["config"]["resolution"])}
-(anchor,) = select(manifest, run="minent", fraction=1.0)
-(sixteen,) = select(manifest, scenario="other-classes", fraction=1.0)
-classes = heads_and_decoders(anchor["path"], [sixteen["path"]], **settings)
+anchor, sixteen = scenario_checkpoints(manifest, "other-classes")
+classes = heads_and_decoders(anchor, [sixteen], **settings)
 rows_figure(classes, "A 19-class anchor with a 16-class model (mIoU; bar labels: ms per image)")
 
 # %%
@@ -46,8 +50,8 @@ table_figure(classes, ["name", "kind", "miou", "ms_per_image"], "Different class
 # Now three decoders on one encoder, the Unet as the anchor.
 
 # %%
-decoders = [e["path"] for e in select(manifest, scenario="other-decoders", fraction=1.0)]
-table = heads_and_decoders(anchor["path"], decoders, **settings)
+anchor, *decoders = scenario_checkpoints(manifest, "other-decoders")
+table = heads_and_decoders(anchor, decoders, **settings)
 rows_figure(table, "Unet anchor with FPN and DeepLabV3+ (mIoU; bar labels: ms per image)")
 
 # %% [markdown]
@@ -60,5 +64,5 @@ from collections import Counter
 
 from lwmm_lab import Pool, make_plan
 
-plan = make_plan(Pool([anchor["path"], *decoders], device="cpu"))
+plan = make_plan(Pool([anchor, *decoders], device="cpu"))
 Counter((row["kind"], row["name"].split(".")[0]) for row in plan.rows())

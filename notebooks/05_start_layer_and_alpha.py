@@ -16,9 +16,12 @@
 # %% [markdown]
 # # 05 · Where should the anchor take over? (the paper's Fig. 5)
 #
-# Two models, an adversarial one (AdvEnt) as the anchor and an entropy one (MinEnt). The
+# Two models, an adversarial one (AdvEnt) as the anchor and an entropy one (MinEnt), both from
+# the family with independently trained decoders (on the one-source family every cell of the
+# sweep is within a few tenths of a point: try it with `family = "strategies"`). The
 # **start layer s** says where the weight of the other model starts to decay towards zero;
-# **alpha** is the anchor's weight before that (for two models: θ = α·θ₁ + (1 − α)·θ₂).
+# **alpha** is the anchor's weight before that (for two models: θ = α·θ₁ + (1 − α)·θ₂, with θ₁
+# the anchor).
 #
 # The paper reports that starting the decay later hurts the target while the source stays
 # stable, and that α = 0.5 (a plain average of the early layers) is best. A sweep measures
@@ -27,13 +30,15 @@
 
 # %%
 from lwmm_lab.lab import MergeLab, SweepExplorer
-from lwmm_lab.zoo import find_zoo, load_manifest, select
+from lwmm_lab.zoo import find_zoo, load_manifest
+from lwmm_lab.zoo.manifest import family_run, final
 
 zoo = find_zoo()
 manifest = load_manifest(zoo)
 quick = manifest["config"]["quick"]
-finals = {e["strategy"]: e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)}
-lab = MergeLab([finals["advent"], finals["minent"]], zoo=zoo)
+family = "independent"
+pair = [final(manifest, family_run(family, s)) for s in ("advent", "minent")]
+lab = MergeLab(pair, zoo=zoo)
 sweep = SweepExplorer(lab, steps=3 if quick else 11, images=8 if quick else 50)
 sweep
 

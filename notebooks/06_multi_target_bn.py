@@ -35,14 +35,14 @@
 # %%
 from lwmm_lab.analysis.comparison import multi_target
 from lwmm_lab.lab.figures import table_figure
-from lwmm_lab.zoo import find_zoo, load_manifest, select
+from lwmm_lab.zoo import find_zoo, load_manifest
+from lwmm_lab.zoo.manifest import final, scenario_checkpoints
 
 manifest = load_manifest(find_zoo())
 quick = manifest["config"]["quick"]
 settings = {"images": 8 if quick else 100, "resolution": tuple(manifest["config"]["resolution"])}
-adapted = [select(manifest, run=run, fraction=1.0)[0]["path"] for run in ("minent", "minent-foggy", "minent-night")]
-(union,) = select(manifest, run="minent-union", fraction=1.0)
-rows = multi_target(adapted, union["path"], **settings)
+adapted = scenario_checkpoints(manifest, "multi-target")  # minent on real, foggy, night
+rows = multi_target(adapted, final(manifest, "minent-union"), **settings)
 table_figure(rows, ["name", "kind", "real", "foggy", "night", "mean"], "mIoU per target domain")
 
 # %% [markdown]

@@ -16,37 +16,46 @@
 # %% [markdown]
 # # 08 · Do the papers' claims hold here? A findings report
 #
-# A lab should let you test what a paper says. Below, eleven claims of the layer-wise merging
-# paper (and one of the multi-target paper) are measured on the zoo: the claim, the paper's
-# figure, ours, whether it holds (**yes**, **partly**, **no**), what we think explains it, and
-# the command that reproduces it.
+# A lab should let you test what a paper says. Below, ten claims of the layer-wise merging
+# paper, one of the multi-target paper and one of ours are measured on the zoo: the claim, the
+# paper's figure, ours, whether it holds (**yes**, **partly**, **no**), what we think explains
+# it, and the command that reproduces it.
 #
-# Read the "no"s as results, not failures. The zoo is small models trained for minutes on
-# synthetic scenes, all from one base: some effects need models that differ more than ours do.
-# Which ones, and why, is itself a lesson about when merging helps.
+# Every claim is measured on each family it applies to: the strategies fine-tuned from **one
+# source model**, and those with **independent decoders** (one pre-trained encoder, decoders
+# from their own seeds). Read the "no"s as results, not failures: which claims hold in which
+# regime, and why, is itself a lesson about when merging helps.
 
 # %%
-from lwmm_lab.analysis.findings import measure, to_json
+from lwmm_lab.analysis.findings import measure, summary_rows
 from lwmm_lab.lab.figures import comparison_figure, table_figure
 from lwmm_lab.zoo import find_zoo, load_manifest
 
 zoo = find_zoo()
 quick = load_manifest(zoo)["config"]["quick"]
 findings = measure(zoo, images=8 if quick else 100)
-rows = to_json(findings)
-table_figure(rows, ["number", "source", "holds", "ours"], "The claims, measured on this zoo")
+rows = summary_rows(findings)
+table_figure(rows, list(rows[0]), "The claims, measured on this zoo")
 
 # %% [markdown]
 # Each claim in full, with its explanation:
 
 # %%
 for f in findings:
-    print(f"{f.number:>2}. [{f.holds}] {f.claim} ({f.source})\n    paper: {f.paper}")
-    print(f"    ours:  {f.ours}\n    why:   {f.explanation}\n    run:   {f.command}\n")
+    print(f"{f.number:>2}. {f.claim} ({f.source})\n    paper: {f.paper}")
+    for family, r in f.results.items():
+        print(f"    {family}: [{r.holds}] {r.ours}\n      why: {r.why}")
+    print(f"    run: {f.command}\n")
 
 # %% [markdown]
-# The strongest result, claim 4 (Table 2): merging the strategies one at a time, best first.
+# Claim 4 (Table 2) in both regimes: the strategies merged one at a time, best first.
 
 # %%
-strategies = next(f for f in findings if f.number == 4)
-comparison_figure(strategies.details["rows"], ["isotropic", "fisher", "ensemble", "layerwise"])
+strategy_merging = next(f for f in findings if f.number == 4)
+methods = ["isotropic", "fisher", "ensemble", "layerwise"]
+one_source = strategy_merging.results["strategies"].details["rows"]
+comparison_figure(one_source, methods, title="One source model: merging more and more")
+
+# %%
+independent = strategy_merging.results["independent"].details["rows"]
+comparison_figure(independent, methods, title="Independent decoders: merging more and more")

@@ -15,6 +15,7 @@ from lwmm_lab import load_checkpoint
 from lwmm_lab.cli import main
 from lwmm_lab.lab.widgets import DiscrepancyExplorer, LatestOnly, MergeLab, SweepExplorer
 from lwmm_lab.zoo import load_manifest, select
+from lwmm_lab.zoo.manifest import scenario_checkpoints
 
 
 @pytest.fixture
@@ -59,6 +60,25 @@ def test_method_granularity_and_anchor_controls(lab: MergeLab) -> None:
     assert lab.start.max < tensors and lab.plan.layout.granularity == "module"
     lab.anchor.value = 2
     assert lab.plan.anchor == 2 and "(anchor)" in lab.schedule_fig.data[2].name
+
+
+def test_scenario_chooser_and_alignment(lab: MergeLab, quick_zoo: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+    assert lab.scenario.value == "independent", "the lab opens on the knobs that bite"
+    assert list(lab.models.value) == scenario_checkpoints(manifest, "independent")
+    lab.scenario.value = "other-decoders"
+    anchor, *decoders = scenario_checkpoints(manifest, "other-decoders")
+    assert list(lab.models.value) == [anchor, *decoders] and lab.plan.anchor == 0
+    assert "indep-minent" in lab.pool.labels[0] and lab.pool.alignment is None
+    lab.align.value = True  # FPN and DeepLabV3+ have no Unet decoder to match
+    assert "cannot be matched" in lab.error.value
+    lab.scenario.value = "strategies"
+    assert lab.pool.alignment is not None and lab.pool.alignment.anchor == 0
+    lab.anchor.value = 2
+    assert lab.pool.alignment.anchor == 2 and lab.plan.anchor == 2, "re-aligned to the anchor"
+    assert lab.error.value == ""
+    lab.models.value = tuple(lab.models.value[:2])
+    assert lab.scenario.value == "custom" and lab.pool.n_models == 2
 
 
 def test_errors_show_in_the_panel(lab: MergeLab) -> None:
@@ -119,6 +139,9 @@ def test_discrepancy_explorer(quick_zoo: Path) -> None:
     ]
     d.scenario.value = "heterogeneous"
     assert len(d.result.others) == 5 and all(o.endswith("@12") for o in d.result.others)
+    assert not any(o.startswith("indep-") for o in d.result.others)
+    d.family.value = "independent"
+    assert len(d.result.others) == 5 and all(o.startswith("indep-") for o in d.result.others)
 
 
 def test_sweep_explorer_loads_a_cell_into_the_lab(lab: MergeLab, quick_zoo: Path) -> None:

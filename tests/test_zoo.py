@@ -13,27 +13,37 @@ import torch
 from lwmm_lab import Pool, load_checkpoint, load_model, merge
 from lwmm_lab.cli import main
 from lwmm_lab.data.domains import TARGET_DOMAINS
+from lwmm_lab.errors import LwmmError
 from lwmm_lab.zoo import DEFAULT_RUNS, ZooConfig, build_zoo, load_manifest, select
+from lwmm_lab.zoo.manifest import scenario_checkpoints
+from lwmm_lab.zoo.recipe import SCENARIOS, STRATEGY_RUNS
 
 KEYS = {"path", "run", "strategy", "scenarios", "arch", "encoder", "classes", "num_classes",
-        "source", "targets", "seed", "step", "fraction", "miou", "fingerprint"}  # fmt: skip
+        "source", "targets", "seed", "init", "step", "fraction", "miou", "fingerprint"}  # fmt: skip
+CHECKPOINTS = 1 + sum(len(run.fractions) for run in DEFAULT_RUNS)
 
 
 def test_manifest_describes_every_checkpoint(quick_zoo: Path) -> None:
     manifest = load_manifest(quick_zoo)
     entries = manifest["checkpoints"]
-    assert len(entries) == 1 + 4 * len(DEFAULT_RUNS)
+    assert len(entries) == CHECKPOINTS
     for e in entries:
         assert set(e) == KEYS
+        assert set(e["scenarios"]) <= set(SCENARIOS)
         assert Path(e["path"]).is_file()
         assert set(e["miou"]) == {e["source"], *TARGET_DOMAINS}
         assert all(0 <= v <= 100 for v in e["miou"].values())
-    strategies = select(manifest, scenario="strategies", fraction=1.0)
-    assert sorted(e["strategy"] for e in strategies) == sorted(
-        ["source_only", "minent", "maxsquare", "advent", "adaptsegnet", "selftrain"]
-    )
-    fractions = sorted(e["fraction"] for e in select(manifest, run="advent"))
-    assert fractions == [0.25, 0.5, 0.75, 1.0]
+    for family, init in (("strategies", "base"), ("independent", "encoder")):
+        finals = select(manifest, scenario=family, fraction=1.0)
+        assert sorted(e["strategy"] for e in finals) == sorted(STRATEGY_RUNS)
+        assert {e["init"] for e in finals} == {init}
+    assert len({e["seed"] for e in select(manifest, scenario="independent", fraction=1.0)}) == 6
+    for run in ("advent", "indep-advent"):
+        fractions = sorted(e["fraction"] for e in select(manifest, run=run))
+        assert fractions == [0.25, 0.5, 0.75, 1.0]
+    assert {e["run"] for e in select(manifest, scenario="checkpoints")} == {
+        e["run"] for e in select(manifest, scenario="strategies")
+    } | {e["run"] for e in select(manifest, scenario="independent")}
     (sixteen,) = select(manifest, scenario="other-classes", fraction=1.0)
     assert sixteen["num_classes"] == 16 and sixteen["source"] == "synthetic-16"
     assert {e["arch"] for e in select(manifest, scenario="other-decoders")} == {
@@ -47,7 +57,7 @@ def test_manifest_describes_every_checkpoint(quick_zoo: Path) -> None:
 def test_checkpoints_rebuild_and_share_the_base_encoder(quick_zoo: Path) -> None:
     manifest = load_manifest(quick_zoo)
     (base,) = select(manifest, run="base")
-    (fpn,) = select(manifest, run="fpn-minent", fraction=0.25)
+    (fpn,) = select(manifest, run="fpn-minent", fraction=1.0)
     model = load_model(fpn["path"], "cpu")
     assert type(model).__name__ == "FPN"
     assert model(torch.rand(1, 3, 64, 128)).shape == (1, 19, 64, 128)
@@ -56,6 +66,54 @@ def test_checkpoints_rebuild_and_share_the_base_encoder(quick_zoo: Path) -> None
     assert shared == {"segmentation_head.0.bias"}, "the decoders share nothing; the heads a bias"
     assert sum(n.startswith("encoder.") for n in pool.columns) > 100
     assert load_checkpoint(fpn["path"]).provenance["zoo"]["run"] == "fpn-minent"
+
+
+def test_independent_decoders_start_apart_one_source_decoders_together(quick_zoo: Path) -> None:
+    """The two regimes: one family shares the base's decoder, the other only its encoder."""
+    manifest = load_manifest(quick_zoo)
+    base = select(manifest, run="base")[0]["path"]
+
+    def distance(a: str, b: str, part: str) -> float:
+        pool = Pool([a, b], device="cpu")
+        cols = [c for n, c in pool.columns.items() if n.startswith(part)]
+        x = torch.cat([pool.flat[0, c] for c in cols])
+        y = torch.cat([pool.flat[1, c] for c in cols])
+        return float((x - y).norm() / x.norm())
+
+    one = scenario_checkpoints(manifest, "strategies")
+    independent = scenario_checkpoints(manifest, "independent")
+    apart = distance(independent[0], independent[1], "decoder.")
+    assert apart > 5 * distance(one[0], one[1], "decoder.")
+    assert distance(base, independent[0], "encoder.") < apart / 5, "the encoder is the base's"
+
+
+def test_scenarios_put_the_anchor_first(quick_zoo: Path) -> None:
+    manifest = load_manifest(quick_zoo)
+    for name in ("independent", "strategies"):
+        paths = scenario_checkpoints(manifest, name)
+        miou = {e["path"]: e["miou"]["real"] for e in manifest["checkpoints"]}
+        assert len(paths) == 6 and [miou[p] for p in paths] == sorted(
+            (miou[p] for p in paths), reverse=True
+        )
+    steps = [load_checkpoint(p).provenance["zoo"]["step"] for p in scenario_checkpoints(
+        manifest, "checkpoints")]  # fmt: skip
+    assert steps == sorted(steps, reverse=True) and len(steps) == 4
+    anchor, *decoders = scenario_checkpoints(manifest, "other-decoders")
+    assert "indep-minent" in anchor and len(decoders) == 2
+    assert len(scenario_checkpoints(manifest, "multi-target")) == 3
+    with pytest.raises(LwmmError, match="scenario 'nope' is not one of independent, strategies"):
+        scenario_checkpoints(manifest, "nope")
+
+
+def test_zoo_list_command(quick_zoo: Path, capsys) -> None:
+    assert main(["zoo", "list", "independent", "--zoo", str(quick_zoo), "--paths"]) == 0
+    paths = capsys.readouterr().out.split()
+    assert paths == scenario_checkpoints(load_manifest(quick_zoo), "independent")
+    assert main(["zoo", "list", "--zoo", str(quick_zoo)]) == 0
+    assert "indep-selftrain@12" in capsys.readouterr().out
+    assert main(["zoo", "list", "nope", "--zoo", str(quick_zoo)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lwmm: error: scenario 'nope'") and err.count("\n") == 1
 
 
 def test_uda_strategies_beat_source_only_on_the_target(quick_zoo: Path) -> None:
@@ -94,7 +152,7 @@ def test_rebuilding_keeps_finished_checkpoints(quick_zoo: Path, tmp_path: Path) 
     messages: list[str] = []
     manifest = build_zoo(zoo, ZooConfig.quick_config(), device="cpu", log=messages.append)
     assert removed.is_file()
-    assert len(manifest["checkpoints"]) == 1 + 4 * len(DEFAULT_RUNS)
+    assert len(manifest["checkpoints"]) == CHECKPOINTS
     touched = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert touched <= set(zoo.glob("runs/maxsquare/*")), "only the unfinished run is trained again"
 
@@ -130,3 +188,27 @@ def test_eval_errors_are_one_line(bad: str, capsys) -> None:
     assert main(["eval", bad, "--domain", "real"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lwmm: error: ") and err.count("\n") == 1
+
+
+def test_zoo_bars_are_what_lwmm_merge_and_eval_measure(
+    quick_zoo: Path, tmp_path: Path, capsys
+) -> None:
+    zoo = str(quick_zoo)
+    assert main(["zoo", "bars", "--zoo", zoo, "--images", "4", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["family"] for r in rows] == ["independent", "independent", "strategies"]
+    assert all(isinstance(r["met"], bool) and r["command"].startswith("lwmm merge") for r in rows)
+    paths = scenario_checkpoints(load_manifest(quick_zoo), "independent")
+    merged = tmp_path / "iso.safetensors"
+    assert main(["merge", *paths, "--method", "isotropic", "-o", str(merged)]) == 0
+
+    def miou(path: str) -> float:
+        capsys.readouterr()
+        assert main(["eval", path, "--images", "4", "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["miou"]
+
+    expected = miou(str(merged)) - miou(paths[0])
+    assert rows[0]["value"] == pytest.approx(expected, abs=1e-3), "eval --json rounds to 4 places"
+    assert main(["zoo", "bars", "--zoo", zoo, "--images", "4", "--markdown"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| family |") and len(table) == 2 + len(rows)

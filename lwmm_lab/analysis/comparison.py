@@ -57,10 +57,12 @@ def compare(
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
     fisher_domain: str = "synthetic",
+    align: bool = False,
 ) -> list[dict[str, Any]]:
     """Each method's mIoU on each group of checkpoints (the first of a group is the anchor).
 
-    Rows also give the group's labels and its best single model's mIoU.
+    Rows also give the group's labels and its best single model's mIoU. ``align`` matches each
+    group's decoders to its anchor's first (weight matching).
     """
     data = val_set(domain, images, resolution)
     paths = sorted({str(p) for group in groups for p in group})
@@ -70,7 +72,8 @@ def compare(
     rows = []
     for group in groups:
         group = [str(p) for p in group]
-        pool = Pool(group, device="cpu", fisher=[fishers[p] for p in group] if fishers else None)
+        fisher = [fishers[p] for p in group] if fishers else None
+        pool = Pool(group, device="cpu", fisher=fisher, align=0 if align else None)
         row: dict[str, Any] = {
             "models": list(pool.labels),
             "anchor": pool.labels[0],
@@ -96,6 +99,7 @@ def add_one_at_a_time(
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
     fisher_domain: str = "synthetic",
+    align: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per number of models k: the k-th model's own mIoU and each method's on k models.
 
@@ -103,7 +107,7 @@ def add_one_at_a_time(
     """
     paths = [str(p) for p in checkpoints]
     groups = [paths[:k] for k in range(1, len(paths) + 1)]
-    rows = compare(groups, domain, methods, images, resolution, fisher_domain)
+    rows = compare(groups, domain, methods, images, resolution, fisher_domain, align)
     data = val_set(domain, images, resolution)
     for k, row in enumerate(rows, start=1):
         row["added"] = row["models"][-1]

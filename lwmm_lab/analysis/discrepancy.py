@@ -15,6 +15,7 @@ low, they pulled apart and the anchor should keep its own.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ import torch
 from lwmm_lab.engine.pool import Pool, is_bn_stat, module_of
 
 KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
+#: The kinds that are learned by gradient descent (all but the BN running statistics).
+LEARNED = KINDS[:4]
 REGIONS = ("encoder", "decoder", "head")
 _HEAD_PREFIXES = ("segmentation_head.", "decode_head.conv_seg", "classifier.", "head.")
 _ENCODER_PREFIXES = ("encoder.", "backbone.")
@@ -69,6 +72,13 @@ class Discrepancy:
     def above(self, tau: float) -> list[dict[str, Any]]:
         """Rows whose relative distance reaches ``1 / tau`` (the paper's threshold)."""
         return [r for r in self.rows if r["relative_l2"] >= 1.0 / tau]
+
+    def median(self, regions: tuple[str, ...] = REGIONS, kinds: tuple[str, ...] = KINDS) -> float:
+        """The median relative distance of the rows of these regions and kinds (0 if none)."""
+        values = [
+            r["relative_l2"] for r in self.rows if r["region"] in regions and r["kind"] in kinds
+        ]
+        return statistics.median(values) if values else 0.0
 
     def counts(self, tau: float) -> dict[str, dict[str, dict[str, int]]]:
         """Tensors above ``1 / tau`` per other model, by kind and by region."""

@@ -34,9 +34,9 @@ class MergeConfig:
 
     ``anchor`` is an index 0..M-1 (or a label or input path). ``start`` is the depth index
     where the layer-wise decay starts (1..Np); ``start_frac`` gives it as a fraction of depth
-    instead (0 -> 1, 1 -> Np). ``alpha`` is the non-anchor share before the decay (default
-    1/M, the paper's Eq. 1). ``schedule`` overrides the method's default schedule;
-    ``density`` and ``scale`` are the TIES / task-arithmetic knobs.
+    instead (0 -> 1, 1 -> Np). ``alpha`` is the anchor's share before the decay (default
+    1/M, the paper's Eq. 1; the others share 1 - alpha). ``schedule`` overrides the method's
+    default schedule; ``density`` and ``scale`` are the TIES / task-arithmetic knobs.
     """
 
     method: str = "layerwise"
@@ -104,6 +104,18 @@ class MergePlan:
     def notes(self) -> list[str]:
         """Lines a reader should see above the table (e.g. an unknown depth order)."""
         notes = []
+        alignment = self.pool.alignment
+        if alignment is not None:
+            moved = ", ".join(
+                f"{label} {m}"
+                for label, m in zip(self.pool.labels, alignment.moved, strict=True)
+                if label != self.pool.labels[alignment.anchor]
+            )
+            notes.append(
+                f"aligned to {self.pool.labels[alignment.anchor]} by weight matching "
+                f"({alignment.channels} decoder channels in {len(alignment.groups)} groups; "
+                f"channels moved: {moved})"
+            )
         if not self.layout.order_known:
             notes.append(
                 "depth order unknown: the anchor gives neither a stored key order nor a model "
@@ -180,6 +192,8 @@ class MergePlan:
                 record["density"] = c.density
         if "fisher" in METHODS[c.method].needs:
             record["fisher"] = [_file_record(p) for p in pool.fisher_paths]
+        if pool.alignment is not None:
+            record["alignment"] = pool.alignment.record(pool.labels)
         return record
 
     def run(self, into: nn.Module | MutableMapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -278,6 +292,12 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
     method = _lookup(METHODS, c.method, "method")
     rule = _lookup(BN_RULES, c.bn, "BN rule")
     anchor = pool.anchor_index(c.anchor)
+    if pool.alignment is not None and anchor != pool.alignment.anchor:
+        aligned_to = pool.alignment.anchor
+        raise LwmmError(
+            f"anchor [{anchor}] {pool.labels[anchor]} is not the model the pool was aligned to "
+            f"([{aligned_to}] {pool.labels[aligned_to]}); align to the anchor you merge into"
+        )
     layout = pool.layout(anchor, c.granularity)
     for need, present in (("base", pool.base), ("fisher", pool.fisher)):
         if need in method.needs and present is None:
@@ -352,6 +372,8 @@ def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
     if c.weights is not None:
         words += ["--weights", *map(repr, c.weights)]
     words += ["--bn", c.bn, "--granularity", c.granularity]
+    if pool.alignment is not None:
+        words.append("--align")
     if "base" in METHODS[c.method].needs:
         words += [
             "--base",

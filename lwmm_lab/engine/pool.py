@@ -11,6 +11,10 @@ Every entry of the anchor's ``state_dict`` is one of three kinds:
 
 The shared tensors of all M models live in one flat ``(M, P)`` buffer on the pool's device, so
 a new merge with other settings is one fused weighted sum per tensor: no file I/O, no copies.
+
+With ``align=`` the models are first aligned to one of them by weight matching
+(:mod:`lwmm_lab.engine.align`): their Unet decoder channels are permuted, as they are read, to
+match that model's, which then has to be the anchor of every merge of the pool.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from pathlib import Path
 
 import torch
 
+from lwmm_lab.engine.align import (
+    Alignment,
+    check_matchable,
+    match_channels,
+    permute,
+    unet_channel_groups,
+)
 from lwmm_lab.engine.checkpoints import Checkpoint, load_checkpoint, peek_checkpoint
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import same_file
@@ -98,12 +109,15 @@ class Pool:
         base: Source | None = None,
         fisher: Sequence[Source] | None = None,
         submodel: str | None = None,
+        align: int | str | os.PathLike | None = None,
     ) -> None:
         if not sources:
             raise LwmmError("no checkpoints given")
         self.device = resolve_device(device)
         self.submodel = submodel
         heads = [_head(s, submodel) for s in sources]
+        self.labels = _unique_labels([h.label for h in heads])
+        self.paths = [_path_of(s) for s in sources]
         self.columns = _shared_columns(heads)
         if not self.columns:
             names = ", ".join(h.label for h in heads)
@@ -115,19 +129,24 @@ class Pool:
         dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         width = next(reversed(self.columns.values())).stop
         self.flat = torch.empty((len(heads), width), dtype=dtype, device=self.device)
-        self.checkpoints = [
-            self._stack(i, src, head)
-            for i, (src, head) in enumerate(zip(sources, heads, strict=True))
-        ]
-        self.labels = _unique_labels([c.label for c in self.checkpoints])
-        self.base = None if base is None else self._aligned(base, "base", bn_default=None)
+        self.alignment: Alignment | None = None
+        if align is None:
+            self.checkpoints = [
+                self._stack(i, self._load(src, head))
+                for i, (src, head) in enumerate(zip(sources, heads, strict=True))
+            ]
+        else:
+            self.checkpoints = self._aligned_stack(sources, heads, self.anchor_index(align))
+        self.base = None if base is None else self._column_vector(base, "base", None)
         self.base_path = None if base is None else _path_of(base)
         self.fisher = None
         self.fisher_paths: list[Path | None] = []
         if fisher is not None:
             if len(fisher) != len(heads):
                 raise LwmmError(f"{len(fisher)} Fisher files for {len(heads)} checkpoints")
-            self.fisher = torch.stack([self._aligned(f, "Fisher", bn_default=0.0) for f in fisher])
+            self.fisher = torch.stack(
+                [self._column_vector(f, "Fisher", 0.0, model=i) for i, f in enumerate(fisher)]
+            )
             self.fisher_paths = [_path_of(f) for f in fisher]
         self._layouts: dict[tuple[int, str], Layout] = {}
         self._sum: torch.Tensor | None = None
@@ -172,10 +191,8 @@ class Pool:
             if 0 <= index < self.n_models:
                 return index
         else:
-            for i, ckpt in enumerate(self.checkpoints):
-                if str(anchor) == self.labels[i] or (
-                    ckpt.path is not None and same_file(ckpt.path, anchor)
-                ):
+            for i, path in enumerate(self.paths):
+                if str(anchor) == self.labels[i] or (path is not None and same_file(path, anchor)):
                     return i
         raise LwmmError(
             f"anchor '{anchor}' is not among the inputs "
@@ -183,13 +200,44 @@ class Pool:
         )
 
     def __repr__(self) -> str:
+        aligned = ""
+        if self.alignment is not None:
+            aligned = f", aligned to {self.labels[self.alignment.anchor]}"
         return (
             f"Pool({self.n_models} models, {len(self.columns)} shared tensors, "
-            f"{self.flat.shape[1]:,} shared values each, {self.flat.dtype}, on {self.device})"
+            f"{self.flat.shape[1]:,} shared values each, {self.flat.dtype}, on {self.device}"
+            f"{aligned})"
         )
 
-    def _stack(self, i: int, src: Source, head: Checkpoint) -> Checkpoint:
-        ckpt = head if isinstance(src, Checkpoint) else load_checkpoint(src, self.submodel, False)
+    def _load(self, src: Source, head: Checkpoint) -> Checkpoint:
+        return head if isinstance(src, Checkpoint) else load_checkpoint(src, self.submodel, False)
+
+    def _aligned_stack(
+        self, sources: Sequence[Source], heads: list[Checkpoint], anchor: int
+    ) -> list[Checkpoint]:
+        """Stack the anchor, then every other model with its channels matched to the anchor's.
+
+        Every model's layers are checked against the anchor's (shapes only) before any is read.
+        """
+        groups = unet_channel_groups(heads[anchor].tensors, self.labels[anchor])
+        for i, head in enumerate(heads):
+            if i != anchor:
+                check_matchable(groups, head.tensors, self.labels[i])
+        stacked: list[Checkpoint | None] = [None] * len(heads)
+        stacked[anchor] = self._stack(anchor, self._load(sources[anchor], heads[anchor]))
+        perms = [{g.name: torch.arange(g.size) for g in groups} for _ in heads]
+        rounds = [0] * len(heads)
+        for i, (src, head) in enumerate(zip(sources, heads, strict=True)):
+            if i != anchor:
+                ckpt = self._load(src, head)
+                perms[i], rounds[i] = match_channels(stacked[anchor].tensors, ckpt.tensors, groups)
+                stacked[i] = self._stack(
+                    i, ckpt.with_tensors(permute(ckpt.tensors, groups, perms[i]))
+                )
+        self.alignment = Alignment(anchor, tuple(groups), tuple(perms), tuple(rounds))
+        return stacked
+
+    def _stack(self, i: int, ckpt: Checkpoint) -> Checkpoint:
         tensors = {}
         for name, t in ckpt.tensors.items():
             if name in self.columns:
@@ -205,12 +253,21 @@ class Pool:
                 )
         return ckpt.with_tensors(tensors)
 
-    def _aligned(self, src: Source, role: str, bn_default: float | None) -> torch.Tensor:
-        """A ``(P,)`` vector of ``src``'s tensors in the pool's column order."""
+    def _column_vector(
+        self, src: Source, role: str, bn_default: float | None, model: int | None = None
+    ) -> torch.Tensor:
+        """A ``(P,)`` vector of ``src``'s tensors in the pool's column order.
+
+        With ``model`` (a Fisher estimate of that model) and an aligned pool, the tensors are
+        permuted like the model's channels.
+        """
         ckpt = src if isinstance(src, Checkpoint) else load_checkpoint(src, self.submodel)
+        tensors = ckpt.tensors
+        if model is not None and self.alignment is not None:
+            tensors = self.alignment.apply(model, tensors)
         out = torch.empty(self.flat.shape[1], dtype=self.flat.dtype, device=self.device)
         for name, cols in self.columns.items():
-            t = ckpt.tensors.get(name)
+            t = tensors.get(name)
             if t is None and bn_default is not None and is_bn_stat(name):
                 out[cols] = bn_default
                 continue

@@ -182,11 +182,46 @@ class _Nothing:
 
 def discrepancy_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None = None) -> go.Figure:
     """Relative L2 distance per tensor and depth, by kind, with the 1/tau line (Fig. 2)."""
-    kinds = list(kinds or KINDS)
     fig = go.Figure()
+    _discrepancy_panel(fig, d, tau, kinds)
+    total = sum(c["total"] for c in d.counts(tau).values())
+    fig.update_yaxes(type="log", title="||theta - theta_ref|| / ||theta_ref||")
+    fig.update_xaxes(title="depth index j")
+    title = f"Discrepancy to {d.reference}: {total} tensors at or above 1/tau"
+    return _base_layout(fig, title)
+
+
+def discrepancy_comparison_figure(
+    panels: dict[str, Discrepancy], tau: float, kinds: Sequence[str] | None = None
+) -> go.Figure:
+    """Several discrepancies side by side on one log scale (two families of models, say);
+    ``panels`` maps each panel's title to its :class:`Discrepancy`."""
+    titles = [
+        f"{title}: {sum(c['total'] for c in d.counts(tau).values())} of {len(d.rows)} above 1/tau"
+        for title, d in panels.items()
+    ]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, shared_yaxes=True)
+    for col, d in enumerate(panels.values(), start=1):
+        _discrepancy_panel(fig, d, tau, kinds, col=col, legend=col == 1)
+        fig.update_xaxes(title="depth index j", row=1, col=col)
+    fig.update_yaxes(type="log", title="||theta - theta_ref|| / ||theta_ref||", col=1)
+    fig.update_yaxes(type="log")
+    return _base_layout(fig, f"Discrepancy to the best model of each family (tau = {tau:g})")
+
+
+def _discrepancy_panel(
+    fig: go.Figure,
+    d: Discrepancy,
+    tau: float,
+    kinds: Sequence[str] | None,
+    col: int | None = None,
+    legend: bool = True,
+) -> None:
+    """One discrepancy's markers (one trace per model and kind), the 1/tau line, the boundary."""
+    where = {} if col is None else {"row": 1, "col": col}
     symbols = ("circle", "diamond", "square", "triangle-up", "x", "star")
     for m, model in enumerate(d.others):
-        for kind in kinds:
+        for kind in kinds or KINDS:
             rows = [r for r in d.rows if r["model"] == model and r["kind"] == kind]
             if not rows:
                 continue
@@ -195,19 +230,26 @@ def discrepancy_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None =
                     x=[r["j"] for r in rows],
                     y=[max(r["relative_l2"], 1e-8) for r in rows],
                     mode="markers",
-                    name=f"{kind} ({model})" if len(d.others) > 1 else kind,
+                    name=f"{kind} ({model})" if len(d.others) > 1 and col is None else kind,
                     legendgroup=kind,
+                    showlegend=legend and (col is None or m == 0),
                     marker={
                         "color": KIND_COLORS[kind],
                         "size": 6,
                         "symbol": symbols[m % len(symbols)],
                     },
                     customdata=[r["name"] for r in rows],
-                    hovertemplate="j=%{x} %{customdata}<br>relative L2 %{y:.2e}<extra></extra>",
-                )
+                    hovertemplate=f"{model}<br>j=%{{x}} %{{customdata}}<br>"
+                    "relative L2 %{y:.2e}<extra></extra>",
+                ),
+                **where,
             )
     fig.add_hline(
-        y=1.0 / tau, line_dash="dash", line_color="black", annotation_text=f"1/tau, tau = {tau:g}"
+        y=1.0 / tau,
+        line_dash="dash",
+        line_color="black",
+        annotation_text=f"1/tau, tau = {tau:g}",
+        **where,
     )
     if d.boundary is not None:
         fig.add_vline(
@@ -216,12 +258,8 @@ def discrepancy_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None =
             line_color="gray",
             annotation_text="backbone | head",
             annotation_position="top",
+            **where,
         )
-    total = sum(c["total"] for c in d.counts(tau).values())
-    fig.update_yaxes(type="log", title="||theta - theta_ref|| / ||theta_ref||")
-    fig.update_xaxes(title="depth index j")
-    title = f"Discrepancy to {d.reference}: {total} tensors at or above 1/tau"
-    return _base_layout(fig, title)
 
 
 def counts_figure(d: Discrepancy, tau: float) -> go.Figure:
@@ -337,7 +375,7 @@ def sweep_heatmap(sweep: Sweep, domain: str, anchor: int | None = None) -> go.Fi
                 },
             )
         )
-    fig.update_xaxes(title="alpha (share of the other models before the decay)")
+    fig.update_xaxes(title="alpha (the anchor's share before the decay)")
     fig.update_yaxes(title="start layer s")
     label = sweep.labels[anchor] if sweep.labels else anchor
     return _base_layout(fig, f"{domain} mIoU over start and alpha (anchor {label})")
@@ -383,7 +421,10 @@ def sweep_curves(sweep: Sweep, domains: Sequence[str], anchor: int = 0) -> go.Fi
 
 
 def comparison_figure(
-    rows: Sequence[dict[str, Any]], methods: Sequence[str], domain: str = "real"
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    domain: str = "real",
+    title: str = "Merging more and more models",
 ) -> go.Figure:
     """mIoU of each method as models are added (the paper's Table 2 as a chart)."""
     fig = go.Figure()
@@ -414,7 +455,7 @@ def comparison_figure(
         )
     fig.update_xaxes(title="number of models merged (best first; the first is the anchor)", dtick=1)
     fig.update_yaxes(title=f"{domain} mIoU")
-    return _base_layout(fig, "Merging more and more models")
+    return _base_layout(fig, title)
 
 
 def rows_figure(rows: Sequence[dict[str, Any]], title: str) -> go.Figure:

@@ -14,12 +14,13 @@ Errors are shown in the panel. ``background=False`` computes inline (for tests a
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,18 @@ from lwmm_lab.lab.figures import (
     update_iou_delta_figure,
     update_schedule_figure,
 )
-from lwmm_lab.zoo.manifest import PRESETS, base_checkpoint, find_zoo, load_manifest, preset, select
+from lwmm_lab.zoo.manifest import (
+    PRESETS,
+    SCENARIO_LABELS,
+    base_checkpoint,
+    family_run,
+    final,
+    find_zoo,
+    load_manifest,
+    preset,
+    scenario_checkpoints,
+)
+from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 
 
 class LatestOnly:
@@ -164,16 +176,21 @@ def checkpoint_options(
 class MergeLab(_Panel):
     """Merge checkpoints with sliders and see what changes.
 
-    ``checkpoints`` (paths) or the ``zoo`` (default: :func:`find_zoo`) give the models; by
-    default the zoo's final strategy checkpoints, best on the target first (the anchor).
-    Preview mIoU is on ``preview`` images of the target and source val; a button scores the
-    full val (``full`` images).
+    ``checkpoints`` (paths) or a zoo ``scenario`` give the models, the first one the anchor.
+    By default the lab opens on the zoo's (default: :func:`find_zoo`) ``independent``
+    strategies, where the start layer and alpha matter most; the scenario chooser switches to
+    the one-source strategies, the checkpoints of one run, other classes, other decoders or
+    multi-target. ``align`` matches the other models' decoder channels to the anchor's first
+    (weight matching). Preview mIoU is on ``preview`` images of the target and source val; a
+    button scores the full val (``full`` images).
     """
 
     def __init__(
         self,
         checkpoints: Sequence[str] | None = None,
         zoo: str | os.PathLike | None = None,
+        scenario: str = "independent",
+        align: bool = False,
         target: str = "real",
         source: str = "synthetic",
         preview: int = 16,
@@ -186,9 +203,14 @@ class MergeLab(_Panel):
         self.manifest = None
         if checkpoints is None or zoo is not None:
             self.manifest = load_manifest(zoo or find_zoo())
+        scenarios = [("custom", "custom")]
+        if self.manifest is not None:
+            present = {s for e in self.manifest["checkpoints"] for s in e["scenarios"]}
+            scenarios += [(SCENARIO_LABELS[s], s) for s in SCENARIOS if s in present]
         if checkpoints is None:
-            finals = select(self.manifest, scenario="strategies", fraction=1.0)
-            checkpoints = [e["path"] for e in sorted(finals, key=lambda e: -e["miou"][target])]
+            checkpoints = scenario_checkpoints(self.manifest, scenario, target)
+        else:
+            scenario = "custom"
         checkpoints = [str(p) for p in checkpoints]
         self.target, self.source = target, source
         self.preview_size, self.full_size, self.shown = preview, full, shown
@@ -204,6 +226,10 @@ class MergeLab(_Panel):
         self._quiet = False  # set while the panel itself moves controls
 
         wide = W.Layout(width="440px")
+        self.scenario = W.Dropdown(options=scenarios, value=scenario, description="scenario")
+        self.align = W.Checkbox(
+            value=align, description="align decoders to the anchor (weight matching)", indent=False
+        )
         self.models = W.SelectMultiple(
             options=checkpoint_options(self.manifest, checkpoints, target),
             value=tuple(checkpoints),
@@ -238,9 +264,8 @@ class MergeLab(_Panel):
         self.readout = W.HTML()
 
         self._build_pool(checkpoints[0])
-        self._quiet = True
-        self.alpha.value = round(1 / self.pool.n_models, 2)  # the paper's default, alpha = 1/M
-        self._quiet = False
+        with self._quietly():
+            self.alpha.value = round(1 / self.pool.n_models, 2)  # the paper's default: 1/M
         self.plan = make_plan(self.pool, self.config())
         self.plan.run(into=self._model(self.plan.anchor))
         self.schedule_fig = go.FigureWidget(schedule_figure(self.plan))
@@ -251,14 +276,16 @@ class MergeLab(_Panel):
         controls = (self.anchor, self.method, self.start, self.alpha, self.bn, self.granularity)
         for control in controls:
             control.observe(self._changed, names="value")
-        self.models.observe(self._models_changed, names="value")
+        self.models.observe(self._picked, names="value")
         self.device.observe(self._models_changed, names="value")
+        self.align.observe(self._models_changed, names="value")
+        self.scenario.observe(self._scenario_changed, names="value")
         self.add_button.on_click(self._add_path)
         self.full_button.on_click(lambda _: self.worker.submit(self._score_full))
         self.save_button.on_click(lambda _: self.worker.submit(self._save))
         self.command_button.on_click(self._show_command)
-        pick = W.VBox([self.models, W.HBox([self.path, self.add_button])])
-        knobs = W.VBox([self.anchor, self.method, self.bn, self.device])
+        pick = W.VBox([self.scenario, self.models, W.HBox([self.path, self.add_button])])
+        knobs = W.VBox([self.anchor, self.method, self.bn, self.device, self.align])
         buttons = W.HBox([self.full_button, self.output, self.save_button, self.command_button])
         self.widget = W.VBox(
             [
@@ -288,18 +315,24 @@ class MergeLab(_Panel):
             granularity=self.granularity.value,
         )
 
+    @contextlib.contextmanager
+    def _quietly(self) -> Iterator[None]:
+        """Move controls without their observers re-merging (the panel moves them itself)."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
+
     def refresh(self) -> None:
         """Re-merge with the current controls and update every view (in the background)."""
         self.worker.submit(self._update)
 
     def set(self, **values: Any) -> None:
         """Move several controls at once (``start=``, ``alpha=``, ...) with one re-merge."""
-        self._quiet = True
-        try:
+        with self._quietly():
             for name, value in values.items():
                 getattr(self, name).value = value
-        finally:
-            self._quiet = False
         self.refresh()
 
     # ------------------------------------------------------------------- pool and models
@@ -309,16 +342,15 @@ class MergeLab(_Panel):
         if not paths:
             raise ValueError("select at least one model")
         base = base_checkpoint(self.manifest) if self.manifest else None
-        self.pool = Pool(paths, device=self.device.value, base=base)
+        anchor = paths.index(anchor_path) if anchor_path in paths else 0
+        align = anchor if self.align.value else None
+        self.pool = Pool(paths, device=self.device.value, base=base, align=align)
         self._models.clear()
         self._anchor_cache.clear()
-        self._quiet = True
-        try:
+        with self._quietly():
             self.anchor.options = [(label, i) for i, label in enumerate(self.pool.labels)]
-            self.anchor.value = paths.index(anchor_path) if anchor_path in paths else 0
+            self.anchor.value = anchor
             self._fit_start_slider()
-        finally:
-            self._quiet = False
         self.plan = make_plan(self.pool, self.config())
 
     def _fit_start_slider(self) -> None:
@@ -343,21 +375,49 @@ class MergeLab(_Panel):
     def _changed(self, change: dict[str, Any]) -> None:
         if self._quiet:
             return
+        if change["owner"] is self.anchor and self.align.value:
+            self._models_changed(None)  # the pool is aligned to its anchor: align to the new one
+            return
         if change["owner"] in (self.anchor, self.granularity):
-            self._quiet = True
-            try:
+            with self._quietly():
                 self._fit_start_slider()
-            finally:
-                self._quiet = False
         self.start_name.value = self._start_label()
         self.refresh()
 
+    def _scenario_changed(self, _: Any) -> None:
+        """Load the scenario's models, its first one the anchor."""
+        if self._quiet or self.scenario.value == "custom" or self.manifest is None:
+            return
+        paths = scenario_checkpoints(self.manifest, self.scenario.value, self.target)
+        known = {path for _, path in self.models.options}
+        extra = [(peek_checkpoint(p).label, p) for p in paths if p not in known]
+        with self._quietly():
+            self.models.options = [*self.models.options, *extra]
+        self._rebuild(paths[0], paths)
+
+    def _picked(self, _: Any) -> None:
+        """Models picked by hand: the scenario becomes ``custom``."""
+        if self._quiet:
+            return
+        with self._quietly():
+            self.scenario.value = "custom"
+        self._models_changed(None)
+
     def _models_changed(self, _: Any) -> None:
+        if self._quiet:
+            return
         anchor_path = None
         if self.pool is not None and self.anchor.value is not None:
             anchor_path = str(self.pool.checkpoints[self.anchor.value].path)
+        self._rebuild(anchor_path)
+
+    def _rebuild(self, anchor_path: str | None, paths: Sequence[str] | None = None) -> None:
+        """Rebuild the pool (models, device or alignment changed) and re-merge."""
 
         def rebuild() -> None:
+            if paths is not None:
+                with self._quietly():
+                    self.models.value = tuple(paths)
             self._build_pool(anchor_path)
             self._update()
 
@@ -482,7 +542,11 @@ class MergeLab(_Panel):
 
 
 class DiscrepancyExplorer(_Panel):
-    """The per-layer discrepancy between a reference and other checkpoints, with a tau slider."""
+    """The per-layer discrepancy between a reference and other checkpoints, with a tau slider.
+
+    Presets: the checkpoints of one ``run``, or the strategies of one ``family`` (one source
+    model, or independent decoders) against the best of them.
+    """
 
     def __init__(
         self,
@@ -490,6 +554,7 @@ class DiscrepancyExplorer(_Panel):
         scenario: str = "heterogeneous",
         run: str = "advent",
         tau: float = 20.0,
+        family: str = "strategies",
         background: bool = True,
     ) -> None:
         super().__init__(background)
@@ -501,6 +566,9 @@ class DiscrepancyExplorer(_Panel):
         )
         self.run = W.Dropdown(
             options=runs, value=run if run in runs else runs[0], description="run"
+        )
+        self.family = W.Dropdown(
+            options=[(SCENARIO_LABELS[f], f) for f in FAMILIES], value=family, description="family"
         )
         self.reference = W.Dropdown(options=options, description="reference")
         self.others = W.SelectMultiple(options=options, rows=6, description="others")
@@ -516,11 +584,12 @@ class DiscrepancyExplorer(_Panel):
         self.counts = go.FigureWidget()
         self.scenario.observe(self._scenario_changed, names="value")
         self.run.observe(self._scenario_changed, names="value")
+        self.family.observe(self._scenario_changed, names="value")
         for control in (self.reference, self.others):
             control.observe(lambda _: self.worker.submit(self._compute), names="value")
         for control in (self.tau, self.kinds):
             control.observe(lambda _: self.worker.submit(self._draw), names="value")
-        left = W.VBox([self.scenario, self.run, self.reference, self.tau])
+        left = W.VBox([self.scenario, self.run, self.family, self.reference, self.tau])
         self.widget = W.VBox(
             [
                 W.HBox([left, self.others, self.kinds]),
@@ -534,7 +603,9 @@ class DiscrepancyExplorer(_Panel):
 
     def _scenario_changed(self, _: Any) -> None:
         if self.scenario.value != "custom":
-            reference, others = preset(self.manifest, self.scenario.value, run=self.run.value)
+            reference, others = preset(
+                self.manifest, self.scenario.value, run=self.run.value, family=self.family.value
+            )
             with self.others.hold_trait_notifications(), self.reference.hold_trait_notifications():
                 self.reference.value = reference
                 self.others.value = tuple(others)
@@ -563,7 +634,11 @@ class DiscrepancyExplorer(_Panel):
 
 
 class SweepExplorer(_Panel):
-    """Run or load an (s, alpha) sweep; click a cell to load that merge into ``merge_lab``."""
+    """Run or load an (s, alpha) sweep; click a cell to load that merge into ``merge_lab``.
+
+    The models are ``checkpoints``, else the MergeLab's, else the independent family's AdvEnt
+    and MinEnt (where the start layer and alpha matter).
+    """
 
     def __init__(
         self,
@@ -581,9 +656,8 @@ class SweepExplorer(_Panel):
             checkpoints = [str(c.path) for c in merge_lab.pool.checkpoints]
         if checkpoints is None:
             manifest = load_manifest(zoo or find_zoo())
-            finals = select(manifest, scenario="strategies", fraction=1.0)
-            by_strategy = {e["strategy"]: e["path"] for e in finals}
-            checkpoints = [by_strategy["advent"], by_strategy["minent"]]
+            runs = (family_run("independent", s) for s in ("advent", "minent"))
+            checkpoints = [final(manifest, run) for run in runs]
         self.checkpoints = [str(p) for p in checkpoints]
         self.steps, self.images, self.executor = steps, images, executor
         resolution = peek_checkpoint(self.checkpoints[0]).provenance.get("resolution", (128, 256))

@@ -4,15 +4,21 @@
 ``manifest.json``, one entry per checkpoint with its mIoU on the source val and every target
 val. It is resumable: finished checkpoints are kept, and a run stopped midway continues from
 its last checkpoint with the optimiser state saved beside it.
+
+The base trains first, with every thread. On the CPU the other runs then train side by side,
+one process per core with one thread each: small convolutions use two threads poorly, and two
+runs at once finish about 1.6x sooner than one run on two threads (measured on the 2-core CPU:
+0.113 s per MinEnt step instead of 0.179 s). On a GPU they train one after another.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from lwmm_lab.engine.pool import resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import atomic_path, atomic_write_text
 from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, read_manifest
-from lwmm_lab.zoo.recipe import BASE, FRACTIONS, Run, ZooConfig, run_fingerprint
+from lwmm_lab.zoo.recipe import BASE, Run, ZooConfig, run_fingerprint
 from lwmm_lab.zoo.training import ImagePool, TrainConfig, balanced_class_weights, train
 
 
@@ -41,29 +47,84 @@ def build_zoo(
     config: ZooConfig | None = None,
     device: str | torch.device = "auto",
     log: Callable[[str], None] = print,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Build (or finish building) the zoo in ``out``; returns the manifest."""
+    """Build (or finish building) the zoo in ``out``; returns the manifest.
+
+    ``workers`` runs train side by side after the base (default: one per core, up to 2, on the
+    CPU; 1 on a GPU).
+    """
     config = config or ZooConfig()
     out = Path(out) if out is not None else default_zoo_dir(config.quick)
     device = resolve_device(device)
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if device.type == "cpu" else 1
     started = time.perf_counter()
-    manifest = read_manifest(out)
-    known = {e["path"]: e for e in manifest.get("checkpoints", [])}
-    entries: list[dict[str, Any]] = []
+    known = {e["path"]: e for e in read_manifest(out).get("checkpoints", [])}
     data = _DataCache(out / "cache", config)
+    data.prepare((BASE, *config.runs))
+    done: dict[str, list[dict[str, Any]]] = {}
 
-    def record(entry: dict[str, Any]) -> None:
-        entries.append(entry)
-        _write_manifest(out, config, entries, time.perf_counter() - started)
+    def record(run: Run, entries: list[dict[str, Any]], seconds: float) -> None:
+        done[run.name] = entries
+        ordered = [e for r in (BASE, *config.runs) for e in done.get(r.name, [])]
+        _write_manifest(out, config, ordered, time.perf_counter() - started)
+        log(
+            f"[zoo] {run.name}: {run.strategy}, {run.source} -> {'+'.join(run.targets) or '-'}, "
+            f"from {'scratch' if run is BASE else 'the ' + run.init} ({seconds:.0f} s)"
+        )
 
     base_path = _run_dir(out, BASE) / _step_name(config.base_steps)
-    for run in (BASE, *config.runs):
-        log(f"[zoo] {run.name}: {run.strategy}, {run.source} -> {'+'.join(run.targets) or '-'}")
-        for entry in _train_run(run, config, out, base_path, data, device, known):
-            record(entry)
-    manifest = _write_manifest(out, config, entries, time.perf_counter() - started)
-    log(f"[zoo] {len(entries)} checkpoints in {out} ({manifest['build_seconds']:.0f} s)")
+    record(BASE, *_timed_run(BASE, config, out, base_path, str(device), known))
+    jobs = [(run, config, out, base_path, str(device), known) for run in config.runs]
+    bar = tqdm(total=len(jobs), desc="zoo runs", unit="run")
+    if workers > 1:
+        spawn = multiprocessing.get_context("spawn")
+        slot = spawn.Value("i", 0)
+        with ProcessPoolExecutor(
+            workers, mp_context=spawn, initializer=_worker, initargs=(slot,)
+        ) as pool:
+            futures = {pool.submit(_timed_run, *job): job[0] for job in jobs}
+            for future in as_completed(futures):
+                record(futures[future], *future.result())
+                bar.update()
+    else:
+        for job in jobs:
+            record(job[0], *_timed_run(*job))
+            bar.update()
+    bar.close()
+    ordered = [e for r in (BASE, *config.runs) for e in done[r.name]]
+    manifest = _write_manifest(out, config, ordered, time.perf_counter() - started)
+    log(f"[zoo] {len(ordered)} checkpoints in {out} ({manifest['build_seconds']:.0f} s)")
     return manifest
+
+
+#: The row of a run's progress bar (a worker's own: 1, 2, ...; the overall bar is row 0).
+_BAR_ROW = 1
+
+
+def _worker(slot: Any) -> None:
+    """A worker process: one thread, and its own row for progress bars."""
+    global _BAR_ROW
+    torch.set_num_threads(1)
+    with slot.get_lock():
+        slot.value += 1
+        _BAR_ROW = slot.value
+
+
+def _timed_run(
+    run: Run,
+    config: ZooConfig,
+    out: Path,
+    base_path: Path,
+    device: str,
+    known: dict[str, dict[str, Any]],
+) -> tuple[list[dict[str, Any]], float]:
+    """:func:`_train_run` in this process (a worker's entry point); entries and seconds."""
+    began = time.perf_counter()
+    data = _DataCache(out / "cache", config)
+    entries = _train_run(run, config, out, base_path, data, torch.device(device), known)
+    return entries, time.perf_counter() - began
 
 
 # ---------------------------------------------------------------------------------- one run
@@ -81,7 +142,7 @@ def _train_run(
     """Train one run, or finish it from its last checkpoint; returns its manifest entries."""
     is_base = run is BASE
     steps = config.base_steps if is_base else max(4, round(config.steps * run.steps_factor))
-    checkpoint_steps = (steps,) if is_base else tuple(max(1, round(f * steps)) for f in FRACTIONS)
+    checkpoint_steps = tuple(max(1, round(f * steps)) for f in run.fractions)
     spec = config.spec(run.arch, run.classes)
     fingerprint = run_fingerprint(run, config)
     folder = _run_dir(out, run)
@@ -97,7 +158,7 @@ def _train_run(
         if start:
             load_weights(model, load_checkpoint(paths[start]).tensors, str(paths[start]))
         elif not is_base:
-            _initialize_from(model, load_checkpoint(base_path).tensors)
+            _initialize_from(model, load_checkpoint(base_path).tensors, run.init)
 
         def on_checkpoint(step: int, state: dict[str, Any]) -> None:
             provenance = {
@@ -132,6 +193,7 @@ def _train_run(
             on_checkpoint=on_checkpoint,
             resume=state,
             description=run.name,
+            position=_BAR_ROW,
         )
         (folder / "resume.pt").unlink(missing_ok=True)
     return [
@@ -182,6 +244,7 @@ def _entry(
         "source": run.source,
         "targets": list(run.targets),
         "seed": run.seed,
+        "init": run.init,
         "step": step,
         "fraction": round(step / steps, 4),
         "miou": miou,
@@ -189,11 +252,14 @@ def _entry(
     }
 
 
-def _initialize_from(model: nn.Module, base: dict[str, torch.Tensor]) -> None:
-    """Copy every base tensor whose name and shape the model shares (encoder, matching decoder)."""
+def _initialize_from(model: nn.Module, base: dict[str, torch.Tensor], init: str) -> None:
+    """Copy the base tensors the run starts from: every one whose name and shape the model
+    shares (``init="base"``), or the encoder's alone (``init="encoder"``)."""
     own = model.state_dict()
     with torch.no_grad():
         for name, value in base.items():
+            if init == "encoder" and not name.startswith("encoder."):
+                continue
             if name in own and own[name].shape == value.shape:
                 own[name].copy_(value)
 
@@ -216,6 +282,15 @@ class _DataCache:
             self._pools[key] = ImagePool(images, label_maps)
         pool = self._pools[key]
         return pool if labels else ImagePool(pool.images)
+
+    def prepare(self, runs: tuple[Run, ...]) -> None:
+        """Generate (or find cached) every training pool and val set that ``runs`` use, so
+        runs training side by side only read them."""
+        for run in runs:
+            for domain in (run.source, *run.targets):
+                self.pool(domain, "train", labels=True)
+        for domain in {run.source for run in runs} | set(TARGET_DOMAINS):
+            self.pool(domain, "val", labels=True)
 
     def union(self, domains: tuple[str, ...]) -> ImagePool:
         """The unlabelled images of several target domains, together."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import data_dir
+from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 
 MANIFEST = "manifest.json"
 
@@ -56,15 +57,30 @@ def select(manifest: dict[str, Any], **where: Any) -> list[dict[str, Any]]:
 
 
 PRESETS = ("checkpoint", "heterogeneous")
+#: What the lab calls each scenario.
+SCENARIO_LABELS = {
+    "independent": "independent strategies",
+    "strategies": "one-source strategies",
+    "checkpoints": "checkpoints of one run",
+    "other-classes": "other classes",
+    "other-decoders": "other decoders",
+    "multi-target": "multi-target",
+    "seeds": "seeds",
+}
 
 
 def preset(
-    manifest: dict[str, Any], name: str, run: str = "advent", domain: str = "real"
+    manifest: dict[str, Any],
+    name: str,
+    run: str = "advent",
+    domain: str = "real",
+    family: str = "strategies",
 ) -> tuple[str, list[str]]:
     """A reference checkpoint and the ones to compare with it (the paper's Fig. 2 scenarios).
 
     ``checkpoint``: the first checkpoint of ``run`` against its later ones (Fig. 2a).
-    ``heterogeneous``: the best final strategy on ``domain`` against each other one (Fig. 2b).
+    ``heterogeneous``: the best final strategy of ``family`` (``strategies``, from one source
+    model, or ``independent``) on ``domain`` against each other one (Fig. 2b).
     """
     if name == "checkpoint":
         entries = sorted(select(manifest, run=run), key=lambda e: e["step"])
@@ -72,10 +88,56 @@ def preset(
             raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
         return entries[0]["path"], [e["path"] for e in entries[1:]]
     if name == "heterogeneous":
-        finals = select(manifest, scenario="strategies", fraction=1.0)
-        finals.sort(key=lambda e: -e["miou"][domain])
-        return finals[0]["path"], [e["path"] for e in finals[1:]]
+        reference, *others = scenario_checkpoints(manifest, _family(family), domain)
+        return reference, others
     raise LwmmError(f"preset '{name}' is not one of {', '.join(PRESETS)}")
+
+
+def final(manifest: dict[str, Any], run: str) -> str:
+    """The path of ``run``'s final checkpoint."""
+    entries = select(manifest, run=run, fraction=1.0)
+    if not entries:
+        raise LwmmError(f"run '{run}' is not in this zoo (its manifest has no such run)")
+    return entries[0]["path"]
+
+
+def scenario_checkpoints(
+    manifest: dict[str, Any], name: str, target: str = "real", run: str = "advent"
+) -> list[str]:
+    """The checkpoints of a scenario, the anchor first (what the MergeLab offers).
+
+    ``independent`` / ``strategies``: the family's final models, best on ``target`` first;
+    ``checkpoints``: the checkpoints of ``run``, the final one first; ``other-classes`` and
+    ``other-decoders``: the independent MinEnt Unet (encoder-only, like them) with the 16-class
+    model, or with the FPN and DeepLabV3+; ``multi-target``: MinEnt adapted to real, foggy and
+    night; ``seeds``: MinEnt and its second seed.
+    """
+    if name not in SCENARIOS:
+        raise LwmmError(f"scenario '{name}' is not one of {', '.join(SCENARIOS)}")
+    if name in FAMILIES:
+        finals = select(manifest, scenario=name, fraction=1.0)
+        return [e["path"] for e in sorted(finals, key=lambda e: -e["miou"][target])]
+    if name == "checkpoints":
+        entries = sorted(select(manifest, run=run), key=lambda e: -e["step"])
+        if len(entries) < 2:
+            raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
+        return [e["path"] for e in entries]
+    anchor = family_run("independent", "minent") if name.startswith("other") else "minent"
+    others = [e["run"] for e in select(manifest, scenario=name, fraction=1.0)]
+    if name == "multi-target":
+        others = [r for r in others if r != "minent-union"]  # the baseline, not merged
+    return [final(manifest, r) for r in (anchor, *(r for r in others if r != anchor))]
+
+
+def family_run(family: str, strategy: str) -> str:
+    """The run name of ``strategy`` in ``family`` (``strategies`` or ``independent``)."""
+    return FAMILIES[_family(family)].format(strategy)
+
+
+def _family(name: str) -> str:
+    if name not in FAMILIES:
+        raise LwmmError(f"family '{name}' is not one of {', '.join(FAMILIES)}")
+    return name
 
 
 def base_checkpoint(manifest: dict[str, Any]) -> str:

@@ -1,16 +1,31 @@
 """The zoo's recipe: which runs it trains, and the sizes and schedules they share.
 
-A base model is trained supervised on ``synthetic``; every other run starts from it (the
-encoder always, the decoder and head where the architecture and classes match), so all zoo
-models share their pre-training as the paper assumes. The runs:
+A **base** model is trained supervised on ``synthetic``. Every other run starts from it in one
+of two ways (``Run.init``), which give the two regimes real checkpoints come in:
 
-- ``strategies``: the six strategies of :mod:`lwmm_lab.zoo.training`, synthetic -> real;
-- ``checkpoints``: the four checkpoints (25/50/75/100 %) of every run;
-- ``other-classes``: a SYNTHIA-16 model (16-class head), synthetic-16 -> real;
-- ``other-decoders``: FPN and DeepLabV3+ on the base encoder;
-- ``multi-target``: one strategy adapted to ``foggy`` and to ``night`` separately, and on the
-  union of the three targets (the multi-target paper's data-combination baseline);
-- ``seeds``: a second seed of one strategy.
+- ``base``: the base's whole model (encoder, decoder and head where the architecture and classes
+  match). Models fine-tuned from one source model stay in one basin: linearly connected, so a
+  plain average of them works.
+- ``encoder``: the base's encoder only; the decoder and head are fresh, from the run's own seed.
+  This is how separately published UDA models relate: one pre-trained backbone, decoders
+  trained independently. Their decoders compute similar functions with their channels in
+  another order, so averaging them collapses unless they are aligned first
+  (:mod:`lwmm_lab.engine.align`).
+
+The runs, by scenario (the manifest's ``scenarios`` use exactly these names):
+
+- ``strategies``: the six strategies of :mod:`lwmm_lab.zoo.training`, synthetic -> real, from
+  the base's whole model (one source model);
+- ``independent``: the same six strategies from the base's encoder only, each with a fresh
+  decoder and head from its own seed;
+- ``checkpoints``: the four checkpoints (25/50/75/100 %) of every run of those two families
+  (the other runs keep their final checkpoint only);
+- ``other-classes``: a SYNTHIA-16 model (16-class head), synthetic-16 -> real, encoder only;
+- ``other-decoders``: FPN and DeepLabV3+ on the base encoder (their decoders are their own);
+- ``multi-target``: ``minent`` adapted to ``foggy`` and to ``night`` separately, and on the
+  union of the three targets (the multi-target paper's data-combination baseline), from the
+  base's whole model like ``minent``;
+- ``seeds``: ``minent`` with another seed (data order), from the base's whole model.
 """
 
 from __future__ import annotations
@@ -25,13 +40,35 @@ from lwmm_lab.data.domains import TARGET_DOMAINS
 from lwmm_lab.engine.spec import ModelSpec
 
 #: Bump when training changes what a run produces, so existing zoos are retrained, not reused.
-RECIPE = 2
+RECIPE = 3
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+#: How a run starts from the base: its whole model, or its encoder only.
+INITS = ("base", "encoder")
+STRATEGY_RUNS = ("source_only", "minent", "maxsquare", "advent", "adaptsegnet", "selftrain")
+#: The scenarios, in the order the lab offers them.
+SCENARIOS = (
+    "independent",
+    "strategies",
+    "checkpoints",
+    "other-classes",
+    "other-decoders",
+    "multi-target",
+    "seeds",
+)
+#: The two families of strategy models, and the run name of a strategy in each.
+FAMILIES = {"strategies": "{}", "independent": "indep-{}"}
 
 
 @dataclass(frozen=True)
 class Run:
-    """One training run of the zoo."""
+    """One training run of the zoo.
+
+    ``init`` is ``base`` (start from the base's whole model where shapes match) or ``encoder``
+    (the base's encoder; decoder and head fresh from ``seed``); ``fractions`` are the points
+    of the run that are kept as checkpoints.
+    """
 
     name: str
     strategy: str
@@ -42,6 +79,8 @@ class Run:
     classes: str = "cityscapes-19"
     seed: int = 0
     steps_factor: float = 1.0
+    init: str = "base"
+    fractions: tuple[float, ...] = (1.0,)
 
 
 @dataclass(frozen=True)
@@ -88,23 +127,28 @@ class ZooConfig:
 
 
 DEFAULT_RUNS = (
-    Run("source_only", "source_only", ("strategies", "checkpoints")),
-    Run("minent", "minent", ("strategies", "checkpoints", "multi-target")),
-    Run("maxsquare", "maxsquare", ("strategies", "checkpoints")),
-    Run("advent", "advent", ("strategies", "checkpoints")),
-    Run("adaptsegnet", "adaptsegnet", ("strategies", "checkpoints")),
-    Run("selftrain", "selftrain", ("strategies", "checkpoints")),
-    Run("synthia16-minent", "minent", ("other-classes", "checkpoints"), source="synthetic-16",
-        classes="synthia-16"),
-    Run("fpn-minent", "minent", ("other-decoders", "checkpoints"), arch="FPN", steps_factor=2.0),
-    Run("deeplabv3plus-minent", "minent", ("other-decoders", "checkpoints"), arch="DeepLabV3Plus",
+    *(
+        Run(s, s, ("strategies", "checkpoints", *(("multi-target",) if s == "minent" else ())),
+            fractions=FRACTIONS)
+        for s in STRATEGY_RUNS
+    ),
+    *(
+        Run(FAMILIES["independent"].format(s), s, ("independent", "checkpoints"),
+            seed=11 + k, init="encoder", fractions=FRACTIONS)
+        for k, s in enumerate(STRATEGY_RUNS)
+    ),
+    Run("synthia16-minent", "minent", ("other-classes",), source="synthetic-16",
+        classes="synthia-16", seed=21, init="encoder"),
+    Run("fpn-minent", "minent", ("other-decoders",), arch="FPN", seed=22, init="encoder",
         steps_factor=2.0),
-    Run("minent-foggy", "minent", ("multi-target", "checkpoints"), targets=("foggy",)),
-    Run("minent-night", "minent", ("multi-target", "checkpoints"), targets=("night",)),
-    Run("minent-union", "minent", ("multi-target", "checkpoints"), targets=TARGET_DOMAINS),
-    Run("minent-seed1", "minent", ("seeds", "checkpoints"), seed=1),
+    Run("deeplabv3plus-minent", "minent", ("other-decoders",), arch="DeepLabV3Plus", seed=23,
+        init="encoder", steps_factor=2.0),
+    Run("minent-foggy", "minent", ("multi-target",), targets=("foggy",)),
+    Run("minent-night", "minent", ("multi-target",), targets=("night",)),
+    Run("minent-union", "minent", ("multi-target",), targets=TARGET_DOMAINS),
+    Run("minent-seed1", "minent", ("seeds",), seed=1),
 )  # fmt: skip
-BASE = Run("base", "source_only", ("base",), targets=())
+BASE = Run("base", "source_only", (), targets=())
 
 
 def run_fingerprint(run: Run, config: ZooConfig) -> str:

@@ -376,11 +376,13 @@ def train(
     on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
     description: str = "",
+    position: int = 0,
 ) -> nn.Module:
     """Train ``model`` in place with ``strategy``; call ``on_checkpoint(step, state)`` at steps.
 
     ``state`` holds the optimiser and strategy state, enough to :func:`train` again from that
-    step with ``resume=state``.
+    step with ``resume=state``. ``position`` is the row of the progress bar (runs training
+    side by side each have their own).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
@@ -400,7 +402,13 @@ def train(
     if config.class_weights is not None:
         weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
     model.train()
-    bar = tqdm(range(start, config.steps), desc=description or strategy, leave=False, unit="step")
+    bar = tqdm(
+        range(start, config.steps),
+        desc=description or strategy,
+        leave=False,
+        unit="step",
+        position=position,
+    )
     for step in bar:
         factor = learning_rate_factor(step, config)
         for group in optimizer.param_groups:
