@@ -20,6 +20,7 @@ from lwmm_lab import (
     save_checkpoint,
     save_merge,
 )
+from lwmm_lab.engine.methods import ties_count
 from lwmm_lab.files import sha256
 
 from .conftest import TINY, checkpoint_of
@@ -44,6 +45,19 @@ def test_ties_trims_elects_and_takes_the_disjoint_mean(device: str) -> None:
     out = merge(Pool(models, device=device, base=base), method="ties", density=0.5)["w"].cpu()
     # task vectors [2, -1.5, -0.9, 1] -> keep 2, -1.5; [0, 1.5, -3, -5] -> keep -3, -5
     torch.testing.assert_close(out, torch.tensor([3.0, -0.5, -2.0, -4.0]))
+
+
+@pytest.mark.parametrize(
+    ("density", "n", "kept"),
+    [(0.07, 100, 7), (0.14, 50, 7), (0.28, 25, 7), (0.55, 100, 55), (0.2, 33, 7), (1e-6, 10, 1)],
+)
+def test_ties_keeps_ceil_of_the_exact_density_times_n(density: float, n: int, kept: int) -> None:
+    """The count is ceil(density * n) of the decimal product, never a float round-up."""
+    assert ties_count(density, n) == kept
+    g = torch.Generator().manual_seed(n)
+    models, base = _vectors((torch.randn(n, generator=g) + 3).tolist())
+    out = merge(Pool(models, device="cpu", base=base), method="ties", density=density)["w"]
+    assert int((out != 0).sum()) == kept
 
 
 def test_task_arithmetic_scales_the_mean_task_vector(device: str) -> None:

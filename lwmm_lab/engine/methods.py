@@ -102,12 +102,23 @@ def task_arithmetic(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> No
     out.mul_(ctx.scale).add_(ctx.base, alpha=1.0 - ctx.scale)
 
 
+def ties_count(density: float, n: int) -> int:
+    """How many of ``n`` entries TIES keeps: ceil(density * n) of the exact product, at least 1.
+
+    ``density * n`` is rounded to 9 decimals first, so a floating-point product such as
+    0.07 * 100 = 7.000000000000001 keeps 7, not 8. mergekit keeps floor(density * n), the same
+    whenever the product is an integer; the original TIES code keeps floor(density * n) + 1
+    (it thresholds at the (k + 1)-th largest magnitude with >=; read from its code, not run).
+    """
+    return min(n, max(1, math.ceil(round(density * n, 9))))
+
+
 @register_method("ties", needs=("base",))
 def ties(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
     """TIES: trim task vectors to the top density, elect signs, weighted disjoint mean."""
     tau = x - ctx.base
     n = tau.shape[1]
-    keep = math.ceil(ctx.density * n)
+    keep = ties_count(ctx.density, n)
     if keep < n:
         magnitude = tau.abs()
         threshold = magnitude.kthvalue(n - keep + 1, dim=1, keepdim=True).values
