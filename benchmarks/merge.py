@@ -11,11 +11,14 @@ For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
 - ``peak extra``: the highest resident memory while building the pool and merging, above the
   memory held before (the M state dicts already loaded), in model sizes.
 
-Each M runs in a fresh process, so the kernel's peak-RSS counter is its own. The last line is
-machine-readable:
+Each M runs in a fresh process, so the kernel's peak-RSS counter is its own. With a built zoo
+(``--zoo``, default ``data/zoo`` when it exists) it also times what a slider change costs on
+the zoo's model (1.4M parameters, about 300 state entries, six models): ``make_plan`` and
+``plan.run(into=model)``. The last line is machine-readable:
 ``M=5 speedup_vs_naive=<x> time_vs_floor=<y> peak_extra_model_sizes=<z>``.
 
-Usage: ``python benchmarks/merge.py [--models 2 5 10] [--repeats 31] [--device auto|cpu|cuda]``
+Usage: ``python benchmarks/merge.py [--models 2 5 10] [--repeats 31] [--device auto|cpu|cuda]
+[--zoo DIR]``
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, nargs="+", default=[2, 5, 10])
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--zoo", type=Path, help="a built zoo (data/zoo when it exists)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -83,6 +87,13 @@ def main() -> None:
             f"{r['peak_extra_model_sizes']:.2f} M",
         )
         print("".join(f"{c:>11}" for c in cells))
+    zoo = args.zoo or (Path("data/zoo") if (Path("data/zoo") / "manifest.json").is_file() else None)
+    if zoo is not None:
+        plan_ms, run_ms, n = zoo_remerge(zoo, args.repeats * 5, args.device)
+        print(
+            f"zoo model, {n} models: make_plan {plan_ms:.2f} ms, plan.run(into=model) "
+            f"{run_ms:.2f} ms (medians of {args.repeats * 5})"
+        )
     r5 = next((r for r in results if r["M"] == 5), results[-1])
     print(
         f"M={r5['M']} speedup_vs_naive={r5['speedup_vs_naive']:.2f} "
@@ -140,6 +151,29 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
         "time_vs_floor": remerge / floor,
         "peak_extra_model_sizes": peak_extra,
     }
+
+
+def zoo_remerge(zoo: Path, repeats: int, device: str) -> tuple[float, float, int]:
+    """Median ms of ``make_plan`` and of ``plan.run(into=model)`` over slider-like changes of
+    alpha and start, on the zoo's independent strategies (the lab's opening scenario)."""
+    from lwmm_lab.engine.model import require_spec
+    from lwmm_lab.zoo import load_manifest
+    from lwmm_lab.zoo.manifest import scenario_checkpoints
+
+    pool = Pool(scenario_checkpoints(load_manifest(zoo), "independent"), device=device)
+    model = require_spec(pool.checkpoints[0]).build(pool.device)
+    depth = pool.layout().n_depth
+    settings = [{"alpha": (k % 11) / 10, "start": 1 + (7 * k) % depth} for k in range(repeats)]
+    plans = []
+
+    def plan(k: int) -> None:
+        plans.append(make_plan(pool, **settings[k % repeats]))
+
+    ms = _interleaved_medians_ms({"plan": plan}, repeats, pool.device)
+    run = _interleaved_medians_ms(
+        {"run": lambda k: plans[k % len(plans)].run(into=model)}, repeats, pool.device
+    )
+    return ms["plan"], run["run"], pool.n_models
 
 
 def _perturbed(t: torch.Tensor) -> torch.Tensor:

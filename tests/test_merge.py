@@ -298,7 +298,7 @@ def test_cuda_merge_matches_cpu_merge(make_models) -> None:
         torch.testing.assert_close(cuda[name].cpu(), value, rtol=1e-5, atol=1e-6)
 
 
-def test_grouped_sums_equal_the_plain_weighted_sum(make_models) -> None:
+def test_grouped_means_equal_the_plain_weighted_sum(make_models) -> None:
     checkpoints = [checkpoint_of(m) for m in make_models(4)]
     pool = Pool(checkpoints, device="cpu")
     for settings in ({"alpha": 0.3, "start": 20, "anchor": 2}, {"method": "isotropic"}):
@@ -309,4 +309,4 @@ def test_grouped_sums_equal_the_plain_weighted_sum(make_models) -> None:
                 w = plan.weights[e.j - 1].float()
                 expected = sum(w[i] * checkpoints[i].tensors[e.name] for i in range(4))
                 torch.testing.assert_close(out[e.name], expected, rtol=1e-5, atol=1e-6)
-    assert pool._sum_key == (0, 1, 2, 3), "isotropic sums every model once and keeps it"
+    assert pool._mean_key == (0, 1, 2, 3), "isotropic averages every model once and keeps it"

@@ -408,10 +408,10 @@ def _anchor_and_merges(rows: list[dict[str, Any]]) -> dict[str, float]:
     return values
 
 
-def _other_models(ctx: Context, scenario: str, methods: tuple[str, ...] | None = None) -> dict:
+def _other_models(ctx: Context, scenario: str) -> dict[str, float]:
+    """The scenario's anchor alone and every method merging it with the scenario's others."""
     anchor, *others = scenario_checkpoints(ctx.manifest, scenario)
-    extra = {} if methods is None else {"methods": methods}
-    return _anchor_and_merges(heads_and_decoders(anchor, others, **extra, **ctx.settings()))
+    return _anchor_and_merges(heads_and_decoders(anchor, others, **ctx.settings()))
 
 
 @claim(

@@ -1,19 +1,27 @@
 """The merge engine: a config and a pool give a plan; running the plan gives merged weights.
 
 A :class:`MergePlan` is the dry run: every entry of the anchor with its kind, depth j, the
-weight each model gets and where its value comes from. :meth:`MergePlan.run` executes it as
-one fused weighted sum per shared tensor, straight into an existing model's tensors (the fast
-path for widgets) or into a new state dict.
+weight each model gets and where its value comes from. :meth:`MergePlan.run` executes it,
+straight into an existing model's tensors (the fast path for widgets) or into a new state dict.
+
+The run has no per-tensor Python loop for the weighted-sum methods: models with equal weights
+at every depth are averaged once (and kept), and the merge is a chain of multi-tensor
+operations over every shared tensor at once, ``_foreach_copy_`` of the first group's mean and
+one ``_foreach_lerp_`` per further group, with a per-tensor weight each, written in place into
+the targets. All BatchNorm layers are merged together from two gathers of the stacked
+statistics. Where the index structures this needs come from (:class:`Routes`) is worked out
+once per layout. Fisher, TIES and task arithmetic keep one call per tensor.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import os
 import shlex
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +65,8 @@ class MergeConfig:
 
 @dataclass(frozen=True)
 class MergePlan:
-    """A resolved merge: the schedule ``weights`` (Np, M) and the BN weights per BN module.
+    """A resolved merge: the schedule ``weights`` (Np, M) and ``bn_table`` (K, M), the weights
+    of the K BatchNorm layers (in the order of :attr:`Routes.bn_modules`).
 
     ``config`` is resolved too: the anchor is an index, and ``start`` / ``alpha`` are filled
     in when the schedule uses them (None otherwise).
@@ -68,20 +77,29 @@ class MergePlan:
     schedule: str
     layout: Layout
     weights: Tensor
-    bn_weights: Mapping[str, Tensor]
+    bn_table: Tensor
     summed_counts: frozenset[str]
 
     @property
     def anchor(self) -> int:
         return int(self.config.anchor)
 
+    @property
+    def routes(self) -> Routes:
+        return routes(self.pool, self.layout)
+
+    @property
+    def bn_weights(self) -> dict[str, Tensor]:
+        """Each BN layer's per-model weights (a row of :attr:`bn_table`), by module name."""
+        return dict(zip(self.routes.bn_modules, self.bn_table, strict=True))
+
     def rows(self) -> list[dict[str, Any]]:
         """The dry run as a table: one dict per entry of the anchor, in depth order."""
-        rows = []
+        rows, bn_weights = [], self.bn_weights
         for e in self.layout.entries:
             weights, source = None, "anchor"
             if e.kind == "shared" and is_bn_stat(e.name):
-                weights, source = self.bn_weights[module_of(e.name)], f"bn:{self.config.bn}"
+                weights, source = bn_weights[module_of(e.name)], f"bn:{self.config.bn}"
             elif e.kind == "shared":
                 weights, source = self.weights[e.j - 1], self.config.method
             elif e.name in self.summed_counts:
@@ -202,55 +220,81 @@ class MergePlan:
         Returns the merged state dict (the target's own tensors when ``into`` is given).
         """
         targets = self._targets(into)
-        pool, method = self.pool, METHODS[self.config.method]
-        anchor_tensors = pool.checkpoints[self.anchor].tensors
-        w_device = self.weights.to(pool.device, pool.flat.dtype)
-        groups = _equal_weight_groups(self.weights) if method.linear else []
-        if len(groups) == pool.n_models:
-            groups = []  # nothing to gain: every model has its own weights
-        rows = [pool.flat[g[0]] if len(g) == 1 else pool.model_sum(g) for g in groups]
-        weights = self.weights.tolist()
+        pool, method, r = self.pool, METHODS[self.config.method], self.routes
         with torch.no_grad():
-            for e in self.layout.entries:
-                target = targets[e.name]
-                if e.name in self.summed_counts:
-                    target.copy_(sum(ck.tensors[e.name] for ck in pool.checkpoints))
-                elif e.kind != "shared":
-                    target.copy_(anchor_tensors[e.name])
-                elif not is_bn_stat(e.name):
-                    out = _output(target, pool)
-                    if rows:
-                        w, cols = weights[e.j - 1], pool.columns[e.name]
-                        torch.mul(rows[0][cols], w[groups[0][0]], out=out)
-                        for row, group in zip(rows[1:], groups[1:], strict=True):
-                            out.add_(row[cols], alpha=w[group[0]])
-                    else:
-                        ctx = self._context(e.name, method.needs)
-                        method.combine(pool.stack(e.name), w_device[e.j - 1], out, ctx)
-                    _store(target, out)
+            outs = [targets[name] for name in r.weights]
+            if method.linear:
+                self._weighted_sum(outs)
+            else:
+                w_device = self.weights.to(pool.device, pool.flat.dtype)
+                for name, row, out in zip(r.weights, r.weight_rows.tolist(), outs, strict=True):
+                    flat = _output(out, pool)
+                    method.combine(pool.stack(name), w_device[row], flat, self._context(name))
+                    _store(out, flat)
             self._merge_bn(targets)
+            anchor = pool.checkpoints[self.anchor].tensors
+            copied = [n for n in r.copied if n not in self.summed_counts]
+            _copy_all([targets[n] for n in copied], [anchor[n] for n in copied])
+            for name in self.summed_counts:
+                targets[name].copy_(sum(ck.tensors[name] for ck in pool.checkpoints))
         return dict(targets)
 
-    def _merge_bn(self, targets: Mapping[str, Tensor]) -> None:
-        """BN running statistics, by the BN rule: mean first, then the (mixture) variance."""
-        pool, rule = self.pool, BN_RULES[self.config.bn]
-        for module, w in self.bn_weights.items():
-            w = w.to(pool.device, pool.flat.dtype)
-            mean_name, var_name = f"{module}.running_mean", f"{module}.running_var"
-            mean = pool.stack(mean_name) if mean_name in pool.columns else None
-            if mean is not None:
-                out = _output(targets[mean_name], pool)
-                torch.mv(mean.t(), w, out=out)
-                _store(targets[mean_name], out)
-            if var_name in pool.columns:
-                out = _output(targets[var_name], pool)
-                torch.mv(pool.stack(var_name).t(), w, out=out)
-                if rule.gaussian and mean is not None:
-                    spread = (mean - torch.mv(mean.t(), w)).square_()
-                    out.add_(torch.mv(spread.t(), w))
-                _store(targets[var_name], out)
+    def _weighted_sum(self, outs: list[Tensor]) -> None:
+        """Every shared tensor's weighted sum over the models, in place into ``outs``.
 
-    def _context(self, name: str, needs: tuple[str, ...]) -> TensorContext:
+        Models with equal weights at every depth form a group, whose mean row is computed once
+        (and kept by the pool); with a_g the group's share at a depth, the merge is the running
+        weighted mean: the first group's mean, then ``lerp(out, mean_g, a_g / (a_1 + ... +
+        a_g))`` for each further group. Each lerp reads one row, so a layer-wise re-merge reads
+        two rows (the anchor and the others' mean) whatever M is.
+        """
+        pool, r = self.pool, self.routes
+        if not outs:
+            return
+        groups = _equal_weight_groups(self.weights)
+        share = torch.stack([self.weights[:, g].sum(1) for g in groups], 1)[r.weight_rows]
+        reached = share.cumsum(1)
+        step = torch.where(reached > 0, share / reached.clamp_min(1e-300), 1.0).t().tolist()
+        direct = all(o.dtype == pool.flat.dtype and o.device == pool.device for o in outs)
+        dtype, device = pool.flat.dtype, pool.device
+        work = outs if direct else [torch.empty(o.shape, dtype=dtype, device=device) for o in outs]
+        means = r.parts([pool.model_mean(group) for group in groups])
+        for k, parts in enumerate(means):
+            if k == 0:
+                _copy_all(work, parts)
+            else:
+                torch._foreach_lerp_(work, parts, step[k])
+        total = reached[:, -1]
+        if not torch.allclose(
+            total, torch.ones_like(total)
+        ):  # a schedule whose rows do not sum to 1
+            torch._foreach_mul_(work, total.tolist())
+        if not direct:
+            _copy_all(outs, work)
+
+    def _merge_bn(self, targets: Mapping[str, Tensor]) -> None:
+        """Every BN layer's running statistics at once, by the BN rule: the weighted mean of
+        the means, and of the variances (plus, for the Gaussian rules, the weighted spread of the
+        means around the merged mean: the moment-matched mixture)."""
+        pool, rule, r = self.pool, BN_RULES[self.config.bn], self.routes
+        if not r.bn_modules:
+            return
+        table = self.bn_table.to(pool.device, pool.flat.dtype)
+        means = pool.flat[:, r.mean_index]
+        mean = (means * table[r.mean_module].t()).sum(0)
+        if r.var_index.numel():
+            w = table[r.var_module].t()
+            var = (pool.flat[:, r.var_index] * w).sum(0)
+            if rule.gaussian and r.mean_index.numel():
+                paired = r.var_mean >= 0
+                at = r.var_mean.clamp_min(0)
+                spread = ((means[:, at] - mean[at]).square() * w).sum(0)
+                var += torch.where(paired, spread, 0.0)
+            _copy_all([targets[n] for n in r.variances], _split(var, r.variances, targets))
+        _copy_all([targets[n] for n in r.means], _split(mean, r.means, targets))
+
+    def _context(self, name: str) -> TensorContext:
+        needs = METHODS[self.config.method].needs
         if not needs:
             return _NO_CONTEXT
         cols = self.pool.columns[name]
@@ -314,14 +358,9 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
     weights = SCHEDULES[schedule](
         n_depth, n_models, anchor, start=start, alpha=alpha, weights=c.weights
     )
-    bn_weights, summed = {}, set()
-    for e in layout.entries:
-        module = module_of(e.name)
-        if e.kind == "shared" and is_bn_stat(e.name) and module not in bn_weights:
-            counts = _counts(pool, f"{module}.num_batches_tracked")
-            bn_weights[module] = rule.weights(weights[e.j - 1], counts, anchor)
-            if rule.sum_counts and counts is not None:
-                summed.add(f"{module}.num_batches_tracked")
+    r = routes(pool, layout)
+    bn_table = rule.weights(weights[r.bn_rows], r.counts, anchor)
+    summed = frozenset(r.counted) if rule.sum_counts else frozenset()
     resolved = c.replace(
         anchor=anchor,
         start=start if schedule == "layerwise" else None,
@@ -329,7 +368,7 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
         alpha=alpha,
         weights=tuple(c.weights) if c.weights is not None and schedule == "weights" else None,
     )
-    return MergePlan(pool, resolved, schedule, layout, weights, bn_weights, frozenset(summed))
+    return MergePlan(pool, resolved, schedule, layout, weights, bn_table, summed)
 
 
 def merge(
@@ -386,6 +425,137 @@ def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
     if "fisher" in METHODS[c.method].needs:
         words += ["--fisher", *map(str, pool.fisher_paths)]
     return shlex.join([*words, "-o", str(output)])
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where a merge's values come from and go to, for one layout; worked out once.
+
+    ``weights``: the shared tensors a method merges (not BN statistics), with their depth row
+    (j - 1), columns and shapes. ``copied``: anchor-only and integer entries. The BN layers
+    (``bn_modules``, each with the depth row of its first statistic and the models' counts,
+    zeros where a model lacks one; ``counted`` names the layers whose counts are all known):
+    ``means`` / ``variances`` are their shared statistics, ``mean_index`` / ``var_index`` the
+    pool columns of all of them concatenated, ``mean_module`` / ``var_module`` each column's
+    layer, and ``var_mean`` each variance column's mean column in the gathered means (-1 where
+    the layer's mean is not shared).
+    """
+
+    weights: tuple[str, ...]
+    weight_rows: Tensor
+    weight_cols: tuple[slice, ...]
+    shapes: tuple[torch.Size, ...]
+    copied: tuple[str, ...]
+    bn_modules: tuple[str, ...]
+    bn_rows: Tensor
+    counts: Tensor
+    counted: tuple[str, ...]
+    means: tuple[str, ...]
+    variances: tuple[str, ...]
+    mean_index: Tensor
+    mean_module: Tensor
+    var_index: Tensor
+    var_module: Tensor
+    var_mean: Tensor
+    _parts: dict[int, tuple[Tensor, list[Tensor]]] = field(default_factory=dict, compare=False)
+
+    def parts(self, rows: list[Tensor]) -> list[list[Tensor]]:
+        """Each row (P,) cut into the merged tensors' shapes, as views. The views of the rows of
+        the latest call are kept for the next (making 2 x 250 views costs more than merging a
+        small model), and only those: the cache never holds a row the pool has let go."""
+        held = {}
+        for row in rows:
+            cached = self._parts.get(id(row))
+            if cached is None or cached[0] is not row:
+                pairs = zip(self.weight_cols, self.shapes, strict=True)
+                cached = (row, [row[c].view(s) for c, s in pairs])
+            held[id(row)] = cached
+        self._parts.clear()
+        self._parts.update(held)
+        return [held[id(row)][1] for row in rows]
+
+
+def routes(pool: Pool, layout: Layout) -> Routes:
+    """The :class:`Routes` of ``layout`` in ``pool`` (built on first use, then kept)."""
+    key = (layout.anchor, layout.granularity)
+    if key not in pool.derived:
+        pool.derived[key] = _make_routes(pool, layout)
+    return pool.derived[key]
+
+
+def _make_routes(pool: Pool, layout: Layout) -> Routes:
+    weights, rows, copied, layers, bn_rows = [], [], [], {}, []
+    means, variances = [], []
+    for e in layout.entries:
+        if e.kind != "shared":
+            copied.append(e.name)
+        elif is_bn_stat(e.name):
+            if module_of(e.name) not in layers:
+                layers[module_of(e.name)] = len(layers)
+                bn_rows.append(e.j - 1)
+            (means if e.name.endswith(".running_mean") else variances).append(e.name)
+        else:
+            weights.append(e.name)
+            rows.append(e.j - 1)
+    counts, counted = [], []
+    for layer in layers:
+        n = _counts(pool, f"{layer}.num_batches_tracked")
+        counts.append(torch.zeros(pool.n_models, dtype=torch.int64) if n is None else n)
+        if n is not None:
+            counted.append(f"{layer}.num_batches_tracked")
+
+    def size(name: str) -> int:
+        return pool.columns[name].stop - pool.columns[name].start
+
+    def index(parts: list[Tensor]) -> Tensor:
+        return torch.cat([torch.zeros(0, dtype=torch.int64), *parts]).to(pool.device)
+
+    def layer_of(names: list[str]) -> Tensor:
+        return index([torch.full((size(n),), layers[module_of(n)]) for n in names])
+
+    starts = itertools.accumulate(map(size, means), initial=0)  # one more than there are means
+    offsets = dict(zip(map(module_of, means), starts, strict=False))
+    var_mean = [
+        torch.arange(size(n)) + offsets[module_of(n)]
+        if module_of(n) in offsets
+        else torch.full((size(n),), -1)
+        for n in variances
+    ]
+    anchor = pool.checkpoints[layout.anchor].tensors
+    return Routes(
+        weights=tuple(weights),
+        weight_rows=torch.tensor(rows, dtype=torch.int64),
+        weight_cols=tuple(pool.columns[n] for n in weights),
+        shapes=tuple(anchor[n].shape for n in weights),
+        copied=tuple(copied),
+        bn_modules=tuple(layers),
+        bn_rows=torch.tensor(bn_rows, dtype=torch.int64),
+        counts=torch.stack(counts) if counts else torch.zeros(0, pool.n_models, dtype=torch.int64),
+        counted=tuple(counted),
+        means=tuple(means),
+        variances=tuple(variances),
+        mean_index=index(
+            [torch.arange(pool.columns[n].start, pool.columns[n].stop) for n in means]
+        ),
+        mean_module=layer_of(means),
+        var_index=index(
+            [torch.arange(pool.columns[n].start, pool.columns[n].stop) for n in variances]
+        ),
+        var_module=layer_of(variances),
+        var_mean=index(var_mean),
+    )
+
+
+def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:
+    """``target.copy_(source)`` for every pair, as one multi-tensor copy."""
+    if targets:
+        torch._foreach_copy_(targets, sources)
+
+
+def _split(flat: Tensor, names: tuple[str, ...], targets: Mapping[str, Tensor]) -> list[Tensor]:
+    """``flat`` cut into the shapes of ``targets[name]`` for ``names``, in order."""
+    sizes = [targets[n].numel() for n in names]
+    return [part.view(targets[n].shape) for part, n in zip(flat.split(sizes), names, strict=True)]
 
 
 def _equal_weight_groups(weights: Tensor) -> list[tuple[int, ...]]:

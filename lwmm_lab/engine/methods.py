@@ -198,28 +198,31 @@ def layerwise_weights(
 
 @dataclass(frozen=True)
 class BnRule:
-    """How ``running_mean`` / ``running_var`` of a BatchNorm layer are merged.
+    """How ``running_mean`` / ``running_var`` of the BatchNorm layers are merged.
 
-    ``weights(schedule_w, counts, anchor)`` gives the per-model weights; ``gaussian`` adds the
-    spread of the means to the variance (the moment-matched Gaussian mixture);
-    ``sum_counts`` makes ``num_batches_tracked`` the sum over models instead of the anchor's.
+    ``weights(schedule_w, counts, anchor)`` gives the per-model weights of every BN layer at
+    once: ``schedule_w`` is (K, M), each layer's schedule row; ``counts`` (K, M) the models'
+    ``num_batches_tracked`` (a row of zeros where some model lacks it). ``gaussian`` adds the
+    spread of the means to the variance (the moment-matched Gaussian mixture); ``sum_counts``
+    makes ``num_batches_tracked`` the sum over models instead of the anchor's.
     """
 
     name: str
-    weights: Callable[[Tensor, Tensor | None, int], Tensor]
+    weights: Callable[[Tensor, Tensor, int], Tensor]
     gaussian: bool
     sum_counts: bool
     summary: str
 
 
-def _count_weights(w: Tensor, counts: Tensor | None, anchor: int) -> Tensor:
-    if counts is None or int(counts.sum()) == 0:
-        return torch.full_like(w, 1.0 / len(w))
-    return counts.to(w.dtype) / counts.sum().to(w.dtype)
+def _count_weights(w: Tensor, counts: Tensor, anchor: int) -> Tensor:
+    """``n_i / N`` per layer; uniform where the counts are all 0 (or unknown)."""
+    n = counts.to(w.dtype)
+    total = n.sum(1, keepdim=True)
+    return torch.where(total > 0, n / total.clamp_min(1), 1.0 / w.shape[1])
 
 
-def _anchor_weights(w: Tensor, counts: Tensor | None, anchor: int) -> Tensor:
-    return torch.nn.functional.one_hot(torch.tensor(anchor), len(w)).to(w.dtype)
+def _anchor_weights(w: Tensor, counts: Tensor, anchor: int) -> Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(anchor), w.shape[1]).to(w.dtype).expand_as(w)
 
 
 BN_RULES: dict[str, BnRule] = {

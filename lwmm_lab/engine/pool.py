@@ -149,26 +149,31 @@ class Pool:
             )
             self.fisher_paths = [_path_of(f) for f in fisher]
         self._layouts: dict[tuple[int, str], Layout] = {}
-        self._sum: torch.Tensor | None = None
-        self._sum_key: tuple[int, ...] | None = None
+        self._mean: torch.Tensor | None = None
+        self._mean_key: tuple[int, ...] | None = None
+        #: Structures the merge derives from a layout once (index tensors), by layout key.
+        self.derived: dict[tuple[int, str], object] = {}
 
     @property
     def n_models(self) -> int:
         return self.flat.shape[0]
 
-    def model_sum(self, members: tuple[int, ...]) -> torch.Tensor:
-        """The sum of the models ``members`` over every shared value (P,), kept for reuse.
+    def model_mean(self, members: tuple[int, ...]) -> torch.Tensor:
+        """The mean of the models ``members`` over every shared value (P,), kept for reuse.
 
-        Only the latest group is kept (one model size of memory): a layer-wise merge with one
-        anchor asks for the same group, the other models, every time.
+        A single member is its own row (no copy). Only the latest group is kept (one model size
+        of memory): a layer-wise merge with one anchor asks for the same group, the other
+        models, every time.
         """
-        if self._sum_key != members:
-            self._sum, self._sum_key = None, None  # free the old sum first
+        if len(members) == 1:
+            return self.flat[members[0]]
+        if self._mean_key != members:
+            self._mean, self._mean_key = None, None  # free the old mean first
             total = self.flat[members[0]].clone()
             for m in members[1:]:
                 total.add_(self.flat[m])
-            self._sum, self._sum_key = total, members
-        return self._sum
+            self._mean, self._mean_key = total.div_(len(members)), members
+        return self._mean
 
     def stack(self, name: str) -> torch.Tensor:
         """The ``(M, n)`` view of a shared tensor across the M models (flattened, no copy)."""
