@@ -30,7 +30,7 @@ from lwmm_lab.engine.checkpoints import SUBMODELS, load_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, make_plan, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES
 from lwmm_lab.engine.model import load_model
-from lwmm_lab.engine.pool import GRANULARITIES, Pool
+from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import (
     bn_divergence_figure,
@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--method", default="layerwise", choices=list(METHODS))
     sweep.add_argument("--bn", default="linear", choices=list(BN_RULES))
     sweep.add_argument("--executor", default="serial", choices=EXECUTORS)
+    sweep.add_argument(
+        "--device",
+        default="auto",
+        help="where each cell merges and scores (auto: CUDA when there is one; a serial sweep "
+        "then keeps everything on the GPU in this process)",
+    )
     sweep.add_argument("--address", help="dask scheduler or ray cluster address")
     sweep.add_argument("--workers", type=int, help="processes for --executor process")
     sweep.add_argument("--no-cache", action="store_true", help="recompute every cell")
@@ -402,6 +408,7 @@ def _sweep(args: argparse.Namespace) -> int:
         domains=tuple(args.domains),
         images=args.images,
         resolution=resolution,
+        device=str(resolve_device(args.device)),
     )
     result = run_sweep(
         cells,

@@ -303,3 +303,15 @@ def test_discrepancy_and_sweep_commands(
     assert len(result["results"]) == 2
     assert main(["discrepancy", two_finals[0]]) == 1
     assert "give at least two checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_sweep_on_the_gpu_matches_the_cpu(two_finals: list[str]) -> None:
+    """On CUDA a serial sweep keeps pool, model and val sets on the device; same scores."""
+    settings = {"starts": (0.0, 1.0), "alphas": (0.5,), "images": 8, "resolution": (64, 128)}
+    cpu = run_sweep(grid(two_finals, device="cpu", **settings), cache=None, progress=False)
+    gpu = run_sweep(grid(two_finals, device="cuda", **settings), cache=None, progress=False)
+    for a, b in zip(cpu.results, gpu.results, strict=True):
+        for domain, value in a["miou"].items():
+            assert b["miou"][domain] == pytest.approx(value, abs=0.5), "a few pixels may flip"

@@ -84,3 +84,19 @@ def test_ensemble_averages_softmax_over_the_union_of_classes() -> None:
     label = torch.randint(0, 19, (2, 32, 64))
     scores = evaluate([a, b], TensorDataset(images, label))
     assert scores.models == 2 and len(scores.per_class_iou) == 19
+
+
+def test_tensor_datasets_are_scored_in_place_like_any_dataset() -> None:
+    """A TensorDataset is sliced where it lies; any other dataset goes through a DataLoader."""
+    torch.manual_seed(0)
+    model = ModelSpec(
+        "Unet", "tu-resnet10t", 19, {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}
+    ).build()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(10, 3, 32, 64, generator=g)
+    labels = torch.randint(0, 19, (10, 32, 64), generator=g)
+    data = TensorDataset(images, labels)
+    sliced = evaluate(model, data, batch_size=3)
+    loaded = evaluate(model, torch.utils.data.Subset(data, range(10)), batch_size=4)
+    assert sliced.images == loaded.images == 10
+    assert (sliced.miou, sliced.per_class_iou) == (loaded.miou, loaded.per_class_iou), "same counts"

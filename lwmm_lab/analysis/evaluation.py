@@ -68,13 +68,14 @@ def predict(models: nn.Module | Sequence[nn.Module], images: Tensor) -> Tensor:
 
 
 def confusion(prediction: Tensor, label: Tensor, classes: Sequence[int]) -> Tensor:
-    """Confusion counts (19 x 19, rows = label, cols = prediction) over ``classes``' pixels."""
+    """Confusion counts (19 x 19, rows = label, cols = prediction) over ``classes``' pixels,
+    on the labels' device (a GPU evaluation sums them there and syncs once)."""
     n = len(L.CLASSES)
     keep = torch.zeros(256, dtype=torch.bool, device=label.device)
     keep[list(classes)] = True
     valid = keep[label]
     index = label[valid] * n + prediction[valid]
-    return torch.bincount(index, minlength=n * n).reshape(n, n).cpu()
+    return torch.bincount(index, minlength=n * n).reshape(n, n)
 
 
 @dataclass
@@ -138,13 +139,14 @@ def evaluate(
     classes = tuple(sorted(set().union(*(model_classes(m) for m in models))))
     for m in models:
         m.eval()
-    conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64)
+    conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64, device=device)
     started, count = time.perf_counter(), 0
     for images, labels in _batches(dataset, batch_size):
         images, labels = images.to(device), labels.to(device)
         conf += confusion(predict(models, images), labels, classes)
         count += images.shape[0]
-    scores = scores_from_confusion(conf, classes, domain or getattr(dataset, "domain", ""), count)
+    domain = domain or getattr(dataset, "domain", "")
+    scores = scores_from_confusion(conf.cpu(), classes, domain, count)
     scores.seconds = time.perf_counter() - started
     scores.models = len(models)
     return scores
@@ -152,9 +154,17 @@ def evaluate(
 
 @lru_cache(maxsize=16)
 def val_set(
-    domain: str, images: int = 100, resolution: tuple[int, int] = (96, 192), seed: int = 0
+    domain: str,
+    images: int = 100,
+    resolution: tuple[int, int] = (96, 192),
+    seed: int = 0,
+    device: str = "cpu",
 ) -> TensorDataset:
-    """A synthetic domain's val split held in memory (generated once per process)."""
+    """A synthetic domain's val split held in memory on ``device`` (generated once per process;
+    a sweep on the GPU keeps its val sets there)."""
+    if device != "cpu":
+        images_, labels = val_set(domain, images, resolution, seed).tensors
+        return TensorDataset(images_.to(device), labels.to(device))
     scenes = SyntheticScenes(domain, "val", images, resolution, seed)
     x, y = zip(*(scenes[i] for i in range(len(scenes))), strict=True)
     return TensorDataset(torch.stack(x), torch.stack(y))
@@ -198,6 +208,12 @@ def evaluate_checkpoints(
 
 
 def _batches(dataset: Dataset, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
+    """Batches of (images, labels); a TensorDataset is sliced where it lies (no copies)."""
+    if isinstance(dataset, TensorDataset):
+        images, labels = dataset.tensors[:2]
+        for k in range(0, len(images), batch_size):
+            yield images[k : k + batch_size], labels[k : k + batch_size]
+        return
     for batch in DataLoader(dataset, batch_size=batch_size):
         yield batch[0], batch[1]
 

@@ -2,9 +2,12 @@
 
 A sweep is a list of :class:`Cell` s; :func:`sweep_cell` is a pure function of one cell (it
 builds or reuses the pool, merges, evaluates), so the cells can run anywhere: serially, on a
-local process pool, or on a Dask or Ray cluster given its address. Results are cached on disk
-per cell, keyed by the checkpoints' sha256 and the cell's settings, so a sweep that is run
-again (or interrupted) only computes what is missing.
+local process pool, or on a Dask or Ray cluster given its address. Run serially on a GPU
+(``Cell.device="cuda"``, the CLI's default when there is one), a sweep stays in one process
+with the pool, the anchor's model and the val sets on the device: each cell is a re-merge in
+place and a few batched forward passes, with the confusion summed on the device. Results are
+cached on disk per cell, keyed by the checkpoints' sha256 and the cell's settings, so a sweep
+that is run again (or interrupted) only computes what is missing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import atomic_write_text, data_dir, sha256
 
 EXECUTORS = ("serial", "process", "dask", "ray")
+#: Images per forward pass when a cell is scored.
+EVAL_BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,8 @@ def sweep_cell(cell: Cell) -> dict[str, Any]:
     plan.run(into=model)
     miou = {}
     for domain in cell.domains:
-        data = val_set(domain, cell.images, tuple(cell.resolution))
-        miou[domain] = evaluate(model, data, domain).miou
+        data = val_set(domain, cell.images, tuple(cell.resolution), device=str(pool.device))
+        miou[domain] = evaluate(model, data, domain, batch_size=EVAL_BATCH).miou
     return {
         "anchor": plan.anchor,
         "start": plan.config.start,

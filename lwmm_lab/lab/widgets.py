@@ -45,7 +45,7 @@ from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_command, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import require_spec
-from lwmm_lab.engine.pool import GRANULARITIES, Pool
+from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.lab.figures import (
     COLUMNS,
     counts_figure,
@@ -676,9 +676,10 @@ class SweepExplorer(_Panel):
 
     def cells(self) -> list[Cell]:
         fractions = [k / (self.steps - 1) for k in range(self.steps)]
+        device = self.merge_lab.pool.device if self.merge_lab else resolve_device("auto")
         return grid(
             self.checkpoints, starts=fractions, alphas=fractions, domains=("real", "synthetic"),
-            images=self.images, resolution=tuple(self.resolution),
+            images=self.images, resolution=tuple(self.resolution), device=str(device),
         )  # fmt: skip
 
     def _run(self) -> None:
