@@ -142,3 +142,15 @@ def test_fisher_estimates_follow_their_models_permutation() -> None:
     fishers = [Checkpoint(fisher), Checkpoint(permute(fisher, groups, perms))]
     pool = Pool(sources, device="cpu", fisher=fishers, align=0)
     torch.testing.assert_close(pool.fisher[1], pool.fisher[0], rtol=0, atol=0)
+
+
+def test_align_refuses_a_wider_decoder_naming_the_layer() -> None:
+    wide = ModelSpec("Unet", TINY.encoder, 5, TINY.kwargs | {"decoder_channels": [32, 8, 4]})
+    sources = [
+        checkpoint_of(perturbed_model(TINY, 1), TINY),
+        checkpoint_of(perturbed_model(wide, 2), wide),
+    ]
+    with pytest.raises(
+        LwmmError, match=r"another shape \[32, .*'decoder\.blocks\.0\.conv1\.0\.weight'"
+    ):
+        Pool(sources, device="cpu", align=0)

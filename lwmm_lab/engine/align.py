@@ -99,11 +99,20 @@ def unet_channel_groups(tensors: Mapping[str, Tensor], label: str = "anchor") ->
 
 
 def check_matchable(groups: list[ChannelGroup], tensors: Mapping[str, Tensor], label: str) -> None:
-    """Raise one line naming the first layer of ``tensors`` that cannot follow ``groups``."""
+    """Raise one line naming the first layer of ``tensors`` that cannot follow ``groups``.
+
+    A layer that produces a group's channels must have exactly as many; one that takes them
+    (the next conv, the head) at least as many inputs.
+    """
     for g in groups:
         for a in g.axes:
             t = tensors.get(a.tensor)
-            if t is None or t.dim() <= a.axis or t.shape[a.axis] < a.start + g.size:
+            fits = t is not None and t.dim() > a.axis
+            if fits and a.axis == 0:
+                fits = t.shape[0] == g.size
+            elif fits:
+                fits = t.shape[a.axis] >= a.start + g.size
+            if not fits:
                 problem = "has no" if t is None else f"has another shape {list(t.shape)} for"
                 raise LwmmError(
                     f"{label} {problem} layer '{a.tensor}', so its channels cannot be matched to "
