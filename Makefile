@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed-stamp
 CHROMIUM := /usr/bin/chromium
 SETTINGS := $(CURDIR)/lwmm_lab/lab_settings
 
-.PHONY: setup lab zoo test lint format browser bench clean
+.PHONY: setup lab zoo test lint format browser bench peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +50,15 @@ bench: setup
 	$(BIN)/python benchmarks/analysis.py
 	$(BIN)/python benchmarks/widgets.py
 
+# lwmm's methods against FusionBench's and mergekit's on the same inputs. The peers pull in
+# transformers and lightning, so they get their own environment on top of .venv's packages.
+PEERS := .venv-peers
+peers: setup
+	test -x $(PEERS)/bin/python || $(BIN)/python -m venv $(PEERS)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+	  "$$($(PEERS)/bin/python -c 'import site; print(site.getsitepackages()[0])')/lwmm-venv.pth"
+	$(PEERS)/bin/pip install --quiet fusion-bench mergekit
+	PYTHONPATH=$(CURDIR) $(PEERS)/bin/python benchmarks/peers.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis artifacts
+	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache .hypothesis artifacts

@@ -9,7 +9,9 @@ For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
 - ``floor``: one pass over the stacked tensors (the faster of ``flat.sum(0)`` and a single
   matrix-vector product over the whole flat buffer): no merge can read less;
 - ``peak extra``: the highest resident memory while building the pool and merging, above the
-  memory held before (the M state dicts already loaded), in model sizes.
+  memory held before (the M state dicts already loaded), in model sizes;
+- ``fisher``, ``ties``, ``task_arithmetic``: one merge by each non-linear method (layer-wise
+  schedule, a base and a Fisher per model in the pool), written into the same state dict.
 
 Each M runs in a fresh process, so the kernel's peak-RSS counter is its own. With a built zoo
 (``--zoo``, default ``data/zoo`` when it exists) it also times what a slider change costs on
@@ -87,6 +89,10 @@ def main() -> None:
             f"{r['peak_extra_model_sizes']:.2f} M",
         )
         print("".join(f"{c:>11}" for c in cells))
+    print("non-linear methods, one layer-wise merge (ms):")
+    print("".join(f"{h:>16}" for h in ("M", *NONLINEAR)))
+    for r in results:
+        print("".join(f"{c:>16}" for c in (r["M"], *(f"{r[f'{m}_ms']:.1f}" for m in NONLINEAR))))
     zoo = args.zoo or (Path("data/zoo") if (Path("data/zoo") / "manifest.json").is_file() else None)
     if zoo is not None:
         plan_ms, run_ms, n = zoo_remerge(zoo, args.repeats * 5, args.device)
@@ -136,6 +142,7 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
         "floor_mv": lambda k: torch.mv(pool.flat.t(), ones, out=out),
     }
     ms = _interleaved_medians_ms(candidates, repeats, pool.device)
+    ms.update(nonlinear_ms(checkpoints, merged, max(3, repeats // 4), device))
     remerge, naive = ms["remerge"], ms["naive"]
     floor = min(ms["floor_sum"], ms["floor_mv"])
     return {
@@ -150,7 +157,32 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
         "speedup_vs_naive": naive / remerge,
         "time_vs_floor": remerge / floor,
         "peak_extra_model_sizes": peak_extra,
+        **{f"{m}_ms": ms[m] for m in NONLINEAR},
     }
+
+
+NONLINEAR = ("fisher", "ties", "task_arithmetic")
+
+
+def nonlinear_ms(
+    checkpoints: list[Checkpoint], into: dict[str, torch.Tensor], repeats: int, device: str
+) -> dict[str, float]:
+    """Median ms of one merge by each non-linear method, layer-wise schedule, into ``into``."""
+    base = Checkpoint({k: _perturbed(v) for k, v in checkpoints[0].tensors.items()})
+    fisher = [
+        Checkpoint({k: v.float().square() for k, v in c.tensors.items()}) for c in checkpoints
+    ]
+    pool = Pool(checkpoints, device=device, base=base, fisher=fisher)
+    return _interleaved_medians_ms(
+        {
+            m: lambda k, m=m: merge(
+                pool, into=into, method=m, schedule="layerwise", alpha=0.5, density=0.2
+            )
+            for m in NONLINEAR
+        },
+        repeats,
+        pool.device,
+    )
 
 
 def zoo_remerge(zoo: Path, repeats: int, device: str) -> tuple[float, float, int]:

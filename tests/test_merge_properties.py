@@ -12,6 +12,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from lwmm_lab import BN_RULES, Checkpoint, Pool, layerwise_weights, make_plan, merge
+from lwmm_lab.engine import merge as merge_module
+from lwmm_lab.engine.methods import METHODS, BlockContext, trim_
 from lwmm_lab.engine.pool import is_bn_stat
 
 from .conftest import checkpoint_of
@@ -49,13 +51,16 @@ methods = st.sampled_from(["isotropic", "layerwise", "weighted", "fisher"])
 bn_rules = st.sampled_from(list(BN_RULES))
 
 
-def _pool(checkpoints: list[Checkpoint]) -> Pool:
-    """A pool with a Fisher per model that belongs to that model (a function of its weights)."""
-    fisher = [
+def _fishers(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
+    """A Fisher per model that belongs to that model (a function of its weights), 0 on one."""
+    return [
         Checkpoint({k: v.float().square() * (k != "body.0.weight") for k, v in c.tensors.items()})
         for c in checkpoints
     ]
-    return Pool(checkpoints, device="cpu", fisher=fisher)
+
+
+def _pool(checkpoints: list[Checkpoint]) -> Pool:
+    return Pool(checkpoints, device="cpu", fisher=_fishers(checkpoints))
 
 
 @given(
@@ -227,3 +232,65 @@ def test_every_permutation_of_inputs_with_fixed_anchor_agrees(n_models: int) -> 
     for r in results[1:]:
         for k in r:
             torch.testing.assert_close(r[k], results[0][k])
+
+
+@given(
+    st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    st.integers(1, 4),
+    st.floats(0.01, 1.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_segmented_trim_equals_a_kthvalue_per_tensor(sizes, n_models, density, seed) -> None:
+    """The GPU's sort of the whole block keeps exactly what the CPU's per-tensor selection
+    keeps, ties at the threshold included (small integer values make many ties)."""
+    g = torch.Generator().manual_seed(seed)
+    tau = torch.randint(-4, 5, (n_models, sum(sizes)), generator=g).float()
+    by_sort, by_select = tau.clone(), tau.clone()
+    trim_(by_sort, tuple(sizes), density, segmented=True)
+    trim_(by_select, tuple(sizes), density, segmented=False)
+    assert torch.equal(by_sort, by_select)
+    for part, n in zip(by_select.split(sizes, 1), sizes, strict=True):
+        assert bool(((part != 0).sum(1) <= n).all())
+
+
+@given(
+    state_dicts(min_models=2),
+    st.sampled_from(["fisher", "ties", "task_arithmetic"]),
+    st.floats(0.05, 1.0),
+    st.data(),
+)
+def test_a_block_merges_as_its_tensors_one_by_one(checkpoints, method, density, data) -> None:
+    """However the stack is cut into blocks, a non-linear method gives each tensor what the
+    method gives that tensor alone with its depth's weights (the definition, per tensor)."""
+    base = Checkpoint({k: v * 0.5 for k, v in checkpoints[0].tensors.items()})
+    pool = Pool(checkpoints, device="cpu", base=base, fisher=_fishers(checkpoints))
+    plan = make_plan(
+        pool,
+        method=method,
+        schedule="layerwise",
+        density=density,
+        alpha=data.draw(st.floats(0, 1)),
+        start_frac=data.draw(st.floats(0, 1)),
+        scale=data.draw(st.floats(0, 2)),
+    )
+    width = data.draw(st.integers(1, pool.flat.shape[1]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(merge_module, "BLOCK_COLUMNS", {"cpu": width})
+        pool.derived.clear()
+        out = plan.run()
+    combine = METHODS[method].combine
+    for row in plan.rows():
+        if row["kind"] != "shared" or is_bn_stat(row["name"]):
+            continue
+        cols = pool.columns[row["name"]]
+        w = torch.tensor(row["weights"], dtype=pool.flat.dtype)[:, None]
+        ctx = BlockContext(
+            sizes=(cols.stop - cols.start,),
+            base=pool.base[cols],
+            fisher=pool.fisher[:, cols],
+            density=density,
+            scale=plan.config.scale,
+        )
+        alone = torch.empty(cols.stop - cols.start, dtype=pool.flat.dtype)
+        combine(pool.flat[:, cols], w.expand(-1, alone.numel()), alone, ctx)
+        torch.testing.assert_close(out[row["name"]].reshape(-1), alone, rtol=1e-6, atol=1e-6)

@@ -11,8 +11,10 @@ Three registries, each entry a short function:
 - ``BN_RULES``: how BatchNorm running statistics are merged, independently of the method.
 
 Adding a method is one decorated function ``combine(x, w, out, ctx)``: ``x`` is the ``(M, n)``
-stack of one tensor, ``w`` the ``(M,)`` weights summing to 1, and it writes the merged ``(n,)``
-values into ``out``.
+stack of a block of consecutive tensors (the whole model when it is small), ``w`` the ``(M, n)``
+weights of each column (its tensor's depth row of the schedule; every column sums to 1), and it
+writes the merged ``(n,)`` values into ``out``. ``ctx.sizes`` says where the block's tensors
+begin and end, for the methods whose definition is per tensor (the TIES trim).
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ FISHER_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
-class TensorContext:
-    """What a method may need besides the stack and its weights, for one tensor."""
+class BlockContext:
+    """What a method may need besides a block's stack and weights: the base and Fisher values of
+    the same columns, the sizes of the block's tensors (in order) and the method's knobs."""
 
+    sizes: tuple[int, ...]
     base: Tensor | None = None
     fisher: Tensor | None = None
     density: float = 0.2
     scale: float = 1.0
 
 
-Combine = Callable[[Tensor, Tensor, Tensor, TensorContext], None]
+Combine = Callable[[Tensor, Tensor, Tensor, BlockContext], None]
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,9 @@ class Method:
     ``schedule`` is its default schedule (None: ``weights`` when weights are given, else
     ``uniform``); ``needs`` names what the pool must hold (``base``, ``fisher``). ``linear``
     says the method is a plain weighted sum, so models with equal weights at every depth may be
-    summed once and reused (what makes layer-wise re-merges read two models, not M).
+    summed once and reused (what makes layer-wise re-merges read two models, not M);
+    ``rebased`` that the sum is then moved towards the base, ``scale * sum + (1 - scale) *
+    base`` (task arithmetic), which the engine does with two multi-tensor operations.
     """
 
     name: str
@@ -60,27 +66,32 @@ class Method:
     needs: tuple[str, ...]
     summary: str
     linear: bool = False
+    rebased: bool = False
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(
-    name: str, schedule: str | None = None, needs: tuple[str, ...] = (), linear: bool = False
+    name: str,
+    schedule: str | None = None,
+    needs: tuple[str, ...] = (),
+    linear: bool = False,
+    rebased: bool = False,
 ) -> Callable[[Combine], Combine]:
     """Register ``combine`` under ``name``; its docstring's first line is the summary."""
 
     def add(fn: Combine) -> Combine:
         summary = (fn.__doc__ or name).strip().splitlines()[0]
-        METHODS[name] = Method(name, fn, schedule, needs, summary, linear)
+        METHODS[name] = Method(name, fn, schedule, needs, summary, linear, rebased)
         return fn
 
     return add
 
 
-def weighted_sum(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
-    """Weighted average of the models' values: one fused pass over the stack."""
-    torch.mv(x.t(), w, out=out)
+def weighted_sum(x: Tensor, w: Tensor, out: Tensor, ctx: BlockContext) -> None:
+    """Weighted average of the models' values, column by column."""
+    torch.sum(x * w, 0, out=out)
 
 
 register_method("isotropic", schedule="uniform", linear=True)(weighted_sum)
@@ -89,16 +100,16 @@ register_method("layerwise", schedule="layerwise", linear=True)(weighted_sum)
 
 
 @register_method("fisher", needs=("fisher",))
-def fisher(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
+def fisher(x: Tensor, w: Tensor, out: Tensor, ctx: BlockContext) -> None:
     """Fisher-weighted average: sum_i w_i F_i theta_i / sum_i w_i F_i, elementwise."""
-    f = ctx.fisher.clamp_min(0).add_(FISHER_FLOOR).mul_(w[:, None])
+    f = ctx.fisher.clamp_min(0).add_(FISHER_FLOOR).mul_(w)
     torch.div((f * x).sum(0), f.sum(0), out=out)
 
 
-@register_method("task_arithmetic", needs=("base",))
-def task_arithmetic(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
+@register_method("task_arithmetic", needs=("base",), linear=True, rebased=True)
+def task_arithmetic(x: Tensor, w: Tensor, out: Tensor, ctx: BlockContext) -> None:
     """base + scale * sum_i w_i (theta_i - base): the weighted mean task vector, scaled."""
-    torch.mv(x.t(), w, out=out)
+    weighted_sum(x, w, out, ctx)
     out.mul_(ctx.scale).add_(ctx.base, alpha=1.0 - ctx.scale)
 
 
@@ -106,27 +117,56 @@ def ties_count(density: float, n: int) -> int:
     """How many of ``n`` entries TIES keeps: ceil(density * n) of the exact product, at least 1.
 
     ``density * n`` is rounded to 9 decimals first, so a floating-point product such as
-    0.07 * 100 = 7.000000000000001 keeps 7, not 8. mergekit keeps floor(density * n), the same
-    whenever the product is an integer; the original TIES code keeps floor(density * n) + 1
-    (it thresholds at the (k + 1)-th largest magnitude with >=; read from its code, not run).
+    0.07 * 100 = 7.000000000000001 keeps 7, not 8. Peers differ (``benchmarks/peers.py``
+    runs them): mergekit keeps floor(density * n), the same whenever the product is an
+    integer; FusionBench (after the original TIES code) thresholds at the (n - floor(density *
+    n))-th smallest magnitude with >=, so it keeps floor(density * n) + 1, the same as ours
+    whenever the product is not an integer.
     """
     return min(n, max(1, math.ceil(round(density * n, 9))))
 
 
+def trim_(
+    tau: Tensor, sizes: tuple[int, ...], density: float, segmented: bool | None = None
+) -> None:
+    """Zero all but the ``ties_count`` largest magnitudes of each tensor of the block, in place.
+
+    A value is kept when its magnitude reaches the tensor's threshold (the k-th largest), so
+    ties at the threshold are all kept. Two ways give the same thresholds: one segmented sort
+    of the whole block (what a GPU does best: two sorts, no loop over tensors) and a
+    ``kthvalue`` per tensor (about ten times faster than sorting on a CPU, whose selection is
+    linear). ``segmented`` picks one; None picks by device.
+    """
+    keep = [ties_count(density, n) for n in sizes]
+    if all(k == n for k, n in zip(keep, sizes, strict=True)):
+        return
+    magnitude = tau.abs()
+    if segmented if segmented is not None else tau.is_cuda:
+        sizes_t = torch.tensor(sizes, device=tau.device)
+        segment = torch.repeat_interleave(torch.arange(len(sizes), device=tau.device), sizes_t)
+        order = magnitude.argsort(dim=1)
+        order = order.gather(1, segment[order].argsort(dim=1, stable=True))
+        ascending = magnitude.gather(1, order)
+        ends = sizes_t.cumsum(0)
+        at = ends - torch.tensor(keep, device=tau.device)
+        tau.mul_(magnitude >= ascending[:, at][:, segment])
+        return
+    for part, mag, n, k in zip(
+        tau.split(sizes, 1), magnitude.split(sizes, 1), sizes, keep, strict=True
+    ):
+        if k < n:
+            part.mul_(mag >= mag.kthvalue(n - k + 1, dim=1, keepdim=True).values)
+
+
 @register_method("ties", needs=("base",))
-def ties(x: Tensor, w: Tensor, out: Tensor, ctx: TensorContext) -> None:
+def ties(x: Tensor, w: Tensor, out: Tensor, ctx: BlockContext) -> None:
     """TIES: trim task vectors to the top density, elect signs, weighted disjoint mean."""
     tau = x - ctx.base
-    n = tau.shape[1]
-    keep = ties_count(ctx.density, n)
-    if keep < n:
-        magnitude = tau.abs()
-        threshold = magnitude.kthvalue(n - keep + 1, dim=1, keepdim=True).values
-        tau.mul_(magnitude >= threshold)
-    weighted = tau * w[:, None]
+    trim_(tau, ctx.sizes, ctx.density)
+    weighted = tau * w
     sign = weighted.sum(0).sign()
     agree = (tau.sign() == sign) & (tau != 0)
-    total = (w[:, None] * agree).sum(0)
+    total = (w * agree).sum(0)
     merged = (weighted * agree).sum(0) / total.clamp_min(torch.finfo(total.dtype).tiny)
     torch.add(ctx.base, merged, alpha=ctx.scale, out=out)
 
