@@ -15,6 +15,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from lwmm_lab.engine.panoptic import ARCHS
 from lwmm_lab.errors import LwmmError
 
 _SMP_CONFIG_KEYS = ("_model_class", "encoder_name", "encoder_weights", "classes")
@@ -23,6 +24,9 @@ _SMP_CONFIG_KEYS = ("_model_class", "encoder_name", "encoder_weights", "classes"
 @dataclass(frozen=True)
 class ModelSpec:
     """An smp model: architecture class name, encoder name, number of classes, other kwargs.
+
+    ``arch`` is an smp architecture, or one of lwmm's own (``PanopticUnet``, an smp Unet with
+    instance heads: :mod:`lwmm_lab.engine.panoptic`).
 
     Models are always built with ``encoder_weights=None``: nothing is downloaded, the weights
     come from the checkpoint.
@@ -41,13 +45,10 @@ class ModelSpec:
         """
         try:
             with torch.device(device or "cpu"):
-                model = smp.create_model(
-                    self.arch,
-                    encoder_name=self.encoder,
-                    encoder_weights=None,
-                    classes=self.classes,
-                    **self.kwargs,
-                )
+                create = ARCHS.get(self.arch)
+                kwargs = {"encoder_name": self.encoder, "encoder_weights": None}
+                kwargs.update(classes=self.classes, **self.kwargs)
+                model = create(**kwargs) if create else smp.create_model(self.arch, **kwargs)
         except (KeyError, ValueError, TypeError) as e:
             raise LwmmError(f"model spec {self.to_json()} cannot be built: {e}") from None
         return model.to(memory_format=torch.channels_last).eval()

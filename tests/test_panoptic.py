@@ -1,0 +1,137 @@
+"""Panoptic segmentation: the model, its targets and inference, and PQ against torchmetrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchmetrics.detection import PanopticQuality
+
+from lwmm_lab import ModelSpec
+from lwmm_lab.analysis.panoptic import (
+    VOID,
+    PanopticConfig,
+    _group,
+    ground_truth,
+    panoptic_scores,
+    panoptic_stats,
+    panoptic_targets,
+    stuff_of,
+    things_of,
+)
+from lwmm_lab.data import labels as L
+from lwmm_lab.data.datasets import SyntheticScenes
+
+CLASSES = L.CLASS_SETS["synthia-16"]
+
+
+def _reference(pc, pi, tc, ti, classes):
+    """torchmetrics' PQ, SQ, RQ (means and per class) on the same (category, instance) maps."""
+    metric = PanopticQuality(
+        things=set(things_of(classes)),
+        stuffs=set(stuff_of(classes)),
+        allow_unknown_preds_category=True,
+        return_sq_and_rq=True,
+        return_per_class=True,
+    )
+    preds = torch.stack([pc, pi], -1)
+    target = torch.stack([tc, ti], -1)
+    return metric(preds, target)
+
+
+def _compare(pc, pi, tc, ti, classes) -> None:
+    ours = panoptic_scores(panoptic_stats(pc, pi, tc, ti, classes))
+    theirs = _reference(pc, pi, tc, ti, classes)  # (C, 3): pq, sq, rq; things, then stuff
+    order = sorted(things_of(classes)) + sorted(stuff_of(classes))
+    for k, c in enumerate(order):
+        name = L.CLASSES[c]
+        pq, sq, rq = (float(v) * 100 for v in theirs[k])
+        if name in ours.per_class:
+            mine = ours.per_class[name]
+            assert mine["pq"] == pytest.approx(pq, abs=1e-4), name
+            assert mine["sq"] == pytest.approx(sq, abs=1e-4), name
+            assert mine["rq"] == pytest.approx(rq, abs=1e-4), name
+        else:
+            assert pq == sq == rq == 0.0, name
+
+
+def _blocks(g: torch.Generator, n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth made of rectangles: stuff background, thing instances, some void."""
+    category = torch.full((n, h, w), CLASSES[0], dtype=torch.long)
+    instance = torch.zeros((n, h, w), dtype=torch.long)
+    things, stuff = things_of(CLASSES), stuff_of(CLASSES)
+    for b in range(n):
+        for k in range(int(torch.randint(3, 9, (), generator=g))):
+            y, x = (
+                (int(v) for v in torch.randint(0, h - 4, (1,), generator=g)),
+                int(torch.randint(0, w - 4, (), generator=g)),
+            )
+            (y,) = y
+            dy, dx = (int(v) for v in torch.randint(3, 12, (2,), generator=g))
+            region = (slice(b, b + 1), slice(y, y + dy), slice(x, x + dx))
+            if k % 3 == 2:
+                category[region] = stuff[int(torch.randint(len(stuff), (), generator=g))]
+                instance[region] = 0
+            else:
+                category[region] = things[int(torch.randint(len(things), (), generator=g))]
+                instance[region] = k + 1
+        category[b, : h // 8, : w // 8] = VOID
+    return category, instance
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pq_equals_torchmetrics_on_perturbed_predictions(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    tc, ti = _blocks(g, 3, 32, 48)
+    pc, pi = tc.clone(), ti.clone()
+    noise = torch.rand(tc.shape, generator=g)
+    pc[noise < 0.15] = CLASSES[int(torch.randint(len(CLASSES), (), generator=g))]
+    pi[noise < 0.05] += 7  # split some instances
+    pc[noise > 0.97] = VOID
+    pi[pc == VOID] = 0
+    _compare(pc, pi, tc, ti, CLASSES)
+
+
+def test_pq_equals_torchmetrics_on_random_maps() -> None:
+    g = torch.Generator().manual_seed(0)
+    small = (CLASSES[0], CLASSES[1], 11, 13, VOID)  # road, sidewalk, person, car, void
+    pick = torch.tensor(small)
+    tc = pick[torch.randint(len(small), (2, 12, 12), generator=g)]
+    pc = pick[torch.randint(len(small), (2, 12, 12), generator=g)]
+    ti = torch.randint(1, 3, (2, 12, 12), generator=g)
+    pi = torch.randint(1, 3, (2, 12, 12), generator=g)
+    tc, ti = ground_truth(tc, ti, CLASSES)
+    _compare(pc, torch.where(pc == VOID, 0, pi), tc, ti, CLASSES)
+
+
+def test_perfect_outputs_give_pq_100_and_inference_inverts_the_targets() -> None:
+    """Semantic labels, centre heatmap and offsets taken from the ground truth itself: stuff is
+    perfect, and things nearly so. The misses are instances so close that their Gaussians make
+    one peak (within the NMS window): centre-based grouping's known limit."""
+    data = SyntheticScenes("synthetic-16", "val", 4, (96, 192), 0, instances=True)
+    labels = torch.stack([data[i][1] for i in range(4)])
+    instances = torch.stack([data[i][2] for i in range(4)])
+    heat, offsets, mask = panoptic_targets(labels, instances)
+    assert bool(mask.any()), "the scenes have instances"
+    assert heat.max() == pytest.approx(1.0, abs=0.05)
+    config = PanopticConfig(min_area=0.0)
+    preds = [
+        _group(label, h[0], o, CLASSES, config)
+        for label, h, o in zip(labels, heat, offsets, strict=True)
+    ]
+    pc = torch.stack([p[0] for p in preds])
+    pi = torch.stack([p[1] for p in preds])
+    tc, ti = ground_truth(labels, instances, CLASSES)
+    scores = panoptic_scores(panoptic_stats(pc, pi, tc, ti, CLASSES))
+    assert scores.things["rq"] > 80 and scores.things["sq"] > 95, scores.things
+    assert scores.stuff["pq"] == pytest.approx(100.0)
+    _compare(pc, pi, tc, ti, CLASSES)
+
+
+def test_the_panoptic_model_shares_the_semantic_unets_names() -> None:
+    kwargs = {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
+    pan = ModelSpec("PanopticUnet", "tu-resnet10t", 16, kwargs).build().state_dict()
+    sem = ModelSpec("Unet", "tu-resnet10t", 16, kwargs).build().state_dict()
+    shared = [k for k in sem if k in pan and pan[k].shape == sem[k].shape]
+    assert shared == list(sem), "every tensor of the semantic Unet is in the panoptic model"
+    extra = [k for k in pan if k not in sem]
+    assert extra and all(k.startswith(("center_head.", "offset_head.")) for k in extra)
