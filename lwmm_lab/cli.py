@@ -23,6 +23,7 @@ from lwmm_lab.analysis.discrepancy import (
     task_vector_cosine,
 )
 from lwmm_lab.analysis.evaluation import evaluate_checkpoints
+from lwmm_lab.analysis.panoptic import TASKS, evaluate_panoptic_checkpoints
 from lwmm_lab.analysis.sweeps import EXECUTORS, grid, run_sweep
 from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.data.domains import DOMAINS, save_gallery
@@ -119,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     bars.add_argument("--markdown", action="store_true", help="the README's table")
     bars.set_defaults(handler=_zoo_bars)
 
-    ev = commands.add_parser("eval", help="mIoU and per-class IoU (Cityscapes convention)")
+    ev = commands.add_parser("eval", help="mIoU and per-class IoU, or PQ (Cityscapes convention)")
     ev.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    ev.add_argument(
+        "--task",
+        default="semantic",
+        help="semantic (mIoU) or panoptic (PQ, SQ, RQ and mIoU of a panoptic checkpoint)",
+    )
     ev.add_argument(
         "--domain", default="real", help=f"{', '.join(DOMAINS)} or cityscapes:PATH, ..."
     )
@@ -318,6 +324,10 @@ def _zoo_bars(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     size = tuple(args.size) if args.size else None
+    if args.task not in TASKS:
+        raise LwmmError(f"task '{args.task}' is not one of {', '.join(TASKS)}")
+    if args.task == "panoptic":
+        return _eval_panoptic(args, size)
     results = evaluate_checkpoints(
         args.checkpoints,
         domain=args.domain,
@@ -343,6 +353,26 @@ def _eval(args: argparse.Namespace) -> int:
         )
         for cls, iou in r.per_class_iou.items():
             print(f"  {cls:<14} {'-' if iou is None else f'{iou:6.2f}'}")
+    return 0
+
+
+def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> int:
+    if args.ensemble:
+        raise LwmmError("--ensemble is for the semantic task; a panoptic ensemble is not defined")
+    results = evaluate_panoptic_checkpoints(
+        args.checkpoints, args.domain, args.split, args.images, size, args.device
+    )
+    if args.json:
+        payload = [r.to_json() for r in results]
+        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=1))
+        return 0
+    for r in results:
+        print(
+            f"{r.extra['checkpoint']}: PQ {r.pq:.2f}  SQ {r.sq:.2f}  RQ {r.rq:.2f}  "
+            f"mIoU {r.extra['miou']:.2f} on {args.domain} ({r.images} images)"
+        )
+        for cls, q in r.per_class.items():
+            print(f"  {cls:<14} PQ {q['pq']:6.2f}  SQ {q['sq']:6.2f}  RQ {q['rq']:6.2f}")
     return 0
 
 

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torchmetrics.detection import PanopticQuality
 
-from lwmm_lab import ModelSpec
+from lwmm_lab import ModelSpec, load_checkpoint, load_model
 from lwmm_lab.analysis.panoptic import (
     VOID,
     PanopticConfig,
     _group,
+    evaluate_panoptic,
     ground_truth,
+    panoptic_predict,
     panoptic_scores,
     panoptic_stats,
     panoptic_targets,
     stuff_of,
     things_of,
 )
+from lwmm_lab.cli import main
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.datasets import SyntheticScenes
+from lwmm_lab.zoo import load_manifest, select
+from lwmm_lab.zoo.manifest import scenario_checkpoints
 
 CLASSES = L.CLASS_SETS["synthia-16"]
 
@@ -135,3 +143,78 @@ def test_the_panoptic_model_shares_the_semantic_unets_names() -> None:
     assert shared == list(sem), "every tensor of the semantic Unet is in the panoptic model"
     extra = [k for k in pan if k not in sem]
     assert extra and all(k.startswith(("center_head.", "offset_head.")) for k in extra)
+
+
+def test_the_zoo_trains_a_panoptic_model_and_merges_semantic_ones_into_it(
+    quick_zoo: Path, tmp_path: Path, capsys
+) -> None:
+    manifest = load_manifest(quick_zoo)
+    (entry,) = select(manifest, scenario="panoptic", fraction=1.0)
+    assert entry["arch"] == "PanopticUnet" and entry["num_classes"] == 16
+    assert set(entry["panoptic"]) == {"synthetic-16", "real"}
+    anchor, *semantic = scenario_checkpoints(manifest, "panoptic")
+    assert anchor == entry["path"] and len(semantic) == 2
+    out = tmp_path / "merged.safetensors"
+    assert main(["merge", anchor, *semantic, "-o", str(out)]) == 0
+    merged, original = load_checkpoint(out).tensors, load_checkpoint(anchor).tensors
+    heads = [k for k in original if k.startswith(("center_head.", "offset_head."))]
+    assert heads and all(torch.equal(merged[k], original[k]) for k in heads), "the anchor's heads"
+    assert not torch.equal(merged["encoder.model.conv_stem.weight"], original[
+        "encoder.model.conv_stem.weight"])  # fmt: skip
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--task",
+                "panoptic",
+                "--images",
+                "6",
+                "--size",
+                "64",
+                "128",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert {"pq", "sq", "rq", "per_class", "things", "stuff", "miou"} <= set(report)
+    data = SyntheticScenes("real", "val", 6, (64, 128), 0, instances=True)
+    again = evaluate_panoptic(load_model(out, "cpu"), data)
+    assert report["pq"] == pytest.approx(again.pq, abs=1e-3)
+
+
+def test_pq_equals_torchmetrics_on_a_trained_models_predictions(quick_zoo: Path) -> None:
+    (entry,) = select(load_manifest(quick_zoo), scenario="panoptic", fraction=1.0)
+    model = load_model(entry["path"], "cpu")
+    data = SyntheticScenes("synthetic-16", "val", 6, (64, 128), 0, instances=True)
+    images, labels, instances = (
+        torch.stack(t) for t in zip(*(data[i] for i in range(6)), strict=True)
+    )
+    pc, pi = panoptic_predict(model, images, PanopticConfig(threshold=0.0))
+    tc, ti = ground_truth(labels, instances, CLASSES)
+    assert bool((pi > 0).any()), "the model predicts instances"
+    _compare(pc, pi, tc, ti, CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "depth"], "task 'depth' is not one of semantic, panoptic"),
+        (["--task", "panoptic", "--domain", "gta5:/nowhere"], "gta5 labels have no instance ids"),
+    ],
+)
+def test_panoptic_bad_input_is_one_line(quick_zoo: Path, args, message, capsys) -> None:
+    (entry,) = select(load_manifest(quick_zoo), scenario="panoptic", fraction=1.0)
+    assert main(["eval", entry["path"], *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_semantic_checkpoint_is_refused_for_the_panoptic_task(quick_zoo: Path, capsys) -> None:
+    (entry,) = select(load_manifest(quick_zoo), run="synthia16-minent", fraction=1.0)
+    assert main(["eval", entry["path"], "--task", "panoptic"]) == 1
+    err = capsys.readouterr().err
+    assert entry["path"] in err and "no instance heads" in err and err.count("\n") == 1

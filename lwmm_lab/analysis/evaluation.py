@@ -141,7 +141,7 @@ def evaluate(
         m.eval()
     conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64, device=device)
     started, count = time.perf_counter(), 0
-    for images, labels in _batches(dataset, batch_size):
+    for images, labels, *_ in batches(dataset, batch_size):
         images, labels = images.to(device), labels.to(device)
         conf += confusion(predict(models, images), labels, classes)
         count += images.shape[0]
@@ -186,15 +186,7 @@ def evaluate_checkpoints(
     Synthetic domains are rendered at ``size``, else at the resolution a zoo checkpoint was
     trained at (128 x 256 for others); real datasets keep their size unless ``size`` is given.
     """
-    dev = resolve_device(device)
-    checkpoints = [load_checkpoint(p, submodel) for p in paths]
-    models = [load_model(c, dev) for c in checkpoints]
-    resolution = size
-    if resolution is None and domain in DOMAINS:
-        resolution = tuple(checkpoints[0].provenance.get("resolution", (128, 256)))
-    dataset = open_dataset(domain, split, resolution, size=images)
-    if images is not None and not isinstance(dataset, SyntheticScenes):
-        dataset = Subset(dataset, range(min(images, len(dataset))))
+    models, dataset = open_checkpoints(paths, domain, split, images, size, device, submodel)
     if ensemble:
         scores = evaluate(models, dataset, domain)
         scores.extra["checkpoints"] = [str(p) for p in paths]
@@ -207,15 +199,38 @@ def evaluate_checkpoints(
     return results
 
 
-def _batches(dataset: Dataset, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
-    """Batches of (images, labels); a TensorDataset is sliced where it lies (no copies)."""
+def open_checkpoints(
+    paths: Sequence[str | os.PathLike],
+    domain: str = "real",
+    split: str = "val",
+    images: int | None = None,
+    size: tuple[int, int] | None = None,
+    device: str | torch.device = "auto",
+    submodel: str | None = None,
+    instances: bool = False,
+) -> tuple[list[nn.Module], Dataset]:
+    """The checkpoints' models and the dataset to score them on (see
+    :func:`evaluate_checkpoints`); ``instances`` adds instance ids to every sample."""
+    dev = resolve_device(device)
+    checkpoints = [load_checkpoint(p, submodel) for p in paths]
+    models = [load_model(c, dev) for c in checkpoints]
+    resolution = size
+    if resolution is None and domain in DOMAINS:
+        resolution = tuple(checkpoints[0].provenance.get("resolution", (128, 256)))
+    dataset = open_dataset(domain, split, resolution, size=images, instances=instances)
+    if images is not None and not isinstance(dataset, SyntheticScenes):
+        dataset = Subset(dataset, range(min(images, len(dataset))))
+    return models, dataset
+
+
+def batches(dataset: Dataset, batch_size: int) -> Iterable[tuple[Tensor, ...]]:
+    """Batches of (images, labels, ...); a TensorDataset is sliced where it lies (no copies)."""
     if isinstance(dataset, TensorDataset):
-        images, labels = dataset.tensors[:2]
-        for k in range(0, len(images), batch_size):
-            yield images[k : k + batch_size], labels[k : k + batch_size]
+        n = len(dataset.tensors[0])
+        for k in range(0, n, batch_size):
+            yield tuple(t[k : k + batch_size] for t in dataset.tensors)
         return
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        yield batch[0], batch[1]
+    yield from DataLoader(dataset, batch_size=batch_size)
 
 
 def _out_channels(model: nn.Module) -> int:

@@ -21,6 +21,8 @@ things and stuff as well.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +30,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from lwmm_lab.analysis.evaluation import model_classes, normalize
+from lwmm_lab.analysis.evaluation import (
+    batches,
+    evaluate,
+    model_classes,
+    normalize,
+    open_checkpoints,
+)
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.errors import LwmmError
 
+#: What ``lwmm eval --task`` scores.
+TASKS = ("semantic", "panoptic")
 #: A pixel that belongs to no segment (the category of void).
 VOID = L.IGNORE
 #: Instance ids are below this; a segment's key is ``category * ID_RANGE + instance``.
@@ -55,6 +66,15 @@ class PanopticConfig:
     nms_kernel: int = 7
     top_k: int = 50
     min_area: float = 2048 / (1024 * 2048)
+
+
+def require_panoptic(model: nn.Module, source: str = "the model") -> None:
+    """Refuse, in one line naming ``source``, a model without instance heads."""
+    if not is_panoptic(model):
+        raise LwmmError(
+            f"{source}: a semantic model ({type(model).__name__}, no instance heads); the "
+            "panoptic task needs a panoptic checkpoint (arch PanopticUnet)"
+        )
 
 
 def things_of(classes: Sequence[int]) -> tuple[int, ...]:
@@ -129,11 +149,7 @@ def panoptic_predict(
     model: nn.Module, images: Tensor, config: PanopticConfig | None = None
 ) -> tuple[Tensor, Tensor]:
     """Categories (trainIds, VOID where no segment) and instance ids (0 for stuff) (N, H, W)."""
-    if not is_panoptic(model):
-        raise LwmmError(
-            f"{type(model).__name__} has no instance heads: a panoptic task needs a panoptic "
-            "checkpoint (arch PanopticUnet)"
-        )
+    require_panoptic(model)
     config = config or PanopticConfig()
     classes = model_classes(model)
     with torch.no_grad():
@@ -340,3 +356,61 @@ def panoptic_scores(stats: PanopticStats, images: int = 0) -> PanopticScores:
         means(stuff_of(stats.classes)),
         images,
     )
+
+
+# --------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_panoptic(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 16,
+    config: PanopticConfig | None = None,
+    miou: bool = True,
+) -> PanopticScores:
+    """PQ, SQ, RQ of a panoptic model on ``dataset`` (samples: image, label, instance ids), and
+    its semantic mIoU (``extra["miou"]``) unless ``miou=False``."""
+    require_panoptic(model)
+    device = next(model.parameters()).device
+    classes = model_classes(model)
+    stats = PanopticStats.zeros(classes, device)
+    started, count = time.perf_counter(), 0
+    for batch in batches(dataset, batch_size):
+        if len(batch) < 3:
+            raise LwmmError(
+                f"{getattr(dataset, 'domain', 'the dataset')}: its labels have no instance ids, "
+                "which a panoptic evaluation needs"
+            )
+        images, labels, instances = (t.to(device) for t in batch[:3])
+        pc, pi = panoptic_predict(model, images, config)
+        tc, ti = ground_truth(labels, instances, classes)
+        stats.add(panoptic_stats(pc, pi, tc, ti, classes))
+        count += images.shape[0]
+    scores = panoptic_scores(stats, count)
+    if miou:
+        scores.extra["miou"] = round(evaluate(model, dataset).miou, 4)
+    scores.extra["seconds"] = round(time.perf_counter() - started, 3)
+    return scores
+
+
+def evaluate_panoptic_checkpoints(
+    paths: Sequence[str | os.PathLike],
+    domain: str = "real",
+    split: str = "val",
+    images: int | None = None,
+    size: tuple[int, int] | None = None,
+    device: str | torch.device = "auto",
+) -> list[PanopticScores]:
+    """:func:`evaluate_panoptic` for checkpoint files (datasets as in ``evaluate_checkpoints``).
+
+    Every checkpoint must be panoptic: a semantic one is refused by name, before any scoring.
+    """
+    models, dataset = open_checkpoints(paths, domain, split, images, size, device, instances=True)
+    for path, model in zip(paths, models, strict=True):
+        require_panoptic(model, str(path))
+    results = []
+    for path, model in zip(paths, models, strict=True):
+        scores = evaluate_panoptic(model, dataset)
+        scores.extra.update(checkpoint=str(path), domain=domain)
+        results.append(scores)
+    return results

@@ -198,6 +198,11 @@ def open_dataset(
     if path and kind in _READERS:
         if kind == "cityscapes":
             return cityscapes(path, split, resolution, instances)
+        if instances:
+            raise LwmmError(
+                f"dataset '{name}': {kind} labels have no instance ids; a panoptic task needs "
+                "cityscapes:PATH (its gtFine instanceIds) or a synthetic domain"
+            )
         return _READERS[kind](path, resolution)
     if name in DOMAINS:
         return SyntheticScenes(name, split, size, resolution or (128, 256), seed, instances)

@@ -30,10 +30,12 @@ from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import evaluate
+from lwmm_lab.analysis.panoptic import evaluate_panoptic
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import DOMAIN_CLASSES, TARGET_DOMAINS, generate
 from lwmm_lab.engine.checkpoints import load_checkpoint, save_checkpoint
 from lwmm_lab.engine.model import load_weights
+from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import atomic_path, atomic_write_text
@@ -232,6 +234,11 @@ def _entry(
     miou = {
         d: round(evaluate(model, data.val(d), d).miou, 3) for d in (run.source, *TARGET_DOMAINS)
     }
+    panoptic = {}
+    if is_panoptic(model):
+        for d in (run.source, *run.targets):
+            scores = evaluate_panoptic(model, data.val(d, instances=True), miou=False)
+            panoptic[d] = {k: round(getattr(scores, k), 3) for k in ("pq", "sq", "rq")}
     return {
         "path": rel,
         "run": run.name,
@@ -248,6 +255,7 @@ def _entry(
         "step": step,
         "fraction": round(step / steps, 4),
         "miou": miou,
+        **({"panoptic": panoptic} if panoptic else {}),
         "fingerprint": fingerprint,
     }
 
@@ -278,8 +286,7 @@ class _DataCache:
         n = self.config.train_images if split == "train" else self.config.val_images
         key = (domain, split)
         if key not in self._pools:
-            images, label_maps = self._arrays(domain, split, n)
-            self._pools[key] = ImagePool(images, label_maps)
+            self._pools[key] = ImagePool(*self._arrays(domain, split, n))
         pool = self._pools[key]
         return pool if labels else ImagePool(pool.images)
 
@@ -297,19 +304,24 @@ class _DataCache:
         images = np.concatenate([self.pool(d, "train", labels=False).images for d in domains])
         return ImagePool(images)
 
-    def val(self, domain: str) -> torch.utils.data.TensorDataset:
+    def val(self, domain: str, instances: bool = False) -> torch.utils.data.TensorDataset:
+        """The val set as tensors: images, labels (and instance ids)."""
         pool = self.pool(domain, "val", labels=True)
         images = torch.from_numpy(pool.images).permute(0, 3, 1, 2).float().div_(255)
-        return torch.utils.data.TensorDataset(
-            images, torch.from_numpy(pool.labels.astype(np.int64))
-        )
+        tensors = [images, torch.from_numpy(pool.labels.astype(np.int64))]
+        if instances:
+            tensors.append(torch.from_numpy(pool.instances.astype(np.int64)))
+        return torch.utils.data.TensorDataset(*tensors)
 
-    def _arrays(self, domain: str, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _arrays(self, domain: str, split: str, n: int) -> tuple[np.ndarray, ...]:
+        """Images, labels and instance ids of a domain's split (a cache without instance ids,
+        from an older lwmm, is generated again)."""
         h, w = self.config.resolution
         path = self.folder / f"{domain}-{split}-{n}-{h}x{w}.npz"
         if path.is_file():
             with np.load(path) as z:
-                return z["images"], z["labels"]
+                if "instances" in z:
+                    return z["images"], z["labels"], z["instances"]
         jobs = [(domain, split, i, (h, w)) for i in range(n)]
         with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
             scenes = list(
@@ -322,16 +334,17 @@ class _DataCache:
             )
         images = np.stack([s[0] for s in scenes])
         labels = np.stack([L.restrict(s[1], DOMAIN_CLASSES[domain]) for s in scenes])
+        instances = np.stack([s[2] for s in scenes]).astype(np.uint16)
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, images=images, labels=labels)
-        return images, labels
+            np.savez(f, images=images, labels=labels, instances=instances)
+        return images, labels, instances
 
 
-def _generate(job: tuple[str, str, int, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+def _generate(job: tuple[str, str, int, tuple[int, int]]) -> tuple[np.ndarray, ...]:
     domain, split, index, size = job
     scene = generate(domain, split, index, 0, size)
-    return scene.image, scene.label
+    return scene.image, scene.label, scene.instances
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -66,6 +66,7 @@ SCENARIO_LABELS = {
     "other-decoders": "other decoders",
     "multi-target": "multi-target",
     "seeds": "seeds",
+    "panoptic": "semantic into panoptic",
 }
 
 
@@ -110,7 +111,8 @@ def scenario_checkpoints(
     ``checkpoints``: the checkpoints of ``run``, the final one first; ``other-classes`` and
     ``other-decoders``: the independent MinEnt Unet (encoder-only, like them) with the 16-class
     model, or with the FPN and DeepLabV3+; ``multi-target``: MinEnt adapted to real, foggy and
-    night; ``seeds``: MinEnt and its second seed.
+    night; ``seeds``: MinEnt and its second seed; ``panoptic``: the panoptic model, then the
+    16-class semantic model and the independent 19-class MinEnt (Table 6's cross-task merge).
     """
     if name not in SCENARIOS:
         raise LwmmError(f"scenario '{name}' is not one of {', '.join(SCENARIOS)}")
@@ -122,6 +124,9 @@ def scenario_checkpoints(
         if len(entries) < 2:
             raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
         return [e["path"] for e in entries]
+    if name == "panoptic":
+        runs = ("panoptic-minent", "synthia16-minent", family_run("independent", "minent"))
+        return [final(manifest, r) for r in runs]
     anchor = family_run("independent", "minent") if name.startswith("other") else "minent"
     others = [e["run"] for e in select(manifest, scenario=name, fraction=1.0)]
     if name == "multi-target":

@@ -25,7 +25,10 @@ The runs, by scenario (the manifest's ``scenarios`` use exactly these names):
 - ``multi-target``: ``minent`` adapted to ``foggy`` and to ``night`` separately, and on the
   union of the three targets (the multi-target paper's data-combination baseline), from the
   base's whole model like ``minent``;
-- ``seeds``: ``minent`` with another seed (data order), from the base's whole model.
+- ``seeds``: ``minent`` with another seed (data order), from the base's whole model;
+- ``panoptic``: a panoptic Unet (:mod:`lwmm_lab.engine.panoptic`), MinEnt, synthetic-16 (with
+  instance ids) -> real, from the base's encoder like the semantic models it is merged with
+  (the 16-class model, and the 19-class independent ones through their shared tensors).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ SCENARIOS = (
     "other-decoders",
     "multi-target",
     "seeds",
+    "panoptic",
 )
 #: The two families of strategy models, and the run name of a strategy in each.
 FAMILIES = {"strategies": "{}", "independent": "indep-{}"}
@@ -117,7 +121,7 @@ class ZooConfig:
     def spec(self, arch: str, classes: str) -> ModelSpec:
         n = len(L.CLASS_SETS[classes])
         kwargs: dict[str, Any] = {"encoder_depth": 5}
-        if arch == "Unet":
+        if arch in ("Unet", "PanopticUnet"):
             kwargs["decoder_channels"] = list(self.decoder_channels)
         elif arch == "FPN":
             kwargs.update(decoder_pyramid_channels=64, decoder_segmentation_channels=32)
@@ -147,6 +151,8 @@ DEFAULT_RUNS = (
     Run("minent-night", "minent", ("multi-target",), targets=("night",)),
     Run("minent-union", "minent", ("multi-target",), targets=TARGET_DOMAINS),
     Run("minent-seed1", "minent", ("seeds",), seed=1),
+    Run("panoptic-minent", "minent", ("panoptic",), source="synthetic-16", classes="synthia-16",
+        arch="PanopticUnet", seed=31, init="encoder"),
 )  # fmt: skip
 BASE = Run("base", "source_only", (), targets=())
 

@@ -1,7 +1,8 @@
 """One training loop for unsupervised domain adaptation, and the strategies that plug into it.
 
 Every step takes a labelled source batch and, for the UDA strategies, an unlabelled target
-batch. The loss is the source cross-entropy plus the strategy's target term. The head (decoder
+batch. The loss is the source cross-entropy plus the strategy's target term (a panoptic model
+adds Panoptic-DeepLab's centre and offset losses on the source's instances). The head (decoder
 and segmentation head) learns 10x faster than the backbone (encoder), as in ADVENT,
 AdaptSegNet, MaxSquare and DAFormer. Strategies are registered by name in ``STRATEGIES``:
 
@@ -34,7 +35,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lwmm_lab.analysis.evaluation import normalize
+from lwmm_lab.analysis.panoptic import panoptic_loss
 from lwmm_lab.data import labels as L
+from lwmm_lab.engine.panoptic import is_panoptic
 
 #: Target-term weights for our short schedules, and the originals' for reference.
 DEFAULT_WEIGHTS = {
@@ -48,10 +51,12 @@ DEFAULT_WEIGHTS = {
 
 @dataclass
 class ImagePool:
-    """Images (N, H, W, 3) uint8 and trainId labels (N, H, W) uint8 held in memory."""
+    """Images (N, H, W, 3) uint8, trainId labels (N, H, W) uint8 and instance ids (N, H, W)
+    (0: none) held in memory; labels and instances may be absent."""
 
     images: np.ndarray
     labels: np.ndarray | None = None
+    instances: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -60,17 +65,30 @@ class ImagePool:
         self, seed: int, step: int, size: int, device: torch.device
     ) -> tuple[Tensor, Tensor | None]:
         """A random batch with random horizontal flips, fixed by (seed, step)."""
+        return self.panoptic_batch(seed, step, size, device)[:2]
+
+    def panoptic_batch(
+        self, seed: int, step: int, size: int, device: torch.device
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """:meth:`batch` with the same images' instance ids (flipped alike), when held."""
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         index = torch.randint(len(self.images), (size,), generator=g).numpy()
         flip = torch.rand(size, generator=g).numpy() < 0.5
-        images = self.images[index]
-        images[flip] = images[flip, :, ::-1]
-        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
-        if self.labels is None:
-            return x, None
-        labels = self.labels[index]
-        labels[flip] = labels[flip, :, ::-1]
-        return x, torch.from_numpy(labels.astype(np.int64)).to(device)
+
+        def pick(array: np.ndarray | None) -> Tensor | None:
+            if array is None:
+                return None
+            chosen = array[index]
+            chosen[flip] = chosen[flip, :, ::-1]
+            return torch.from_numpy(np.ascontiguousarray(chosen)).to(device)
+
+        x = pick(self.images).permute(0, 3, 1, 2).float().div_(255)
+        labels, instances = pick(self.labels), pick(self.instances)
+        return (
+            x,
+            None if labels is None else labels.long(),
+            None if instances is None else instances.long(),
+        )
 
 
 @dataclass(frozen=True)
@@ -390,6 +408,9 @@ def train(
     unit = STRATEGIES[strategy](model, config, classes)
     if unit.uses_target and target is None:
         raise ValueError(f"strategy '{strategy}' needs target images")
+    panoptic = is_panoptic(model)
+    if panoptic and source.instances is None:
+        raise ValueError("a panoptic model needs source instance ids to train its heads")
     groups = parameter_groups(model, config.lr, config.head_lr_mult, config.weight_decay)
     optimizer = torch.optim.AdamW(groups)
     start = 0
@@ -413,10 +434,14 @@ def train(
         factor = learning_rate_factor(step, config)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        xs, ys = source.batch(config.seed, step, config.batch_size, device)
+        xs, ys, instances = source.panoptic_batch(config.seed, step, config.batch_size, device)
+        if panoptic:
+            logits, center, offset = model.forward_panoptic(normalize(xs))
+            losses = panoptic_loss(center, offset, ys, instances)
+        else:
+            logits, losses = model(normalize(xs)), {}
         ys = to_index[ys]
-        logits = model(normalize(xs))
-        losses = {"source": F.cross_entropy(logits, ys, weight=weights, ignore_index=L.IGNORE)}
+        losses["source"] = F.cross_entropy(logits, ys, weight=weights, ignore_index=L.IGNORE)
         if unit.uses_target:
             xt, _ = target.batch(config.seed + 1, step, config.batch_size, device)
             losses.update(unit.target_loss(model, logits, xs, ys, xt, step))
