@@ -152,7 +152,7 @@ DEFAULT_RUNS = (
     Run("minent-union", "minent", ("multi-target",), targets=TARGET_DOMAINS),
     Run("minent-seed1", "minent", ("seeds",), seed=1),
     Run("panoptic-minent", "minent", ("panoptic",), source="synthetic-16", classes="synthia-16",
-        arch="PanopticUnet", seed=31, init="encoder"),
+        arch="PanopticUnet", seed=31, init="encoder", steps_factor=2.0),
 )  # fmt: skip
 BASE = Run("base", "source_only", (), targets=())
 
