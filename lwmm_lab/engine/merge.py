@@ -9,10 +9,11 @@ at every depth are averaged once (and kept), and the merge is a chain of multi-t
 operations over every shared tensor at once, ``_foreach_copy_`` of the first group's mean and
 one ``_foreach_lerp_`` per further group, with a per-tensor weight each, written in place into
 the targets. All BatchNorm layers are merged together from two gathers of the stacked
-statistics. Fisher, TIES and task arithmetic run over blocks of consecutive columns of the
-stack (the whole model when it has at most :data:`BLOCK_COLUMNS` values), each column weighted
-by its tensor's depth row: one call per block, not per tensor. Where the index structures this
-needs come from (:class:`Routes`) is worked out once per layout.
+statistics. Task arithmetic is the same weighted sum moved towards the base. Fisher and TIES
+run over blocks of consecutive columns of the stack (sized per device by
+:data:`BLOCK_COLUMNS`; on a GPU the zoo's whole model is one block), each column weighted by its
+tensor's depth row: one call per block, not per tensor. Where the index structures this needs
+come from (:class:`Routes`) is worked out once per layout.
 """
 
 from __future__ import annotations
