@@ -339,9 +339,7 @@ def _eval(args: argparse.Namespace) -> int:
         submodel=args.submodel,
     )
     if args.json:
-        payload = [r.to_json() for r in results]
-        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=1))
-        return 0
+        return _print_json(results)
     for r in results:
         if args.ensemble:
             name = "ensemble of " + ", ".join(r.extra["checkpoints"])
@@ -356,6 +354,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(results: list) -> int:
+    """One result as a JSON object, several as a list."""
+    payload = [r.to_json() for r in results]
+    print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=1))
+    return 0
+
+
 def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> int:
     if args.ensemble:
         raise LwmmError("--ensemble is for the semantic task; a panoptic ensemble is not defined")
@@ -363,9 +368,7 @@ def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> in
         args.checkpoints, args.domain, args.split, args.images, size, args.device
     )
     if args.json:
-        payload = [r.to_json() for r in results]
-        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=1))
-        return 0
+        return _print_json(results)
     for r in results:
         print(
             f"{r.extra['checkpoint']}: PQ {r.pq:.2f}  SQ {r.sq:.2f}  RQ {r.rq:.2f}  "
