@@ -178,9 +178,10 @@ def comparisons(dtype: torch.dtype) -> list[tuple[str, str, float, int, int]]:
 
     # Fisher
     g = torch.Generator().manual_seed(1)
-    fisher = [{k: torch.rand(v.shape, generator=g, dtype=v.dtype) for k, v in base.items()}]
-    fisher += [{k: torch.rand(v.shape, generator=g, dtype=v.dtype) for k, v in base.items()}]
-    fisher += [{k: torch.rand(v.shape, generator=g, dtype=v.dtype) for k, v in base.items()}]
+    fisher = [
+        {k: torch.rand(v.shape, generator=g, dtype=v.dtype) for k, v in base.items()}
+        for _ in range(N_MODELS)
+    ]
     mine = ours(tuned, fisher=fisher, method="fisher", weights=WEIGHTS)
     theirs = merging_with_fisher_weights(
         {k: [m[k] for m in tuned] for k in names},

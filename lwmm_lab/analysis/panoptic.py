@@ -34,10 +34,11 @@ from torch.utils.data import Dataset
 
 from lwmm_lab.analysis.evaluation import (
     batches,
-    evaluate,
+    confusion,
     model_classes,
     normalize,
     open_checkpoints,
+    scores_from_confusion,
 )
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
@@ -118,16 +119,15 @@ def panoptic_targets(
         0, inverse.flatten(), coords.permute(0, 2, 3, 1).reshape(-1, 2) * mask.flatten()[:, None]
     )
     centers = sums / count.clamp_min(1)[:, None]
-    valid = ids >= 0
     offsets = (centers[inverse].permute(0, 3, 1, 2) - coords) * mask[:, None]
-    heat = torch.zeros(n, 1, h, w, device=device)
-    image_of = torch.div(ids, ID_RANGE, rounding_mode="floor")
-    for k in torch.nonzero(valid).flatten().tolist():
-        cy, cx = centers[k].tolist()
-        g = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-        b = int(image_of[k])
-        heat[b, 0] = torch.maximum(heat[b, 0], g)
-    return heat, offsets, mask
+    valid = ids >= 0
+    cy, cx = centers[valid, 0, None, None], centers[valid, 1, None, None]
+    gaussians = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    image_of = torch.div(ids[valid], ID_RANGE, rounding_mode="floor")
+    heat = torch.zeros(n, h * w, device=device).scatter_reduce_(
+        0, image_of[:, None].expand(-1, h * w), gaussians.view(-1, h * w), "amax"
+    )
+    return heat.view(n, 1, h, w), offsets, mask
 
 
 def panoptic_loss(
@@ -149,6 +149,13 @@ def panoptic_predict(
     model: nn.Module, images: Tensor, config: PanopticConfig | None = None
 ) -> tuple[Tensor, Tensor]:
     """Categories (trainIds, VOID where no segment) and instance ids (0 for stuff) (N, H, W)."""
+    return _predict(model, images, config)[1:]
+
+
+def _predict(
+    model: nn.Module, images: Tensor, config: PanopticConfig | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The semantic prediction (trainIds) too, from the same forward pass."""
     require_panoptic(model)
     config = config or PanopticConfig()
     classes = model_classes(model)
@@ -159,7 +166,7 @@ def panoptic_predict(
         _group(s, c[0], o, classes, config)
         for s, c, o in zip(semantic, center, offset, strict=True)
     ]
-    return torch.stack([c for c, _ in out]), torch.stack([i for _, i in out])
+    return semantic, torch.stack([c for c, _ in out]), torch.stack([i for _, i in out])
 
 
 def _group(
@@ -278,21 +285,16 @@ def _image_stats(
     index = torch.full((256,), -1, dtype=torch.long, device=pc.device)
     index[list(classes)] = torch.arange(len(classes), device=pc.device)
     stats = PanopticStats.zeros(classes, pc.device)
-    t_slot, p_slot = index[t_cat.clamp(0, 255)], index[p_cat.clamp(0, 255)]
+    t_slot, p_slot = index[t_cat], index[p_cat]
     rows = matched.any(1)
-    stats.tp.index_add_(
-        0, t_slot[rows], torch.ones(int(rows.sum()), dtype=torch.float64, device=pc.device)
-    )
-    stats.iou.index_add_(0, t_slot[rows], (iou * matched).sum(1)[rows])
     fn = ~rows & ~t_void & (t_in_void_pred / t_area.clamp_min(1) <= 0.5)
-    stats.fn.index_add_(
-        0, t_slot[fn], torch.ones(int(fn.sum()), dtype=torch.float64, device=pc.device)
-    )
     fp = ~matched.any(0) & ~p_void & (p_in_void_true / p_area.clamp_min(1) <= 0.5)
     fp &= p_slot >= 0
-    stats.fp.index_add_(
-        0, p_slot[fp], torch.ones(int(fp.sum()), dtype=torch.float64, device=pc.device)
-    )
+    t_slot, p_slot = t_slot.clamp_min(0), p_slot.clamp_min(0)  # void adds zeros below
+    stats.tp.index_add_(0, t_slot, rows.double())
+    stats.iou.index_add_(0, t_slot, (iou * matched).sum(1))
+    stats.fn.index_add_(0, t_slot, fn.double())
+    stats.fp.index_add_(0, p_slot, fp.double())
     return stats
 
 
@@ -366,14 +368,14 @@ def evaluate_panoptic(
     dataset: Dataset,
     batch_size: int = 16,
     config: PanopticConfig | None = None,
-    miou: bool = True,
 ) -> PanopticScores:
     """PQ, SQ, RQ of a panoptic model on ``dataset`` (samples: image, label, instance ids), and
-    its semantic mIoU (``extra["miou"]``) unless ``miou=False``."""
+    its semantic mIoU (``extra["miou"]``) from the same forward passes."""
     require_panoptic(model)
     device = next(model.parameters()).device
     classes = model_classes(model)
     stats = PanopticStats.zeros(classes, device)
+    conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64, device=device)
     started, count = time.perf_counter(), 0
     for batch in batches(dataset, batch_size):
         if len(batch) < 3:
@@ -382,13 +384,13 @@ def evaluate_panoptic(
                 "which a panoptic evaluation needs"
             )
         images, labels, instances = (t.to(device) for t in batch[:3])
-        pc, pi = panoptic_predict(model, images, config)
+        semantic, pc, pi = _predict(model, images, config)
+        conf += confusion(semantic, labels, classes)
         tc, ti = ground_truth(labels, instances, classes)
         stats.add(panoptic_stats(pc, pi, tc, ti, classes))
         count += images.shape[0]
     scores = panoptic_scores(stats, count)
-    if miou:
-        scores.extra["miou"] = round(evaluate(model, dataset).miou, 4)
+    scores.extra["miou"] = round(scores_from_confusion(conf.cpu(), classes, "", count).miou, 4)
     scores.extra["seconds"] = round(time.perf_counter() - started, 3)
     return scores
 

@@ -237,7 +237,7 @@ def _entry(
     panoptic = {}
     if is_panoptic(model):
         for d in (run.source, *run.targets):
-            scores = evaluate_panoptic(model, data.val(d, instances=True), miou=False)
+            scores = evaluate_panoptic(model, data.val(d, instances=True))
             panoptic[d] = {k: round(getattr(scores, k), 3) for k in ("pq", "sq", "rq")}
     return {
         "path": rel,
