@@ -6,12 +6,13 @@ kinds of strategy the paper's Fig. 5 merges. Reports
 - the time to evaluate one merged model on a 100-image ``real`` val at the zoo's resolution
   (the val set is generated once beforehand and held in memory; its generation time is shown
   separately), target <= 3 s on a 2-core CPU;
-- an 11 x 11 sweep scoring ``real`` and ``synthetic`` (100 images each) per cell, serially and
-  on a local two-process pool, caching off, target <= 5 minutes.
+- an 11 x 11 sweep scoring ``real`` and ``synthetic`` (100 images each) per cell, caching off:
+  on the CPU serially and on a local two-process pool; on a GPU in one process with the pool,
+  the model and the val sets on the device (the sweep's default there).
 
 The last line is machine-readable: ``eval_100_real_s=<x> sweep_11x11_s=<y> executor=<name>``.
 
-Usage: ``python benchmarks/analysis.py [--zoo data/zoo] [--device auto]``
+Usage: ``python benchmarks/analysis.py [--zoo data/zoo] [--device auto] [--executors ...]``
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default="data/zoo")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--skip-serial", action="store_true", help="only the process-pool sweep")
+    parser.add_argument(
+        "--executors", nargs="+", help="serial, process (default: both on a CPU, serial on a GPU)"
+    )
     args = parser.parse_args()
     manifest = load_manifest(args.zoo)
     resolution = tuple(manifest["config"]["resolution"])
@@ -59,9 +62,14 @@ def main() -> None:
     print(f"device {pool.device}, resolution {resolution[0]}x{resolution[1]}")
     print(f"100-image real val: generated in {generation:.2f} s; evaluated in {evaluation:.2f} s")
 
-    cells = grid(paths, domains=("real", "synthetic"), images=100, resolution=resolution)
+    device = str(pool.device)
+    cells = grid(
+        paths, domains=("real", "synthetic"), images=100, resolution=resolution, device=device
+    )
+    on_cpu = pool.device.type == "cpu"
+    executors = args.executors or (["serial", "process"] if on_cpu else ["serial"])
     sweeps = {}
-    for executor in ("serial", "process") if not args.skip_serial else ("process",):
+    for executor in executors:
         started = time.perf_counter()
         result = run_sweep(cells, executor=executor, workers=2, cache=None, progress=False)
         sweeps[executor] = time.perf_counter() - started

@@ -8,15 +8,17 @@ For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
   the same weights;
 - ``floor``: one pass over the stacked tensors (the faster of ``flat.sum(0)`` and a single
   matrix-vector product over the whole flat buffer): no merge can read less;
-- ``peak extra``: the highest resident memory while building the pool and merging, above the
-  memory held before (the M state dicts already loaded), in model sizes;
+- ``peak extra``: the highest memory while building the pool and merging, above the memory
+  held before (the M state dicts already loaded), in model sizes: resident memory on the CPU,
+  GPU memory allocated on CUDA (the pool's stack is then all extra);
 - ``fisher``, ``ties``, ``task_arithmetic``: one merge by each non-linear method (layer-wise
   schedule, a base and a Fisher per model in the pool), written into the same state dict.
 
 Each M runs in a fresh process, so the kernel's peak-RSS counter is its own. With a built zoo
 (``--zoo``, default ``data/zoo`` when it exists) it also times what a slider change costs on
 the zoo's model (1.4M parameters, about 300 state entries, six models): ``make_plan`` and
-``plan.run(into=model)``. The last line is machine-readable:
+``plan.run`` into the model's state dict (its own tensors, kept as the lab keeps them). The
+last line is machine-readable:
 ``M=5 speedup_vs_naive=<x> time_vs_floor=<y> peak_extra_model_sizes=<z>``.
 
 Usage: ``python benchmarks/merge.py [--models 2 5 10] [--repeats 31] [--device auto|cpu|cuda]
@@ -39,6 +41,7 @@ from pathlib import Path
 import torch
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merge
+from lwmm_lab.engine.pool import resolve_device
 
 SPEC = ModelSpec("Unet", "resnet18", 19)
 
@@ -97,7 +100,7 @@ def main() -> None:
     if zoo is not None:
         plan_ms, run_ms, n = zoo_remerge(zoo, args.repeats * 5, args.device)
         print(
-            f"zoo model, {n} models: make_plan {plan_ms:.2f} ms, plan.run(into=model) "
+            f"zoo model, {n} models: make_plan {plan_ms:.2f} ms, plan.run(into=state dict) "
             f"{run_ms:.2f} ms (medians of {args.repeats * 5})"
         )
     r5 = next((r for r in results if r["M"] == 5), results[-1])
@@ -119,8 +122,9 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
     del state
     gc.collect()
 
-    before = _rss_kb()
-    _reset_peak()
+    cuda = resolve_device(device).type == "cuda"
+    before = torch.cuda.memory_allocated() if cuda else _rss_kb() * 1024
+    _reset_peak(cuda)
     started = time.perf_counter()
     pool = Pool(checkpoints, device=device)
     build_s = time.perf_counter() - started
@@ -128,7 +132,7 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
     settings = [{"alpha": a, "start": s} for a in (0.2, 0.5, 0.8) for s in (1, 40, 120)]
     for k in range(len(settings)):
         merge(pool, into=merged, **settings[k])
-    peak_extra = (_peak_kb() - before) * 1024 / model_bytes
+    peak_extra = (_peak_bytes(cuda) - before) / model_bytes
 
     on_device = [{k: v.to(pool.device) for k, v in c.tensors.items()} for c in checkpoints]
     plan = make_plan(pool, alpha=0.5)
@@ -186,14 +190,15 @@ def nonlinear_ms(
 
 
 def zoo_remerge(zoo: Path, repeats: int, device: str) -> tuple[float, float, int]:
-    """Median ms of ``make_plan`` and of ``plan.run(into=model)`` over slider-like changes of
-    alpha and start, on the zoo's independent strategies (the lab's opening scenario)."""
+    """Median ms of ``make_plan`` and of ``plan.run`` into the model's state dict (what the lab
+    and the sweeps keep and write into) over slider-like changes of alpha and start, on the
+    zoo's independent strategies (the lab's opening scenario)."""
     from lwmm_lab.engine.model import require_spec
     from lwmm_lab.zoo import load_manifest
     from lwmm_lab.zoo.manifest import scenario_checkpoints
 
     pool = Pool(scenario_checkpoints(load_manifest(zoo), "independent"), device=device)
-    model = require_spec(pool.checkpoints[0]).build(pool.device)
+    tensors = require_spec(pool.checkpoints[0]).build(pool.device).state_dict()
     depth = pool.layout().n_depth
     settings = [{"alpha": (k % 11) / 10, "start": 1 + (7 * k) % depth} for k in range(repeats)]
     plans = []
@@ -203,7 +208,7 @@ def zoo_remerge(zoo: Path, repeats: int, device: str) -> tuple[float, float, int
 
     ms = _interleaved_medians_ms({"plan": plan}, repeats, pool.device)
     run = _interleaved_medians_ms(
-        {"run": lambda k: plans[k % len(plans)].run(into=model)}, repeats, pool.device
+        {"run": lambda k: plans[k % len(plans)].run(into=tensors)}, repeats, pool.device
     )
     return ms["plan"], run["run"], pool.n_models
 
@@ -252,17 +257,22 @@ def _rss_kb() -> int:
     return _status_kb("VmRSS")
 
 
-def _peak_kb() -> int:
-    return _status_kb("VmHWM")
+def _peak_bytes(cuda: bool) -> int:
+    """The peak since :func:`_reset_peak`: GPU memory allocated on CUDA, else resident memory."""
+    return torch.cuda.max_memory_allocated() if cuda else _status_kb("VmHWM") * 1024
 
 
 def _status_kb(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def _reset_peak() -> None:
-    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
-    Path("/proc/self/clear_refs").write_text("5")
+def _reset_peak(cuda: bool) -> None:
+    """Reset the peak counter: PyTorch's on CUDA, else the kernel's peak RSS (VmHWM) to the
+    current RSS (Linux >= 4.0)."""
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 if __name__ == "__main__":

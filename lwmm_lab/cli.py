@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--quick", action="store_true", help="a tiny zoo in well under a minute")
     build.add_argument("--out", type=Path, help="folder (data/zoo; data/zoo-quick with --quick)")
     build.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    build.add_argument(
+        "--workers", type=int, help="runs trained side by side (default: 2 on a CPU, 4 on a GPU)"
+    )
     build.set_defaults(handler=_zoo_build)
     listing = zoo_commands.add_parser("list", help="the zoo's runs, or one scenario's checkpoints")
     listing.add_argument("scenario", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
@@ -284,7 +287,9 @@ def _gallery(args: argparse.Namespace) -> int:
 
 def _zoo_build(args: argparse.Namespace) -> int:
     config = ZooConfig.quick_config() if args.quick else ZooConfig()
-    build_zoo(args.out, config, device=args.device)
+    if args.workers is not None and args.workers < 1:
+        raise LwmmError(f"--workers {args.workers}: give at least 1")
+    build_zoo(args.out, config, device=args.device, workers=args.workers)
     return 0
 
 

@@ -255,6 +255,37 @@ def test_segmented_trim_equals_a_kthvalue_per_tensor(sizes, n_models, density, s
 
 @given(
     state_dicts(min_models=2),
+    st.sampled_from(["layerwise", "weighted", "task_arithmetic"]),
+    st.sampled_from(["layerwise", "weights"]),
+    st.data(),
+)
+def test_the_whole_row_sum_equals_the_per_tensor_sum(checkpoints, method, schedule, data) -> None:
+    """The weighted sum over whole rows (what a GPU runs, :data:`FLAT_SUM`) gives what the
+    per-tensor multi-tensor path gives, for any weights (rows that do not sum to 1 included),
+    with the base moved towards for task arithmetic."""
+    base = Checkpoint({k: v * 0.5 for k, v in checkpoints[0].tensors.items()})
+    pool = Pool(checkpoints, device="cpu", base=base)
+    n = pool.n_models
+    weights = data.draw(st.lists(st.floats(0.05, 2), min_size=n, max_size=n))
+    plan = make_plan(
+        pool,
+        method=method,
+        schedule=schedule,
+        weights=weights if schedule == "weights" else None,
+        alpha=data.draw(st.floats(0, 1)),
+        start_frac=data.draw(st.floats(0, 1)),
+        scale=data.draw(st.floats(0, 2)),
+    )
+    per_tensor = plan.run()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(merge_module.FLAT_SUM, "cpu", True)
+        whole_rows = plan.run()
+    for name, value in per_tensor.items():
+        torch.testing.assert_close(whole_rows[name], value, rtol=1e-6, atol=1e-6)
+
+
+@given(
+    state_dicts(min_models=2),
     st.sampled_from(["fisher", "ties", "task_arithmetic"]),
     st.floats(0.05, 1.0),
     st.data(),

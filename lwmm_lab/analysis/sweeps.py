@@ -72,8 +72,8 @@ def sweep_cell(cell: Cell) -> dict[str, Any]:
     """Merge and score one cell; the same cell always gives the same result."""
     pool = _pool(cell.checkpoints, cell.device)
     plan = make_plan(pool, cell.config())
-    model = _model_for(pool, plan.anchor)
-    plan.run(into=model)
+    model, tensors = _model_for(pool, plan.anchor)
+    plan.run(into=tensors)
     miou = {}
     for domain in cell.domains:
         data = val_set(domain, cell.images, tuple(cell.resolution), device=str(pool.device))
@@ -237,14 +237,16 @@ def _pool(checkpoints: tuple[str, ...], device: str) -> Pool:
     return Pool(list(checkpoints), device=device)
 
 
-_MODELS: dict[tuple[int, int], torch.nn.Module] = {}
+_MODELS: dict[tuple[int, int], tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
 
 
-def _model_for(pool: Pool, anchor: int) -> torch.nn.Module:
-    """The module a pool's merges with this anchor are written into (built on first use)."""
+def _model_for(pool: Pool, anchor: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The module a pool's merges with this anchor are written into (built on first use), and
+    its state dict (the module's own tensors, collected once)."""
     key = (id(pool), anchor)
     if key not in _MODELS:
-        _MODELS[key] = require_spec(pool.checkpoints[anchor]).build(pool.device)
+        model = require_spec(pool.checkpoints[anchor]).build(pool.device)
+        _MODELS[key] = (model, model.state_dict())
     return _MODELS[key]
 
 

@@ -8,12 +8,14 @@ The run has no per-tensor Python loop for the weighted-sum methods: models with 
 at every depth are averaged once (and kept), and the merge is a chain of multi-tensor
 operations over every shared tensor at once, ``_foreach_copy_`` of the first group's mean and
 one ``_foreach_lerp_`` per further group, with a per-tensor weight each, written in place into
-the targets. All BatchNorm layers are merged together from two gathers of the stacked
-statistics. Task arithmetic is the same weighted sum moved towards the base. Fisher and TIES
-run over blocks of consecutive columns of the stack (sized per device by
-:data:`BLOCK_COLUMNS`; on a GPU the zoo's whole model is one block), each column weighted by its
-tensor's depth row: one call per block, not per tensor. Where the index structures this needs
-come from (:class:`Routes`) is worked out once per layout.
+the targets; on a GPU (:data:`FLAT_SUM`) the lerps run over whole rows of the stack instead,
+each column's weight gathered by its depth row, then one multi-tensor copy into the targets.
+All BatchNorm layers are merged together from two gathers of the stacked statistics. Task
+arithmetic is the same weighted sum moved towards the base. Fisher and TIES run over blocks
+of consecutive columns of the stack (sized per device by :data:`BLOCK_COLUMNS`; on a GPU the
+zoo's whole model is one block), each column weighted by its tensor's depth row: one call per
+block, not per tensor. Where the index structures this needs come from (:class:`Routes`) is
+worked out once per layout.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import itertools
 import json
 import os
 import shlex
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -225,12 +227,14 @@ class MergePlan:
         targets = self._targets(into)
         pool, method, r = self.pool, METHODS[self.config.method], self.routes
         with torch.no_grad():
+            # Small host-to-device copies go first: later, each would wait for the queued kernels.
+            bn_table = self.bn_table.to(pool.device, pool.flat.dtype)
             outs = [targets[name] for name in r.weights]
             if method.linear:
                 self._weighted_sum(outs, rebase=method.rebased)
             else:
                 self._combine_blocks(method, targets)
-            self._merge_bn(targets)
+            self._merge_bn(targets, bn_table)
             anchor = pool.checkpoints[self.anchor].tensors
             copied = [n for n in r.copied if n not in self.summed_counts]
             _copy_all([targets[n] for n in copied], [anchor[n] for n in copied])
@@ -246,29 +250,44 @@ class MergePlan:
         (and kept by the pool); with a_g the group's share at a depth, the merge is the running
         weighted mean: the first group's mean, then ``lerp(out, mean_g, a_g / (a_1 + ... +
         a_g))`` for each further group. Each lerp reads one row, so a layer-wise re-merge reads
-        two rows (the anchor and the others' mean) whatever M is.
+        two rows (the anchor and the others' mean) whatever M is. Where :data:`FLAT_SUM` says
+        so, the lerps run over whole rows with each column's weight gathered by its depth row
+        (a few kernels in all); else per tensor, as multi-tensor operations.
         """
         pool, r = self.pool, self.routes
         if not outs:
             return
         groups = _equal_weight_groups(self.weights)
-        share = torch.stack([self.weights[:, g].sum(1) for g in groups], 1)[r.weight_rows]
+        share = torch.stack([self.weights[:, g].sum(1) for g in groups], 1)
         reached = share.cumsum(1)
-        step = torch.where(reached > 0, share / reached.clamp_min(1e-300), 1.0).t().tolist()
+        step = torch.where(reached > 0, share / reached.clamp_min(1e-300), 1.0)
+        total = reached[:, -1]
+        rescale = not torch.allclose(total, torch.ones_like(total))
+        means = [pool.model_mean(group) for group in groups]
+        if len(groups) > 1 and FLAT_SUM.get(pool.device.type, False):
+            work, parts = r.kept("sum", lambda: _row_with_parts(pool, r))
+            rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
+            table = torch.cat([step[:, 1:], total[:, None]], 1).to(pool.device, pool.flat.dtype)
+            torch.lerp(means[0], means[1], table[:, 0].index_select(0, rows), out=work)
+            for g in range(2, len(groups)):
+                work.lerp_(means[g], table[:, g - 1].index_select(0, rows))
+            if rescale:
+                work.mul_(table[:, -1].index_select(0, rows))
+            if rebase:
+                work.mul_(self.config.scale).add_(pool.base, alpha=1.0 - self.config.scale)
+            _copy_all(outs, parts)
+            return
         direct = all(o.dtype == pool.flat.dtype and o.device == pool.device for o in outs)
         dtype, device = pool.flat.dtype, pool.device
         work = outs if direct else [torch.empty(o.shape, dtype=dtype, device=device) for o in outs]
-        means = r.parts([pool.model_mean(group) for group in groups])
-        for k, parts in enumerate(means):
+        steps = step[r.weight_rows].t().tolist()
+        for k, parts in enumerate(r.parts(means)):
             if k == 0:
                 _copy_all(work, parts)
             else:
-                torch._foreach_lerp_(work, parts, step[k])
-        total = reached[:, -1]
-        if not torch.allclose(
-            total, torch.ones_like(total)
-        ):  # a schedule whose rows do not sum to 1
-            torch._foreach_mul_(work, total.tolist())
+                torch._foreach_lerp_(work, parts, steps[k])
+        if rescale:  # a schedule whose rows do not sum to 1
+            torch._foreach_mul_(work, total[r.weight_rows].tolist())
         if rebase:
             scale = self.config.scale
             torch._foreach_mul_(work, scale)
@@ -277,26 +296,28 @@ class MergePlan:
         if not direct:
             _copy_all(outs, work)
 
-    def _merge_bn(self, targets: Mapping[str, Tensor]) -> None:
+    def _merge_bn(self, targets: Mapping[str, Tensor], table: Tensor) -> None:
         """Every BN layer's running statistics at once, by the BN rule: the weighted mean of
         the means, and of the variances (plus, for the Gaussian rules, the weighted spread of the
-        means around the merged mean: the moment-matched mixture)."""
+        means around the merged mean: the moment-matched mixture). ``table``: the plan's
+        ``bn_table`` on the pool's device."""
         pool, rule, r = self.pool, BN_RULES[self.config.bn], self.routes
         if not r.bn_modules:
             return
-        table = self.bn_table.to(pool.device, pool.flat.dtype)
         means = pool.flat[:, r.mean_index]
-        mean = (means * table[r.mean_module].t()).sum(0)
+        mean, mean_parts = r.kept("bn means", lambda: _buffer_with_parts(pool, r.means))
+        torch.sum(means * table[r.mean_module].t(), 0, out=mean)
         if r.var_index.numel():
+            var, var_parts = r.kept("bn variances", lambda: _buffer_with_parts(pool, r.variances))
             w = table[r.var_module].t()
-            var = (pool.flat[:, r.var_index] * w).sum(0)
+            torch.sum(pool.flat[:, r.var_index] * w, 0, out=var)
             if rule.gaussian and r.mean_index.numel():
                 paired = r.var_mean >= 0
                 at = r.var_mean.clamp_min(0)
                 spread = ((means[:, at] - mean[at]).square() * w).sum(0)
                 var += torch.where(paired, spread, 0.0)
-            _copy_all([targets[n] for n in r.variances], _split(var, r.variances, targets))
-        _copy_all([targets[n] for n in r.means], _split(mean, r.means, targets))
+            _copy_all([targets[n] for n in r.variances], var_parts)
+        _copy_all([targets[n] for n in r.means], mean_parts)
 
     def _combine_blocks(self, method: Method, targets: Mapping[str, Tensor]) -> None:
         """A non-linear method, one call per block of columns with per-column weights."""
@@ -448,6 +469,14 @@ def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
 #: on the Unet/resnet18 at M = 5, Fisher takes 197 ms with them and 393 ms with 2M columns.
 BLOCK_COLUMNS = {"cuda": 1 << 22, "cpu": 1 << 16}
 
+#: Devices where a weighted sum of two groups or more (layer-wise, or any schedule whose
+#: models do not all weigh the same) runs over whole rows of the stack: each column's weight
+#: gathered from the plan's (Np,) weights by the column's depth row, one ``lerp`` per further
+#: group, one multi-tensor copy into the model, a handful of kernels whatever the number of
+#: tensors (launches, not bandwidth, bound a GPU re-merge). On a CPU the per-tensor
+#: multi-tensor operations are faster: the gathered weight row costs a pass over memory there.
+FLAT_SUM = {"cuda": True, "cpu": False}
+
 
 @dataclass(frozen=True)
 class Block:
@@ -499,6 +528,14 @@ class Routes:
     var_mean: Tensor
     blocks: tuple[Block, ...]
     _parts: dict[int, tuple[Tensor, list[Tensor]]] = field(default_factory=dict, compare=False)
+    _kept: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def kept(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()`` the first time ``key`` is asked for, then the same object: the buffers
+        and index rows a merge reuses (made only on the paths that need them)."""
+        if key not in self._kept:
+            self._kept[key] = make()
+        return self._kept[key]
 
     def parts(self, rows: list[Tensor]) -> list[list[Tensor]]:
         """Each row (P,) cut into the merged tensors' shapes, as views. The views of the rows of
@@ -623,10 +660,25 @@ def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:
         torch._foreach_copy_(targets, sources)
 
 
-def _split(flat: Tensor, names: tuple[str, ...], targets: Mapping[str, Tensor]) -> list[Tensor]:
-    """``flat`` cut into the shapes of ``targets[name]`` for ``names``, in order."""
-    sizes = [targets[n].numel() for n in names]
-    return [part.view(targets[n].shape) for part, n in zip(flat.split(sizes), names, strict=True)]
+def _row_with_parts(pool: Pool, r: Routes) -> tuple[Tensor, list[Tensor]]:
+    """A ``(P,)`` work row on the pool's device and its views shaped as the merged tensors."""
+    row = torch.empty(pool.flat.shape[1], dtype=pool.flat.dtype, device=pool.device)
+    return row, [row[c].view(s) for c, s in zip(r.weight_cols, r.shapes, strict=True)]
+
+
+def _buffer_with_parts(pool: Pool, names: tuple[str, ...]) -> tuple[Tensor, list[Tensor]]:
+    """A buffer for the values of ``names`` (1-D statistics) end to end, and its pieces."""
+    sizes = [pool.columns[n].stop - pool.columns[n].start for n in names]
+    buffer = torch.empty(sum(sizes), dtype=pool.flat.dtype, device=pool.device)
+    return buffer, list(buffer.split(sizes))
+
+
+def _column_rows(pool: Pool, layout: Layout) -> Tensor:
+    """Each column of the stack's depth row j - 1 (int32, on the pool's device)."""
+    rows = {e.name: e.j - 1 for e in layout.entries if e.kind == "shared"}
+    sizes = torch.tensor([c.stop - c.start for c in pool.columns.values()])
+    per_tensor = torch.tensor([rows[n] for n in pool.columns], dtype=torch.int32)
+    return per_tensor.repeat_interleave(sizes).to(pool.device)
 
 
 def _equal_weight_groups(weights: Tensor) -> list[tuple[int, ...]]:

@@ -81,15 +81,22 @@ def is_bn_stat(name: str) -> bool:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error.
+
+    A CUDA device gets its index (``cuda`` -> ``cuda:0``), so it compares equal to the device
+    of the tensors made on it.
+    """
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise LwmmError(f"device '{device}' is not one of auto, cpu, cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LwmmError(f"device '{device}' requested but CUDA is not available here")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LwmmError(f"device '{device}' requested but CUDA is not available here")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
@@ -149,6 +156,7 @@ class Pool:
             )
             self.fisher_paths = [_path_of(f) for f in fisher]
         self._layouts: dict[tuple[int, str], Layout] = {}
+        self._rows = self.flat.unbind(0)
         self._mean: torch.Tensor | None = None
         self._mean_key: tuple[int, ...] | None = None
         #: Structures the merge derives from a layout once (index tensors), by layout key.
@@ -161,12 +169,13 @@ class Pool:
     def model_mean(self, members: tuple[int, ...]) -> torch.Tensor:
         """The mean of the models ``members`` over every shared value (P,), kept for reuse.
 
-        A single member is its own row (no copy). Only the latest group is kept (one model size
+        A single member is its own row (no copy; the same view object every time, so what is
+        derived from it can be kept). Only the latest group is kept (one model size
         of memory): a layer-wise merge with one anchor asks for the same group, the other
         models, every time.
         """
         if len(members) == 1:
-            return self.flat[members[0]]
+            return self._rows[members[0]]
         if self._mean_key != members:
             self._mean, self._mean_key = None, None  # free the old mean first
             total = self.flat[members[0]].clone()

@@ -220,7 +220,7 @@ class MergeLab(_Panel):
         self.plan: MergePlan | None = None
         self.scores: dict[str, Scores] = {}
         self.last_update_seconds = 0.0
-        self._models: dict[int, torch.nn.Module] = {}
+        self._models: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
         self._anchor_cache: dict[int, tuple[Scores, torch.Tensor]] = {}
         self._depth_names: tuple[str, ...] = ()
         self._quiet = False  # set while the panel itself moves controls
@@ -267,11 +267,15 @@ class MergeLab(_Panel):
         with self._quietly():
             self.alpha.value = round(1 / self.pool.n_models, 2)  # the paper's default: 1/M
         self.plan = make_plan(self.pool, self.config())
-        self.plan.run(into=self._model(self.plan.anchor))
+        self.plan.run(into=self._built(self.plan.anchor)[1])
         self.schedule_fig = go.FigureWidget(schedule_figure(self.plan))
         title = f"Per-class IoU on {target}: merged minus anchor"
         self.delta_fig = go.FigureWidget(iou_delta_figure({}, title))
-        self.grid_fig = go.FigureWidget(qualitative_figure(self._examples(*self._predictions())))
+        anchor_pred = self._anchor(self.plan.anchor)[1]
+        merged_pred = self._score(self._model(self.plan.anchor), self.target, self.preview_size)[0]
+        self.grid_fig = go.FigureWidget(
+            qualitative_figure(self._examples(anchor_pred, merged_pred))
+        )
 
         controls = (self.anchor, self.method, self.start, self.alpha, self.bn, self.granularity)
         for control in controls:
@@ -362,13 +366,20 @@ class MergeLab(_Panel):
 
     def _model(self, anchor: int) -> torch.nn.Module:
         """The module merges with this anchor are written into (built once per anchor)."""
+        return self._built(anchor)[0]
+
+    def _built(self, anchor: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        """The anchor's module and its state dict, kept: a merge writes into the state dict's
+        tensors (the module's own), which saves collecting them on every slider change."""
         if anchor not in self._models:
-            spec = require_spec(self.pool.checkpoints[anchor])
-            self._models[anchor] = spec.build(self.pool.device)
+            model = require_spec(self.pool.checkpoints[anchor]).build(self.pool.device)
+            self._models[anchor] = (model, model.state_dict())
         return self._models[anchor]
 
-    def _data(self, domain: str, images: int) -> TensorDataset:
-        return val_set(domain, images, self.resolution)
+    def _data(self, domain: str, images: int, on_device: bool = False) -> TensorDataset:
+        """A preview val set; ``on_device``: held where the pool is (copied there once)."""
+        device = str(self.pool.device) if on_device else "cpu"
+        return val_set(domain, images, self.resolution, device=device)
 
     # ------------------------------------------------------------------------- events
 
@@ -446,14 +457,12 @@ class MergeLab(_Panel):
         if self.method.value == "fisher" and self.pool.fisher is None:
             self._attach_fisher()
         plan = make_plan(self.pool, self.config())
-        model = self._model(plan.anchor)
-        plan.run(into=model)
+        model, tensors = self._built(plan.anchor)
+        plan.run(into=tensors)
         self.plan = plan
-        anchor_pred, merged_pred = self._predictions()
-        target = self._data(self.target, self.preview_size)
-        merged = self._scores(merged_pred, target.tensors[1], model, self.target)
-        anchor = self._anchor(plan.anchor)[0]
-        source = self._score(model, self._data(self.source, self.preview_size), self.source)[1]
+        merged_pred, merged = self._score(model, self.target, self.preview_size)
+        anchor, anchor_pred = self._anchor(plan.anchor)
+        source = self._score(model, self.source, self.preview_size)[1]
         self.scores = {"merged": merged, "anchor": anchor, self.source: source}
         if not update_schedule_figure(self.schedule_fig, plan):
             sync_figure(self.schedule_fig, schedule_figure(plan))
@@ -472,30 +481,23 @@ class MergeLab(_Panel):
         self.pool = Pool(paths, device=self.device.value, base=self.pool.base_path, fisher=fishers)
         self._models.clear()
 
-    def _scores(self, pred: torch.Tensor, labels: torch.Tensor, model: Any, domain: str) -> Scores:
+    def _score(self, model: torch.nn.Module, domain: str, n: int) -> tuple[torch.Tensor, Scores]:
+        """The model's predictions (on the CPU, for the grid) on the first ``n`` val images of
+        ``domain``, and their scores (counted where the model is: one sync on a GPU)."""
+        images, labels = self._data(domain, n, on_device=True).tensors
+        pred = predict(model, images)
         classes = model_classes(model)
-        return scores_from_confusion(confusion(pred, labels, classes), classes, domain, len(pred))
-
-    def _score(self, model: torch.nn.Module, data: TensorDataset, domain: str) -> tuple:
-        images, labels = data.tensors
-        pred = predict(model, images.to(self.pool.device)).cpu()
-        return pred, self._scores(pred, labels, model, domain)
+        scores = scores_from_confusion(confusion(pred, labels, classes), classes, domain, n)
+        return pred.cpu(), scores
 
     def _anchor(self, anchor: int) -> tuple[Scores, torch.Tensor]:
         """The anchor's own preview scores and predictions (cached per anchor)."""
         if anchor not in self._anchor_cache:
             model = require_spec(self.pool.checkpoints[anchor]).build(self.pool.device)
             model.load_state_dict(dict(self.pool.checkpoints[anchor].tensors))
-            data = self._data(self.target, self.preview_size)
-            pred, scores = self._score(model.eval(), data, self.target)
+            pred, scores = self._score(model.eval(), self.target, self.preview_size)
             self._anchor_cache[anchor] = (scores, pred)
         return self._anchor_cache[anchor]
-
-    def _predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The anchor's and the merged model's predictions on the target preview."""
-        model = self._model(self.plan.anchor)
-        images = self._data(self.target, self.preview_size).tensors[0].to(self.pool.device)
-        return self._anchor(self.plan.anchor)[1], predict(model, images).cpu()
 
     def _examples(self, anchor_pred: torch.Tensor, merged_pred: torch.Tensor) -> list[Example]:
         images, labels = self._data(self.target, self.preview_size).tensors
@@ -527,7 +529,7 @@ class MergeLab(_Panel):
     def _score_full(self) -> None:
         self.status.value = f"scoring the full {self.target} val ({self.full_size} images) ..."
         model = self._model(self.plan.anchor)
-        scores = self._score(model, self._data(self.target, self.full_size), self.target)[1]
+        scores = self._score(model, self.target, self.full_size)[1]
         self.status.value = (
             f"full {self.target} val: mIoU <b>{scores.miou:.2f}</b> on {scores.images} images"
         )

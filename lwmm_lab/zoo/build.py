@@ -54,13 +54,14 @@ def build_zoo(
     """Build (or finish building) the zoo in ``out``; returns the manifest.
 
     ``workers`` runs train side by side after the base (default: one per core, up to 2, on the
-    CPU; 1 on a GPU).
+    CPU; 4 on a GPU, where one small model's steps leave it mostly idle: the default zoo built
+    in 109-119 s on an H100 with 4).
     """
     config = config or ZooConfig()
     out = Path(out) if out is not None else default_zoo_dir(config.quick)
     device = resolve_device(device)
     if workers is None:
-        workers = min(2, os.cpu_count() or 1) if device.type == "cpu" else 1
+        workers = min(2 if device.type == "cpu" else 4, os.cpu_count() or 1)
     started = time.perf_counter()
     known = {e["path"]: e for e in read_manifest(out).get("checkpoints", [])}
     data = _DataCache(out / "cache", config)
@@ -323,7 +324,7 @@ class _DataCache:
                 if "instances" in z:
                     return z["images"], z["labels"], z["instances"]
         jobs = [(domain, split, i, (h, w)) for i in range(n)]
-        with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             scenes = list(
                 tqdm(
                     pool.map(_generate, jobs, chunksize=16),
