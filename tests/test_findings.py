@@ -18,7 +18,7 @@ def test_findings_command_reports_every_claim(
     monkeypatch.setenv("LWMM_DATA", str(tmp_path))
     assert main(["findings", "--zoo", str(quick_zoo), "--images", "4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert [f["number"] for f in report] == sorted(CLAIMS) == list(range(1, 13))
+    assert [f["number"] for f in report] == sorted(CLAIMS) == list(range(1, 14))
     for f in report:
         assert set(f) == KEYS and f["command"].startswith("lwmm ")
         assert set(f["results"]) == set(CLAIMS[f["number"]].families)
@@ -26,7 +26,7 @@ def test_findings_command_reports_every_claim(
             assert r["holds"] in ("yes", "partly", "no") and r["ours"] and r["why"]
     families = {f["number"]: set(f["results"]) for f in report}
     assert families[4] == {"strategies", "independent"}
-    assert families[6] == families[7] == families[12] == {"independent"}
+    assert families[6] == families[7] == families[12] == families[13] == {"independent"}
     assert families[10] == {"strategies"}
     assert (
         main(["findings", "--zoo", str(quick_zoo), "--images", "4", "--only", "11", "--markdown"])

@@ -9,7 +9,9 @@ import pytest
 import torch
 from torchmetrics.detection import PanopticQuality
 
-from lwmm_lab import ModelSpec, load_checkpoint, load_model
+from lwmm_lab import ModelSpec, Pool, load_checkpoint, load_model, merged_model
+from lwmm_lab.analysis.comparison import semantic_into_panoptic
+from lwmm_lab.analysis.evaluation import val_set
 from lwmm_lab.analysis.panoptic import (
     VOID,
     PanopticConfig,
@@ -218,3 +220,43 @@ def test_a_semantic_checkpoint_is_refused_for_the_panoptic_task(quick_zoo: Path,
     assert main(["eval", entry["path"], "--task", "panoptic"]) == 1
     err = capsys.readouterr().err
     assert entry["path"] in err and "no instance heads" in err and err.count("\n") == 1
+
+
+def test_semantic_into_panoptic_scores_every_merge_like_the_api(
+    quick_zoo: Path, monkeypatch, tmp_path: Path
+) -> None:
+    """Table 6's comparison: the anchor, then each method with each semantic model and with
+    both; every row is what scoring that merge through the Python API gives."""
+    monkeypatch.setenv("LWMM_DATA", str(tmp_path))
+    anchor, *semantic = scenario_checkpoints(load_manifest(quick_zoo), "panoptic")
+    rows = semantic_into_panoptic(anchor, semantic, images=4, resolution=(64, 128))
+    assert [r["method"] for r in rows] == ["anchor"] + ["isotropic", "fisher", "layerwise"] * 3
+    assert [r["semantic"] for r in rows[3::3]] == [
+        ["synthia16-minent"],
+        ["indep-minent"],
+        ["synthia16-minent", "indep-minent"],
+    ]
+    data = val_set("real", 4, (64, 128), instances=True)
+    expected = evaluate_panoptic(merged_model(Pool([anchor, *semantic], device="cpu")), data)
+    last = rows[-1]
+    assert last["name"] == "layerwise + synthia16-minent + indep-minent"
+    assert last["pq"] == pytest.approx(expected.pq, abs=1e-3)
+    assert last["miou"] == pytest.approx(expected.extra["miou"], abs=1e-3)
+    alone = evaluate_panoptic(load_model(anchor, "cpu"), data)
+    assert rows[0]["pq"] == pytest.approx(alone.pq, abs=1e-3)
+
+
+def test_panoptic_maps_colour_each_instance_apart() -> None:
+    """Two touching cars of one class get different shades and a white outline; stuff keeps
+    its class colour; void is black."""
+    car = L.CLASSES.index("car")
+    category = torch.full((8, 8), L.CLASSES.index("road"), dtype=torch.long)
+    category[2:6, 1:7] = car
+    category[0, 0] = VOID
+    instance = torch.zeros(8, 8, dtype=torch.long)
+    instance[2:6, 1:4], instance[2:6, 4:7] = 1, 2
+    rgb = L.colorize_panoptic(category.numpy(), instance.numpy())
+    assert tuple(rgb[7, 7]) == tuple(L.COLORS[L.CLASSES.index("road")])
+    assert tuple(rgb[0, 0]) == (0, 0, 0)
+    assert tuple(rgb[3, 2]) != tuple(rgb[3, 5]), "two instances, two shades"
+    assert tuple(rgb[3, 3]) == (255, 255, 255), "the boundary between them is outlined"

@@ -81,6 +81,22 @@ def test_scenario_chooser_and_alignment(lab: MergeLab, quick_zoo: Path) -> None:
     assert lab.scenario.value == "custom" and lab.pool.n_models == 2
 
 
+def test_a_panoptic_anchor_shows_pq_and_panoptic_outputs(lab: MergeLab) -> None:
+    """Fig. 6 in the lab: with the panoptic model as the anchor, the readout gives PQ, SQ and
+    RQ beside mIoU, and the grid shows panoptic maps (instances outlined) that follow alpha."""
+    lab.scenario.value = "panoptic"
+    assert lab.error.value == "" and "panoptic" in lab.pool.labels[0]
+    assert "PQ merged" in lab.readout.value and "SQ" in lab.readout.value
+    merged, anchor = lab.scores["merged panoptic"], lab.scores["anchor panoptic"]
+    assert 0 <= merged.pq <= 100 and 0 <= anchor.pq <= 100
+    before = _images(lab.grid_fig)
+    lab.alpha.value = 1.0
+    assert lab.scores["merged panoptic"].pq == pytest.approx(anchor.pq), "alpha 1 is the anchor"
+    assert _images(lab.grid_fig) != before
+    lab.scenario.value = "independent"
+    assert "PQ" not in lab.readout.value and "merged panoptic" not in lab.scores
+
+
 def test_errors_show_in_the_panel(lab: MergeLab) -> None:
     lab.method.value = "weighted"  # needs weights the panel does not give
     assert "needs one weight per model" in lab.error.value

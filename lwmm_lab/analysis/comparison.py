@@ -7,6 +7,8 @@
 - :func:`heads_and_decoders`: models with another class set or another decoder than the
   anchor; only the shared tensors can be merged, the rest comes from the anchor. Inference
   time is measured too: a merge costs one forward pass, the ensemble one per model.
+- :func:`semantic_into_panoptic`: semantic models merged into a panoptic anchor (Table 6),
+  scored by PQ, SQ, RQ and mIoU.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from lwmm_lab.analysis.evaluation import evaluate, normalize, val_set
+from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
 from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.engine.checkpoints import load_checkpoint
 from lwmm_lab.engine.model import load_model, merged_model
@@ -180,6 +183,7 @@ def _row(name: str, kind: str, models: list[nn.Module], data: Any, domain: str) 
         "name": name,
         "kind": kind,
         "miou": evaluate(models, data, domain).miou,
+        "models": len(models),
         "ms_per_image": inference_ms(models, data.tensors[0][:16]),
     }
 
@@ -197,3 +201,69 @@ def inference_ms(models: Sequence[nn.Module], images: torch.Tensor, repeats: int
                 m(x)
             times.append((time.perf_counter() - started) * 1000 / len(images))
     return sorted(times)[len(times) // 2]
+
+
+#: The panoptic merges' methods: the paper's Table 6 method and its two baselines.
+PANOPTIC_METHODS = ("isotropic", "fisher", "layerwise")
+
+
+def semantic_into_panoptic(
+    anchor: str | os.PathLike,
+    others: Sequence[str | os.PathLike],
+    domain: str = "real",
+    methods: Sequence[str] = PANOPTIC_METHODS,
+    images: int = 100,
+    resolution: tuple[int, int] = (96, 192),
+    fisher_domain: str = "synthetic",
+) -> list[dict[str, Any]]:
+    """The panoptic anchor alone, then each method merging it with each semantic model alone
+    and with all of them (the paper's Table 6), scored on ``domain``'s val images.
+
+    Rows: ``name``, ``method``, ``semantic`` (the merged semantic models' file stems), ``pq``,
+    ``sq``, ``rq``, ``things``, ``stuff`` (PQ over those classes) and ``miou`` (0-100).
+    """
+    data = val_set(domain, images, resolution, instances=True)
+    paths = [str(anchor), *map(str, others)]
+    require_panoptic(load_model(paths[0], "cpu"), paths[0])
+    fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
+    sets = [[p] for p in paths[1:]] + ([paths[1:]] if len(paths) > 2 else [])
+    rows = [_panoptic_row("anchor", "anchor", [], load_model(paths[0], "cpu"), data)]
+    for chosen in sets:
+        which = [paths.index(p) for p in chosen]
+        pool = Pool([paths[0], *chosen], device="cpu", fisher=_pick(fishers, [0, *which]))
+        for method in methods:
+            rows.append(
+                _panoptic_row(
+                    f"{method} + {' + '.join(map(_label, chosen))}",
+                    method,
+                    chosen,
+                    merged_model(pool, method=method),
+                    data,
+                )
+            )
+    return rows
+
+
+def _label(path: str) -> str:
+    """A checkpoint's short name: a zoo run's folder (``runs/RUN/step-N``), else its stem."""
+    p = Path(path)
+    return p.parent.name if p.stem.startswith("step-") else p.stem
+
+
+def _pick(items: list[Any] | None, which: list[int]) -> list[Any] | None:
+    return None if items is None else [items[k] for k in which]
+
+
+def _panoptic_row(
+    name: str, method: str, semantic: list[str], model: nn.Module, data: Any
+) -> dict[str, Any]:
+    scores = evaluate_panoptic(model, data)
+    return {
+        "name": name,
+        "method": method,
+        "semantic": [_label(p) for p in semantic],
+        **{k: round(getattr(scores, k), 4) for k in ("pq", "sq", "rq")},
+        "things": round(scores.things["pq"], 4),
+        "stuff": round(scores.stuff["pq"], 4),
+        "miou": scores.extra["miou"],
+    }

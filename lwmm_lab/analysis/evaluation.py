@@ -159,15 +159,17 @@ def val_set(
     resolution: tuple[int, int] = (96, 192),
     seed: int = 0,
     device: str = "cpu",
+    instances: bool = False,
 ) -> TensorDataset:
     """A synthetic domain's val split held in memory on ``device`` (generated once per process;
-    a sweep on the GPU keeps its val sets there)."""
+    a sweep on the GPU keeps its val sets there): images and labels, and with ``instances``
+    the instance ids (what panoptic scores need)."""
     if device != "cpu":
-        images_, labels = val_set(domain, images, resolution, seed).tensors
-        return TensorDataset(images_.to(device), labels.to(device))
-    scenes = SyntheticScenes(domain, "val", images, resolution, seed)
-    x, y = zip(*(scenes[i] for i in range(len(scenes))), strict=True)
-    return TensorDataset(torch.stack(x), torch.stack(y))
+        tensors = val_set(domain, images, resolution, seed, instances=instances).tensors
+        return TensorDataset(*(t.to(device) for t in tensors))
+    scenes = SyntheticScenes(domain, "val", images, resolution, seed, instances)
+    samples = zip(*(scenes[i] for i in range(len(scenes))), strict=True)
+    return TensorDataset(*(torch.stack(t) for t in samples))
 
 
 def evaluate_checkpoints(

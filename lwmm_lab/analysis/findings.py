@@ -29,6 +29,7 @@ from lwmm_lab.analysis.comparison import (
     compare,
     heads_and_decoders,
     multi_target,
+    semantic_into_panoptic,
 )
 from lwmm_lab.analysis.discrepancy import KINDS, LEARNED, Discrepancy, discrepancy
 from lwmm_lab.analysis.regimes import family_merges
@@ -644,6 +645,43 @@ def alignment_recovers(ctx: Context, family: str) -> Measurement:
         _verdict(len(recovered) == len(methods), max(gained.values()) >= 5),
         why + ".",
         v | {"decoder_distance": distance[False], "decoder_distance_aligned": distance[True]},
+    )
+
+
+@claim(
+    13,
+    "Merging a semantic model into a panoptic one raises mPQ (layer-wise; isotropic and Fisher "
+    "as the baselines).",
+    "Table 6",
+    "EDAPS 41.2 mPQ -> 44.1 merged with HRDA (+2.9 mPQ, +1.4 mSQ, +3.0 mRQ)",
+    families=("independent",),
+)
+def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
+    anchor, *others = scenario_checkpoints(ctx.manifest, "panoptic")
+    rows = semantic_into_panoptic(anchor, others, **ctx.settings())
+    base = rows[0]
+    merged = {r["name"]: r for r in rows[1:]}
+    layerwise = [r for r in rows if r["method"] == "layerwise"]
+    best = max(layerwise, key=lambda r: r["pq"])
+    baselines = {m: max(r["pq"] for r in rows if r["method"] == m) for m in ("isotropic", "fisher")}
+    raises = best["pq"] >= base["pq"] + KEEP
+    beats = best["pq"] > max(baselines.values())
+    lost = {k: best[k] - base[k] for k in ("stuff", "things", "miou")}
+    return Measurement(
+        f"panoptic anchor PQ {base['pq']:.2f} (SQ {base['sq']:.2f}, RQ {base['rq']:.2f}); "
+        + "; ".join(f"{r['name']} {r['pq']:.2f}" for r in layerwise)
+        + f"; best isotropic {baselines['isotropic']:.2f}, best fisher {baselines['fisher']:.2f}",
+        _verdict(raises and beats, beats),
+        f"The semantic models share the encoder with the panoptic one and nothing else trained "
+        f"together (their decoders come from other seeds, the independent regime), and its "
+        f"instance heads are the anchor's alone. The best layer-wise merge ({best['name']}) "
+        f"changes PQ by {best['pq'] - base['pq']:+.2f}: stuff PQ by {lost['stuff']:+.2f}, things "
+        f"PQ by {lost['things']:+.2f} and the semantic mIoU by {lost['miou']:+.2f}, so the "
+        f"change is in the semantic branch; things PQ is {base['things']:.2f} for the anchor, "
+        "so the instance side of the claim cannot be seen on this small zoo. Isotropic and Fisher "
+        "average decoders trained apart and fall to "
+        f"{baselines['isotropic']:.2f} and {baselines['fisher']:.2f}.",
+        {"rows": rows, **{k: merged[k]["pq"] for k in merged}, "anchor": base["pq"]},
     )
 
 

@@ -384,14 +384,48 @@ def evaluate_panoptic(
                 "which a panoptic evaluation needs"
             )
         images, labels, instances = (t.to(device) for t in batch[:3])
-        semantic, pc, pi = _predict(model, images, config)
-        conf += confusion(semantic, labels, classes)
-        tc, ti = ground_truth(labels, instances, classes)
-        stats.add(panoptic_stats(pc, pi, tc, ti, classes))
+        batch_stats, batch_conf, _ = _score_batch(model, images, labels, instances, config)
+        stats.add(batch_stats)
+        conf += batch_conf
         count += images.shape[0]
-    scores = panoptic_scores(stats, count)
-    scores.extra["miou"] = round(scores_from_confusion(conf.cpu(), classes, "", count).miou, 4)
+    scores = _scores(stats, conf, count)
     scores.extra["seconds"] = round(time.perf_counter() - started, 3)
+    return scores
+
+
+def panoptic_outputs(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    instances: Tensor,
+    config: PanopticConfig | None = None,
+) -> tuple[PanopticScores, Tensor, Tensor]:
+    """One batch held in memory (a preview): its scores as :func:`evaluate_panoptic` gives
+    them, and the predictions scored, categories and instance ids (N, H, W)."""
+    require_panoptic(model)
+    stats, conf, (category, instance) = _score_batch(model, images, labels, instances, config)
+    return _scores(stats, conf, len(images)), category, instance
+
+
+def _score_batch(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    instances: Tensor,
+    config: PanopticConfig | None,
+) -> tuple[PanopticStats, Tensor, tuple[Tensor, Tensor]]:
+    """A batch's PQ sums, semantic confusion and panoptic predictions (one forward pass)."""
+    classes = model_classes(model)
+    semantic, category, instance = _predict(model, images, config)
+    truth = ground_truth(labels, instances, classes)
+    stats = panoptic_stats(category, instance, *truth, classes)
+    return stats, confusion(semantic, labels, classes), (category, instance)
+
+
+def _scores(stats: PanopticStats, conf: Tensor, images: int) -> PanopticScores:
+    scores = panoptic_scores(stats, images)
+    classes = stats.classes
+    scores.extra["miou"] = round(scores_from_confusion(conf.cpu(), classes, "", images).miou, 4)
     return scores
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lwmm_lab.analysis.evaluation import Scores, predict
+from lwmm_lab.analysis.panoptic import panoptic_predict
 from lwmm_lab.data import labels as L
 
 #: Change-map codes and their colours.
@@ -31,7 +32,12 @@ _CODE = {name: k for k, name in enumerate(CHANGES)}
 
 @dataclass
 class Example:
-    """One image's arrays: RGB image, trainId ground truth and predictions, change codes."""
+    """One image's arrays: RGB image, trainId ground truth and predictions, change codes.
+
+    A panoptic example also has ``instances``: the instance ids of the ground truth, the
+    anchor's and the merged model's predictions (0 for stuff), its ``anchor`` and ``merged``
+    being the panoptic categories (void where no segment).
+    """
 
     index: int
     image: np.ndarray
@@ -39,6 +45,7 @@ class Example:
     anchor: np.ndarray
     merged: np.ndarray
     changes: np.ndarray
+    instances: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def change_rgb(self) -> np.ndarray:
         palette = np.array(list(CHANGES.values()), dtype=np.uint8)
@@ -60,20 +67,38 @@ def examples(
     )
 
 
+def panoptic_examples(
+    anchor: nn.Module, merged: nn.Module, dataset: Dataset, indices: Sequence[int]
+) -> list[Example]:
+    """The anchor's and the merged model's panoptic outputs on ``dataset[indices]`` (samples
+    with instance ids), beside the panoptic ground truth (the paper's Fig. 6)."""
+    items = [dataset[i] for i in indices]
+    images, labels, instances = (torch.stack([item[k] for item in items]) for k in range(3))
+    a_category, a_instance = panoptic_predict(anchor, images)
+    m_category, m_instance = panoptic_predict(merged, images)
+    return examples_from_predictions(
+        images, labels, a_category, m_category, indices, (instances, a_instance, m_instance)
+    )
+
+
 def examples_from_predictions(
     images: torch.Tensor,
     labels: torch.Tensor,
     anchor: torch.Tensor,
     merged: torch.Tensor,
     indices: Sequence[int],
+    instances: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> list[Example]:
-    """Examples from images (N, 3, H, W) in [0, 1], labels and the two models' trainIds."""
+    """Examples from images (N, 3, H, W) in [0, 1], labels and the two models' trainIds (or,
+    with ``instances`` of the labels, the anchor and the merged model, their panoptic
+    categories)."""
     rgb = (images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
     result = []
     for k, index in enumerate(indices):
         label = labels[k].cpu().numpy().astype(np.uint8)
         a, m = anchor[k].cpu().numpy().astype(np.uint8), merged[k].cpu().numpy().astype(np.uint8)
-        result.append(Example(index, rgb[k], label, a, m, change_map(label, a, m)))
+        ids = None if instances is None else tuple(t[k].cpu().numpy() for t in instances)
+        result.append(Example(index, rgb[k], label, a, m, change_map(label, a, m), ids))
     return result
 
 

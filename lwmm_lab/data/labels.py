@@ -81,3 +81,18 @@ def colorize(label: np.ndarray) -> np.ndarray:
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[: len(COLORS)] = COLORS
     return palette[label]
+
+
+def colorize_panoptic(category: np.ndarray, instance: np.ndarray) -> np.ndarray:
+    """RGB image of a panoptic map: each segment in its class colour, every instance of a thing
+    shaded apart (a brightness from its id) and outlined in white; void is black."""
+    rgb = colorize(category).astype(np.float32)
+    things = instance > 0
+    shade = 0.45 + 0.55 * ((instance.astype(np.float64) * 0.6180339887) % 1.0)
+    rgb[things] *= shade[things, None]
+    key = category.astype(np.int64) * (1 << 16) + instance
+    edge = np.zeros(category.shape, dtype=bool)
+    edge[:-1] |= key[:-1] != key[1:]
+    edge[:, :-1] |= key[:, :-1] != key[:, 1:]
+    rgb[edge & things] = 255
+    return rgb.astype(np.uint8)

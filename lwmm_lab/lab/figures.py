@@ -547,14 +547,14 @@ COLUMNS = ("image", "ground truth", "anchor", "merged", "change")
 
 
 def example_panels(example: Example) -> list[np.ndarray]:
-    """The five RGB panels of an example, in :data:`COLUMNS` order."""
-    return [
-        example.image,
-        L.colorize(example.label),
-        L.colorize(example.anchor),
-        L.colorize(example.merged),
-        example.change_rgb(),
-    ]
+    """The five RGB panels of an example, in :data:`COLUMNS` order (panoptic maps, instances
+    shaded apart, for a panoptic example)."""
+    maps = (example.label, example.anchor, example.merged)
+    if example.instances is None:
+        colored = [L.colorize(m) for m in maps]
+    else:
+        colored = [L.colorize_panoptic(m, i) for m, i in zip(maps, example.instances, strict=True)]
+    return [example.image, *colored, example.change_rgb()]
 
 
 def qualitative_figure(

@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,14 @@ from lwmm_lab.analysis.evaluation import (
     scores_from_confusion,
     val_set,
 )
+from lwmm_lab.analysis.panoptic import PanopticScores, panoptic_outputs
 from lwmm_lab.analysis.qualitative import Example, examples_from_predictions, iou_delta
 from lwmm_lab.analysis.sweeps import Cell, Sweep, grid, run_sweep
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_command, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import require_spec
+from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.lab.figures import (
     COLUMNS,
@@ -173,6 +176,22 @@ def checkpoint_options(
     return options
 
 
+@dataclass
+class Outputs:
+    """A model's preview on the target: semantic scores and predictions, and for a panoptic
+    model its panoptic scores, categories and instance ids."""
+
+    scores: Scores
+    pred: torch.Tensor
+    panoptic: tuple[PanopticScores, torch.Tensor, torch.Tensor] | None = None
+
+
+def _signed(diff: float) -> str:
+    """A difference in green (up) or red (down)."""
+    color = "#2ca02c" if diff >= 0 else "#d62728"
+    return f"<span style='color:{color}'>{diff:+.2f}</span>"
+
+
 class MergeLab(_Panel):
     """Merge checkpoints with sliders and see what changes.
 
@@ -221,7 +240,7 @@ class MergeLab(_Panel):
         self.scores: dict[str, Scores] = {}
         self.last_update_seconds = 0.0
         self._models: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
-        self._anchor_cache: dict[int, tuple[Scores, torch.Tensor]] = {}
+        self._anchor_cache: dict[int, Outputs] = {}
         self._depth_names: tuple[str, ...] = ()
         self._quiet = False  # set while the panel itself moves controls
 
@@ -271,10 +290,9 @@ class MergeLab(_Panel):
         self.schedule_fig = go.FigureWidget(schedule_figure(self.plan))
         title = f"Per-class IoU on {target}: merged minus anchor"
         self.delta_fig = go.FigureWidget(iou_delta_figure({}, title))
-        anchor_pred = self._anchor(self.plan.anchor)[1]
-        merged_pred = self._score(self._model(self.plan.anchor), self.target, self.preview_size)[0]
+        merged = self._outputs(self._model(self.plan.anchor))
         self.grid_fig = go.FigureWidget(
-            qualitative_figure(self._examples(anchor_pred, merged_pred))
+            qualitative_figure(self._examples(self._anchor(self.plan.anchor), merged))
         )
 
         controls = (self.anchor, self.method, self.start, self.alpha, self.bn, self.granularity)
@@ -376,10 +394,12 @@ class MergeLab(_Panel):
             self._models[anchor] = (model, model.state_dict())
         return self._models[anchor]
 
-    def _data(self, domain: str, images: int, on_device: bool = False) -> TensorDataset:
+    def _data(
+        self, domain: str, images: int, on_device: bool = False, instances: bool = False
+    ) -> TensorDataset:
         """A preview val set; ``on_device``: held where the pool is (copied there once)."""
         device = str(self.pool.device) if on_device else "cpu"
-        return val_set(domain, images, self.resolution, device=device)
+        return val_set(domain, images, self.resolution, device=device, instances=instances)
 
     # ------------------------------------------------------------------------- events
 
@@ -460,14 +480,16 @@ class MergeLab(_Panel):
         model, tensors = self._built(plan.anchor)
         plan.run(into=tensors)
         self.plan = plan
-        merged_pred, merged = self._score(model, self.target, self.preview_size)
-        anchor, anchor_pred = self._anchor(plan.anchor)
+        merged, anchor = self._outputs(model), self._anchor(plan.anchor)
         source = self._score(model, self.source, self.preview_size)[1]
-        self.scores = {"merged": merged, "anchor": anchor, self.source: source}
+        self.scores = {"merged": merged.scores, "anchor": anchor.scores, self.source: source}
+        if merged.panoptic is not None:
+            self.scores |= {"merged panoptic": merged.panoptic[0]}
+            self.scores |= {"anchor panoptic": anchor.panoptic[0]}
         if not update_schedule_figure(self.schedule_fig, plan):
             sync_figure(self.schedule_fig, schedule_figure(plan))
-        update_iou_delta_figure(self.delta_fig, iou_delta(anchor, merged))
-        self._update_grid(self._examples(anchor_pred, merged_pred))
+        update_iou_delta_figure(self.delta_fig, iou_delta(anchor.scores, merged.scores))
+        self._update_grid(self._examples(anchor, merged))
         self.start_name.value = self._start_label()
         self.readout.value = self._readout(anchor, merged, source)
         self.last_update_seconds = time.perf_counter() - started
@@ -490,20 +512,46 @@ class MergeLab(_Panel):
         scores = scores_from_confusion(confusion(pred, labels, classes), classes, domain, n)
         return pred.cpu(), scores
 
-    def _anchor(self, anchor: int) -> tuple[Scores, torch.Tensor]:
-        """The anchor's own preview scores and predictions (cached per anchor)."""
+    def _outputs(self, model: torch.nn.Module) -> Outputs:
+        """A model's predictions and scores on the target preview (and, for a panoptic model,
+        its panoptic scores and outputs)."""
+        pred, scores = self._score(model, self.target, self.preview_size)
+        if not is_panoptic(model):
+            return Outputs(scores, pred)
+        data = self._data(self.target, self.preview_size, on_device=True, instances=True)
+        panoptic, category, instance = panoptic_outputs(model, *data.tensors)
+        return Outputs(scores, pred, (panoptic, category.cpu(), instance.cpu()))
+
+    def _anchor(self, anchor: int) -> Outputs:
+        """The anchor's own preview outputs (cached per anchor)."""
         if anchor not in self._anchor_cache:
             model = require_spec(self.pool.checkpoints[anchor]).build(self.pool.device)
             model.load_state_dict(dict(self.pool.checkpoints[anchor].tensors))
-            pred, scores = self._score(model.eval(), self.target, self.preview_size)
-            self._anchor_cache[anchor] = (scores, pred)
+            self._anchor_cache[anchor] = self._outputs(model.eval())
         return self._anchor_cache[anchor]
 
-    def _examples(self, anchor_pred: torch.Tensor, merged_pred: torch.Tensor) -> list[Example]:
-        images, labels = self._data(self.target, self.preview_size).tensors
-        n = min(self.shown, len(images))
+    def _examples(self, anchor: Outputs, merged: Outputs) -> list[Example]:
+        """The grid's rows: semantic maps, or panoptic ones when both models are panoptic."""
+        n = self.shown
+        if anchor.panoptic is None or merged.panoptic is None:
+            images, labels = self._data(self.target, self.preview_size).tensors[:2]
+            return examples_from_predictions(
+                images[:n],
+                labels[:n],
+                anchor.pred[:n],
+                merged.pred[:n],
+                list(range(len(images[:n]))),
+            )
+        images, labels, instances = self._data(
+            self.target, self.preview_size, instances=True
+        ).tensors
         return examples_from_predictions(
-            images[:n], labels[:n], anchor_pred[:n], merged_pred[:n], list(range(n))
+            images[:n],
+            labels[:n],
+            anchor.panoptic[1][:n],
+            merged.panoptic[1][:n],
+            list(range(len(images[:n]))),
+            (instances[:n], anchor.panoptic[2][:n], merged.panoptic[2][:n]),
         )
 
     def _update_grid(self, shown: list[Example]) -> None:
@@ -515,15 +563,22 @@ class MergeLab(_Panel):
                 for c in (2, 3, 4):
                     images[r * len(COLUMNS) + c].source = png_uri(panels[c])
 
-    def _readout(self, anchor: Scores, merged: Scores, source: Scores) -> str:
-        diff = merged.miou - anchor.miou
-        color = "#2ca02c" if diff >= 0 else "#d62728"
+    def _readout(self, anchor: Outputs, merged: Outputs, source: Scores) -> str:
+        a, m = anchor.scores, merged.scores
+        panoptic = ""
+        if anchor.panoptic is not None and merged.panoptic is not None:
+            ap, mp = anchor.panoptic[0], merged.panoptic[0]
+            panoptic = (
+                f"<br>panoptic on <b>{self.target}</b>: PQ merged <b class='lwmm-pq'>"
+                f"{mp.pq:.2f}</b> (anchor {ap.pq:.2f}, {_signed(mp.pq - ap.pq)}), SQ {mp.sq:.2f} "
+                f"(anchor {ap.sq:.2f}), RQ {mp.rq:.2f} (anchor {ap.rq:.2f})"
+            )
         return (
             f"<div style='font-size:15px'><b>{self.target}</b> mIoU: merged "
-            f"<b class='lwmm-miou'>{merged.miou:.2f}</b> (anchor {anchor.miou:.2f}, "
-            f"<span style='color:{color}'>{diff:+.2f}</span>) &nbsp;|&nbsp; "
+            f"<b class='lwmm-miou'>{m.miou:.2f}</b> (anchor {a.miou:.2f}, "
+            f"{_signed(m.miou - a.miou)}) &nbsp;|&nbsp; "
             f"<b>{self.source}</b> mIoU: {source.miou:.2f} "
-            f"<small>(preview: {merged.images} images each)</small></div>"
+            f"<small>(preview: {m.images} images each)</small>{panoptic}</div>"
         )
 
     def _score_full(self) -> None:
