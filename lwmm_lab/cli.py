@@ -12,6 +12,7 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from lwmm_lab._version import __version__
@@ -110,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--workers", type=int, help="runs trained side by side (default: 2 on a CPU, 4 on a GPU)"
     )
+    build.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="0 (the published zoo) or another: every run's initialisation and data order change "
+        "(default folder data/zoo-seedK)",
+    )
     build.set_defaults(handler=_zoo_build)
     listing = zoo_commands.add_parser("list", help="the zoo's runs, or one scenario's checkpoints")
     listing.add_argument("scenario", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
@@ -197,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--images", type=int, default=100, help="val images per domain (100)")
     found.add_argument("--json", action="store_true", help="the findings as JSON")
     found.add_argument("--markdown", action="store_true", help="the findings as a Markdown table")
+    found.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="one default zoo per seed (built or reused: data/zoo, data/zoo-seedK); every claim "
+        "as mean and spread over them, a verdict only where all builds agree",
+    )
+    found.add_argument("--device", default="auto", help="where the seeds' zoos are built")
     found.set_defaults(handler=_findings)
     return parser
 
@@ -289,6 +306,9 @@ def _zoo_build(args: argparse.Namespace) -> int:
     config = ZooConfig.quick_config() if args.quick else ZooConfig()
     if args.workers is not None and args.workers < 1:
         raise LwmmError(f"--workers {args.workers}: give at least 1")
+    if args.seed < 0:
+        raise LwmmError(f"--seed {args.seed}: give 0 or a positive whole number")
+    config = replace(config, seed=args.seed)
     build_zoo(args.out, config, device=args.device, workers=args.workers)
     return 0
 
@@ -470,6 +490,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _findings(args: argparse.Namespace) -> int:
+    if args.seeds is not None:
+        return _seeded_findings(args)
     results = findings.measure(args.zoo, images=args.images, only=args.only)
     if args.json:
         print(json.dumps(findings.to_json(results), indent=1))
@@ -485,6 +507,19 @@ def _findings(args: argparse.Namespace) -> int:
                 print(f"    {findings.FAMILY_TITLES[family]}: [{r.holds}] {r.ours}")
                 print(f"      why: {r.why}")
             print(f"    run:   {f.command}")
+    return 0
+
+
+def _seeded_findings(args: argparse.Namespace) -> int:
+    if args.zoo is not None:
+        raise LwmmError("--seeds uses one zoo per seed (data/zoo, data/zoo-seedK); drop --zoo")
+    results, facts = findings.measure_seeds(
+        args.seeds, images=args.images, only=args.only, device=args.device
+    )
+    if args.json:
+        print(json.dumps(findings.seeded_json(results, facts), indent=1))
+    else:
+        print(findings.seeded_table(results, facts))
     return 0
 
 

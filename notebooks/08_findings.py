@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 08 · Do the papers' claims hold here? A findings report
 #
-# A lab should let you test what a paper says. Below, ten claims of the layer-wise merging
+# A lab should let you test what a paper says. Below, eleven claims of the layer-wise merging
 # paper, one of the multi-target paper and one of ours are measured on the zoo: the claim, the
 # paper's figure, ours, whether it holds (**yes**, **partly**, **no**), what we think explains
 # it, and the command that reproduces it.
@@ -59,3 +59,29 @@ comparison_figure(one_source, methods, title="One source model: merging more and
 # %%
 independent = strategy_merging.results["independent"].details["rows"]
 comparison_figure(independent, methods, title="Independent decoders: merging more and more")
+
+# %% [markdown]
+# ## How sure are we? Several builds of the zoo
+#
+# Many of the differences above are a few tenths of a point. One build of the zoo cannot tell
+# them from noise: train it again with another seed (other initial weights, another data order)
+# and a verdict may flip. `lwmm findings --seeds 0 1 2` builds (or reuses) one default zoo per
+# seed and gives each claim's key figure as a mean and spread over the builds, with a verdict
+# only where every build agrees. It also scores the first build once more on another val set
+# of the same size: how much of the spread is evaluation noise rather than training noise.
+#
+# Below, the builds this machine has (the zoo above is seed 0), for three claims.
+
+# %%
+from lwmm_lab.analysis.findings import measure_seeds
+from lwmm_lab.lab.figures import spread_figure
+from lwmm_lab.zoo.manifest import default_zoo_dir
+
+others = [default_zoo_dir(False, k) for k in range(1, 10)]
+zoos = {0: zoo} | {
+    k: d for k, d in enumerate(others, 1) if not quick and (d / "manifest.json").is_file()
+}
+seeded, facts = measure_seeds(
+    sorted(zoos), images=8 if quick else 100, only=[4, 9, 13], build=zoos.__getitem__
+)
+spread_figure(seeded, f"Claims 4, 9 and 13 over {len(zoos)} build(s) of the zoo")

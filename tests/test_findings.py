@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
-from lwmm_lab.analysis.findings import CLAIMS
+import pytest
+
+from lwmm_lab.analysis.findings import CLAIMS, measure, measure_seeds, seeded_table
 from lwmm_lab.cli import main
+from lwmm_lab.zoo import ZooConfig, build_zoo
 
 KEYS = {"number", "claim", "source", "paper", "results", "command"}
 
@@ -38,3 +42,32 @@ def test_findings_command_reports_every_claim(
     assert len(re.findall(r"\*\*(yes|partly|no)\*\*", lines[2])) == 2, "one verdict per family"
     assert "ensemble" in lines[2] and "lwmm findings --only 11" in lines[2]
     assert lines[4].startswith("11. one source model: **")
+
+
+def test_findings_over_several_builds_give_a_spread_and_agreeing_verdicts(
+    quick_zoo: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Two builds of the zoo (seeds 0 and 1), claims 9 and 13: each figure per build, its mean
+    and spread, a verdict only where both builds agree, and how far another val set moves it."""
+    monkeypatch.setenv("LWMM_DATA", str(tmp_path))
+    seeded = tmp_path / "zoo-quick-seed1"
+    build_zoo(seeded, replace(ZooConfig.quick_config(), seed=1), "cpu", log=lambda line: None)
+    zoos = {0: quick_zoo, 1: seeded}
+    results, facts = measure_seeds([0, 1], images=4, only=[9, 13], build=zoos.__getitem__)
+    assert [f.number for f in results] == [9, 13] and facts["seeds"] == [0, 1]
+    alone = measure(quick_zoo, images=4, only=[9])[0].results
+    for family, spread in results[0].spreads.items():
+        assert spread.name and len(spread.values) == len(spread.verdicts) == 2
+        assert spread.values[0] == pytest.approx(alone[family].key[1]), "build 0 is the zoo's"
+        agree = spread.verdicts[0] == spread.verdicts[1]
+        assert spread.verdict == (spread.verdicts[0] if agree else "within noise")
+        assert spread.eval_noise is not None and spread.eval_noise >= 0
+    assert set(results[1].spreads) == {"independent"}
+    table = seeded_table(results, facts)
+    assert table.startswith("2 builds of the default zoo (seeds 0, 1), 4 real val images")
+    assert "| 13 |" in table and "±" in table
+    capsys.readouterr()
+    assert main(["findings", "--seeds", "0", "0"]) == 1
+    assert "distinct" in capsys.readouterr().err
+    assert main(["findings", "--seeds", "1", "--zoo", str(quick_zoo)]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

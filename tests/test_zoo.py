@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,31 @@ def test_rebuilding_keeps_finished_checkpoints(quick_zoo: Path, tmp_path: Path) 
     assert len(manifest["checkpoints"]) == CHECKPOINTS
     touched = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert touched <= set(zoo.glob("runs/maxsquare/*")), "only the unfinished run is trained again"
+
+
+def test_a_zoo_seed_changes_the_runs_and_keeps_its_own_folder(
+    quick_zoo: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """``--seed K`` trains every run (the base too) from other initial weights and data order,
+    into ``data/zoo-quick-seedK``; a folder of another seed is refused, untouched."""
+    monkeypatch.setenv("LWMM_DATA", str(tmp_path))
+    build_zoo(None, replace(ZooConfig.quick_config(), seed=1, runs=()), "cpu", log=print)
+    folder = tmp_path / "zoo-quick-seed1"
+    manifest = load_manifest(folder)
+    assert manifest["config"]["seed"] == 1
+    (ours,) = select(manifest, run="base")
+    (published,) = select(load_manifest(quick_zoo), run="base")
+    a, b = load_checkpoint(ours["path"]).tensors, load_checkpoint(published["path"]).tensors
+    assert a.keys() == b.keys() and not torch.equal(a["segmentation_head.0.weight"],
+        b["segmentation_head.0.weight"])  # fmt: skip
+    before = (folder / "manifest.json").read_text()
+    capsys.readouterr()
+    assert main(["zoo", "build", "--quick", "--out", str(folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "zoo of seed 1" in err and str(folder) in err
+    assert (folder / "manifest.json").read_text() == before
+    assert main(["zoo", "build", "--quick", "--seed", "-2"]) == 1
+    assert "--seed -2" in capsys.readouterr().err
 
 
 def test_eval_and_fisher_commands(quick_zoo: Path, tmp_path: Path, capsys) -> None:

@@ -61,13 +61,14 @@ def compare(
     resolution: tuple[int, int] = (96, 192),
     fisher_domain: str = "synthetic",
     align: bool = False,
+    val_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Each method's mIoU on each group of checkpoints (the first of a group is the anchor).
 
     Rows also give the group's labels and its best single model's mIoU. ``align`` matches each
     group's decoders to its anchor's first (weight matching).
     """
-    data = val_set(domain, images, resolution)
+    data = val_set(domain, images, resolution, val_seed)
     paths = sorted({str(p) for group in groups for p in group})
     models = {p: load_model(p, "cpu") for p in paths}
     alone = {p: evaluate(models[p], data, domain).miou for p in paths}
@@ -103,6 +104,7 @@ def add_one_at_a_time(
     resolution: tuple[int, int] = (96, 192),
     fisher_domain: str = "synthetic",
     align: bool = False,
+    val_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per number of models k: the k-th model's own mIoU and each method's on k models.
 
@@ -110,8 +112,8 @@ def add_one_at_a_time(
     """
     paths = [str(p) for p in checkpoints]
     groups = [paths[:k] for k in range(1, len(paths) + 1)]
-    rows = compare(groups, domain, methods, images, resolution, fisher_domain, align)
-    data = val_set(domain, images, resolution)
+    rows = compare(groups, domain, methods, images, resolution, fisher_domain, align, val_seed)
+    data = val_set(domain, images, resolution, val_seed)
     for k, row in enumerate(rows, start=1):
         row["added"] = row["models"][-1]
         row["added_miou"] = evaluate(load_model(paths[k - 1], "cpu"), data, domain).miou
@@ -126,6 +128,7 @@ def multi_target(
     bn_rules: Sequence[str] = ("linear", "gaussian", "gaussian-counts", "anchor"),
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
+    val_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Models adapted to different targets, merged with each BN rule (parameters: isotropic).
 
@@ -136,7 +139,8 @@ def multi_target(
     rows = []
 
     def row(name: str, kind: str, model: nn.Module) -> dict[str, Any]:
-        miou = {d: evaluate(model, val_set(d, images, resolution), d).miou for d in domains}
+        data = {d: val_set(d, images, resolution, val_seed) for d in domains}
+        miou = {d: evaluate(model, data[d], d).miou for d in domains}
         return {"name": name, "kind": kind, **miou, "mean": sum(miou.values()) / len(miou)}
 
     pool = Pool([str(p) for p in adapted], device="cpu")
@@ -159,13 +163,14 @@ def heads_and_decoders(
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
     fisher_domain: str = "synthetic",
+    val_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """The anchor, each other model alone, and each method merging all of them.
 
     Every row has the mIoU and the inference time per image (ms); merges run the anchor's
     architecture, the ensemble runs every model.
     """
-    data = val_set(domain, images, resolution)
+    data = val_set(domain, images, resolution, val_seed)
     paths = [str(anchor), *map(str, others)]
     models = [load_model(p, "cpu") for p in paths]
     rows = []
@@ -215,6 +220,7 @@ def semantic_into_panoptic(
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
     fisher_domain: str = "synthetic",
+    val_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """The panoptic anchor alone, then each method merging it with each semantic model alone
     and with all of them (the paper's Table 6), scored on ``domain``'s val images.
@@ -222,7 +228,7 @@ def semantic_into_panoptic(
     Rows: ``name``, ``method``, ``semantic`` (the merged semantic models' file stems), ``pq``,
     ``sq``, ``rq``, ``things``, ``stuff`` (PQ over those classes) and ``miou`` (0-100).
     """
-    data = val_set(domain, images, resolution, instances=True)
+    data = val_set(domain, images, resolution, val_seed, instances=True)
     paths = [str(anchor), *map(str, others)]
     require_panoptic(load_model(paths[0], "cpu"), paths[0])
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None

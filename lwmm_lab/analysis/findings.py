@@ -35,7 +35,10 @@ from lwmm_lab.analysis.discrepancy import KINDS, LEARNED, Discrepancy, discrepan
 from lwmm_lab.analysis.regimes import family_merges
 from lwmm_lab.analysis.sweeps import grid, run_sweep
 from lwmm_lab.engine.pool import Pool
+from lwmm_lab.errors import LwmmError
+from lwmm_lab.zoo.build import build_zoo
 from lwmm_lab.zoo.manifest import (
+    default_zoo_dir,
     family_run,
     final,
     find_zoo,
@@ -44,7 +47,7 @@ from lwmm_lab.zoo.manifest import (
     scenario_checkpoints,
     select,
 )
-from lwmm_lab.zoo.recipe import STRATEGY_RUNS
+from lwmm_lab.zoo.recipe import STRATEGY_RUNS, ZooConfig
 
 FAMILIES = ("strategies", "independent")
 #: Column titles of the findings table.
@@ -63,6 +66,8 @@ class Measurement:
     holds: str
     why: str
     details: dict[str, Any] = field(default_factory=dict)
+    #: The figure the verdict rests on, named (what builds of the zoo are compared by).
+    key: tuple[str, float] | None = None
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Context:
     manifest: dict[str, Any]
     images: int
     resolution: tuple[int, int]
+    val_seed: int = 0
 
     def final(self, strategy: str, family: str = "strategies") -> str:
         """The final checkpoint of ``strategy`` in ``family``."""
@@ -95,7 +101,7 @@ class Context:
         return [r for r in names if select(self.manifest, run=r)]
 
     def settings(self) -> dict[str, Any]:
-        return {"images": self.images, "resolution": self.resolution}
+        return {"images": self.images, "resolution": self.resolution, "val_seed": self.val_seed}
 
 
 @dataclass(frozen=True)
@@ -126,11 +132,15 @@ def claim(
 
 
 def measure(
-    zoo: str | os.PathLike | None = None, images: int = 100, only: list[int] | None = None
+    zoo: str | os.PathLike | None = None,
+    images: int = 100,
+    only: list[int] | None = None,
+    val_seed: int = 0,
 ) -> list[Finding]:
-    """Measure the claims (all, or the numbers in ``only``) on every family they apply to."""
+    """Measure the claims (all, or the numbers in ``only``) on every family they apply to;
+    ``val_seed`` picks the val sets (another seed: other scenes of the same size)."""
     manifest = load_manifest(zoo or find_zoo())
-    context = Context(manifest, images, tuple(manifest["config"]["resolution"]))
+    context = Context(manifest, images, tuple(manifest["config"]["resolution"]), val_seed)
     findings = []
     for number in sorted(CLAIMS):
         if only is not None and number not in only:
@@ -201,6 +211,7 @@ def checkpoints_differ_in_head_and_bn(ctx: Context, family: str) -> Measurement:
         _verdict(share >= 0.5 and small_backbone, small_backbone),
         why,
         {"runs": runs, "per_run": stats},
+        key=("head or BN share of the tensors above 1/tau, %", 100 * share),
     )
 
 
@@ -260,6 +271,7 @@ def strategies_differ_more(ctx: Context, family: str) -> Measurement:
         _verdict(more > 0.5 and composition["head_or_bn"] >= 0.5, more > 0.5),
         why,
         {"share_of_layers": more, "composition": composition},
+        key=("layers where strategies differ more than checkpoints, %", 100 * more),
     )
 
 
@@ -315,6 +327,7 @@ def checkpoint_merging(ctx: Context, family: str) -> Measurement:
         _verdict(beats == n and keeps == n, keeps == n),
         why,
         {"runs": rows},
+        key=("layerwise minus the anchor, mean over runs", gain),
     )
 
 
@@ -359,6 +372,7 @@ def strategy_merging(ctx: Context, family: str) -> Measurement:
         ),
         why,
         {"rows": rows},
+        key=("layerwise minus the anchor, all models", last["layerwise"] - anchor),
     )
 
 
@@ -398,6 +412,7 @@ def kinds_of_strategy(ctx: Context, family: str) -> Measurement:
         _verdict(g_mixed > g_same),
         why,
         {"pairs": [" + ".join(p) for p in pairs], "gains": gains},
+        key=("mixed-kind minus same-kind gain", g_mixed - g_same),
     )
 
 
@@ -438,6 +453,7 @@ def different_class_sets(ctx: Context, family: str) -> Measurement:
         f"layer-wise changes the anchor by {v['layerwise'] - v['anchor']:+.1f}: it averages the "
         "shallow layers and hands the decoder more and more to the anchor.",
         v,
+        key=("layerwise minus the anchor", v["layerwise"] - v["anchor"]),
     )
 
 
@@ -468,6 +484,7 @@ def different_decoders(ctx: Context, family: str) -> Measurement:
         "what collapses (claim 6). The ensemble is best here because the FPN and DeepLabV3+ "
         "models are better than the anchor alone.",
         v,
+        key=("layerwise minus the anchor", v["layerwise"] - v["anchor"]),
     )
 
 
@@ -517,6 +534,7 @@ def later_start_hurts_target(ctx: Context, family: str) -> Measurement:
         _verdict(drop > 0 and slope < 0 and stable, drop > 0 or stable),
         why,
         {"start": starts.tolist(), "target": target, "source": source},
+        key=("target at s = 1 minus at s = Np", drop),
     )
 
 
@@ -545,6 +563,7 @@ def half_alpha_is_best(ctx: Context, family: str) -> Measurement:
             + f", and alpha 0.5 costs {gap:.2f}: the decoders' early layers average poorly."
         ),
         {"alpha": list(target), "target": list(target.values())},
+        key=("alpha 0.5 below the best alpha", gap),
     )
 
 
@@ -575,6 +594,7 @@ def gaussian_bn_for_multi_target(ctx: Context, family: str) -> Measurement:
         f"most on {top} ({gains[top]:+.2f}). gaussian-counts equals gaussian when every run saw "
         "the same number of batches, as here.",
         {"rows": rows},
+        key=("Gaussian minus linear BN, mean mIoU", gaussian - linear),
     )
 
 
@@ -599,6 +619,7 @@ def ensemble_costs_m_times(ctx: Context, family: str) -> Measurement:
         "Measured on the CPU in batches of 16 images: the ensemble runs all M models, the merge "
         "one model of the anchor's architecture.",
         v,
+        key=("ensemble / merged time", ratio),
     )
 
 
@@ -645,6 +666,7 @@ def alignment_recovers(ctx: Context, family: str) -> Measurement:
         _verdict(len(recovered) == len(methods), max(gained.values()) >= 5),
         why + ".",
         v | {"decoder_distance": distance[False], "decoder_distance_aligned": distance[True]},
+        key=("aligned layerwise minus the anchor", v["layerwise, aligned"] - anchor),
     )
 
 
@@ -682,6 +704,7 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
         "average decoders trained apart and fall to "
         f"{baselines['isotropic']:.2f} and {baselines['fisher']:.2f}.",
         {"rows": rows, **{k: merged[k]["pq"] for k in merged}, "anchor": base["pq"]},
+        key=("best layerwise PQ minus the anchor's", best["pq"] - base["pq"]),
     )
 
 
@@ -724,3 +747,141 @@ def summary_rows(findings: list[Finding]) -> list[dict[str, str]]:
 
 def to_json(findings: list[Finding]) -> list[dict[str, Any]]:
     return [asdict(f) for f in findings]
+
+
+# ------------------------------------------------------------------------ several builds
+
+
+@dataclass
+class Spread:
+    """One claim on one family over several builds of the zoo: each build's verdict and key
+    figure, and the key figure on a second, disjoint val set of the first build."""
+
+    name: str
+    values: list[float]
+    verdicts: list[str]
+    other_val_set: float | None = None
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.values)
+
+    @property
+    def sd(self) -> float:
+        """The build-to-build standard deviation (0 for one build)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    @property
+    def eval_noise(self) -> float | None:
+        """How far the first build's figure moves on another val set of the same size."""
+        return None if self.other_val_set is None else abs(self.other_val_set - self.values[0])
+
+    @property
+    def verdict(self) -> str:
+        """The builds' verdict when every build gives it; "within noise" when they disagree:
+        the difference the verdict rests on does not exceed its spread over the builds."""
+        return self.verdicts[0] if len(set(self.verdicts)) == 1 else "within noise"
+
+    def text(self) -> str:
+        noise = "" if self.eval_noise is None else f"; another val set: {self.eval_noise:.2f}"
+        return (
+            f"{self.name} {self.mean:+.2f} ± {self.sd:.2f} (builds: "
+            f"{', '.join(f'{v:+.2f}' for v in self.values)}; verdicts "
+            f"{'/'.join(self.verdicts)}{noise})"
+        )
+
+
+@dataclass
+class SeededFinding:
+    """A claim measured on several builds: the per-family :class:`Spread` and each build's
+    findings."""
+
+    number: int
+    claim: str
+    source: str
+    paper: str
+    spreads: dict[str, Spread]
+
+
+def measure_seeds(
+    seeds: list[int],
+    images: int = 100,
+    only: list[int] | None = None,
+    device: str = "auto",
+    build: Callable[[int], os.PathLike] | None = None,
+) -> tuple[list[SeededFinding], dict[str, Any]]:
+    """Every claim on one default zoo per seed (built, or finished, in ``data/zoo`` for seed 0
+    and ``data/zoo-seedK`` for the others), and on the first seed's zoo once more with another
+    val set: what separates build noise from evaluation noise. Returns the findings and the
+    header facts (seeds, folders, images)."""
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise LwmmError(f"--seeds {' '.join(map(str, seeds))}: give distinct whole numbers >= 0")
+    build = build or (lambda seed: _built_zoo(seed, device))
+    folders = [build(seed) for seed in seeds]
+    runs = [measure(folder, images, only) for folder in folders]
+    again = {f.number: f for f in measure(folders[0], images, only, val_seed=1)}
+    result = []
+    for number, findings in zip([f.number for f in runs[0]], zip(*runs, strict=True), strict=True):
+        first = findings[0]
+        spreads = {}
+        for family in first.results:
+            measured = [f.results[family] for f in findings]
+            other = again[number].results[family].key
+            spreads[family] = Spread(
+                measured[0].key[0] if measured[0].key else "",
+                [m.key[1] if m.key else float("nan") for m in measured],
+                [m.holds for m in measured],
+                other[1] if other else None,
+            )
+        result.append(SeededFinding(number, first.claim, first.source, first.paper, spreads))
+    facts = {"seeds": seeds, "zoos": [str(f) for f in folders], "images": images}
+    return result, facts
+
+
+def _built_zoo(seed: int, device: str) -> os.PathLike:
+    """The default zoo of ``seed``, built or finished first (resumable)."""
+    folder = default_zoo_dir(False, seed)
+    build_zoo(folder, ZooConfig(seed=seed), device=device, log=lambda line: None)
+    return folder
+
+
+def seeded_table(findings: list[SeededFinding], facts: dict[str, Any]) -> str:
+    """The findings over several builds as Markdown: a header with the builds and the val set
+    size, then per claim and family the verdict and the key figure's mean ± standard deviation
+    over the builds, each build's value and how far another val set moves it."""
+    header = ["#", "claim", "paper", *(FAMILY_TITLES[f] for f in FAMILIES)]
+    lines = [
+        f"{len(facts['seeds'])} builds of the default zoo (seeds "
+        f"{', '.join(map(str, facts['seeds']))}), {facts['images']} real val images per score; a "
+        "verdict only where every build gives it, else *within noise*.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for f in findings:
+        cells = [str(f.number), f"{f.claim} ({f.source})", f.paper]
+        for family in FAMILIES:
+            r = f.spreads.get(family)
+            cells.append("n/a" if r is None else f"**{r.verdict}**: {r.text()}")
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def seeded_json(findings: list[SeededFinding], facts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **facts,
+        "claims": [
+            {
+                "number": f.number,
+                "claim": f.claim,
+                "source": f.source,
+                "paper": f.paper,
+                "results": {
+                    family: asdict(r)
+                    | {"verdict": r.verdict, "mean": r.mean, "sd": r.sd, "eval_noise": r.eval_noise}
+                    for family, r in f.spreads.items()
+                },
+            }
+            for f in findings
+        ],
+    }

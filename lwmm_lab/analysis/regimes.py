@@ -108,11 +108,12 @@ def family_merges(
     family: str,
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
+    val_seed: int = 0,
 ) -> dict[str, Any]:
     """A family's six final models: the anchor (the best one) alone, and isotropic and
     layer-wise merges of all of them, unaligned and aligned to the anchor (weight matching)."""
     paths = scenario_checkpoints(manifest, family)
-    settings = {"images": images, "resolution": resolution}
+    settings = {"images": images, "resolution": resolution, "val_seed": val_seed}
     methods = ("isotropic", "layerwise")
     plain = compare([paths], methods=methods, **settings)[0]
     aligned = compare([paths], methods=methods, align=True, **settings)[0]

@@ -54,6 +54,8 @@ class Cell:
     images: int = 100
     resolution: tuple[int, int] = (96, 192)
     device: str = "cpu"
+    #: Which val set of each domain (another seed gives other scenes of the same size).
+    val_seed: int = 0
 
     def config(self) -> MergeConfig:
         return MergeConfig(
@@ -76,7 +78,9 @@ def sweep_cell(cell: Cell) -> dict[str, Any]:
     plan.run(into=tensors)
     miou = {}
     for domain in cell.domains:
-        data = val_set(domain, cell.images, tuple(cell.resolution), device=str(pool.device))
+        data = val_set(
+            domain, cell.images, tuple(cell.resolution), cell.val_seed, device=str(pool.device)
+        )
         miou[domain] = evaluate(model, data, domain, batch_size=EVAL_BATCH).miou
     return {
         "anchor": plan.anchor,

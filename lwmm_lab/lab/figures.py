@@ -20,6 +20,8 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from lwmm_lab.analysis.discrepancy import KINDS, Discrepancy, region_of
+from lwmm_lab.analysis.findings import FAMILIES as FAMILY_ORDER
+from lwmm_lab.analysis.findings import SeededFinding
 from lwmm_lab.analysis.qualitative import CHANGES, Example
 from lwmm_lab.analysis.sweeps import Sweep
 from lwmm_lab.data import labels as L
@@ -455,6 +457,44 @@ def comparison_figure(
         )
     fig.update_xaxes(title="number of models merged (best first; the first is the anchor)", dtick=1)
     fig.update_yaxes(title=f"{domain} mIoU")
+    return _base_layout(fig, title)
+
+
+def spread_figure(findings: Sequence[SeededFinding], title: str = "How sure are we?") -> go.Figure:
+    """Each claim's key figure over several builds of the zoo: the mean with the build-to-build
+    standard deviation as error bars, every build as a dot, and the first build scored on another
+    val set as a diamond (evaluation noise beside build noise). Units are each claim's own."""
+    fig = go.Figure()
+    for family, color in zip(FAMILY_ORDER, ("#1f77b4", "#d62728"), strict=True):
+        rows = [(f, f.spreads[family]) for f in findings if family in f.spreads]
+        x = [f"{f.number}" for f, _ in rows]
+        names = [r.name for _, r in rows]
+        fig.add_trace(
+            go.Scatter(
+                x=x, y=[r.mean for _, r in rows], mode="markers", name=f"{family}: mean ± sd",
+                marker={"color": color, "size": 12, "symbol": "line-ew-open"},
+                error_y={"type": "data", "array": [r.sd for _, r in rows], "visible": True},
+                customdata=names, hovertemplate="claim %{x}: %{customdata} %{y:.2f}<extra></extra>",
+            )
+        )  # fmt: skip
+        builds = [(f"{f.number}", v) for f, r in rows for v in r.values]
+        fig.add_trace(
+            go.Scatter(
+                x=[b[0] for b in builds], y=[b[1] for b in builds], mode="markers",
+                name=f"{family}: each build", marker={"color": color, "size": 6, "opacity": 0.6},
+            )
+        )  # fmt: skip
+        other = [(f"{f.number}", r.other_val_set) for f, r in rows if r.other_val_set is not None]
+        fig.add_trace(
+            go.Scatter(
+                x=[o[0] for o in other], y=[o[1] for o in other], mode="markers",
+                name=f"{family}: build 1, another val set",
+                marker={"color": color, "size": 8, "symbol": "diamond-open"},
+            )
+        )  # fmt: skip
+    fig.add_hline(y=0, line={"color": "gray", "width": 1})
+    fig.update_xaxes(title="claim", type="category")
+    fig.update_yaxes(title="the figure each verdict rests on (its own unit)")
     return _base_layout(fig, title)
 
 

@@ -58,7 +58,8 @@ def build_zoo(
     in 109-119 s on an H100 with 4).
     """
     config = config or ZooConfig()
-    out = Path(out) if out is not None else default_zoo_dir(config.quick)
+    out = Path(out) if out is not None else default_zoo_dir(config.quick, config.seed)
+    _check_folder(out, config)
     device = resolve_device(device)
     if workers is None:
         workers = min(2 if device.type == "cpu" else 4, os.cpu_count() or 1)
@@ -100,6 +101,24 @@ def build_zoo(
     manifest = _write_manifest(out, config, ordered, time.perf_counter() - started)
     log(f"[zoo] {len(ordered)} checkpoints in {out} ({manifest['build_seconds']:.0f} s)")
     return manifest
+
+
+def _check_folder(out: Path, config: ZooConfig) -> None:
+    """Refuse, in one line and before anything is written, a folder that holds a zoo of
+    another seed or size (building there would retrain it into this one)."""
+    held = read_manifest(out).get("config")
+    if held is None:
+        return
+    theirs = (held.get("seed", 0), bool(held.get("quick")))
+    if theirs != (config.seed, config.quick):
+        raise LwmmError(
+            f"{out}: holds {_zoo_kind(*theirs)}, not {_zoo_kind(config.seed, config.quick)}; "
+            "build into another folder (--out) or remove it"
+        )
+
+
+def _zoo_kind(seed: int, quick: bool) -> str:
+    return f"{'a quick' if quick else 'a default'} zoo of seed {seed}"
 
 
 #: The row of a run's progress bar (a worker's own: 1, 2, ...; the overall bar is row 0).
@@ -156,7 +175,7 @@ def _train_run(
         state = _resume_state(folder, start, device) if start else None
         if state is None:
             start = 0  # no optimiser state beside the last checkpoint: train from the start
-        torch.manual_seed(run.seed)
+        torch.manual_seed(config.run_seed(run))
         model = spec.build(device)
         if start:
             load_weights(model, load_checkpoint(paths[start]).tensors, str(paths[start]))
@@ -183,7 +202,7 @@ def _train_run(
             lr=config.base_lr if is_base else config.lr,
             head_lr_mult=1.0 if is_base else 10.0,
             warmup=steps // 20 if is_base else 0,
-            seed=run.seed,
+            seed=config.run_seed(run),
         )
         train(
             model,

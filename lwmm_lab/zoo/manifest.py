@@ -18,9 +18,10 @@ from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 MANIFEST = "manifest.json"
 
 
-def default_zoo_dir(quick: bool = False) -> Path:
-    """``data/zoo`` (``data/zoo-quick`` for the quick zoo, so it never replaces the real one)."""
-    return data_dir() / ("zoo-quick" if quick else "zoo")
+def default_zoo_dir(quick: bool = False, seed: int = 0) -> Path:
+    """``data/zoo`` (``data/zoo-quick`` for the quick zoo, so it never replaces the real one;
+    ``-seedK`` added for a zoo of another seed)."""
+    return data_dir() / ("zoo" + ("-quick" if quick else "") + (f"-seed{seed}" if seed else ""))
 
 
 def find_zoo() -> Path:

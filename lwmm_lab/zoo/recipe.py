@@ -65,6 +65,11 @@ SCENARIOS = (
 FAMILIES = {"strategies": "{}", "independent": "indep-{}"}
 
 
+#: How far apart the seeds of one run are in zoos of consecutive seeds (no run's own seed is
+#: this large, so no two runs of two zoos share a seed).
+SEED_STRIDE = 1000
+
+
 @dataclass(frozen=True)
 class Run:
     """One training run of the zoo.
@@ -103,7 +108,13 @@ class ZooConfig:
     train_images: int = 500
     val_images: int = 40
     quick: bool = False
+    seed: int = 0
     runs: tuple[Run, ...] = field(default_factory=lambda: DEFAULT_RUNS)
+
+    def run_seed(self, run: Run) -> int:
+        """The seed a run trains with: its own, moved by the zoo's ``seed`` (0 is the published
+        zoo; another seed changes every run's initialisation and data order, the base's too)."""
+        return run.seed + SEED_STRIDE * self.seed
 
     @classmethod
     def quick_config(cls) -> ZooConfig:
@@ -158,8 +169,13 @@ BASE = Run("base", "source_only", (), targets=())
 
 
 def run_fingerprint(run: Run, config: ZooConfig) -> str:
-    """What a checkpoint was trained with; a change means it is retrained (and re-evaluated)."""
+    """What a checkpoint was trained with; a change means it is retrained (and re-evaluated).
+
+    Seed 0 leaves the seed out, so zoos built before there were seeds keep their fingerprints.
+    """
     settings = asdict(replace(config, runs=()))
+    if not settings["seed"]:
+        del settings["seed"]
     record = {"run": asdict(run), "config": settings, "recipe": RECIPE}
     text = json.dumps(record, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
