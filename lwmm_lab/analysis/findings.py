@@ -793,8 +793,7 @@ class Spread:
 
 @dataclass
 class SeededFinding:
-    """A claim measured on several builds: the per-family :class:`Spread` and each build's
-    findings."""
+    """A claim measured on several builds of the zoo: its :class:`Spread` per family."""
 
     number: int
     claim: str

@@ -237,7 +237,7 @@ class MergeLab(_Panel):
         self.resolution = tuple(trained_at)
         self.pool: Pool | None = None
         self.plan: MergePlan | None = None
-        self.scores: dict[str, Scores] = {}
+        self.scores: dict[str, Scores | PanopticScores] = {}
         self.last_update_seconds = 0.0
         self._models: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
         self._anchor_cache: dict[int, Outputs] = {}
@@ -483,9 +483,9 @@ class MergeLab(_Panel):
         merged, anchor = self._outputs(model), self._anchor(plan.anchor)
         source = self._score(model, self.source, self.preview_size)[1]
         self.scores = {"merged": merged.scores, "anchor": anchor.scores, self.source: source}
-        if merged.panoptic is not None:
-            self.scores |= {"merged panoptic": merged.panoptic[0]}
-            self.scores |= {"anchor panoptic": anchor.panoptic[0]}
+        if merged.panoptic is not None and anchor.panoptic is not None:
+            self.scores["merged panoptic"] = merged.panoptic[0]
+            self.scores["anchor panoptic"] = anchor.panoptic[0]
         if not update_schedule_figure(self.schedule_fig, plan):
             sync_figure(self.schedule_fig, schedule_figure(plan))
         update_iou_delta_figure(self.delta_fig, iou_delta(anchor.scores, merged.scores))
