@@ -483,7 +483,8 @@ def _sweep(args: argparse.Namespace) -> int:
         best = max(result.results, key=lambda r: r["miou"][target])
         scores = ", ".join(f"{d} {v:.2f}" for d, v in best["miou"].items())
         print(
-            f"{len(cells)} merges; best on {target}: anchor {best['anchor']}, s = {best['start']}, "
+            f"{len(cells)} cells ({result.scored} merges scored, the rest cached or the same "
+            f"merge as another); best on {target}: anchor {best['anchor']}, s = {best['start']}, "
             f"alpha = {best['alpha']:.2f} ({scores})"
         )
     return 0

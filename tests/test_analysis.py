@@ -129,6 +129,11 @@ def test_sweep_executors_agree_and_cache(two_finals: list[str], tmp_path: Path) 
     )
     serial = run_sweep(cells, "serial", cache=tmp_path / "cache", progress=False)
     assert len(serial.results) == 4 and len(list((tmp_path / "cache").glob("*.json"))) == 4
+    assert serial.scored == 3, "the two alpha = 1 cells are one merge (the anchor), scored once"
+    assert [r["start"] for r in serial.results if r["alpha"] == 1.0] == [
+        1,
+        serial.results[-1]["n_depth"],
+    ]
     process = run_sweep(cells, "process", workers=2, cache=None, progress=False)
     for a, b in zip(serial.results, process.results, strict=True):
         assert a["miou"]["real"] == pytest.approx(b["miou"]["real"], abs=1e-6)
@@ -145,6 +150,7 @@ def test_sweep_executors_agree_and_cache(two_finals: list[str], tmp_path: Path) 
         path.write_text(json.dumps(data))
     cached = run_sweep(cells, "serial", cache=tmp_path / "cache", progress=False)
     assert all(r["miou"]["real"] == -1.0 for r in cached.results), "cached cells are read back"
+    assert cached.scored == 0
 
 
 def assert_cluster_matches_serial(checkpoints: list[str], executor: str, address: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from lwmm_lab import ModelSpec
@@ -14,6 +16,7 @@ from lwmm_lab.analysis.evaluation import (
     model_classes,
     predict,
     scores_from_confusion,
+    top_class,
 )
 from lwmm_lab.data import labels as L
 
@@ -100,3 +103,35 @@ def test_tensor_datasets_are_scored_in_place_like_any_dataset() -> None:
     loaded = evaluate(model, torch.utils.data.Subset(data, range(10)), batch_size=4)
     assert sliced.images == loaded.images == 10
     assert (sliced.miou, sliced.per_class_iou) == (loaded.miou, loaded.per_class_iou), "same counts"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    classes=st.sets(st.integers(0, 18), min_size=1).map(sorted),
+    ignored=st.floats(0.0, 1.0),
+)
+def test_confusion_counts_each_scored_pixel_once(
+    seed: int, classes: list[int], ignored: float
+) -> None:
+    """One bincount over every pixel, rows outside the model's classes dropped: the same
+    counts as going pixel by pixel over the labelled pixels of those classes."""
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(19, (2, 5, 7), generator=g)
+    label[torch.rand(label.shape, generator=g) < ignored] = L.IGNORE
+    pred = torch.tensor(classes)[torch.randint(len(classes), label.shape, generator=g)]
+    expected = torch.zeros(19, 19, dtype=torch.int64)
+    for y, p in zip(label.flatten().tolist(), pred.flatten().tolist(), strict=True):
+        if y in classes:
+            expected[y, p] += 1
+    assert torch.equal(confusion(pred, label.to(torch.uint8), classes), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), levels=st.integers(1, 4))
+def test_top_class_is_argmax_ties_included(seed: int, levels: int) -> None:
+    """Few distinct scores make ties common: the first maximum wins, as with argmax."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(levels, (3, 6, 4, 5), generator=g).float()
+    for x in (scores, scores.contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(top_class(x), x.argmax(1))

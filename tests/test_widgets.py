@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from lwmm_lab import load_checkpoint
+from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
+from lwmm_lab.analysis.qualitative import examples_from_predictions
 from lwmm_lab.cli import main
+from lwmm_lab.engine.model import merged_model
+from lwmm_lab.lab.figures import COLUMNS, example_panel, png_uri
 from lwmm_lab.lab.widgets import DiscrepancyExplorer, LatestOnly, MergeLab, SweepExplorer
 from lwmm_lab.zoo import load_manifest, select
 from lwmm_lab.zoo.manifest import scenario_checkpoints
@@ -49,6 +53,25 @@ def test_sliders_remerge_and_update_every_view(lab: MergeLab) -> None:
     lab.start.value = 10
     assert "j = 10:" in lab.start_name.value and lab.plan.config.start == 10
     assert [s.x0 for s in lab.schedule_fig.layout.shapes if s.name == "start"] == [10]
+
+
+def test_the_grid_and_the_scores_are_the_current_merges(lab: MergeLab) -> None:
+    """The grid re-sends a panel only when its maps change, and one forward pass scores both
+    previews: after moves of alpha and the anchor, every panel is the current merge's and
+    every score is what scoring that preview alone gives."""
+    for control, value in ((lab.alpha, 0.0), (lab.anchor, 1), (lab.alpha, 0.3)):
+        control.value = value
+    model = merged_model(lab.pool, lab.config())
+    anchor = merged_model(lab.pool, lab.config(), alpha=1.0)
+    for domain, key in ((lab.target, "merged"), (lab.source, lab.source)):
+        expected = evaluate(model, val_set(domain, lab.preview_size, lab.resolution), domain)
+        assert lab.scores[key].miou == pytest.approx(expected.miou)
+    images, labels = val_set(lab.target, lab.shown, lab.resolution).tensors
+    shown = examples_from_predictions(
+        images, labels, predict(anchor, images), predict(model, images), range(lab.shown)
+    )
+    expected = [png_uri(example_panel(e, c)) for e in shown for c in range(len(COLUMNS))]
+    assert _images(lab.grid_fig) == expected
 
 
 def test_method_granularity_and_anchor_controls(lab: MergeLab) -> None:

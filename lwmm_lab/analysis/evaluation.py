@@ -56,6 +56,13 @@ def class_probabilities(models: Sequence[nn.Module], images: Tensor) -> Tensor:
     return total / len(models)
 
 
+def top_class(scores: Tensor) -> Tensor:
+    """The index of each pixel's highest score over dim 1 (the first one on a tie, as
+    ``argmax``): ``max(1)`` gives the same indices, and on a CPU 1.7x to 4x faster than
+    ``argmax(1)`` (channels-last and contiguous logits), a tenth of a sweep cell's time."""
+    return scores.max(1).indices
+
+
 def predict(models: nn.Module | Sequence[nn.Module], images: Tensor) -> Tensor:
     """trainId predictions (N, H, W) of a model, or of the ensemble of several."""
     models = [models] if isinstance(models, nn.Module) else list(models)
@@ -63,19 +70,30 @@ def predict(models: nn.Module | Sequence[nn.Module], images: Tensor) -> Tensor:
         if len(models) == 1:
             logits = models[0](normalize(images))
             index = torch.tensor(model_classes(models[0]), device=images.device)
-            return index[logits.argmax(1)]
-        return class_probabilities(models, images).argmax(1)
+            return index[top_class(logits)]
+        return top_class(class_probabilities(models, images))
 
 
 def confusion(prediction: Tensor, label: Tensor, classes: Sequence[int]) -> Tensor:
     """Confusion counts (19 x 19, rows = label, cols = prediction) over ``classes``' pixels,
-    on the labels' device (a GPU evaluation sums them there and syncs once)."""
+    on the labels' device (a GPU evaluation sums them there and syncs once).
+
+    One ``bincount`` over every pixel, label 0..255 times 19 plus the prediction, then the rows
+    of ``classes`` kept: no boolean selection of the valid pixels, which costs eight times the
+    count on a CPU and a sync on a GPU.
+    """
     n = len(L.CLASSES)
-    keep = torch.zeros(256, dtype=torch.bool, device=label.device)
-    keep[list(classes)] = True
-    valid = keep[label]
-    index = label[valid] * n + prediction[valid]
-    return torch.bincount(index, minlength=n * n).reshape(n, n)
+    index = (label.long() * n + prediction).flatten()
+    counts = torch.bincount(index, minlength=256 * n)[: n * n].reshape(n, n)
+    return counts * _scored_rows(tuple(classes), label.device)
+
+
+@lru_cache(maxsize=32)
+def _scored_rows(classes: tuple[int, ...], device: torch.device) -> Tensor:
+    """A (19, 1) column: 1 on the rows of ``classes``, 0 elsewhere (made once per device)."""
+    rows = torch.zeros(len(L.CLASSES), 1, dtype=torch.int64)
+    rows[list(classes)] = 1
+    return rows.to(device)
 
 
 @dataclass
@@ -107,8 +125,9 @@ class Scores:
 
 
 def scores_from_confusion(conf: Tensor, classes: Sequence[int], domain: str, images: int) -> Scores:
-    """IoU per class from an accumulated confusion matrix, mean over classes that occur."""
-    conf = conf.double()
+    """IoU per class from an accumulated confusion matrix, mean over classes that occur (read
+    on the CPU: one copy from a GPU, not one sync per class)."""
+    conf = conf.cpu().double()
     tp = conf.diag()
     union = conf.sum(0) + conf.sum(1) - tp
     per_class, values = {}, []

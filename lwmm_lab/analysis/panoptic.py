@@ -39,6 +39,7 @@ from lwmm_lab.analysis.evaluation import (
     normalize,
     open_checkpoints,
     scores_from_confusion,
+    top_class,
 )
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
@@ -161,7 +162,7 @@ def _predict(
     classes = model_classes(model)
     with torch.no_grad():
         logits, center, offset = model.forward_panoptic(normalize(images))
-    semantic = torch.tensor(classes, device=images.device)[logits.argmax(1)]
+    semantic = torch.tensor(classes, device=images.device)[top_class(logits)]
     out = [
         _group(s, c[0], o, classes, config)
         for s, c, o in zip(semantic, center, offset, strict=True)

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import evaluate, val_set
 from lwmm_lab.engine.checkpoints import peek_checkpoint
-from lwmm_lab.engine.merge import MergeConfig, make_plan
+from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
 from lwmm_lab.engine.model import require_spec
 from lwmm_lab.engine.pool import Pool
 from lwmm_lab.errors import LwmmError
@@ -82,6 +82,11 @@ def sweep_cell(cell: Cell) -> dict[str, Any]:
             domain, cell.images, tuple(cell.resolution), cell.val_seed, device=str(pool.device)
         )
         miou[domain] = evaluate(model, data, domain, batch_size=EVAL_BATCH).miou
+    return _result(cell, plan, miou)
+
+
+def _result(cell: Cell, plan: MergePlan, miou: dict[str, float]) -> dict[str, Any]:
+    """A cell's result: its resolved settings and the mIoU per domain."""
     return {
         "anchor": plan.anchor,
         "start": plan.config.start,
@@ -101,6 +106,9 @@ class Sweep:
     cells: list[Cell]
     results: list[dict[str, Any]]
     labels: list[str] = field(default_factory=list)
+    #: The merges scored by this run: cells read from the cache, and cells that make the same
+    #: merge as another, are not scored again.
+    scored: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -159,17 +167,38 @@ def run_sweep(
             todo.append(i)
         else:
             results[i] = cached
+    same = _same_merges([cells[i] for i in todo], todo, local=executor == "serial")
     bar = tqdm(total=len(cells), initial=len(results), desc="sweep", disable=not progress)
-    for i, result in _execute(executor, [cells[i] for i in todo], todo, address, workers):
-        results[i] = result
-        if store:
-            store.put(keys[i], result)
-        bar.update()
-        if on_result is not None:
-            on_result(len(results), result)
+    first = list(same)
+    for i, result in _execute(executor, [cells[i] for i in first], first, address, workers):
+        for k, plan in same[i]:
+            results[k] = result if k == i else _result(cells[k], plan, result["miou"])
+            if store:
+                store.put(keys[k], results[k])
+            bar.update()
+            if on_result is not None:
+                on_result(len(results), results[k])
     bar.close()
     labels = [peek_checkpoint(p).label for p in cells[0].checkpoints] if cells else []
-    return Sweep(cells, [results[i] for i in range(len(cells))], labels)
+    return Sweep(cells, [results[i] for i in range(len(cells))], labels, len(same))
+
+
+def _same_merges(
+    cells: list[Cell], index: list[int], local: bool
+) -> dict[int, list[tuple[int, MergePlan]]]:
+    """The cells grouped by the merge they make, keyed by the first of each group: cells whose
+    plans give every model the same weight at every depth and every BN layer make the same
+    model (a layer-wise merge with alpha = 1 is the anchor whatever s), so only the first is
+    scored. Each cell comes with its plan, whose resolved start and alpha its result keeps.
+    The plans are made on the cells' device when they run here (``local``), else on the CPU."""
+    groups: dict[Any, list[tuple[int, MergePlan]]] = {}
+    for i, cell in zip(index, cells, strict=True):
+        pool = _pool(cell.checkpoints, cell.device if local else "cpu")
+        plan = make_plan(pool, cell.config())
+        setting = replace(cell, start=None, start_frac=None, alpha=None)
+        merge = (setting, plan.weights.numpy().tobytes(), plan.bn_table.numpy().tobytes())
+        groups.setdefault(merge, []).append((i, plan))
+    return {group[0][0]: group for group in groups.values()}
 
 
 def _execute(

@@ -236,10 +236,12 @@ class MergePlan:
                 self._combine_blocks(method, targets)
             self._merge_bn(targets, bn_table)
             anchor = pool.checkpoints[self.anchor].tensors
-            copied = [n for n in r.copied if n not in self.summed_counts]
-            _copy_all([targets[n] for n in copied], [anchor[n] for n in copied])
-            for name in self.summed_counts:
-                targets[name].copy_(sum(ck.tensors[name] for ck in pool.checkpoints))
+            for names in r.kept("copied by dtype", lambda: _by_dtype(r.copied, anchor)):
+                copied = [n for n in names if n not in self.summed_counts]
+                _copy_all([targets[n] for n in copied], [anchor[n] for n in copied])
+            if self.summed_counts:
+                sums = r.kept("summed counts", lambda: _summed_counts(pool, r.counted))
+                _copy_all([targets[n] for n in r.counted], sums)
         return dict(targets)
 
     def _weighted_sum(self, outs: list[Tensor], rebase: bool = False) -> None:
@@ -655,9 +657,25 @@ def _blocks(pool: Pool, rows: Mapping[str, int]) -> tuple[Block, ...]:
 
 
 def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:
-    """``target.copy_(source)`` for every pair, as one multi-tensor copy."""
+    """``target.copy_(source)`` for every pair, as one multi-tensor copy (one kernel per few
+    hundred tensors on a GPU when the tensors share a dtype: see :func:`_by_dtype`)."""
     if targets:
         torch._foreach_copy_(targets, sources)
+
+
+def _by_dtype(names: tuple[str, ...], tensors: Mapping[str, Tensor]) -> tuple[tuple[str, ...], ...]:
+    """``names`` grouped by their tensors' dtype: a multi-tensor copy over tensors of one dtype
+    takes CUDA's fused path; a list that mixes dtypes (the anchor's float-only tensors beside
+    the integer BN counts) falls back to one copy per tensor."""
+    groups: dict[torch.dtype, list[str]] = {}
+    for name in names:
+        groups.setdefault(tensors[name].dtype, []).append(name)
+    return tuple(tuple(group) for group in groups.values())
+
+
+def _summed_counts(pool: Pool, names: tuple[str, ...]) -> list[Tensor]:
+    """Each BN layer's ``num_batches_tracked`` summed over the models (the same for any plan)."""
+    return [sum(ck.tensors[name] for ck in pool.checkpoints) for name in names]
 
 
 def _row_with_parts(pool: Pool, r: Routes) -> tuple[Tensor, list[Tensor]]:

@@ -586,15 +586,22 @@ def png_uri(rgb: np.ndarray) -> str:
 COLUMNS = ("image", "ground truth", "anchor", "merged", "change")
 
 
-def example_panels(example: Example) -> list[np.ndarray]:
-    """The five RGB panels of an example, in :data:`COLUMNS` order (panoptic maps, instances
+def example_panel(example: Example, column: int) -> np.ndarray:
+    """The RGB panel of an example in :data:`COLUMNS` ``[column]`` (a panoptic map, instances
     shaded apart, for a panoptic example)."""
-    maps = (example.label, example.anchor, example.merged)
+    if column == 0:
+        return example.image
+    if column == len(COLUMNS) - 1:
+        return example.change_rgb()
+    label = (example.label, example.anchor, example.merged)[column - 1]
     if example.instances is None:
-        colored = [L.colorize(m) for m in maps]
-    else:
-        colored = [L.colorize_panoptic(m, i) for m, i in zip(maps, example.instances, strict=True)]
-    return [example.image, *colored, example.change_rgb()]
+        return L.colorize(label)
+    return L.colorize_panoptic(label, example.instances[column - 1])
+
+
+def example_panels(example: Example) -> list[np.ndarray]:
+    """The five RGB panels of an example, in :data:`COLUMNS` order."""
+    return [example_panel(example, c) for c in range(len(COLUMNS))]
 
 
 def qualitative_figure(

@@ -35,6 +35,7 @@ from lwmm_lab.analysis.discrepancy import KINDS, discrepancy
 from lwmm_lab.analysis.evaluation import (
     Scores,
     confusion,
+    evaluate,
     model_classes,
     predict,
     scores_from_confusion,
@@ -53,7 +54,7 @@ from lwmm_lab.lab.figures import (
     COLUMNS,
     counts_figure,
     discrepancy_figure,
-    example_panels,
+    example_panel,
     iou_delta_figure,
     png_uri,
     qualitative_figure,
@@ -178,12 +179,24 @@ def checkpoint_options(
 
 @dataclass
 class Outputs:
-    """A model's preview on the target: semantic scores and predictions, and for a panoptic
-    model its panoptic scores, categories and instance ids."""
+    """A model's previews: its scores on the target and the source, its predictions on the
+    target images the grid shows, and for a panoptic model its panoptic scores, categories
+    and instance ids on the target."""
 
     scores: Scores
+    source: Scores
     pred: torch.Tensor
     panoptic: tuple[PanopticScores, torch.Tensor, torch.Tensor] | None = None
+
+
+def _panel_keys(example: Example) -> dict[int, bytes]:
+    """What each changing panel of a grid row is drawn from (the anchor's map, the merged one,
+    the change codes), by column: equal bytes draw an equal panel."""
+    ids = example.instances or (None, None, None)
+    drawn_from = {2: (example.anchor, ids[1]), 3: (example.merged, ids[2]), 4: (example.changes,)}
+    return {
+        c: b"".join(m.tobytes() for m in maps if m is not None) for c, maps in drawn_from.items()
+    }
 
 
 def _signed(diff: float) -> str:
@@ -241,6 +254,8 @@ class MergeLab(_Panel):
         self.last_update_seconds = 0.0
         self._models: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
         self._anchor_cache: dict[int, Outputs] = {}
+        self._joined: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._panel_keys: dict[int, bytes] = {}
         self._depth_names: tuple[str, ...] = ()
         self._quiet = False  # set while the panel itself moves controls
 
@@ -481,8 +496,7 @@ class MergeLab(_Panel):
         plan.run(into=tensors)
         self.plan = plan
         merged, anchor = self._outputs(model), self._anchor(plan.anchor)
-        source = self._score(model, self.source, self.preview_size)[1]
-        self.scores = {"merged": merged.scores, "anchor": anchor.scores, self.source: source}
+        self.scores = {"merged": merged.scores, "anchor": anchor.scores, self.source: merged.source}
         if merged.panoptic is not None and anchor.panoptic is not None:
             self.scores["merged panoptic"] = merged.panoptic[0]
             self.scores["anchor panoptic"] = anchor.panoptic[0]
@@ -491,7 +505,7 @@ class MergeLab(_Panel):
         update_iou_delta_figure(self.delta_fig, iou_delta(anchor.scores, merged.scores))
         self._update_grid(self._examples(anchor, merged))
         self.start_name.value = self._start_label()
-        self.readout.value = self._readout(anchor, merged, source)
+        self.readout.value = self._readout(anchor, merged)
         self.last_update_seconds = time.perf_counter() - started
         ms = self.last_update_seconds * 1000
         self.status.value = f"<small>merged on {self.pool.device} and scored in {ms:.0f} ms</small>"
@@ -503,24 +517,36 @@ class MergeLab(_Panel):
         self.pool = Pool(paths, device=self.device.value, base=self.pool.base_path, fisher=fishers)
         self._models.clear()
 
-    def _score(self, model: torch.nn.Module, domain: str, n: int) -> tuple[torch.Tensor, Scores]:
-        """The model's predictions (on the CPU, for the grid) on the first ``n`` val images of
-        ``domain``, and their scores (counted where the model is: one sync on a GPU)."""
-        images, labels = self._data(domain, n, on_device=True).tensors
-        pred = predict(model, images)
-        classes = model_classes(model)
-        scores = scores_from_confusion(confusion(pred, labels, classes), classes, domain, n)
-        return pred.cpu(), scores
+    def _previews(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's and the source's preview images and labels end to end, on the pool's
+        device (joined once per device): a slider change scores both in one forward pass."""
+        key = (str(self.pool.device), self.preview_size)
+        if key not in self._joined:
+            target, source = (
+                self._data(domain, self.preview_size, on_device=True).tensors
+                for domain in (self.target, self.source)
+            )
+            joined = (torch.cat([target[0], source[0]]), torch.cat([target[1], source[1]]))
+            self._joined[key] = joined
+        return self._joined[key]
 
     def _outputs(self, model: torch.nn.Module) -> Outputs:
-        """A model's predictions and scores on the target preview (and, for a panoptic model,
-        its panoptic scores and outputs)."""
-        pred, scores = self._score(model, self.target, self.preview_size)
+        """A model's scores on the target and source previews and its predictions on the
+        target images shown (and, for a panoptic model, its panoptic outputs on the target)."""
+        images, labels = self._previews()
+        pred, n, classes = predict(model, images), self.preview_size, model_classes(model)
+        halves = [slice(0, n), slice(n, 2 * n)]
+        counts = torch.stack([confusion(pred[h], labels[h], classes) for h in halves]).cpu()
+        target, source = (
+            scores_from_confusion(c, classes, domain, n)
+            for c, domain in zip(counts, (self.target, self.source), strict=True)
+        )
+        shown = pred[: self.shown].cpu()
         if not is_panoptic(model):
-            return Outputs(scores, pred)
+            return Outputs(target, source, shown)
         data = self._data(self.target, self.preview_size, on_device=True, instances=True)
         panoptic, category, instance = panoptic_outputs(model, *data.tensors)
-        return Outputs(scores, pred, (panoptic, category.cpu(), instance.cpu()))
+        return Outputs(target, source, shown, (panoptic, category.cpu(), instance.cpu()))
 
     def _anchor(self, anchor: int) -> Outputs:
         """The anchor's own preview outputs (cached per anchor)."""
@@ -555,16 +581,21 @@ class MergeLab(_Panel):
         )
 
     def _update_grid(self, shown: list[Example]) -> None:
-        """Only the panels that can change: the anchor's, the merged and the change map."""
+        """Only the panels that can change (the anchor's, the merged and the change map), and
+        of those only the ones whose maps differ from what the grid shows: a step of alpha that
+        moves no pixel of an image sends nothing for it, and the anchor's panels are sent only
+        when the anchor changes."""
         images = [t for t in self.grid_fig.data if isinstance(t, go.Image)]
         with self.grid_fig.batch_update():
             for r, example in enumerate(shown):
-                panels = example_panels(example)
-                for c in (2, 3, 4):
-                    images[r * len(COLUMNS) + c].source = png_uri(panels[c])
+                for c, key in _panel_keys(example).items():
+                    k = r * len(COLUMNS) + c
+                    if self._panel_keys.get(k) != key:
+                        images[k].source = png_uri(example_panel(example, c))
+                        self._panel_keys[k] = key
 
-    def _readout(self, anchor: Outputs, merged: Outputs, source: Scores) -> str:
-        a, m = anchor.scores, merged.scores
+    def _readout(self, anchor: Outputs, merged: Outputs) -> str:
+        a, m, source = anchor.scores, merged.scores, merged.source
         panoptic = ""
         if anchor.panoptic is not None and merged.panoptic is not None:
             ap, mp = anchor.panoptic[0], merged.panoptic[0]
@@ -583,8 +614,8 @@ class MergeLab(_Panel):
 
     def _score_full(self) -> None:
         self.status.value = f"scoring the full {self.target} val ({self.full_size} images) ..."
-        model = self._model(self.plan.anchor)
-        scores = self._score(model, self.target, self.full_size)[1]
+        data = self._data(self.target, self.full_size, on_device=True)
+        scores = evaluate(self._model(self.plan.anchor), data, self.target)
         self.status.value = (
             f"full {self.target} val: mIoU <b>{scores.miou:.2f}</b> on {scores.images} images"
         )
