@@ -10,6 +10,7 @@ from torch.utils.data import TensorDataset
 
 from lwmm_lab import ModelSpec
 from lwmm_lab.analysis.evaluation import (
+    BatchScorer,
     class_probabilities,
     confusion,
     evaluate,
@@ -135,3 +136,22 @@ def test_top_class_is_argmax_ties_included(seed: int, levels: int) -> None:
     scores = torch.randint(levels, (3, 6, 4, 5), generator=g).float()
     for x in (scores, scores.contiguous(memory_format=torch.channels_last)):
         assert torch.equal(top_class(x), x.argmax(1))
+
+
+def test_a_batch_scorer_scores_each_part_as_on_its_own() -> None:
+    """One forward pass over the joined parts gives each part the predictions and the
+    confusion that scoring it alone gives."""
+    torch.manual_seed(0)
+    model = ModelSpec(
+        "Unet", "tu-resnet10t", 16, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
+    ).build()
+    images = torch.rand(5, 3, 32, 64)
+    labels = torch.randint(19, (5, 32, 64))
+    labels[:, :4] = L.IGNORE
+    pred, counts = BatchScorer(images, labels, (2, 3))(model)
+    assert counts.shape == (2, 19, 19)
+    classes = model_classes(model)
+    for k, part in enumerate((slice(0, 2), slice(2, 5))):
+        alone = predict(model, images[part])
+        assert torch.equal(pred[part], alone)
+        assert torch.equal(counts[k], confusion(alone, labels[part], classes))

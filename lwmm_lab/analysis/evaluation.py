@@ -9,6 +9,7 @@ outputs, the output-ensemble baseline that costs M forward passes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -68,32 +69,58 @@ def predict(models: nn.Module | Sequence[nn.Module], images: Tensor) -> Tensor:
     models = [models] if isinstance(models, nn.Module) else list(models)
     with torch.no_grad():
         if len(models) == 1:
-            logits = models[0](normalize(images))
-            index = torch.tensor(model_classes(models[0]), device=images.device)
-            return index[top_class(logits)]
+            return _classify(models[0], normalize(images))
         return top_class(class_probabilities(models, images))
+
+
+def _classify(model: nn.Module, x: Tensor) -> Tensor:
+    """trainIds of a model's predictions on normalised inputs ``x``."""
+    return int_constant(model_classes(model), x.device)[top_class(model(x))]
+
+
+class BatchScorer:
+    """Scores models on one batch held in memory, cut into parts (the lab's target and source
+    previews): one forward pass, then each part's confusion, all where the batch lies. The
+    inputs are normalised once, as the batch never changes while the models do."""
+
+    def __init__(self, images: Tensor, labels: Tensor, parts: Sequence[int]) -> None:
+        self.x, self.labels = normalize(images), labels
+        ends = list(itertools.accumulate(parts))
+        self.parts = [slice(end - size, end) for end, size in zip(ends, parts, strict=True)]
+
+    def __call__(self, model: nn.Module) -> tuple[Tensor, Tensor]:
+        """The model's predictions (N, H, W) and each part's confusion (parts, 19, 19)."""
+        classes = model_classes(model)
+        with torch.no_grad():
+            pred = _classify(model, self.x)
+        counts = [confusion(pred[part], self.labels[part], classes) for part in self.parts]
+        return pred, torch.stack(counts)
 
 
 def confusion(prediction: Tensor, label: Tensor, classes: Sequence[int]) -> Tensor:
     """Confusion counts (19 x 19, rows = label, cols = prediction) over ``classes``' pixels,
     on the labels' device (a GPU evaluation sums them there and syncs once).
 
-    One ``bincount`` over every pixel, label 0..255 times 19 plus the prediction, then the rows
-    of ``classes`` kept: no boolean selection of the valid pixels, which costs eight times the
-    count on a CPU and a sync on a GPU.
+    Every pixel is counted at label 0..255 times 19 plus the prediction, by one ``index_add_``,
+    then the rows of ``classes`` are kept: no boolean selection of the valid pixels (which costs
+    eight times the count on a CPU and a sync on a GPU) and no ``bincount`` (which on a GPU
+    reads its input's range back to the host first).
     """
     n = len(L.CLASSES)
     index = (label.long() * n + prediction).flatten()
-    counts = torch.bincount(index, minlength=256 * n)[: n * n].reshape(n, n)
-    return counts * _scored_rows(tuple(classes), label.device)
+    ones = int_constant((1,), label.device).expand(index.shape[0])
+    counts = torch.zeros(256 * n, dtype=torch.int64, device=label.device).index_add_(0, index, ones)
+    scored = int_constant(tuple(int(c in classes) for c in range(n)), label.device, (n, 1))
+    return counts[: n * n].reshape(n, n) * scored
 
 
-@lru_cache(maxsize=32)
-def _scored_rows(classes: tuple[int, ...], device: torch.device) -> Tensor:
-    """A (19, 1) column: 1 on the rows of ``classes``, 0 elsewhere (made once per device)."""
-    rows = torch.zeros(len(L.CLASSES), 1, dtype=torch.int64)
-    rows[list(classes)] = 1
-    return rows.to(device)
+@lru_cache(maxsize=64)
+def int_constant(
+    values: tuple[int, ...], device: torch.device, shape: tuple[int, ...] = (-1,)
+) -> Tensor:
+    """A small int64 tensor on ``device``, made once: a copy to a GPU on every call would wait
+    for the work queued before it (a model's class ids, the rows a confusion keeps)."""
+    return torch.tensor(values, dtype=torch.int64).reshape(shape).to(device)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from lwmm_lab.analysis.evaluation import (
     batches,
     confusion,
+    int_constant,
     model_classes,
     normalize,
     open_checkpoints,
@@ -162,7 +163,7 @@ def _predict(
     classes = model_classes(model)
     with torch.no_grad():
         logits, center, offset = model.forward_panoptic(normalize(images))
-    semantic = torch.tensor(classes, device=images.device)[top_class(logits)]
+    semantic = int_constant(classes, images.device)[top_class(logits)]
     out = [
         _group(s, c[0], o, classes, config)
         for s, c, o in zip(semantic, center, offset, strict=True)

@@ -33,11 +33,10 @@ from torch.utils.data import TensorDataset
 from lwmm_lab.analysis.comparison import fisher_file
 from lwmm_lab.analysis.discrepancy import KINDS, discrepancy
 from lwmm_lab.analysis.evaluation import (
+    BatchScorer,
     Scores,
-    confusion,
     evaluate,
     model_classes,
-    predict,
     scores_from_confusion,
     val_set,
 )
@@ -254,7 +253,7 @@ class MergeLab(_Panel):
         self.last_update_seconds = 0.0
         self._models: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
         self._anchor_cache: dict[int, Outputs] = {}
-        self._joined: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._scorers: dict[tuple[str, int], BatchScorer] = {}
         self._panel_keys: dict[int, bytes] = {}
         self._depth_names: tuple[str, ...] = ()
         self._quiet = False  # set while the panel itself moves controls
@@ -517,29 +516,27 @@ class MergeLab(_Panel):
         self.pool = Pool(paths, device=self.device.value, base=self.pool.base_path, fisher=fishers)
         self._models.clear()
 
-    def _previews(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target's and the source's preview images and labels end to end, on the pool's
-        device (joined once per device): a slider change scores both in one forward pass."""
+    def _scorer(self) -> BatchScorer:
+        """The target's and the source's previews as one batch on the pool's device (made
+        once per device): a slider change scores both in one forward pass."""
         key = (str(self.pool.device), self.preview_size)
-        if key not in self._joined:
+        if key not in self._scorers:
             target, source = (
                 self._data(domain, self.preview_size, on_device=True).tensors
                 for domain in (self.target, self.source)
             )
-            joined = (torch.cat([target[0], source[0]]), torch.cat([target[1], source[1]]))
-            self._joined[key] = joined
-        return self._joined[key]
+            images, labels = (torch.cat([t, s]) for t, s in zip(target, source, strict=True))
+            self._scorers[key] = BatchScorer(images, labels, (self.preview_size,) * 2)
+        return self._scorers[key]
 
     def _outputs(self, model: torch.nn.Module) -> Outputs:
         """A model's scores on the target and source previews and its predictions on the
         target images shown (and, for a panoptic model, its panoptic outputs on the target)."""
-        images, labels = self._previews()
-        pred, n, classes = predict(model, images), self.preview_size, model_classes(model)
-        halves = [slice(0, n), slice(n, 2 * n)]
-        counts = torch.stack([confusion(pred[h], labels[h], classes) for h in halves]).cpu()
+        pred, counts = self._scorer()(model)
+        classes, n = model_classes(model), self.preview_size
         target, source = (
             scores_from_confusion(c, classes, domain, n)
-            for c, domain in zip(counts, (self.target, self.source), strict=True)
+            for c, domain in zip(counts.cpu(), (self.target, self.source), strict=True)
         )
         shown = pred[: self.shown].cpu()
         if not is_panoptic(model):
