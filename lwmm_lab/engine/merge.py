@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -259,17 +260,20 @@ class MergePlan:
         pool, r = self.pool, self.routes
         if not outs:
             return
-        groups = _equal_weight_groups(self.weights)
-        share = torch.stack([self.weights[:, g].sum(1) for g in groups], 1)
+        # The (Np, groups) arithmetic is a few dozen numbers: numpy, not a kernel per step.
+        weights = self.weights.numpy()
+        groups = _equal_weight_groups(weights)
+        share = np.stack([weights[:, g].sum(1) for g in groups], 1)
         reached = share.cumsum(1)
-        step = torch.where(reached > 0, share / reached.clamp_min(1e-300), 1.0)
+        step = np.where(reached > 0, share / np.maximum(reached, 1e-300), 1.0)
         total = reached[:, -1]
-        rescale = not torch.allclose(total, torch.ones_like(total))
+        rescale = not np.allclose(total, 1.0)
         means = [pool.model_mean(group) for group in groups]
         if len(groups) > 1 and FLAT_SUM.get(pool.device.type, False):
             work, parts = r.kept("sum", lambda: _row_with_parts(pool, r))
             rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
-            table = torch.cat([step[:, 1:], total[:, None]], 1).to(pool.device, pool.flat.dtype)
+            table = np.concatenate([step[:, 1:], total[:, None]], 1)
+            table = torch.from_numpy(table).to(pool.device, pool.flat.dtype)
             torch.lerp(means[0], means[1], table[:, 0].index_select(0, rows), out=work)
             for g in range(2, len(groups)):
                 work.lerp_(means[g], table[:, g - 1].index_select(0, rows))
@@ -282,14 +286,15 @@ class MergePlan:
         direct = all(o.dtype == pool.flat.dtype and o.device == pool.device for o in outs)
         dtype, device = pool.flat.dtype, pool.device
         work = outs if direct else [torch.empty(o.shape, dtype=dtype, device=device) for o in outs]
-        steps = step[r.weight_rows].t().tolist()
+        at = r.weight_rows.numpy()
+        steps = step[at].T.tolist()
         for k, parts in enumerate(r.parts(means)):
             if k == 0:
                 _copy_all(work, parts)
             else:
                 torch._foreach_lerp_(work, parts, steps[k])
         if rescale:  # a schedule whose rows do not sum to 1
-            torch._foreach_mul_(work, total[r.weight_rows].tolist())
+            torch._foreach_mul_(work, total[at].tolist())
         if rebase:
             scale = self.config.scale
             torch._foreach_mul_(work, scale)
@@ -699,13 +704,13 @@ def _column_rows(pool: Pool, layout: Layout) -> Tensor:
     return per_tensor.repeat_interleave(sizes).to(pool.device)
 
 
-def _equal_weight_groups(weights: Tensor) -> list[tuple[int, ...]]:
+def _equal_weight_groups(weights: np.ndarray) -> list[tuple[int, ...]]:
     """Models whose weight is the same at every depth, grouped (a weighted sum may add them
     first): for layer-wise, the anchor alone and all the others; for isotropic, everyone."""
     groups: list[tuple[int, ...]] = []
     for i in range(weights.shape[1]):
         for k, group in enumerate(groups):
-            if torch.equal(weights[:, group[0]], weights[:, i]):
+            if np.array_equal(weights[:, group[0]], weights[:, i]):
                 groups[k] = (*group, i)
                 break
         else:
