@@ -267,12 +267,21 @@ def test_bad_settings_are_named() -> None:
 
 
 def test_target_model_must_match_the_anchor(make_models) -> None:
+    """Checked once per set of target tensors (a slider writes into the same ones), and
+    again for any other: a state dict that ran before, then got a tensor of another shape,
+    is refused too."""
     pool = Pool([checkpoint_of(m) for m in make_models(2)], device="cpu")
+    good = TINY.build().state_dict()
+    merge(pool, into=good)
+    merge(pool, into=good)
     other = ModelSpec(TINY.arch, TINY.encoder, 2, TINY.kwargs).build()
     with pytest.raises(
         LwmmError, match="the target model has another shape for 'segmentation_head"
     ):
         merge(pool, into=other)
+    good["segmentation_head.0.bias"] = torch.zeros(2)
+    with pytest.raises(LwmmError, match=r"another shape for 'segmentation_head\.0\.bias'"):
+        merge(pool, into=good)
 
 
 def test_pool_from_files_matches_pool_from_memory(tmp_path: Path, make_models) -> None:
