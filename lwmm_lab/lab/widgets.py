@@ -188,7 +188,7 @@ class Outputs:
     panoptic: tuple[PanopticScores, torch.Tensor, torch.Tensor] | None = None
 
 
-def _panel_keys(example: Example) -> dict[int, bytes]:
+def _drawn_from(example: Example) -> dict[int, bytes]:
     """What each changing panel of a grid row is drawn from (the anchor's map, the merged one,
     the change codes), by column: equal bytes draw an equal panel."""
     ids = example.instances or (None, None, None)
@@ -585,7 +585,7 @@ class MergeLab(_Panel):
         images = [t for t in self.grid_fig.data if isinstance(t, go.Image)]
         with self.grid_fig.batch_update():
             for r, example in enumerate(shown):
-                for c, key in _panel_keys(example).items():
+                for c, key in _drawn_from(example).items():
                     k = r * len(COLUMNS) + c
                     if self._panel_keys.get(k) != key:
                         images[k].source = png_uri(example_panel(example, c))
