@@ -27,6 +27,7 @@ from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import load_checkpoint
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import resolve_device
+from lwmm_lab.heap import keep_freed_memory
 
 #: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -84,6 +85,8 @@ class BatchScorer:
     inputs are normalised once, as the batch never changes while the models do."""
 
     def __init__(self, images: Tensor, labels: Tensor, parts: Sequence[int]) -> None:
+        if images.device.type == "cpu":
+            keep_freed_memory()
         self.x, self.labels = normalize(images), labels
         ends = list(itertools.accumulate(parts))
         self.parts = [slice(end - size, end) for end, size in zip(ends, parts, strict=True)]
@@ -178,10 +181,13 @@ def evaluate(
 ) -> Scores:
     """Score a model (or the softmax ensemble of several) on ``dataset``.
 
-    The classes scored are the model's (or, for an ensemble, those of any member).
+    The classes scored are the model's (or, for an ensemble, those of any member). On a CPU
+    the freed batches' memory is kept for the next (:func:`~lwmm_lab.heap.keep_freed_memory`).
     """
     models = [models] if isinstance(models, nn.Module) else list(models)
     device = torch.device(device) if device else next(models[0].parameters()).device
+    if device.type == "cpu":
+        keep_freed_memory()
     classes = tuple(sorted(set().union(*(model_classes(m) for m in models))))
     for m in models:
         m.eval()

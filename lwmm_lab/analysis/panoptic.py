@@ -45,6 +45,7 @@ from lwmm_lab.analysis.evaluation import (
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.errors import LwmmError
+from lwmm_lab.heap import keep_freed_memory
 
 #: What ``lwmm eval --task`` scores.
 TASKS = ("semantic", "panoptic")
@@ -375,6 +376,8 @@ def evaluate_panoptic(
     its semantic mIoU (``extra["miou"]``) from the same forward passes."""
     require_panoptic(model)
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        keep_freed_memory()
     classes = model_classes(model)
     stats = PanopticStats.zeros(classes, device)
     conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64, device=device)
