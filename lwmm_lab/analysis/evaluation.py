@@ -198,7 +198,7 @@ def evaluate(
         conf += confusion(predict(models, images), labels, classes)
         count += images.shape[0]
     domain = domain or getattr(dataset, "domain", "")
-    scores = scores_from_confusion(conf.cpu(), classes, domain, count)
+    scores = scores_from_confusion(conf, classes, domain, count)
     scores.seconds = time.perf_counter() - started
     scores.models = len(models)
     return scores

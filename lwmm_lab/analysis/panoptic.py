@@ -430,7 +430,7 @@ def _score_batch(
 def _scores(stats: PanopticStats, conf: Tensor, images: int) -> PanopticScores:
     scores = panoptic_scores(stats, images)
     classes = stats.classes
-    scores.extra["miou"] = round(scores_from_confusion(conf.cpu(), classes, "", images).miou, 4)
+    scores.extra["miou"] = round(scores_from_confusion(conf, classes, "", images).miou, 4)
     return scores
 
 
