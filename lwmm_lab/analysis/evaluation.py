@@ -156,14 +156,15 @@ class Scores:
 
 def scores_from_confusion(conf: Tensor, classes: Sequence[int], domain: str, images: int) -> Scores:
     """IoU per class from an accumulated confusion matrix, mean over classes that occur (read
-    on the CPU: one copy from a GPU, not one sync per class)."""
+    on the CPU: one copy from a GPU, not one sync per class; the per-class arithmetic in
+    Python floats, not a few tiny tensor operations per class)."""
     conf = conf.cpu().double()
     tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
+    tps, unions = tp.tolist(), (conf.sum(0) + conf.sum(1) - tp).tolist()
     per_class, values = {}, []
     for c in classes:
-        if union[c] > 0:
-            iou = float(tp[c] / union[c]) * 100
+        if unions[c] > 0:
+            iou = tps[c] / unions[c] * 100
             per_class[L.CLASSES[c]] = iou
             values.append(iou)
         else:
