@@ -8,6 +8,7 @@ a widget that changes one image sends a few kilobytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 from collections.abc import Sequence
@@ -129,16 +130,20 @@ def schedule_figure(plan: MergePlan) -> go.Figure:
             annotation={"text": f"s = {plan.config.start}", "name": "start"},
             annotation_position="bottom right",
         )
-    c = plan.config
-    knobs = f", s = {c.start}, alpha = {c.alpha:.2f}" if c.start is not None else ""
-    title = f"Merge weights by depth: {c.method} ({plan.schedule}{knobs})"
     fig.update_yaxes(title="weight", range=[-0.02, 1.02])
     fig.update_xaxes(title="depth index j (shared tensors, in the anchor's order)")
-    return _base_layout(fig, title)
+    return _base_layout(fig, _schedule_title(plan))
+
+
+def _schedule_title(plan: MergePlan) -> str:
+    c = plan.config
+    knobs = f", s = {c.start}, alpha = {c.alpha:.2f}" if c.start is not None else ""
+    return f"Merge weights by depth: {c.method} ({plan.schedule}{knobs})"
 
 
 def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
-    """Move ``fig`` (from :func:`schedule_figure`) to ``plan`` in place: new weights and start.
+    """Move ``fig`` (from :func:`schedule_figure`) to ``plan`` in place: new weights, anchor,
+    start and title.
 
     Cheap enough for every slider step. Returns False when the figure cannot follow (other
     models, depth or start line): then draw a new one.
@@ -153,11 +158,14 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
     ):
         return False
     with _batch(fig):
+        fig.layout.title.text = _schedule_title(plan)
         for i, trace in enumerate(fig.data):
             trace.y = weights[:, i]
             label = plan.pool.labels[i]
-            trace.name = f"{label} (anchor)" if i == plan.anchor else label
-            trace.line.width = 3 if i == plan.anchor else 1.5
+            name = f"{label} (anchor)" if i == plan.anchor else label
+            if trace.name != name:  # plotly validates every value set: only the anchor's move
+                trace.name = name
+                trace.line.width = 3 if i == plan.anchor else 1.5
         if starts:
             starts[0].x0 = starts[0].x1 = plan.config.start
             for note in fig.layout.annotations:
@@ -168,15 +176,7 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
 
 def _batch(fig: go.Figure) -> Any:
     """``fig.batch_update()`` for a FigureWidget, a no-op context for a plain Figure."""
-    return fig.batch_update() if hasattr(fig, "batch_update") else _Nothing()
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return fig.batch_update() if hasattr(fig, "batch_update") else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------- discrepancy
@@ -521,21 +521,18 @@ def rows_figure(rows: Sequence[dict[str, Any]], title: str) -> go.Figure:
 
 def update_iou_delta_figure(fig: go.Figure, delta: dict[str, float | None]) -> None:
     """Show new per-class IoU changes in a figure from :func:`iou_delta_figure`, in place."""
-    names = [n for n, v in delta.items() if v is not None]
-    values = [delta[n] for n in names]
+    names, values, colors = _delta_bars(delta)
     with _batch(fig):
         bar = fig.data[0]
         bar.x, bar.y = names, values
-        bar.marker.color = ["#2ca02c" if v >= 0 else "#d62728" for v in values]
+        bar.marker.color = colors
 
 
 def iou_delta_figure(
     delta: dict[str, float | None], title: str = "Per-class IoU: merged minus anchor"
 ) -> go.Figure:
     """Per-class IoU change, green where the merge helps, red where it hurts."""
-    names = [n for n, v in delta.items() if v is not None]
-    values = [delta[n] for n in names]
-    colors = ["#2ca02c" if v >= 0 else "#d62728" for v in values]
+    names, values, colors = _delta_bars(delta)
     fig = go.Figure(
         go.Bar(
             x=names, y=values, marker_color=colors, hovertemplate="%{x}: %{y:+.2f}<extra></extra>"
@@ -543,6 +540,13 @@ def iou_delta_figure(
     )
     fig.update_yaxes(title="IoU change (points)", zeroline=True)
     return _base_layout(fig, title)
+
+
+def _delta_bars(delta: dict[str, float | None]) -> tuple[list[str], list[float], list[str]]:
+    """The classes scored by both models, their IoU changes and the bars' colours."""
+    names = [n for n, v in delta.items() if v is not None]
+    values = [v for v in delta.values() if v is not None]
+    return names, values, ["#2ca02c" if v >= 0 else "#d62728" for v in values]
 
 
 def table_figure(
