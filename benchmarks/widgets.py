@@ -4,10 +4,11 @@ The default zoo's six independent strategies in one MergeLab, the lab's opening 
 (preview: 16 target + 16 source images at the zoo's resolution). Each slider change re-merges
 into the anchor's module, re-scores the previews, and updates the schedule, the per-class bars,
 the readout and the image grid; the figure is the median over many changes of alpha and of the
-start layer. Ticking *align* and changing the anchor while aligned (a new weight matching) are
-timed too. Target: <= 300 ms on a
-2-core CPU. Measured in-process (``background=False``), so the time of the kernel's messages to
-the browser is not included; the browser test shows the update arriving there.
+start layer, printed with the median of each step (plan, merge, score, figures, grid). Ticking
+*align* and changing the anchor while aligned (a new weight matching) are timed too. Target:
+<= 300 ms on a 2-core CPU. Measured in-process (``background=False``), so the time of the
+kernel's messages to the browser is not included; the browser test shows the update arriving
+there.
 
 The last line is machine-readable: ``slider_update_ms_median=<x> start_update_ms_median=<y>``.
 
@@ -33,12 +34,16 @@ def main() -> None:
         f"MergeLab with {lab.pool.n_models} models ready in {time.perf_counter() - started:.1f} s"
     )
 
+    parts: dict[str, list[float]] = {}
+
     def timed(control: object, values: list) -> list[float]:
         times = []
         for value in values:
             t = time.perf_counter()
             control.value = value
             times.append((time.perf_counter() - t) * 1000)
+            for part, ms in lab.last_update_parts.items():
+                parts.setdefault(part, []).append(ms)
         return times
 
     alphas = [round(0.05 * k, 2) for k in range(21)] + [
@@ -50,6 +55,8 @@ def main() -> None:
         q = statistics.quantiles(values, n=10)
         median = statistics.median(values)
         print(f"{name}: median {median:.0f} ms, p90 {q[-1]:.0f} ms over {len(values)} changes")
+    split = ", ".join(f"{p} {statistics.median(ms):.1f}" for p, ms in parts.items())
+    print(f"a change's steps (medians, ms of host time on {lab.pool.device}): {split}")
     align_ms = timed(lab.align, [True])[0]
     anchor_ms = statistics.median(timed(lab.anchor, [1, 2, 0]))
     print(

@@ -50,6 +50,9 @@ def test_sliders_remerge_and_update_every_view(lab: MergeLab) -> None:
     )
     assert list(lab.schedule_fig.data[1].y) != weights, "the schedule follows alpha"
     assert "alpha = 0.00" in lab.schedule_fig.layout.title.text, "and so does its title"
+    parts = lab.last_update_parts
+    assert list(parts) == ["plan", "merge", "score", "figures", "grid"]
+    assert min(parts.values()) >= 0 and sum(parts.values()) <= lab.last_update_seconds * 1000
     assert lab.readout.value != readout and _images(lab.grid_fig) != images
     lab.start.value = 10
     assert "j = 10:" in lab.start_name.value and lab.plan.config.start == 10

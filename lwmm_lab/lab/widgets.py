@@ -251,6 +251,7 @@ class MergeLab(_Panel):
         self.plan: MergePlan | None = None
         self.scores: dict[str, Scores | PanopticScores] = {}
         self.last_update_seconds = 0.0
+        self.last_update_parts: dict[str, float] = {}
         self._models: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
         self._anchor_cache: dict[int, Outputs] = {}
         self._scorers: dict[tuple[str, int], BatchScorer] = {}
@@ -486,25 +487,39 @@ class MergeLab(_Panel):
     # ------------------------------------------------------------------------ updates
 
     def _update(self) -> None:
+        """Re-merge, re-score and redraw; ``last_update_parts`` keeps each step's milliseconds
+        (host time: on a GPU the merge's kernels finish during the scoring)."""
         started = time.perf_counter()
+        parts, mark = {}, started
+
+        def done(part: str) -> None:
+            nonlocal mark
+            parts[part], mark = (time.perf_counter() - mark) * 1000, time.perf_counter()
+
         self.error.value = ""
         if self.method.value == "fisher" and self.pool.fisher is None:
             self._attach_fisher()
         plan = make_plan(self.pool, self.config())
+        done("plan")
         model, tensors = self._built(plan.anchor)
         plan.run(into=tensors)
         self.plan = plan
+        done("merge")
         merged, anchor = self._outputs(model), self._anchor(plan.anchor)
         self.scores = {"merged": merged.scores, "anchor": anchor.scores, self.source: merged.source}
         if merged.panoptic is not None and anchor.panoptic is not None:
             self.scores["merged panoptic"] = merged.panoptic[0]
             self.scores["anchor panoptic"] = anchor.panoptic[0]
+        done("score")
         if not update_schedule_figure(self.schedule_fig, plan):
             sync_figure(self.schedule_fig, schedule_figure(plan))
         update_iou_delta_figure(self.delta_fig, iou_delta(anchor.scores, merged.scores))
+        done("figures")
         self._update_grid(self._examples(anchor, merged))
         self.start_name.value = self._start_label()
         self.readout.value = self._readout(anchor, merged)
+        done("grid")
+        self.last_update_parts = parts
         self.last_update_seconds = time.perf_counter() - started
         ms = self.last_update_seconds * 1000
         self.status.value = f"<small>merged on {self.pool.device} and scored in {ms:.0f} ms</small>"
