@@ -489,12 +489,13 @@ class MergeLab(_Panel):
     def _update(self) -> None:
         """Re-merge, re-score and redraw; ``last_update_parts`` keeps each step's milliseconds
         (host time: on a GPU the merge's kernels finish during the scoring)."""
-        started = time.perf_counter()
-        parts, mark = {}, started
+        started = mark = time.perf_counter()
+        parts: dict[str, float] = {}
 
         def done(part: str) -> None:
             nonlocal mark
-            parts[part], mark = (time.perf_counter() - mark) * 1000, time.perf_counter()
+            now = time.perf_counter()
+            parts[part], mark = (now - mark) * 1000, now
 
         self.error.value = ""
         if self.method.value == "fisher" and self.pool.fisher is None:
