@@ -40,6 +40,7 @@ from lwmm_lab.lab.figures import (
     sweep_curves,
     sweep_heatmap,
     task_vector_figure,
+    update_schedule_figure,
 )
 from lwmm_lab.zoo import base_checkpoint, load_manifest, preset, select
 
@@ -98,6 +99,26 @@ def test_task_vectors_and_the_suggested_start() -> None:
     assert suggest_start(rows, 20, window=1) == 13, "agreement ends after the 12th layer"
     with pytest.raises(ValueError, match="base"):
         task_vector_cosine(Pool([a, b], device="cpu"))
+
+
+def test_the_schedule_figure_follows_a_plan_in_place() -> None:
+    """Moved in place, the figure equals one drawn anew (weights, anchor, start, title); with
+    other depth names it asks to be redrawn."""
+    pool = Pool([Checkpoint({f"l{k}": torch.randn(2) for k in range(6)}) for _ in range(3)])
+    fig = schedule_figure(make_plan(pool, start=2, alpha=0.2))
+    moved = make_plan(pool, anchor=1, start=3, alpha=0.7)
+    assert update_schedule_figure(fig, moved)
+    fresh = schedule_figure(moved)
+
+    def shown(f: go.Figure) -> list:
+        starts = [(s.x0, s.x1) for s in f.layout.shapes if s.name == "start"]
+        notes = [(a.x, a.text) for a in f.layout.annotations if a.name == "start"]
+        traces = [(t.name, t.line.width, list(t.y)) for t in f.data]
+        return [f.layout.title.text, starts, notes, traces]
+
+    assert shown(fig) == shown(fresh) and "alpha = 0.70" in fig.layout.title.text
+    fig.data[0].customdata = (*fresh.data[0].customdata[:-1], "another.model.s.tensor")
+    assert not update_schedule_figure(fig, moved), "other depth names: draw a new figure"
 
 
 def test_change_map_codes() -> None:

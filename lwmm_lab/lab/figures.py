@@ -146,7 +146,7 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
     start and title.
 
     Cheap enough for every slider step. Returns False when the figure cannot follow (other
-    models, depth or start line): then draw a new one.
+    models, other depth names, a start line added or gone): then draw a new one.
     """
     weights = plan.weights.numpy()
     starts = [s for s in fig.layout.shapes if s.name == "start"]
@@ -154,7 +154,7 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
         len(fig.data) != weights.shape[1]
         or any(len(t.y) != weights.shape[0] for t in fig.data)
         or len(starts) != (plan.config.start is not None)
-        or [t.customdata[0] for t in fig.data[:1]] != list(plan.layout.depth_names[:1])
+        or any(tuple(t.customdata) != plan.layout.depth_names for t in fig.data[:1])
     ):
         return False
     with _batch(fig):
