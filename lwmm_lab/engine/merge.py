@@ -364,11 +364,12 @@ class MergePlan:
         targets = into.state_dict() if isinstance(into, nn.Module) else into
         # A slider writes into the same tensors on every change: they are checked once.
         seen = (id(targets), *map(id, targets.values()))
-        if self.routes.kept("checked targets", dict).get("last") != seen:
+        checked = self.routes.kept("checked targets", dict)
+        if checked.get("last") != seen:
             expected = {e.name: e.shape for e in self.layout.entries}
             hint = "; build it from the anchor's spec"
             check_compatible(expected, targets, "the target model", hint)
-            self.routes.kept("checked targets", dict)["last"] = seen
+            checked["last"] = seen
         return targets
 
 

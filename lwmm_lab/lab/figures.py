@@ -154,7 +154,7 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
         len(fig.data) != weights.shape[1]
         or any(len(t.y) != weights.shape[0] for t in fig.data)
         or len(starts) != (plan.config.start is not None)
-        or any(tuple(t.customdata) != plan.layout.depth_names for t in fig.data[:1])
+        or tuple(fig.data[0].customdata) != plan.layout.depth_names
     ):
         return False
     with _batch(fig):
@@ -163,7 +163,7 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
             trace.y = weights[:, i]
             label = plan.pool.labels[i]
             name = f"{label} (anchor)" if i == plan.anchor else label
-            if trace.name != name:  # plotly validates every value set: only the anchor's move
+            if trace.name != name:  # the anchor moved (plotly validates each set: few sets)
                 trace.name = name
                 trace.line.width = 3 if i == plan.anchor else 1.5
         if starts:
@@ -546,7 +546,12 @@ def _delta_bars(delta: dict[str, float | None]) -> tuple[list[str], list[float],
     """The classes scored by both models, their IoU changes and the bars' colours."""
     names = [n for n, v in delta.items() if v is not None]
     values = [v for v in delta.values() if v is not None]
-    return names, values, ["#2ca02c" if v >= 0 else "#d62728" for v in values]
+    return names, values, [change_color(v) for v in values]
+
+
+def change_color(diff: float) -> str:
+    """Green for a gain (or no change), red for a loss: the lab's colour of a difference."""
+    return "#2ca02c" if diff >= 0 else "#d62728"
 
 
 def table_figure(

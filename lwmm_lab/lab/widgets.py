@@ -51,6 +51,7 @@ from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.lab.figures import (
     COLUMNS,
+    change_color,
     counts_figure,
     discrepancy_figure,
     example_panel,
@@ -200,8 +201,7 @@ def _drawn_from(example: Example) -> dict[int, bytes]:
 
 def _signed(diff: float) -> str:
     """A difference in green (up) or red (down)."""
-    color = "#2ca02c" if diff >= 0 else "#d62728"
-    return f"<span style='color:{color}'>{diff:+.2f}</span>"
+    return f"<span style='color:{change_color(diff)}'>{diff:+.2f}</span>"
 
 
 class MergeLab(_Panel):
