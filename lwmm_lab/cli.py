@@ -29,7 +29,7 @@ from lwmm_lab.analysis.sweeps import EXECUTORS, grid, run_sweep
 from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.data.domains import DOMAINS, save_gallery
 from lwmm_lab.engine.checkpoints import SUBMODELS, load_checkpoint
-from lwmm_lab.engine.merge import MergeConfig, make_plan, save_merge
+from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
@@ -239,8 +239,8 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--base", type=Path, help="shared base checkpoint (task_arithmetic, ties)")
     p.add_argument("--fisher", type=Path, nargs="+", help="one Fisher file per checkpoint")
-    p.add_argument("--density", type=float, default=0.2, help="TIES: fraction kept (0.2)")
-    p.add_argument("--scale", type=float, default=1.0, help="task vector scale (1.0)")
+    p.add_argument("--density", type=float, help="TIES: fraction kept (0.2)")
+    p.add_argument("--scale", type=float, help="task vector scale (1.0)")
     p.add_argument("--submodel", choices=SUBMODELS, help="mmseg/DAFormer sub-model (model)")
     p.add_argument(
         "--align",
@@ -250,7 +250,9 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _pool_and_config(args: argparse.Namespace) -> tuple[Pool, MergeConfig]:
+def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
+    """The pool and plan of ``lwmm merge`` / ``inspect``. An option the plan would ignore is
+    refused: a silent no-op (``--alpha`` on an isotropic merge) misleads more than an error."""
     pool = Pool(
         args.checkpoints,
         device=args.device,
@@ -259,6 +261,7 @@ def _pool_and_config(args: argparse.Namespace) -> tuple[Pool, MergeConfig]:
         submodel=args.submodel,
         align=args.anchor if args.align else None,
     )
+    knobs = {"density": args.density, "scale": args.scale}
     config = MergeConfig(
         method=args.method,
         anchor=args.anchor,
@@ -269,15 +272,35 @@ def _pool_and_config(args: argparse.Namespace) -> tuple[Pool, MergeConfig]:
         weights=None if args.weights is None else tuple(args.weights),
         granularity=args.granularity,
         schedule=args.schedule,
-        density=args.density,
-        scale=args.scale,
+        **{k: v for k, v in knobs.items() if v is not None},
     )
-    return pool, config
+    plan = make_plan(pool, config)
+
+    def methods(need: str) -> str:
+        return "method " + " or ".join(n for n, m in METHODS.items() if need in m.needs)
+
+    layerwise = (plan.schedule == "layerwise", "the layerwise schedule")
+    uses = {
+        "--start": layerwise,
+        "--start-frac": layerwise,
+        "--alpha": layerwise,
+        "--weights": (plan.schedule == "weights", "the weights schedule (method weighted)"),
+        "--density": (args.method == "ties", "method ties"),
+        "--scale": ("base" in METHODS[args.method].needs, methods("base")),
+        "--base": ("base" in METHODS[args.method].needs, methods("base")),
+        "--fisher": ("fisher" in METHODS[args.method].needs, methods("fisher")),
+    }
+    for option, (used, user) in uses.items():
+        if getattr(args, option[2:].replace("-", "_")) is not None and not used:
+            raise LwmmError(
+                f"{option} is not used by this merge (method {args.method}, {plan.schedule} "
+                f"schedule): only {user} uses it"
+            )
+    return pool, plan
 
 
 def _merge(args: argparse.Namespace) -> int:
-    pool, config = _pool_and_config(args)
-    plan = make_plan(pool, config)
+    pool, plan = _plan(args)
     path = save_merge(pool, args.output, plan.config)
     c = plan.config
     print(
@@ -288,8 +311,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    pool, config = _pool_and_config(args)
-    plan = make_plan(pool, config)
+    _, plan = _plan(args)
     print(plan.to_json() if args.json else plan.format())
     return 0
 
@@ -304,8 +326,6 @@ def _gallery(args: argparse.Namespace) -> int:
 
 def _zoo_build(args: argparse.Namespace) -> int:
     config = ZooConfig.quick_config() if args.quick else ZooConfig()
-    if args.workers is not None and args.workers < 1:
-        raise LwmmError(f"--workers {args.workers}: give at least 1")
     if args.seed < 0:
         raise LwmmError(f"--seed {args.seed}: give 0 or a positive whole number")
     config = replace(config, seed=args.seed)
@@ -439,7 +459,8 @@ def _discrepancy(args: argparse.Namespace) -> int:
         payload |= {"task_vector_cosine": tv, "suggested_start": suggestion}
     _write_outputs(args, payload, figures)
     if not args.json:
-        print(f"reference {d.reference}, tau {args.tau:g} (relative L2 >= {1 / args.tau:.3g})")
+        cut = d.threshold(args.tau)
+        print(f"reference {d.reference}, tau {args.tau:g} (relative L2 >= {cut:.3g})")
         for model, c in d.counts(args.tau).items():
             kinds = ", ".join(f"{k} {n}" for k, n in c["kind"].items() if n)
             regions = ", ".join(f"{k} {n}" for k, n in c["region"].items())

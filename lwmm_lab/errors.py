@@ -1,4 +1,11 @@
-"""The one exception lwmm_lab raises for bad input, and the warning for an unknown depth order."""
+"""The one exception lwmm_lab raises for bad input, the checks every count and image size pass
+where it enters, and the warning for an unknown depth order."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
 
 
 class LwmmError(Exception):
@@ -14,3 +21,48 @@ class DepthOrderWarning(UserWarning):
     The layer-wise schedule needs the model's ``state_dict`` order; a foreign safetensors file
     without a model spec only gives its keys sorted (``decoder.*`` before ``encoder.*``).
     """
+
+
+def check_whole(name: str, value: int) -> int:
+    """``value`` as an int when it is a whole number (an int, a numpy integer or an integral
+    float, not a bool); else an :class:`LwmmError` naming it, where ``int`` would truncate."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise LwmmError(f"{name}={value!r} is not a whole number")
+    if not math.isfinite(value) or value != int(value):
+        raise LwmmError(f"{name}={value!r} is not a whole number")
+    return int(value)
+
+
+def check_count(name: str, value: int) -> int:
+    """``value`` as an int when it is a whole number >= 1 (images, scenes, workers); else an
+    :class:`LwmmError` naming it. Zero images would score nothing and print empty tables."""
+    if check_whole(name, value) < 1:
+        raise LwmmError(f"{name}={value}: give at least 1")
+    return int(value)
+
+
+def check_image_size(size: Sequence[int]) -> tuple[int, int]:
+    """``size`` as ``(height, width)`` when both are whole numbers >= 1; else an
+    :class:`LwmmError` naming it (an empty image fails deep inside OpenCV otherwise)."""
+    if len(size) != 2:
+        raise LwmmError(f"image size {tuple(size)} is not (height, width)")
+    h, w = size
+    try:
+        height, width = check_count("height", h), check_count("width", w)
+    except LwmmError:
+        raise LwmmError(
+            f"image size {h} x {w}: height and width must be whole numbers >= 1"
+        ) from None
+    return height, width
+
+
+def check_finite(name: str, value: float) -> float:
+    """``value`` as a float when it is a finite number; else an :class:`LwmmError` naming it
+    (a NaN knob would write a file of NaNs without a word)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LwmmError(f"{name}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise LwmmError(f"{name}={value} is not a finite number")
+    return number

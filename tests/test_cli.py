@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lwmm_lab import load_checkpoint, save_checkpoint
+from lwmm_lab import Pool, load_checkpoint, load_model, make_plan, save_checkpoint
 from lwmm_lab.cli import main
+from lwmm_lab.engine.merge import merge_command
 
 from .conftest import TINY, Payload, perturbed_model
 
@@ -133,6 +135,60 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             "m1.safetensors: output is one of the inputs",
         ),
         "cuda": (["merge", *two, "--device", "cuda", "-o", merged], "CUDA is not available"),
+        "alpha unused": (
+            ["merge", *two, "--method", "isotropic", "--alpha", "0.3", "-o", merged],
+            "--alpha is not used by this merge (method isotropic, uniform schedule)",
+        ),
+        "weights unused": (
+            ["merge", *two, "--weights", "1", "3", "-o", merged],
+            "--weights is not used by this merge (method layerwise, layerwise schedule)",
+        ),
+        "density unused": (
+            ["inspect", *two, "--density", "0.3"],
+            "--density is not used by this merge (method layerwise, layerwise schedule): "
+            "only method ties uses it",
+        ),
+        "scale nan": (
+            [
+                "merge",
+                *two,
+                "--method",
+                "task_arithmetic",
+                "--base",
+                two[0],
+                "--scale",
+                "nan",
+                "-o",
+                merged,
+            ],
+            "scale=nan is not a finite number",
+        ),
+        "tau": (["discrepancy", *two, "--tau", "0"], "tau=0.0: give a number > 0"),
+        "images": (["eval", two[0], "--images", "0"], "images=0: give at least 1"),
+        "size": (["eval", two[0], "--size", "0", "8"], "image size 0 x 8: height and width"),
+        "fisher images": (
+            ["fisher", two[0], "--images", "-1", "-o", merged],
+            "images=-1: give at least 1",
+        ),
+        "scenes": (["data", "gallery", "--scenes", "0", "-o", tmp_path / "g.png"], "scenes=0"),
+        "sweep images": (
+            ["sweep", *two, "--images", "0", "--starts", "0.5", "--alphas", "0.5"],
+            "images=0: give at least 1",
+        ),
+        "sweep domain": (
+            ["sweep", *two, "--domains", "mars", "--starts", "0.5", "--alphas", "0.5"],
+            "domain 'mars' is not one of",
+        ),
+        "sweep workers": (
+            ["sweep", *two, "--executor", "process", "--workers", "0", "--no-cache"],
+            "workers=0: give at least 1",
+        ),
+        "claim": (["findings", "--only", "99"], "claim 99 is not one of 1.."),
+        "bars images": (["zoo", "bars", "--images", "0"], "images=0: give at least 1"),
+        "zoo workers": (
+            ["zoo", "build", "--quick", "--workers", "0", "--out", tmp_path / "zoo"],
+            "workers=0: give at least 1",
+        ),
     }
 
 
@@ -149,6 +205,44 @@ def test_every_bad_input_gives_one_clear_line(two: list[Path], tmp_path: Path, c
         assert "Traceback" not in err
     assert [p.read_bytes() for p in two] == before, "inputs are never modified"
     assert not (tmp_path / "out.safetensors").exists(), "nothing is written on error"
+    assert not (tmp_path / "zoo").exists() and not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"start": 40, "alpha": 0.3, "bn": "gaussian-counts", "anchor": 1},
+        {"method": "isotropic", "granularity": "module"},
+        {"method": "weighted", "weights": (1.0, 3.0), "bn": "anchor"},
+        {"method": "task_arithmetic", "scale": 0.7},
+        {"method": "ties", "density": 0.3, "scale": 0.9},
+        {"method": "fisher"},
+    ],
+    ids=lambda s: s.get("method", "layerwise"),
+)
+def test_the_lab_s_merge_command_reproduces_its_merge(
+    settings: dict, two: list[Path], tmp_path: Path, capsys
+) -> None:
+    base = save_checkpoint(
+        tmp_path / "base.safetensors", perturbed_model(TINY, 7).state_dict(), TINY
+    )
+    fishers = []
+    for i, path in enumerate(two):
+        params = dict(load_model(path, "cpu").named_parameters())
+        g = torch.Generator().manual_seed(i)
+        fisher = {k: torch.rand(p.shape, generator=g) for k, p in params.items()}
+        fishers.append(save_checkpoint(tmp_path / f"f{i}.safetensors", fisher, TINY))
+    pool = Pool(two, device="cpu", base=base, fisher=fishers)
+    plan = make_plan(pool, **settings)
+    out = tmp_path / "from the command.safetensors"
+    words = shlex.split(merge_command(plan, out))
+    assert words[:2] == ["lwmm", "merge"]
+    rc, _, err = _run(words[1:], capsys)
+    assert rc == 0, err
+    written, expected = load_checkpoint(out).tensors, plan.run()
+    assert written.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(written[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_foreign_file_warns_on_one_line(two: list[Path], tmp_path: Path, capsys) -> None:

@@ -256,6 +256,10 @@ def test_bad_settings_are_named() -> None:
         "needs one weight per model": {"method": "weighted"},
         "must be finite, >= 0 and not all 0": {"method": "weighted", "weights": (0.0, 0.0)},
         "give start or start_frac, not both": {"start": 1, "start_frac": 0.5},
+        r"start=1\.5 is not a whole number": {"start": 1.5},
+        "alpha='half' is not a number": {"alpha": "half"},
+        "scale=inf is not a finite number": {"method": "isotropic", "scale": float("inf")},
+        "density=nan is not a finite number": {"density": float("nan")},
     }
     for message, changes in cases.items():
         with pytest.raises(LwmmError, match=message):

@@ -5,7 +5,7 @@ For a reference model and each other model, every shared tensor gets its relativ
 (conv/linear weight, bias, norm weight, norm bias, BN running_mean, BN running_var) and its
 region (encoder, decoder, head). The paper counts a tensor as discrepant when
 ``||theta_m - theta_m+z|| >= ||theta_m|| / tau``, i.e. when the relative distance reaches
-``1 / tau``: :meth:`Discrepancy.above` applies that threshold.
+``1 / tau`` (:meth:`Discrepancy.threshold`): :meth:`Discrepancy.above` applies it.
 
 Two data-free diagnostics suggest where the anchor should take over: a symmetric KL divergence
 between the per-channel Gaussians of BN layers, and the cosine between task vectors (each model
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lwmm_lab.engine.pool import Pool, is_bn_stat, module_of
+from lwmm_lab.errors import LwmmError, check_finite
 
 KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
 #: The kinds that are learned by gradient descent (all but the BN running statistics).
@@ -69,9 +70,17 @@ class Discrepancy:
     n_depth: int
     boundary: int | None
 
+    @staticmethod
+    def threshold(tau: float) -> float:
+        """The paper's threshold ``1 / tau`` on the relative distance, for a finite tau > 0."""
+        if check_finite("tau", tau) <= 0:
+            raise LwmmError(f"tau={tau}: give a number > 0 (discrepant: relative L2 >= 1/tau)")
+        return 1.0 / tau
+
     def above(self, tau: float) -> list[dict[str, Any]]:
         """Rows whose relative distance reaches ``1 / tau`` (the paper's threshold)."""
-        return [r for r in self.rows if r["relative_l2"] >= 1.0 / tau]
+        cut = self.threshold(tau)
+        return [r for r in self.rows if r["relative_l2"] >= cut]
 
     def median(self, regions: tuple[str, ...] = REGIONS, kinds: tuple[str, ...] = KINDS) -> float:
         """The median relative distance of the rows of these regions and kinds (0 if none)."""
@@ -82,9 +91,9 @@ class Discrepancy:
 
     def counts(self, tau: float) -> dict[str, dict[str, dict[str, int]]]:
         """Tensors above ``1 / tau`` per other model, by kind and by region."""
-        result = {}
+        result, above = {}, self.above(tau)
         for other in self.others:
-            hits = [r for r in self.above(tau) if r["model"] == other]
+            hits = [r for r in above if r["model"] == other]
             result[other] = {
                 "kind": {k: Counter(r["kind"] for r in hits)[k] for k in KINDS},
                 "region": {k: Counter(r["region"] for r in hits)[k] for k in REGIONS},

@@ -27,6 +27,7 @@ from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import load_checkpoint
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import resolve_device
+from lwmm_lab.errors import check_count
 from lwmm_lab.heap import keep_freed_memory
 
 #: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
@@ -266,6 +267,8 @@ def open_checkpoints(
 ) -> tuple[list[nn.Module], Dataset]:
     """The checkpoints' models and the dataset to score them on (see
     :func:`evaluate_checkpoints`); ``instances`` adds instance ids to every sample."""
+    if images is not None:
+        images = check_count("images", images)
     dev = resolve_device(device)
     checkpoints = [load_checkpoint(p, submodel) for p in paths]
     models = [load_model(c, dev) for c in checkpoints]

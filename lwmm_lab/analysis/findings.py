@@ -35,7 +35,7 @@ from lwmm_lab.analysis.discrepancy import KINDS, LEARNED, Discrepancy, discrepan
 from lwmm_lab.analysis.regimes import family_merges
 from lwmm_lab.analysis.sweeps import grid, run_sweep
 from lwmm_lab.engine.pool import Pool
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_count
 from lwmm_lab.zoo.build import build_zoo
 from lwmm_lab.zoo.manifest import (
     default_zoo_dir,
@@ -139,6 +139,7 @@ def measure(
 ) -> list[Finding]:
     """Measure the claims (all, or the numbers in ``only``) on every family they apply to;
     ``val_seed`` picks the val sets (another seed: other scenes of the same size)."""
+    _check_request(images, only)
     manifest = load_manifest(zoo or find_zoo())
     context = Context(manifest, images, tuple(manifest["config"]["resolution"]), val_seed)
     findings = []
@@ -151,6 +152,16 @@ def measure(
             Finding(number, c.claim, c.source, c.paper, results, f"lwmm findings --only {number}")
         )
     return findings
+
+
+def _check_request(images: int, only: list[int] | None) -> None:
+    """Refuse a bad image count or an unknown claim number before any zoo is read or built."""
+    check_count("images", images)
+    unknown = sorted(set(only or ()) - set(CLAIMS))
+    if unknown:
+        raise LwmmError(
+            f"claim {', '.join(map(str, unknown))} is not one of {min(CLAIMS)}..{max(CLAIMS)}"
+        )
 
 
 def _verdict(full: bool, partial: bool = False) -> str:
@@ -815,6 +826,7 @@ def measure_seeds(
     header facts (seeds, folders, images)."""
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise LwmmError(f"--seeds {' '.join(map(str, seeds))}: give distinct whole numbers >= 0")
+    _check_request(images, only)
     build = build or (lambda seed: _built_zoo(seed, device))
     folders = [build(seed) for seed in seeds]
     runs = [measure(folder, images, only) for folder in folders]

@@ -22,6 +22,7 @@ from lwmm_lab.analysis.comparison import compare
 from lwmm_lab.analysis.evaluation import evaluate_checkpoints
 from lwmm_lab.engine.merge import save_merge
 from lwmm_lab.engine.pool import Pool
+from lwmm_lab.errors import check_count
 from lwmm_lab.zoo.manifest import family_run, final, find_zoo, load_manifest, scenario_checkpoints
 
 #: The zoo's bars on the 100-image real val: (family, measurement, comparison, threshold).
@@ -52,6 +53,7 @@ def scored(path: str, images: int = 100) -> float:
 
 def bars(zoo: str | os.PathLike | None = None, images: int = 100) -> list[dict[str, Any]]:
     """Each bar of :data:`BARS`: the measured value, whether it is met, and the commands."""
+    images = check_count("images", images)
     manifest = load_manifest(zoo or find_zoo())
     independent = scenario_checkpoints(manifest, "independent")
     strategies = scenario_checkpoints(manifest, "strategies")

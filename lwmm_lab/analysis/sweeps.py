@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import evaluate, val_set
+from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
 from lwmm_lab.engine.model import require_spec
 from lwmm_lab.engine.pool import Pool
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_count, check_image_size
 from lwmm_lab.files import atomic_write_text, data_dir, sha256
 
 EXECUTORS = ("serial", "process", "dask", "ray")
@@ -57,7 +58,18 @@ class Cell:
     #: Which val set of each domain (another seed gives other scenes of the same size).
     val_seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Refuse a bad scoring setting here, not in a worker halfway through a sweep."""
+        check_count("images", self.images)
+        check_image_size(self.resolution)
+        if not self.domains:
+            raise LwmmError("a sweep cell needs at least one domain to score on")
+        for domain in self.domains:
+            if domain not in DOMAINS:
+                raise LwmmError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
+
     def config(self) -> MergeConfig:
+        """The merge this cell makes."""
         return MergeConfig(
             method=self.method, anchor=self.anchor, start=self.start,
             start_frac=self.start_frac, alpha=self.alpha, bn=self.bn,
@@ -154,6 +166,12 @@ def run_sweep(
     """
     if executor not in EXECUTORS:
         raise LwmmError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
+    if executor == "dask" and not address:
+        raise LwmmError(
+            "the dask executor needs the scheduler's address (e.g. tcp://127.0.0.1:8786)"
+        )
+    if workers is not None:
+        check_count("workers", workers)
     cells = list(cells)
     if cache is True:
         cache = data_dir() / "cache" / "sweeps"
@@ -230,10 +248,6 @@ def _dask(cells: list[Cell], index: list[int], address: str | None) -> Iterator[
         raise LwmmError(
             "the dask executor needs dask[distributed]: pip install 'lwmm-lab[dask]'"
         ) from None
-    if not address:
-        raise LwmmError(
-            "the dask executor needs the scheduler's address (e.g. tcp://127.0.0.1:8786)"
-        )
     with Client(address) as client:
         futures = client.map(sweep_cell, cells, pure=False)
         where = {f.key: i for f, i in zip(futures, index, strict=True)}

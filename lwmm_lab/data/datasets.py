@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import DOMAIN_CLASSES, DOMAINS, generate
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_count, check_image_size
 
 #: Default number of images per split of a synthetic domain.
 DEFAULT_SIZES = {"train": 2000, "val": 100, "test": 100}
@@ -59,8 +59,8 @@ class SyntheticScenes(Dataset):
         if split not in DEFAULT_SIZES:
             raise LwmmError(f"split '{split}' is not one of {', '.join(DEFAULT_SIZES)}")
         self.domain, self.split, self.seed = domain, split, seed
-        self.size = DEFAULT_SIZES[split] if size is None else int(size)
-        self.resolution = tuple(resolution)
+        self.size = DEFAULT_SIZES[split] if size is None else check_count("images", size)
+        self.resolution = check_image_size(resolution)
         self.instances = instances
         self.classes = DOMAIN_CLASSES[domain]
 
@@ -97,7 +97,7 @@ class FolderDataset(Dataset):
         self.pairs = pairs
         self.read_label = read_label
         self.classes = classes
-        self.resolution = None if resolution is None else tuple(resolution)
+        self.resolution = None if resolution is None else check_image_size(resolution)
         self.instance_files = instance_files
         self.instances = instance_files is not None
 

@@ -29,6 +29,7 @@ from lwmm_lab.data import labels as L
 from lwmm_lab.data import raster as R
 from lwmm_lab.data.layout import Draw, Layout, sample_layout
 from lwmm_lab.data.street import draw
+from lwmm_lab.errors import LwmmError, check_count, check_image_size
 from lwmm_lab.files import atomic_path
 
 DOMAINS = ("synthetic", "synthetic-16", "real", "foggy", "night")
@@ -64,9 +65,9 @@ def generate(
 ) -> Scene:
     """The scene ``index`` of ``domain``'s ``split`` at ``size`` = (height, width)."""
     if domain not in DOMAINS:
-        raise ValueError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
+        raise LwmmError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
     if split not in SPLITS:
-        raise ValueError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+        raise LwmmError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     words = (seed, SPLITS.index(split), index, _SCENE_STREAM[domain])
     layout = sample_layout(Draw(*words, 0), DOMAIN_CLASSES[domain])
     drawing = draw(layout, *size)
@@ -116,6 +117,7 @@ def gallery(
     Labels are those the domain keeps (SYNTHIA-16 drops terrain, truck and train: black).
     Returns an RGB uint8 array with the domain names in a left margin.
     """
+    scenes, size = check_count("scenes", scenes), check_image_size(size)
     gap, margin = 2, 96
     layouts = [sample_layout(Draw(seed, 1, i, 99, 0)) for i in range(scenes)]
     drawings = [draw(layout, *size) for layout in layouts]

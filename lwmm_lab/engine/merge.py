@@ -38,7 +38,7 @@ from lwmm_lab._version import __version__
 from lwmm_lab.engine.checkpoints import check_compatible, save_checkpoint
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, BlockContext, Method
 from lwmm_lab.engine.pool import Layout, Pool, is_bn_stat, module_of
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_finite, check_whole
 from lwmm_lab.files import sha256
 
 
@@ -378,7 +378,8 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
 
     Every bad value raises :class:`LwmmError` naming it: an unknown method, BN rule, schedule
     or granularity; an anchor not among the inputs; alpha outside [0, 1]; a start outside
-    1..Np; weights of the wrong length; a method's missing base or Fisher.
+    1..Np or not whole; weights of the wrong length; a density outside (0, 1] or a scale that
+    is not a finite number; a method's missing base or Fisher.
     """
     c = (config or MergeConfig()).replace(**changes)
     method = _lookup(METHODS, c.method, "method")
@@ -394,15 +395,16 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
     for need, present in (("base", pool.base), ("fisher", pool.fisher)):
         if need in method.needs and present is None:
             raise LwmmError(f"method '{c.method}' needs a {need} (Pool({need}=...), --{need})")
-    if not 0.0 < c.density <= 1.0:
+    if not 0.0 < check_finite("density", c.density) <= 1.0:
         raise LwmmError(f"density={c.density} is outside (0, 1]")
+    check_finite("scale", c.scale)
     schedule = c.schedule or method.schedule or ("weights" if c.weights is not None else "uniform")
     _lookup(SCHEDULES, schedule, "schedule")
     n_depth, n_models = layout.n_depth, pool.n_models
     start, alpha = 1, None
     if schedule == "layerwise":
         start = _resolve_start(c.start, c.start_frac, n_depth)
-        alpha = 1.0 / n_models if c.alpha is None else float(c.alpha)
+        alpha = 1.0 / n_models if c.alpha is None else check_finite("alpha", c.alpha)
     weights = SCHEDULES[schedule](
         n_depth, n_models, anchor, start=start, alpha=alpha, weights=c.weights
     )
@@ -462,14 +464,9 @@ def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
     if pool.alignment is not None:
         words.append("--align")
     if "base" in METHODS[c.method].needs:
-        words += [
-            "--base",
-            str(pool.base_path),
-            "--scale",
-            repr(c.scale),
-            "--density",
-            repr(c.density),
-        ]
+        words += ["--base", str(pool.base_path), "--scale", repr(c.scale)]
+    if c.method == "ties":
+        words += ["--density", repr(c.density)]
     if "fisher" in METHODS[c.method].needs:
         words += ["--fisher", *map(str, pool.fisher_paths)]
     return shlex.join([*words, "-o", str(output)])
@@ -739,7 +736,7 @@ def _resolve_start(start: int | None, start_frac: float | None, n_depth: int) ->
         if not 0.0 <= start_frac <= 1.0:
             raise LwmmError(f"start_frac={start_frac} is outside [0, 1]")
         return 1 + round(start_frac * (n_depth - 1))
-    return 1 if start is None else int(start)
+    return 1 if start is None else check_whole("start", start)
 
 
 def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:

@@ -247,7 +247,7 @@ def _discrepancy_panel(
                 **where,
             )
     fig.add_hline(
-        y=1.0 / tau,
+        y=d.threshold(tau),
         line_dash="dash",
         line_color="black",
         annotation_text=f"1/tau, tau = {tau:g}",

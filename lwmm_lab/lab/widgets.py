@@ -728,8 +728,9 @@ class DiscrepancyExplorer(_Panel):
         sync_figure(self.figure, discrepancy_figure(self.result, tau, kinds))
         sync_figure(self.counts, counts_figure(self.result, tau))
         total = sum(c["total"] for c in self.result.counts(tau).values())
+        cut = self.result.threshold(tau)
         self.status.value = (
-            f"tau = {tau:.3g}: <b>{total}</b> tensors with relative distance >= {1 / tau:.3g} "
+            f"tau = {tau:.3g}: <b>{total}</b> tensors with relative distance >= {cut:.3g} "
             f"(of {len(self.result.rows)})"
         )
 

@@ -37,7 +37,7 @@ from lwmm_lab.engine.checkpoints import load_checkpoint, save_checkpoint
 from lwmm_lab.engine.model import load_weights
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import resolve_device
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_count
 from lwmm_lab.files import atomic_path, atomic_write_text
 from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, read_manifest
 from lwmm_lab.zoo.recipe import BASE, Run, ZooConfig, run_fingerprint
@@ -57,12 +57,13 @@ def build_zoo(
     CPU; 4 on a GPU, where one small model's steps leave it mostly idle: the default zoo built
     in 109-119 s on an H100 with 4).
     """
-    config = config or ZooConfig()
-    out = Path(out) if out is not None else default_zoo_dir(config.quick, config.seed)
-    _check_folder(out, config)
     device = resolve_device(device)
     if workers is None:
         workers = min(2 if device.type == "cpu" else 4, os.cpu_count() or 1)
+    workers = check_count("workers", workers)
+    config = config or ZooConfig()
+    out = Path(out) if out is not None else default_zoo_dir(config.quick, config.seed)
+    _check_folder(out, config)
     started = time.perf_counter()
     known = {e["path"]: e for e in read_manifest(out).get("checkpoints", [])}
     data = _DataCache(out / "cache", config)

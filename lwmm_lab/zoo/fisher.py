@@ -23,10 +23,12 @@ from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import model_classes, normalize
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.checkpoints import Checkpoint, save_checkpoint
+from lwmm_lab.errors import check_count
 
 
 def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dict[str, Tensor]:
     """The mean squared per-image gradient of each parameter, over ``images`` images."""
+    images = check_count("images", images)
     device = next(model.parameters()).device
     to_index = torch.from_numpy(L.to_model_index(model_classes(model)).astype(np.int64)).to(device)
     params = dict(model.named_parameters())
