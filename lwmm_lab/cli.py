@@ -34,6 +34,7 @@ from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.errors import LwmmError
+from lwmm_lab.files import refuse_overwrite
 from lwmm_lab.lab.figures import (
     bn_divergence_figure,
     counts_figure,
@@ -426,6 +427,7 @@ def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> in
 
 def _fisher(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
+    refuse_overwrite(args.output, (args.checkpoint,))
     model = load_model(ckpt, args.device)
     size = tuple(args.size) if args.size else tuple(ckpt.provenance.get("resolution", (128, 256)))
     dataset = open_dataset(args.domain, "train", size, size=args.images)

@@ -16,6 +16,14 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def refuse_overwrite(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...]) -> None:
+    """Raise :class:`LwmmError` when ``path`` is one of the input files ``protect``: checked by
+    every write, and by commands up front, before minutes of work that could not be saved."""
+    for p in protect:
+        if same_file(path, p):
+            raise LwmmError(f"{path}: output is one of the inputs; refusing to overwrite it")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, protect: tuple[Path, ...] = ()) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
@@ -24,9 +32,7 @@ def atomic_path(path: str | os.PathLike, protect: tuple[Path, ...] = ()) -> Iter
     lists input files that must never be overwritten (a merge refusing to write over its inputs).
     """
     path = Path(path)
-    for p in protect:
-        if same_file(path, p):
-            raise LwmmError(f"{path}: output is one of the inputs; refusing to overwrite it")
+    refuse_overwrite(path, protect)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

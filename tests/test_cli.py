@@ -170,6 +170,10 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             ["fisher", two[0], "--images", "-1", "-o", merged],
             "images=-1: give at least 1",
         ),
+        "fisher output=input": (
+            ["fisher", two[0], "--images", "1", "-o", two[0]],
+            "m0.safetensors: output is one of the inputs",
+        ),
         "scenes": (["data", "gallery", "--scenes", "0", "-o", tmp_path / "g.png"], "scenes=0"),
         "sweep images": (
             ["sweep", *two, "--images", "0", "--starts", "0.5", "--alphas", "0.5"],
