@@ -34,8 +34,9 @@ from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.errors import LwmmError
-from lwmm_lab.files import refuse_overwrite
+from lwmm_lab.files import output_path, refuse_overwrite
 from lwmm_lab.lab.figures import (
+    FIGURE_SUFFIXES,
     bn_divergence_figure,
     counts_figure,
     discrepancy_figure,
@@ -301,6 +302,7 @@ def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    output_path(args.output, "a checkpoint", ".safetensors")
     pool, plan = _plan(args)
     path = save_merge(pool, args.output, plan.config)
     c = plan.config
@@ -318,8 +320,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    if args.output.suffix.lower() != ".png":
-        raise LwmmError(f"{args.output}: the gallery is written as a .png file")
+    output_path(args.output, "the gallery", ".png")
     path = save_gallery(args.output, scenes=args.scenes, seed=args.seed, size=tuple(args.size))
     print(f"wrote {path}")
     return 0
@@ -426,8 +427,9 @@ def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> in
 
 
 def _fisher(args: argparse.Namespace) -> int:
-    ckpt = load_checkpoint(args.checkpoint)
+    output_path(args.output, "a Fisher estimate", ".safetensors")
     refuse_overwrite(args.output, (args.checkpoint,))
+    ckpt = load_checkpoint(args.checkpoint)
     model = load_model(ckpt, args.device)
     size = tuple(args.size) if args.size else tuple(ckpt.provenance.get("resolution", (128, 256)))
     dataset = open_dataset(args.domain, "train", size, size=args.images)
@@ -438,6 +440,7 @@ def _fisher(args: argparse.Namespace) -> int:
 
 
 def _discrepancy(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     paths, base = [str(p) for p in args.checkpoints], args.base
     if args.preset:
         manifest = load_manifest(args.zoo)
@@ -476,6 +479,7 @@ def _discrepancy(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     resolution = tuple(
         load_checkpoint(args.checkpoints[0]).provenance.get("resolution", (128, 256))
     )
@@ -545,6 +549,14 @@ def _seeded_findings(args: argparse.Namespace) -> int:
     else:
         print(findings.seeded_table(results, facts))
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--html`` / ``--png`` name before the work whose figures it would hold."""
+    if args.html:
+        output_path(args.html, "the page", ".html")
+    if args.png:
+        output_path(args.png, "a figure", *FIGURE_SUFFIXES)
 
 
 def _write_outputs(args: argparse.Namespace, payload: object, figures: list) -> None:

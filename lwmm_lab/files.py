@@ -16,6 +16,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def output_path(path: str | os.PathLike, what: str, *suffixes: str) -> Path:
+    """``path`` as a :class:`Path` when it ends in one of ``suffixes``; else an
+    :class:`LwmmError` naming it. Commands check their outputs up front, before the work."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise LwmmError(f"{path}: {what} is written as a {' or '.join(suffixes)} file")
+    return path
+
+
 def refuse_overwrite(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...]) -> None:
     """Raise :class:`LwmmError` when ``path`` is one of the input files ``protect``: checked by
     every write, and by commands up front, before minutes of work that could not be saved."""

@@ -174,6 +174,18 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             ["fisher", two[0], "--images", "1", "-o", two[0]],
             "m0.safetensors: output is one of the inputs",
         ),
+        "fisher suffix": (
+            ["fisher", two[0], "-o", tmp_path / "f.txt"],
+            "f.txt: a Fisher estimate is written as a .safetensors file",
+        ),
+        "sweep png": (
+            ["sweep", *two, "--png", tmp_path / "heat.txt"],
+            "heat.txt: a figure is written as a .html or .png file",
+        ),
+        "discrepancy html": (
+            ["discrepancy", *two, "--html", tmp_path / "page.htm"],
+            "page.htm: the page is written as a .html file",
+        ),
         "scenes": (["data", "gallery", "--scenes", "0", "-o", tmp_path / "g.png"], "scenes=0"),
         "sweep images": (
             ["sweep", *two, "--images", "0", "--starts", "0.5", "--alphas", "0.5"],

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.errors import DepthOrderWarning, LwmmError
-from lwmm_lab.files import atomic_path
+from lwmm_lab.files import atomic_path, output_path
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 #: Sub-models of an mmseg/DAFormer checkpoint: student, EMA teacher, ImageNet feature model.
@@ -118,9 +118,7 @@ def save_checkpoint(
 
     ``protect`` lists input files; writing over one of them is refused.
     """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise LwmmError(f"{path}: output must be a .safetensors file")
+    path = output_path(path, "a checkpoint", ".safetensors")
     metadata = {"format": "pt", "lwmm.version": __version__, _META_ORDER: json.dumps(list(tensors))}
     if spec is not None:
         metadata[_META_SPEC] = spec.to_json()

@@ -28,7 +28,7 @@ from lwmm_lab.analysis.sweeps import Sweep
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.merge import MergePlan
 from lwmm_lab.errors import LwmmError
-from lwmm_lab.files import atomic_path
+from lwmm_lab.files import atomic_path, output_path
 
 KIND_COLORS = dict(
     zip(KINDS, ("#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#d62728", "#ff9896"), strict=True)
@@ -659,9 +659,7 @@ def qualitative_figure(
 
 def save_html(figures: Sequence[go.Figure], path: str | os.PathLike) -> Path:
     """Write several figures to one self-contained HTML page, atomically."""
-    path = Path(path)
-    if path.suffix.lower() != ".html":
-        raise LwmmError(f"{path}: the page is written as a .html file")
+    path = output_path(path, "the page", ".html")
     parts = [fig.to_html(full_html=False, include_plotlyjs=k == 0) for k, fig in enumerate(figures)]
     page = "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
     with atomic_path(path) as tmp:
@@ -669,14 +667,15 @@ def save_html(figures: Sequence[go.Figure], path: str | os.PathLike) -> Path:
     return path
 
 
+#: What :func:`save_figure` writes, by file suffix.
+FIGURE_SUFFIXES = (".html", ".png")
+
+
 def save_figure(fig: go.Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as ``.html`` (self-contained) or ``.png`` (through kaleido), atomically."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".html", ".png"):
-        raise LwmmError(f"{path}: figures are written as .html or .png")
+    path = output_path(path, "a figure", *FIGURE_SUFFIXES)
     with atomic_path(path) as tmp:
-        if suffix == ".html":
+        if path.suffix.lower() == ".html":
             fig.write_html(tmp, include_plotlyjs=True, full_html=True)
         else:
             try:
