@@ -26,9 +26,7 @@ class DepthOrderWarning(UserWarning):
 def check_whole(name: str, value: int) -> int:
     """``value`` as an int when it is a whole number (an int, a numpy integer or an integral
     float, not a bool); else an :class:`LwmmError` naming it, where ``int`` would truncate."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise LwmmError(f"{name}={value!r} is not a whole number")
-    if not math.isfinite(value) or value != int(value):
+    if not _whole(value):
         raise LwmmError(f"{name}={value!r} is not a whole number")
     return int(value)
 
@@ -36,24 +34,21 @@ def check_whole(name: str, value: int) -> int:
 def check_count(name: str, value: int) -> int:
     """``value`` as an int when it is a whole number >= 1 (images, scenes, workers); else an
     :class:`LwmmError` naming it. Zero images would score nothing and print empty tables."""
-    if check_whole(name, value) < 1:
+    count = check_whole(name, value)
+    if count < 1:
         raise LwmmError(f"{name}={value}: give at least 1")
-    return int(value)
+    return count
 
 
 def check_image_size(size: Sequence[int]) -> tuple[int, int]:
     """``size`` as ``(height, width)`` when both are whole numbers >= 1; else an
     :class:`LwmmError` naming it (an empty image fails deep inside OpenCV otherwise)."""
-    if len(size) != 2:
-        raise LwmmError(f"image size {tuple(size)} is not (height, width)")
-    h, w = size
-    try:
-        height, width = check_count("height", h), check_count("width", w)
-    except LwmmError:
+    if len(size) != 2 or not all(_whole(v) and v >= 1 for v in size):
         raise LwmmError(
-            f"image size {h} x {w}: height and width must be whole numbers >= 1"
-        ) from None
-    return height, width
+            f"image size {' x '.join(map(str, size))}: give a height and a width, whole "
+            "numbers >= 1"
+        )
+    return int(size[0]), int(size[1])
 
 
 def check_finite(name: str, value: float) -> float:
@@ -66,3 +61,10 @@ def check_finite(name: str, value: float) -> float:
     if not math.isfinite(number):
         raise LwmmError(f"{name}={value} is not a finite number")
     return number
+
+
+def _whole(value: object) -> bool:
+    """An int, a numpy integer or an integral float; not a bool, NaN or infinity."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value) and value == int(value)

@@ -45,6 +45,8 @@ def test_saved_file_keeps_model_order_and_spec(tmp_path: Path) -> None:
     assert next(iter(ckpt.tensors)).startswith("encoder.")
     assert ckpt.spec == TINY and ckpt.order_known
     assert ckpt.provenance == {"note": "x"}
+    upper = save_checkpoint(tmp_path / "M.SAFETENSORS", model.state_dict(), TINY)
+    assert list(load_checkpoint(upper).tensors) == list(ckpt.tensors), "what is written reads back"
 
 
 def test_foreign_safetensors_order_unknown_warns_and_plan_says_so(tmp_path: Path) -> None:

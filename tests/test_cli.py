@@ -165,7 +165,10 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
         ),
         "tau": (["discrepancy", *two, "--tau", "0"], "tau=0.0: give a number > 0"),
         "images": (["eval", two[0], "--images", "0"], "images=0: give at least 1"),
-        "size": (["eval", two[0], "--size", "0", "8"], "image size 0 x 8: height and width"),
+        "size": (
+            ["eval", two[0], "--size", "0", "8"],
+            "image size 0 x 8: give a height and a width",
+        ),
         "fisher images": (
             ["fisher", two[0], "--images", "-1", "-o", merged],
             "images=-1: give at least 1",

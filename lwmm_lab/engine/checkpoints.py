@@ -155,9 +155,10 @@ def _read(path: Path, submodel: str | None, meta: bool) -> Checkpoint:
         return _read_smp_dir(path, submodel, meta)
     if not path.exists():
         raise LwmmError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()  # as the writers check it: M.SAFETENSORS reads back
+    if suffix == ".safetensors":
         return _read_safetensors(path, submodel, meta)
-    if path.suffix in PICKLE_SUFFIXES:
+    if suffix in PICKLE_SUFFIXES:
         tensors = _select_submodel(_read_pickle(path), path, submodel)
         if meta:
             tensors = {k: v.to("meta") for k, v in tensors.items()}
