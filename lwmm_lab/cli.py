@@ -28,18 +28,19 @@ from lwmm_lab.analysis.panoptic import TASKS, evaluate_panoptic_checkpoints
 from lwmm_lab.analysis.sweeps import EXECUTORS, grid, run_sweep
 from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.data.domains import DOMAINS, save_gallery
-from lwmm_lab.engine.checkpoints import SUBMODELS, load_checkpoint
+from lwmm_lab.engine.checkpoints import SUBMODELS, checkpoint_path, load_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.errors import LwmmError
-from lwmm_lab.files import output_path, refuse_overwrite
+from lwmm_lab.files import refuse_overwrite
 from lwmm_lab.lab.figures import (
-    FIGURE_SUFFIXES,
     bn_divergence_figure,
     counts_figure,
     discrepancy_figure,
+    figure_path,
+    page_path,
     save_figure,
     save_html,
     sweep_curves,
@@ -281,6 +282,7 @@ def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
     def methods(need: str) -> str:
         return "method " + " or ".join(n for n, m in METHODS.items() if need in m.needs)
 
+    needs = METHODS[args.method].needs
     layerwise = (plan.schedule == "layerwise", "the layerwise schedule")
     uses = {
         "--start": layerwise,
@@ -288,9 +290,9 @@ def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
         "--alpha": layerwise,
         "--weights": (plan.schedule == "weights", "the weights schedule (method weighted)"),
         "--density": (args.method == "ties", "method ties"),
-        "--scale": ("base" in METHODS[args.method].needs, methods("base")),
-        "--base": ("base" in METHODS[args.method].needs, methods("base")),
-        "--fisher": ("fisher" in METHODS[args.method].needs, methods("fisher")),
+        "--scale": ("base" in needs, methods("base")),
+        "--base": ("base" in needs, methods("base")),
+        "--fisher": ("fisher" in needs, methods("fisher")),
     }
     for option, (used, user) in uses.items():
         if getattr(args, option[2:].replace("-", "_")) is not None and not used:
@@ -302,7 +304,7 @@ def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    output_path(args.output, "a checkpoint", ".safetensors")
+    checkpoint_path(args.output)
     pool, plan = _plan(args)
     path = save_merge(pool, args.output, plan.config)
     c = plan.config
@@ -320,7 +322,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    output_path(args.output, "the gallery", ".png")
     path = save_gallery(args.output, scenes=args.scenes, seed=args.seed, size=tuple(args.size))
     print(f"wrote {path}")
     return 0
@@ -427,7 +428,7 @@ def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> in
 
 
 def _fisher(args: argparse.Namespace) -> int:
-    output_path(args.output, "a Fisher estimate", ".safetensors")
+    checkpoint_path(args.output, "a Fisher estimate")
     refuse_overwrite(args.output, (args.checkpoint,))
     ckpt = load_checkpoint(args.checkpoint)
     model = load_model(ckpt, args.device)
@@ -554,9 +555,9 @@ def _seeded_findings(args: argparse.Namespace) -> int:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse a bad ``--html`` / ``--png`` name before the work whose figures it would hold."""
     if args.html:
-        output_path(args.html, "the page", ".html")
+        page_path(args.html)
     if args.png:
-        output_path(args.png, "a figure", *FIGURE_SUFFIXES)
+        figure_path(args.png)
 
 
 def _write_outputs(args: argparse.Namespace, payload: object, figures: list) -> None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import evaluate, val_set
-from lwmm_lab.data.domains import DOMAINS
+from lwmm_lab.data.domains import check_domain
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
 from lwmm_lab.engine.model import require_spec
@@ -65,8 +65,7 @@ class Cell:
         if not self.domains:
             raise LwmmError("a sweep cell needs at least one domain to score on")
         for domain in self.domains:
-            if domain not in DOMAINS:
-                raise LwmmError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
+            check_domain(domain)
 
     def config(self) -> MergeConfig:
         """The merge this cell makes."""

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lwmm_lab.data import labels as L
-from lwmm_lab.data.domains import DOMAIN_CLASSES, DOMAINS, generate
+from lwmm_lab.data.domains import DOMAIN_CLASSES, DOMAINS, check_domain, generate
 from lwmm_lab.errors import LwmmError, check_count, check_image_size
 
 #: Default number of images per split of a synthetic domain.
@@ -54,8 +54,7 @@ class SyntheticScenes(Dataset):
         seed: int = 0,
         instances: bool = False,
     ) -> None:
-        if domain not in DOMAINS:
-            raise LwmmError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
+        check_domain(domain)
         if split not in DEFAULT_SIZES:
             raise LwmmError(f"split '{split}' is not one of {', '.join(DEFAULT_SIZES)}")
         self.domain, self.split, self.seed = domain, split, seed

@@ -30,7 +30,7 @@ from lwmm_lab.data import raster as R
 from lwmm_lab.data.layout import Draw, Layout, sample_layout
 from lwmm_lab.data.street import draw
 from lwmm_lab.errors import LwmmError, check_count, check_image_size
-from lwmm_lab.files import atomic_path
+from lwmm_lab.files import atomic_path, output_path
 
 DOMAINS = ("synthetic", "synthetic-16", "real", "foggy", "night")
 SOURCE_DOMAINS = ("synthetic", "synthetic-16")
@@ -56,6 +56,13 @@ class Scene:
     domain: str
 
 
+def check_domain(domain: str) -> str:
+    """``domain`` when it is one of :data:`DOMAINS`; else an :class:`LwmmError` naming it."""
+    if domain not in DOMAINS:
+        raise LwmmError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
+    return domain
+
+
 def generate(
     domain: str,
     split: str = "train",
@@ -64,8 +71,7 @@ def generate(
     size: tuple[int, int] = (128, 256),
 ) -> Scene:
     """The scene ``index`` of ``domain``'s ``split`` at ``size`` = (height, width)."""
-    if domain not in DOMAINS:
-        raise LwmmError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
+    check_domain(domain)
     if split not in SPLITS:
         raise LwmmError(f"split '{split}' is not one of {', '.join(SPLITS)}")
     words = (seed, SPLITS.index(split), index, _SCENE_STREAM[domain])
@@ -141,9 +147,10 @@ def gallery(
 
 def save_gallery(path: str | os.PathLike, **options: object) -> Path:
     """Write :func:`gallery` as a PNG, atomically."""
-    path = Path(path)
+    path = output_path(path, "the gallery", ".png")
+    image = Image.fromarray(gallery(**options))
     with atomic_path(path) as tmp:
-        Image.fromarray(gallery(**options)).save(tmp, format="PNG")
+        image.save(tmp, format="PNG")
     return path
 
 

@@ -107,6 +107,12 @@ def peek_checkpoint(path: str | os.PathLike, submodel: str | None = None) -> Che
     return _read(Path(path), submodel, meta=True)
 
 
+def checkpoint_path(path: str | os.PathLike, what: str = "a checkpoint") -> Path:
+    """``path`` when :func:`save_checkpoint` can write it (``.safetensors``); commands check it
+    up front, before the work that fills it."""
+    return output_path(path, what, ".safetensors")
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     tensors: Mapping[str, torch.Tensor],
@@ -118,7 +124,7 @@ def save_checkpoint(
 
     ``protect`` lists input files; writing over one of them is refused.
     """
-    path = output_path(path, "a checkpoint", ".safetensors")
+    path = checkpoint_path(path)
     metadata = {"format": "pt", "lwmm.version": __version__, _META_ORDER: json.dumps(list(tensors))}
     if spec is not None:
         metadata[_META_SPEC] = spec.to_json()

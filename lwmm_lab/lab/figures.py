@@ -659,7 +659,7 @@ def qualitative_figure(
 
 def save_html(figures: Sequence[go.Figure], path: str | os.PathLike) -> Path:
     """Write several figures to one self-contained HTML page, atomically."""
-    path = output_path(path, "the page", ".html")
+    path = page_path(path)
     parts = [fig.to_html(full_html=False, include_plotlyjs=k == 0) for k, fig in enumerate(figures)]
     page = "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
     with atomic_path(path) as tmp:
@@ -667,13 +667,19 @@ def save_html(figures: Sequence[go.Figure], path: str | os.PathLike) -> Path:
     return path
 
 
-#: What :func:`save_figure` writes, by file suffix.
-FIGURE_SUFFIXES = (".html", ".png")
+def page_path(path: str | os.PathLike) -> Path:
+    """``path`` when :func:`save_html` can write it (``.html``); commands check it up front."""
+    return output_path(path, "the page", ".html")
+
+
+def figure_path(path: str | os.PathLike) -> Path:
+    """``path`` when :func:`save_figure` can write it (``.html`` or ``.png``)."""
+    return output_path(path, "a figure", ".html", ".png")
 
 
 def save_figure(fig: go.Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as ``.html`` (self-contained) or ``.png`` (through kaleido), atomically."""
-    path = output_path(path, "a figure", *FIGURE_SUFFIXES)
+    path = figure_path(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".html":
             fig.write_html(tmp, include_plotlyjs=True, full_html=True)
