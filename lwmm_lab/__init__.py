@@ -1,36 +1,47 @@
 """lwmm-lab: an interactive lab for Layer-wise Model Merging of segmentation models.
 
 The flow is one-directional: checkpoints -> pool -> merge -> model -> evaluation -> figures
--> widgets. The names below are the public Python API of the lower layers.
+-> widgets. The names below are the public Python API of the lower layers. They are imported
+when first asked for, so that importing a subpackage (``lwmm_lab.data``, say) loads that layer
+and what it uses, not the merge engine with smp and scipy behind it.
 """
 
-from lwmm_lab._version import __version__
-from lwmm_lab.engine.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge, save_merge
-from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, layerwise_weights
-from lwmm_lab.engine.model import load_model, merged_model
-from lwmm_lab.engine.pool import Pool
-from lwmm_lab.engine.spec import ModelSpec
-from lwmm_lab.errors import DepthOrderWarning, LwmmError
+from __future__ import annotations
 
-__all__ = [
-    "BN_RULES",
-    "METHODS",
-    "SCHEDULES",
-    "Checkpoint",
-    "DepthOrderWarning",
-    "LwmmError",
-    "MergeConfig",
-    "MergePlan",
-    "ModelSpec",
-    "Pool",
-    "__version__",
-    "layerwise_weights",
-    "load_checkpoint",
-    "load_model",
-    "make_plan",
-    "merge",
-    "merged_model",
-    "save_checkpoint",
-    "save_merge",
-]
+import importlib
+from typing import Any
+
+from lwmm_lab._version import __version__ as __version__
+
+_HOMES = {
+    "Checkpoint": "lwmm_lab.engine.checkpoints",
+    "load_checkpoint": "lwmm_lab.engine.checkpoints",
+    "save_checkpoint": "lwmm_lab.engine.checkpoints",
+    "MergeConfig": "lwmm_lab.engine.merge",
+    "MergePlan": "lwmm_lab.engine.merge",
+    "make_plan": "lwmm_lab.engine.merge",
+    "merge": "lwmm_lab.engine.merge",
+    "save_merge": "lwmm_lab.engine.merge",
+    "BN_RULES": "lwmm_lab.engine.methods",
+    "METHODS": "lwmm_lab.engine.methods",
+    "SCHEDULES": "lwmm_lab.engine.methods",
+    "layerwise_weights": "lwmm_lab.engine.methods",
+    "load_model": "lwmm_lab.engine.model",
+    "merged_model": "lwmm_lab.engine.model",
+    "Pool": "lwmm_lab.engine.pool",
+    "ModelSpec": "lwmm_lab.engine.spec",
+    "DepthOrderWarning": "lwmm_lab.errors",
+    "LwmmError": "lwmm_lab.errors",
+}
+
+__all__ = sorted([*_HOMES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
