@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lwmm`` command and its subcommands (what ``lwmm --help`` shows)."""
     parser = argparse.ArgumentParser(
         prog="lwmm", description="Layer-wise model merging of segmentation checkpoints."
     )
@@ -569,7 +570,15 @@ def _write_outputs(args: argparse.Namespace, payload: object, figures: list) -> 
         save_figure(figures[0], args.png)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """Warnings as one ``lwmm: warning:`` line, like errors (``warnings.showwarning``)."""
     print(f"lwmm: warning: {message}", file=sys.stderr)
 
 

@@ -757,6 +757,7 @@ def summary_rows(findings: list[Finding]) -> list[dict[str, str]]:
 
 
 def to_json(findings: list[Finding]) -> list[dict[str, Any]]:
+    """The findings as plain data (``lwmm findings --json``)."""
     return [asdict(f) for f in findings]
 
 
@@ -879,6 +880,7 @@ def seeded_table(findings: list[SeededFinding], facts: dict[str, Any]) -> str:
 
 
 def seeded_json(findings: list[SeededFinding], facts: dict[str, Any]) -> dict[str, Any]:
+    """The findings over several builds as plain data (``lwmm findings --seeds ... --json``)."""
     return {
         **facts,
         "claims": [

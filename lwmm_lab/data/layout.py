@@ -12,13 +12,16 @@ the same scene on every machine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from lwmm_lab.data import labels as L
 
 Color = tuple[float, float, float]
+T = TypeVar("T")
 
 FAR = 120.0  # metres: nothing is placed beyond this
 SIGN_SHAPES = ("circle", "square", "triangle", "diamond")
@@ -41,7 +44,7 @@ class Draw:
     def chance(self, p: float) -> bool:
         return float(self._rng.random()) < p
 
-    def pick(self, options):
+    def pick(self, options: Sequence[T]) -> T:
         return options[self.integer(0, len(options) - 1)]
 
     def jitter(self, color: Color, amount: float) -> Color:

@@ -83,7 +83,11 @@ class Canvas:
         return self.next_instance - 1
 
     def fill(
-        self, region: tuple[slice, slice], mask: np.ndarray | bool, mat: int | np.ndarray, depth
+        self,
+        region: tuple[slice, slice],
+        mask: np.ndarray | bool,
+        mat: int | np.ndarray,
+        depth: float | np.ndarray,
     ) -> None:
         """Write ``mat`` where ``mask`` is set and nearer than what is there."""
         old = self.depth[region]

@@ -55,7 +55,11 @@ def draw(layout: Layout, height: int, width: int) -> Drawing:
     return drawing
 
 
-def _ground_coords(layout: Layout, f: float, cx: float, y_h: float, h: int, w: int):
+def _ground_coords(
+    layout: Layout, f: float, cx: float, y_h: float, h: int, w: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """The first ground row below the horizon, each row's distance and each pixel's lateral
+    offset from the road's centre line (metres)."""
     top = max(0, int(np.floor(y_h)) + 1)
     rows = np.arange(top, h, dtype=np.float64) + 0.5
     d = f * layout.camera.height / (rows - y_h)

@@ -19,7 +19,9 @@ _REACH = {"car": 2.5, "truck": 4.0, "bus": 6.0, "train": 11.0, "pole": 7.0, "tre
 class Sprite:
     """Drawing in metres around a thing's foot point: x to the right, y up from the ground."""
 
-    def __init__(self, canvas: Canvas, layout: Layout, t: Thing, f: float, cx: float, y_h: float):
+    def __init__(
+        self, canvas: Canvas, layout: Layout, t: Thing, f: float, cx: float, y_h: float
+    ) -> None:
         self.canvas, self.depth = canvas, t.d
         self.scale = f / t.d * t.size
         self.x0 = cx + f * (float(layout.center(t.d)) + t.u) / t.d

@@ -195,7 +195,11 @@ def uniform_weights(n_depth: int, n_models: int, anchor: int = 0, **_: object) -
 
 @register_schedule("weights")
 def user_weights(
-    n_depth: int, n_models: int, anchor: int = 0, weights: tuple[float, ...] | None = None, **_
+    n_depth: int,
+    n_models: int,
+    anchor: int = 0,
+    weights: tuple[float, ...] | None = None,
+    **_: object,
 ) -> Tensor:
     """The user's per-model weights, normalised to sum to 1, at every depth."""
     if weights is None:
@@ -210,7 +214,12 @@ def user_weights(
 
 @register_schedule("layerwise")
 def layerwise_weights(
-    n_depth: int, n_models: int, anchor: int = 0, start: int = 1, alpha: float | None = None, **_
+    n_depth: int,
+    n_models: int,
+    anchor: int = 0,
+    start: int = 1,
+    alpha: float | None = None,
+    **_: object,
 ) -> Tensor:
     """The LWMM schedule: uniform before ``start``, then a linear decay towards the anchor.
 

@@ -13,6 +13,8 @@ models scores it too; :meth:`PanopticUnet.forward_panoptic` returns all three ou
 
 from __future__ import annotations
 
+from typing import Any
+
 import segmentation_models_pytorch as smp
 from torch import Tensor, nn
 
@@ -32,7 +34,7 @@ def _head(in_channels: int, out_channels: int) -> nn.Sequential:
 class PanopticUnet(smp.Unet):
     """An smp Unet with a centre heatmap head and a centre-offset head on its decoder output."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         width = self.segmentation_head[0].in_channels
         self.center_head = _head(width, 1)

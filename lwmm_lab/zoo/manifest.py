@@ -153,6 +153,7 @@ def base_checkpoint(manifest: dict[str, Any]) -> str:
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
+    """The zoo's manifest in ``out`` (empty when there is none yet); bad JSON is one line."""
     path = out / MANIFEST
     if not path.is_file():
         return {}

@@ -152,6 +152,7 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Make a UDA strategy available to runs by its ``name`` (a class decorator)."""
     STRATEGIES[cls.name] = cls
     return cls
 
