@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 
 from lwmm_lab import (
@@ -21,6 +22,8 @@ from lwmm_lab import (
     save_merge,
 )
 from lwmm_lab.engine.methods import ties_count
+from lwmm_lab.engine.model import load_weights
+from lwmm_lab.engine.panoptic import ARCHS
 from lwmm_lab.files import sha256
 
 from .conftest import TINY, checkpoint_of
@@ -182,6 +185,49 @@ def test_merge_into_model_in_place_equals_a_fresh_merge(make_models, device: str
     fresh = merge(pool, alpha=0.9, start=5, bn="gaussian")
     for name, value in model.state_dict().items():
         assert torch.equal(value, fresh[name]), name
+
+
+def test_an_unfilled_model_is_wholly_written_by_a_merge_and_by_a_load(make_models) -> None:
+    """``build(init=False)`` does not fill the model's memory, so a merge into it or a load of
+    a checkpoint must write every entry: poisoned first, it must come out equal to both."""
+    pool = Pool([checkpoint_of(m, TINY) for m in make_models(3)], device="cpu")
+    initialised = TINY.build()
+    x = torch.randn(2, 3, 32, 32)
+    for fill in ("merge", "load"):
+        model = TINY.build(init=False)
+        assert list(model.state_dict()) == list(initialised.state_dict()) and not model.training
+        convs = [p for p in model.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        for value in model.state_dict().values():
+            value.fill_(float("nan") if value.is_floating_point() else -7)
+        if fill == "merge":
+            merged_model(pool, model=model, anchor=1, alpha=0.3, bn="gaussian")
+            expected = merge(pool, anchor=1, alpha=0.3, bn="gaussian")
+        else:
+            expected = pool.checkpoints[2].tensors
+            load_weights(model, expected, "m2")
+            initialised.load_state_dict(dict(expected))
+            with torch.no_grad():
+                assert torch.equal(model(x), initialised(x))
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, expected[name]), (fill, name)
+
+
+class _WithIndex(smp.Unet):
+    """A Unet with a buffer outside its state dict, as some timm attention blocks have."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("index", torch.arange(4), persistent=False)
+
+
+def test_a_model_with_buffers_no_load_fills_is_initialised_even_when_asked_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(ARCHS, "WithIndex", _WithIndex)
+    spec = ModelSpec("WithIndex", TINY.encoder, TINY.classes, TINY.kwargs)
+    for _ in range(2):
+        assert torch.equal(spec.build(init=False).index, torch.arange(4))
 
 
 def test_different_heads_and_decoders_come_from_the_anchor(tmp_path: Path) -> None:

@@ -68,11 +68,28 @@ def compare(
     Rows also give the group's labels and its best single model's mIoU. ``align`` matches each
     group's decoders to its anchor's first (weight matching).
     """
+    settings = (domain, methods, images, resolution, fisher_domain, align, val_seed)
+    return _compare(groups, *settings)[0]
+
+
+def _compare(
+    groups: Sequence[Sequence[str | os.PathLike]],
+    domain: str,
+    methods: Sequence[str],
+    images: int,
+    resolution: tuple[int, int],
+    fisher_domain: str,
+    align: bool,
+    val_seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """:func:`compare`'s rows, and each checkpoint's own mIoU. Every merge with one anchor is
+    written into the same module, so a comparison builds one model per checkpoint and anchor."""
     data = val_set(domain, images, resolution, val_seed)
     paths = sorted({str(p) for group in groups for p in group})
     models = {p: load_model(p, "cpu") for p in paths}
     alone = {p: evaluate(models[p], data, domain).miou for p in paths}
     fishers = {p: fisher_file(p, fisher_domain) for p in paths} if "fisher" in methods else {}
+    merged: dict[str, nn.Module] = {}
     rows = []
     for group in groups:
         group = [str(p) for p in group]
@@ -84,16 +101,24 @@ def compare(
             "best_single": max(alone[p] for p in group),
         }
         for method in methods:
-            row[method] = evaluate(
-                _method_models(pool, [models[p] for p in group], method), data, domain
-            ).miou
+            run = _method_models(pool, [models[p] for p in group], method, merged)
+            row[method] = evaluate(run, data, domain).miou
         rows.append(row)
-    return rows
+    return rows, alone
 
 
-def _method_models(pool: Pool, models: list[nn.Module], method: str) -> list[nn.Module]:
-    """What to run for ``method``: every model for the ensemble, else the one merged model."""
-    return models if method == "ensemble" else [merged_model(pool, method=method)]
+def _method_models(
+    pool: Pool, models: list[nn.Module], method: str, kept: dict[str, nn.Module] | None = None
+) -> list[nn.Module]:
+    """What to run for ``method``: every model for the ensemble, else the one merged model
+    (written into ``kept``'s module for the pool's anchor, built there on first use)."""
+    if method == "ensemble":
+        return models
+    if kept is None:
+        return [merged_model(pool, method=method)]
+    anchor = str(pool.checkpoints[0].path)
+    kept[anchor] = merged_model(pool, model=kept.get(anchor), method=method)
+    return [kept[anchor]]
 
 
 def add_one_at_a_time(
@@ -112,11 +137,11 @@ def add_one_at_a_time(
     """
     paths = [str(p) for p in checkpoints]
     groups = [paths[:k] for k in range(1, len(paths) + 1)]
-    rows = compare(groups, domain, methods, images, resolution, fisher_domain, align, val_seed)
-    data = val_set(domain, images, resolution, val_seed)
+    settings = (domain, methods, images, resolution, fisher_domain, align, val_seed)
+    rows, alone = _compare(groups, *settings)
     for k, row in enumerate(rows, start=1):
         row["added"] = row["models"][-1]
-        row["added_miou"] = evaluate(load_model(paths[k - 1], "cpu"), data, domain).miou
+        row["added_miou"] = alone[paths[k - 1]]
         row["models"] = k
     return rows
 

@@ -291,7 +291,7 @@ def _model_for(pool: Pool, anchor: int) -> tuple[torch.nn.Module, dict[str, torc
     its state dict (the module's own tensors, collected once)."""
     key = (id(pool), anchor)
     if key not in _MODELS:
-        model = require_spec(pool.checkpoints[anchor]).build(pool.device)
+        model = require_spec(pool.checkpoints[anchor]).build(pool.device, init=False)
         _MODELS[key] = (model, model.state_dict())
     return _MODELS[key]
 

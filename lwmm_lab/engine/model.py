@@ -27,7 +27,7 @@ def load_model(
 ) -> nn.Module:
     """The checkpoint's model with its weights, in eval mode, on ``device``."""
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, submodel)
-    model = require_spec(ckpt).build(resolve_device(device))
+    model = require_spec(ckpt).build(resolve_device(device), init=False)
     load_weights(model, ckpt.tensors, str(ckpt.path or ckpt.label))
     return model
 
@@ -38,7 +38,7 @@ def merged_model(
     """The merge as a model: built from the anchor's spec, or ``model`` re-filled in place."""
     plan = make_plan(pool, config, **changes)
     if model is None:
-        model = require_spec(pool.checkpoints[plan.anchor]).build(pool.device)
+        model = require_spec(pool.checkpoints[plan.anchor]).build(pool.device, init=False)
     plan.run(into=model)
     return model.eval()
 

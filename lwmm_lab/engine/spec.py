@@ -6,6 +6,7 @@ model's ``state_dict`` key order, which the layer-wise schedule's depth index de
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -37,12 +38,22 @@ class ModelSpec:
     classes: int
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def build(self, device: str | torch.device | None = None) -> nn.Module:
+    def build(self, device: str | torch.device | None = None, *, init: bool = True) -> nn.Module:
         """A freshly initialised model of this spec, in eval mode, in ``channels_last`` layout.
 
         ``channels_last`` makes convolutions 1.5-2.5x faster on CPUs (oneDNN) and is neutral or
         better on GPUs; values, names and shapes of the state dict do not change.
+
+        ``init=False`` allocates the tensors without filling them: for a model whose every
+        state-dict entry is written next (a checkpoint's weights, a merge). It copies a model
+        built once per spec on the meta device, which skips the random initialisation that
+        is most of building one (24 against 70 ms for the zoo's Unet on the 2-core CPU). A
+        model with buffers outside its state dict, which no load would fill, is initialised.
         """
+        if not init:
+            template = _empty_template(self.to_json())
+            if template is not None:
+                return copy.deepcopy(template).to_empty(device=device or "cpu")
         try:
             with torch.device(device or "cpu"):
                 create = ARCHS.get(self.arch)
@@ -80,5 +91,20 @@ class ModelSpec:
 
 
 @lru_cache(maxsize=32)
+def _meta_model(spec_json: str) -> nn.Module:
+    """The spec's model on the meta device: shapes and names, no memory and no values."""
+    return ModelSpec.from_json(spec_json).build("meta")
+
+
+@lru_cache(maxsize=32)
 def _key_order(spec_json: str) -> tuple[str, ...]:
-    return tuple(ModelSpec.from_json(spec_json).build("meta").state_dict())
+    return tuple(_meta_model(spec_json).state_dict())
+
+
+@lru_cache(maxsize=32)
+def _empty_template(spec_json: str) -> nn.Module | None:
+    """The meta model to copy for ``build(init=False)``; None when a buffer is not in the
+    state dict (non-persistent), as a load would leave it unfilled."""
+    model = _meta_model(spec_json)
+    buffers = {name for name, _ in model.named_buffers()}
+    return model if buffers <= set(_key_order(spec_json)) else None

@@ -250,7 +250,7 @@ def _entry(
     if rel in known and known[rel].get("fingerprint") == fingerprint:
         return known[rel]  # evaluated before, and the checkpoint has not changed since
     ckpt = load_checkpoint(path)
-    model = ckpt.spec.build(device)
+    model = ckpt.spec.build(device, init=False)
     load_weights(model, ckpt.tensors, str(path))
     miou = {
         d: round(evaluate(model, data.val(d), d).miou, 3) for d in (run.source, *TARGET_DOMAINS)
