@@ -108,14 +108,12 @@ def _compare(
 
 
 def _method_models(
-    pool: Pool, models: list[nn.Module], method: str, kept: dict[str, nn.Module] | None = None
+    pool: Pool, models: list[nn.Module], method: str, kept: dict[str, nn.Module]
 ) -> list[nn.Module]:
     """What to run for ``method``: every model for the ensemble, else the one merged model
     (written into ``kept``'s module for the pool's anchor, built there on first use)."""
     if method == "ensemble":
         return models
-    if kept is None:
-        return [merged_model(pool, method=method)]
     anchor = str(pool.checkpoints[0].path)
     kept[anchor] = merged_model(pool, model=kept.get(anchor), method=method)
     return [kept[anchor]]
@@ -203,8 +201,10 @@ def heads_and_decoders(
         rows.append(_row(Path(path).stem, "individual", [model], data, domain))
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
     pool = Pool(paths, device="cpu", fisher=fishers)
+    kept: dict[str, nn.Module] = {}
     for method in methods:
-        rows.append(_row(method, "merged", _method_models(pool, models, method), data, domain))
+        run = _method_models(pool, models, method, kept)
+        rows.append(_row(method, "merged", run, data, domain))
     return rows
 
 
@@ -255,23 +255,19 @@ def semantic_into_panoptic(
     """
     data = val_set(domain, images, resolution, val_seed, instances=True)
     paths = [str(anchor), *map(str, others)]
-    require_panoptic(load_model(paths[0], "cpu"), paths[0])
+    anchor_model = load_model(paths[0], "cpu")
+    require_panoptic(anchor_model, paths[0])
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
     sets = [[p] for p in paths[1:]] + ([paths[1:]] if len(paths) > 2 else [])
-    rows = [_panoptic_row("anchor", "anchor", [], load_model(paths[0], "cpu"), data)]
+    rows = [_panoptic_row("anchor", "anchor", [], anchor_model, data)]
+    merged = None  # every pool has the same anchor: one module takes every merge
     for chosen in sets:
         which = [paths.index(p) for p in chosen]
         pool = Pool([paths[0], *chosen], device="cpu", fisher=_pick(fishers, [0, *which]))
         for method in methods:
-            rows.append(
-                _panoptic_row(
-                    f"{method} + {' + '.join(map(_label, chosen))}",
-                    method,
-                    chosen,
-                    merged_model(pool, method=method),
-                    data,
-                )
-            )
+            merged = merged_model(pool, model=merged, method=method)
+            name = f"{method} + {' + '.join(map(_label, chosen))}"
+            rows.append(_panoptic_row(name, method, chosen, merged, data))
     return rows
 
 

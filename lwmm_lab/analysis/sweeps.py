@@ -30,7 +30,7 @@ from lwmm_lab.analysis.evaluation import evaluate, val_set
 from lwmm_lab.data.domains import check_domain
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
-from lwmm_lab.engine.model import require_spec
+from lwmm_lab.engine.model import merge_target
 from lwmm_lab.engine.pool import Pool
 from lwmm_lab.errors import LwmmError, check_count, check_image_size
 from lwmm_lab.files import atomic_write_text, data_dir, sha256
@@ -291,7 +291,7 @@ def _model_for(pool: Pool, anchor: int) -> tuple[torch.nn.Module, dict[str, torc
     its state dict (the module's own tensors, collected once)."""
     key = (id(pool), anchor)
     if key not in _MODELS:
-        model = require_spec(pool.checkpoints[anchor]).build(pool.device, init=False)
+        model = merge_target(pool, anchor)
         _MODELS[key] = (model, model.state_dict())
     return _MODELS[key]
 

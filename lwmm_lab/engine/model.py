@@ -38,9 +38,15 @@ def merged_model(
     """The merge as a model: built from the anchor's spec, or ``model`` re-filled in place."""
     plan = make_plan(pool, config, **changes)
     if model is None:
-        model = require_spec(pool.checkpoints[plan.anchor]).build(pool.device, init=False)
+        model = merge_target(pool, plan.anchor)
     plan.run(into=model)
     return model.eval()
+
+
+def merge_target(pool: Pool, anchor: int) -> nn.Module:
+    """The module merges with this anchor are written into: the anchor's architecture on the
+    pool's device, left unfilled (a merge writes every entry of its state dict)."""
+    return require_spec(pool.checkpoints[anchor]).build(pool.device, init=False)
 
 
 def require_spec(ckpt: Checkpoint) -> ModelSpec:

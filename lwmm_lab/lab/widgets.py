@@ -46,7 +46,7 @@ from lwmm_lab.analysis.sweeps import Cell, Sweep, grid, run_sweep
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_command, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS
-from lwmm_lab.engine.model import load_model, require_spec
+from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.lab.figures import (
@@ -405,7 +405,7 @@ class MergeLab(_Panel):
         """The anchor's module and its state dict, kept: a merge writes into the state dict's
         tensors (the module's own), which saves collecting them on every slider change."""
         if anchor not in self._models:
-            model = require_spec(self.pool.checkpoints[anchor]).build(self.pool.device, init=False)
+            model = merge_target(self.pool, anchor)
             self._models[anchor] = (model, model.state_dict())
         return self._models[anchor]
 
