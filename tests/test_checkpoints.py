@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from lwmm_lab import (
@@ -22,6 +24,7 @@ from lwmm_lab import (
     make_plan,
     save_checkpoint,
 )
+from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.files import atomic_path
 
 from .conftest import TINY, Payload, perturbed_model
@@ -143,6 +146,47 @@ def test_truncated_and_garbage_files(tmp_path: Path, suffix: str) -> None:
         with pytest.raises(LwmmError, match=rf"{name}\{suffix}: not a readable") as e:
             load_checkpoint(bad)
         assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def good_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The bytes of one small checkpoint (a float and an integer tensor) in each format:
+    safetensors, torch's zip pickle (``.pt``) and its older plain pickle (``.pth``)."""
+    folder = tmp_path_factory.mktemp("good")
+    sd = {"a.weight": torch.randn(8, 8), "a.num_batches_tracked": torch.tensor(3)}
+    save_checkpoint(folder / "g.safetensors", sd)
+    torch.save(sd, folder / "g.pt")
+    torch.save(sd, folder / "g.pth", _use_new_zipfile_serialization=False)
+    return {path.suffix: path.read_bytes() for path in folder.iterdir()}
+
+
+@given(
+    suffix=st.sampled_from([".safetensors", ".pt", ".pth"]),
+    cut=st.floats(0.0, 1.0),
+    flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=6),
+)
+def test_a_damaged_file_loads_or_is_refused_in_one_line(
+    good_files: dict[str, bytes],
+    tmp_path_factory: pytest.TempPathFactory,
+    suffix: str,
+    cut: float,
+    flips: list[tuple[float, int]],
+) -> None:
+    """A file cut short or with bytes changed anywhere (a bad download, a full disk) gives
+    either a checkpoint or one :class:`LwmmError` line naming the file: never an exception
+    from deep inside the unpickler or the safetensors reader."""
+    data = bytearray(good_files[suffix][: max(1, round(cut * len(good_files[suffix])))])
+    for where, value in flips:
+        data[min(len(data) - 1, int(where * len(data)))] = value
+    path = tmp_path_factory.mktemp("damaged") / f"damaged{suffix}"
+    path.write_bytes(bytes(data))
+    for read in (load_checkpoint, peek_checkpoint):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DepthOrderWarning)
+                read(path)
+        except LwmmError as e:
+            assert str(e).startswith(str(path)) and "\n" not in str(e)
 
 
 def test_nan_is_refused_naming_the_tensor(tmp_path: Path) -> None:
