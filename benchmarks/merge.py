@@ -2,8 +2,9 @@
 
 For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
 
-- ``remerge``: one layer-wise merge with new settings, pool already built, written into an
-  existing state dict (what a widget does on a slider change; includes building the plan);
+- ``remerge``: one layer-wise merge with new settings, pool already built, written into the
+  state dict of the module the lab writes into (:func:`~lwmm_lab.engine.model.merge_target`,
+  laid out in the pool's column order): what a widget does on a slider change, plan included;
 - ``naive``: the per-key Python loop of typical merge scripts, ``sum(w_i * sd_i[k])``, with
   the same weights;
 - ``floor``: one pass over the stacked tensors (the faster of ``flat.sum(0)`` and a single
@@ -17,8 +18,10 @@ For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
 Each M runs in a fresh process, so the kernel's peak-RSS counter is its own. With a built zoo
 (``--zoo``, default ``data/zoo`` when it exists) it also times what a slider change costs on
 the zoo's model (1.4M parameters, about 300 state entries, six models): ``make_plan`` and
-``plan.run`` into the model's state dict (its own tensors, kept as the lab keeps them). The
-last line is machine-readable:
+``plan.run`` into the state dict of the lab's merge target (kept as the lab keeps it), and
+the host's share of that on a GPU (:func:`host_ms`: the zoo's layout with one value per
+tensor, on the GPU's whole-row path, so that what is timed is Python and dispatch, measurable
+on any machine). The last line is machine-readable:
 ``M=5 speedup_vs_naive=<x> time_vs_floor=<y> peak_extra_model_sizes=<z>``.
 
 Usage: ``python benchmarks/merge.py [--models 2 5 10] [--repeats 31] [--device auto|cpu|cuda]
@@ -28,6 +31,8 @@ Usage: ``python benchmarks/merge.py [--models 2 5 10] [--repeats 31] [--device a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import json
 import re
@@ -41,6 +46,7 @@ from pathlib import Path
 import torch
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merge
+from lwmm_lab.engine.model import merge_target
 from lwmm_lab.engine.pool import resolve_device
 
 SPEC = ModelSpec("Unet", "resnet18", 19)
@@ -103,6 +109,13 @@ def main() -> None:
             f"zoo model, {n} models: make_plan {plan_ms:.2f} ms, plan.run(into=state dict) "
             f"{run_ms:.2f} ms (medians of {args.repeats * 5})"
         )
+        host = host_ms(zoo, args.repeats * 20)
+        print(
+            f"host time of a GPU re-merge of the zoo model (its layout, one value per tensor, "
+            f"whole-row path): make_plan {host['plan']:.3f} ms, run into a laid-out target "
+            f"{host['laid out']:.3f} ms, into a plain state dict {host['plain']:.3f} ms "
+            f"(medians of {args.repeats * 20})"
+        )
     r5 = next((r for r in results if r["M"] == 5), results[-1])
     print(
         f"M={r5['M']} speedup_vs_naive={r5['speedup_vs_naive']:.2f} "
@@ -115,12 +128,13 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
     torch.manual_seed(0)
     state = SPEC.build().state_dict()
     checkpoints = [
-        Checkpoint({k: _perturbed(v) for k, v in state.items()}) for _ in range(n_models)
+        Checkpoint({k: _perturbed(v) for k, v in state.items()}, spec=SPEC) for _ in range(n_models)
     ]
     model_bytes = sum(v.numel() * v.element_size() for v in state.values())
     params = sum(v.numel() for v in state.values())
     del state
     gc.collect()
+    _return_freed_memory()
 
     cuda = resolve_device(device).type == "cuda"
     before = torch.cuda.memory_allocated() if cuda else _rss_kb() * 1024
@@ -128,7 +142,8 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
     started = time.perf_counter()
     pool = Pool(checkpoints, device=device)
     build_s = time.perf_counter() - started
-    merged = merge(pool, alpha=0.5)
+    merged = merge_target(pool, 0).state_dict()
+    merge(pool, into=merged, alpha=0.5)
     settings = [{"alpha": a, "start": s} for a in (0.2, 0.5, 0.8) for s in (1, 40, 120)]
     for k in range(len(settings)):
         merge(pool, into=merged, **settings[k])
@@ -193,12 +208,11 @@ def zoo_remerge(zoo: Path, repeats: int, device: str) -> tuple[float, float, int
     """Median ms of ``make_plan`` and of ``plan.run`` into the model's state dict (what the lab
     and the sweeps keep and write into) over slider-like changes of alpha and start, on the
     zoo's independent strategies (the lab's opening scenario)."""
-    from lwmm_lab.engine.model import require_spec
     from lwmm_lab.zoo import load_manifest
     from lwmm_lab.zoo.manifest import scenario_checkpoints
 
     pool = Pool(scenario_checkpoints(load_manifest(zoo), "independent"), device=device)
-    tensors = require_spec(pool.checkpoints[0]).build(pool.device).state_dict()
+    tensors = merge_target(pool, 0).state_dict()
     depth = pool.layout().n_depth
     settings = [{"alpha": (k % 11) / 10, "start": 1 + (7 * k) % depth} for k in range(repeats)]
     plans = []
@@ -211,6 +225,45 @@ def zoo_remerge(zoo: Path, repeats: int, device: str) -> tuple[float, float, int
         {"run": lambda k: plans[k % len(plans)].run(into=tensors)}, repeats, pool.device
     )
     return ms["plan"], run["run"], pool.n_models
+
+
+def host_ms(zoo: Path, repeats: int) -> dict[str, float]:
+    """Median ms of ``make_plan`` and ``plan.run`` on the zoo's layout (the independent
+    strategies: six models, 302 entries) with one value per tensor, on the whole-row path a
+    GPU takes (:data:`~lwmm_lab.engine.merge.FLAT_SUM`): the arithmetic is next to nothing, so
+    this is the Python and dispatch time of a re-merge, which a GPU cannot hide and which
+    bounds its re-merge of a small model. Into a laid-out target (the lab's) and into a plain
+    state dict."""
+    from lwmm_lab.engine import merge as engine
+    from lwmm_lab.engine.checkpoints import load_checkpoint
+    from lwmm_lab.zoo import load_manifest
+    from lwmm_lab.zoo.manifest import scenario_checkpoints
+
+    checkpoints = []
+    for path in scenario_checkpoints(load_manifest(zoo), "independent"):
+        ckpt = load_checkpoint(path)
+        one = {k: v.reshape(-1)[:1].clone() for k, v in ckpt.tensors.items()}
+        checkpoints.append(ckpt.with_tensors(one))
+    pool = Pool(checkpoints, device="cpu")
+    plain = {k: v.clone() for k, v in checkpoints[0].tensors.items()}
+    laid_out = engine.lay_out({k: v.clone() for k, v in plain.items()}, pool)
+    depth = pool.layout().n_depth
+    settings = [{"alpha": (k % 11) / 10, "start": 1 + (7 * k) % depth} for k in range(repeats)]
+    plans = [make_plan(pool, **setting) for setting in settings]
+    flat_sum = engine.FLAT_SUM["cpu"]
+    engine.FLAT_SUM["cpu"] = True
+    try:
+        return _interleaved_medians_ms(
+            {
+                "plan": lambda k: make_plan(pool, **settings[k % repeats]),
+                "laid out": lambda k: plans[k % repeats].run(into=laid_out),
+                "plain": lambda k: plans[k % repeats].run(into=plain),
+            },
+            repeats,
+            pool.device,
+        )
+    finally:
+        engine.FLAT_SUM["cpu"] = flat_sum
 
 
 def _perturbed(t: torch.Tensor) -> torch.Tensor:
@@ -251,6 +304,14 @@ def _interleaved_medians_ms(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _return_freed_memory() -> None:
+    """Give the heap's freed pages back to the kernel (glibc ``malloc_trim``), so that what is
+    allocated after this shows in the resident memory instead of reusing pages freed before
+    the measurement began."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rss_kb() -> int:

@@ -22,7 +22,7 @@ from lwmm_lab import (
     save_merge,
 )
 from lwmm_lab.engine.methods import ties_count
-from lwmm_lab.engine.model import load_weights
+from lwmm_lab.engine.model import load_weights, merge_target
 from lwmm_lab.engine.panoptic import ARCHS
 from lwmm_lab.files import sha256
 
@@ -185,6 +185,34 @@ def test_merge_into_model_in_place_equals_a_fresh_merge(make_models, device: str
     fresh = merge(pool, alpha=0.9, start=5, bn="gaussian")
     for name, value in model.state_dict().items():
         assert torch.equal(value, fresh[name]), name
+
+
+def test_the_merge_target_is_laid_out_and_runs_and_saves_like_any_model(
+    tmp_path: Path, make_models
+) -> None:
+    """The module a merge is written into holds its tensors end to end in the pool's column
+    order (one buffer per dtype), yet it is an ordinary model: parameters stay parameters,
+    convolution weights stay channels last, and its outputs and saved file are those of the
+    same merge loaded into a freshly built model."""
+    pool = Pool([checkpoint_of(m, TINY) for m in make_models(3)], device="cpu")
+    model = merge_target(pool, 2)
+    merged_model(pool, model=model, anchor=2, alpha=0.4, start=4, bn="gaussian-counts")
+    state = model.state_dict()
+    floats = [state[name] for name in pool.columns]
+    assert len({t.untyped_storage().data_ptr() for t in floats}) == 1
+    assert sum(t.numel() for t in floats) == pool.flat.shape[1]
+    assert all(isinstance(p, torch.nn.Parameter) for p in model.parameters())
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    expected = merge(pool, anchor=2, alpha=0.4, start=4, bn="gaussian-counts")
+    fresh = TINY.build()
+    fresh.load_state_dict(expected)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
+    path = save_checkpoint(tmp_path / "laid-out.safetensors", state, TINY)
+    again = load_checkpoint(path).tensors
+    assert all(torch.equal(again[name], value) for name, value in expected.items())
 
 
 def test_an_unfilled_model_is_wholly_written_by_a_merge_and_by_a_load(make_models) -> None:

@@ -14,11 +14,12 @@ from torch.optim.swa_utils import AveragedModel
 from lwmm_lab import BN_RULES, Checkpoint, Pool, layerwise_weights, make_plan, merge
 from lwmm_lab.engine import merge as merge_module
 from lwmm_lab.engine.methods import METHODS, BlockContext, trim_
-from lwmm_lab.engine.pool import is_bn_stat
+from lwmm_lab.engine.pool import as_row, is_bn_stat
 
 from .conftest import checkpoint_of
 
-shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
+#: Scalars up to 4-D tensors (laid out channels last in the stack, like convolution weights).
+shapes = st.lists(st.integers(1, 4), min_size=0, max_size=4).map(tuple)
 
 
 @st.composite
@@ -324,4 +325,67 @@ def test_a_block_merges_as_its_tensors_one_by_one(checkpoints, method, density, 
         )
         alone = torch.empty(cols.stop - cols.start, dtype=pool.flat.dtype)
         combine(pool.flat[:, cols], w.expand(-1, alone.numel()), alone, ctx)
-        torch.testing.assert_close(out[row["name"]].reshape(-1), alone, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(as_row(out[row["name"]]), alone, rtol=1e-6, atol=1e-6)
+
+
+def _module_holding(tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """A module whose state dict is ``tensors`` (floats as parameters, except the BN
+    statistics, which are buffers like integers), channels last like the lab's models."""
+    root = nn.Module()
+    for name, value in tensors.items():
+        owner = root
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, nn.Module())
+            owner = getattr(owner, part)
+        if value.is_floating_point() and not is_bn_stat(name):
+            owner.register_parameter(leaf, nn.Parameter(value.clone()))
+        else:
+            owner.register_buffer(leaf, value.clone())
+    return root.to(memory_format=torch.channels_last)
+
+
+@given(
+    state_dicts(min_models=2),
+    st.sampled_from(list(METHODS)),
+    bn_rules,
+    st.booleans(),
+    st.data(),
+)
+def test_a_merge_into_a_laid_out_target_equals_a_merge_into_a_new_one(
+    checkpoints, method, bn, whole_rows, data
+) -> None:
+    """:func:`lay_out` puts a model's tensors end to end in the pool's column order; a merge
+    into it (whole rows, indexed BN copies, one copy per dtype) writes the same values as a
+    merge into a new state dict, for every method and BN rule, on either sum path."""
+    base = Checkpoint({k: v * 0.5 for k, v in checkpoints[0].tensors.items()})
+    pool = Pool(checkpoints, device="cpu", base=base, fisher=_fishers(checkpoints))
+    anchor = data.draw(st.integers(0, pool.n_models - 1))
+    model = _module_holding(dict(pool.checkpoints[anchor].tensors))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merge_module.lay_out(model, pool, anchor)
+    state = model.state_dict()
+    for name, value in before.items():
+        assert torch.equal(state[name], value), "laying out keeps the values"
+    assert merge_module._joined([state[n] for n in pool.columns]) is not None
+    plan = make_plan(
+        pool,
+        method=method,
+        anchor=anchor,
+        bn=bn,
+        weights=data.draw(
+            st.lists(st.floats(0.05, 2), min_size=pool.n_models, max_size=pool.n_models)
+        ),
+        schedule=data.draw(st.sampled_from([None, "layerwise", "weights", "uniform"])),
+        alpha=data.draw(st.floats(0, 1)),
+        start_frac=data.draw(st.floats(0, 1)),
+        density=data.draw(st.floats(0.05, 1.0)),
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(merge_module.FLAT_SUM, "cpu", whole_rows)
+        expected = plan.run()
+        plan.run(into=state)
+    for name, value in expected.items():
+        torch.testing.assert_close(state[name], value, rtol=1e-6, atol=1e-6)
+        assert state[name].data_ptr() == model.state_dict()[name].data_ptr(), "written in place"

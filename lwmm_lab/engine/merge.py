@@ -9,7 +9,10 @@ at every depth are averaged once (and kept), and the merge is a chain of multi-t
 operations over every shared tensor at once, ``_foreach_copy_`` of the first group's mean and
 one ``_foreach_lerp_`` per further group, with a per-tensor weight each, written in place into
 the targets; on a GPU (:data:`FLAT_SUM`) the lerps run over whole rows of the stack instead,
-each column's weight gathered by its depth row, then one multi-tensor copy into the targets.
+each column's weight gathered by its depth row. A target laid out like the stack
+(:func:`lay_out`: what :func:`~lwmm_lab.engine.model.merge_target` builds) takes those rows
+as they are, its BN statistics one indexed copy per kind and its other entries one copy per
+dtype; any other target gets multi-tensor copies.
 All BatchNorm layers are merged together from two gathers of the stacked statistics. Task
 arithmetic is the same weighted sum moved towards the base. Fisher and TIES run over blocks
 of consecutive columns of the stack (sized per device by :data:`BLOCK_COLUMNS`; on a GPU the
@@ -28,7 +31,7 @@ import shlex
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -37,7 +40,15 @@ from torch import Tensor, nn
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.checkpoints import check_compatible, save_checkpoint
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, BlockContext, Method
-from lwmm_lab.engine.pool import Layout, Pool, is_bn_stat, module_of
+from lwmm_lab.engine.pool import (
+    Layout,
+    Pool,
+    as_row,
+    is_bn_stat,
+    lies_as_row,
+    module_of,
+    row_view,
+)
 from lwmm_lab.errors import LwmmError, check_finite, check_whole
 from lwmm_lab.files import sha256
 
@@ -225,28 +236,48 @@ class MergePlan:
 
         Returns the merged state dict (the target's own tensors when ``into`` is given).
         """
-        targets = self._targets(into)
-        pool, method, r = self.pool, METHODS[self.config.method], self.routes
+        targets, joined = self._targets(into)
+        pool, method = self.pool, METHODS[self.config.method]
         with torch.no_grad():
             # Small host-to-device copies go first: later, each would wait for the queued kernels.
             bn_table = self.bn_table.to(pool.device, pool.flat.dtype)
-            outs = [targets[name] for name in r.weights]
             if method.linear:
-                self._weighted_sum(outs, rebase=method.rebased)
+                self._weighted_sum(targets, joined.shared, rebase=method.rebased)
             else:
-                self._combine_blocks(method, targets)
-            self._merge_bn(targets, bn_table)
-            anchor = pool.checkpoints[self.anchor].tensors
-            for names in r.kept("copied by dtype", lambda: _by_dtype(r.copied, anchor)):
-                copied = [n for n in names if n not in self.summed_counts]
-                _copy_all([targets[n] for n in copied], [anchor[n] for n in copied])
-            if self.summed_counts:
-                sums = r.kept("summed counts", lambda: _summed_counts(pool, r.counted))
-                _copy_all([targets[n] for n in r.counted], sums)
+                self._combine_blocks(method, targets, joined.shared)
+            self._merge_bn(targets, bn_table, joined.shared)
+            self._copy_rest(targets, joined.copied)
         return dict(targets)
 
-    def _weighted_sum(self, outs: list[Tensor], rebase: bool = False) -> None:
-        """Every shared tensor's weighted sum over the models, in place into ``outs``; with
+    def _copy_rest(self, targets: Mapping[str, Tensor], joined: tuple[Tensor | None, ...]) -> None:
+        """The entries no method merges: the anchor's own, or for a BN rule that sums them,
+        the counts summed over the models; one copy per dtype group (:attr:`Routes.copied`),
+        a plain one where the target's tensors are joined, else a multi-tensor one."""
+        r, summed = self.routes, bool(self.summed_counts)
+        values = r.kept(f"copied, counts summed: {summed}", lambda: self._rest_values(summed))
+        for k, (names, view) in enumerate(zip(r.copied, joined, strict=True)):
+            if view is None:
+                _copy_all([targets[n] for n in names], values[k])
+            else:
+                joined_values = r.kept(
+                    f"copied {k} joined, counts summed: {summed}",
+                    lambda k=k: torch.cat([as_row(v) for v in values[k]]),
+                )
+                view.copy_(joined_values)
+
+    def _rest_values(self, summed: bool) -> list[list[Tensor]]:
+        """What :meth:`_copy_rest` writes, per dtype group of :attr:`Routes.copied`."""
+        pool, r = self.pool, self.routes
+        anchor = pool.checkpoints[self.anchor].tensors
+        sums = _summed_counts(pool, r.counted) if summed else []
+        counts = dict(zip(r.counted, sums, strict=True)) if summed else {}
+        return [[counts.get(n, anchor[n]) for n in names] for names in r.copied]
+
+    def _weighted_sum(
+        self, targets: Mapping[str, Tensor], joined: Tensor | None = None, rebase: bool = False
+    ) -> None:
+        """Every shared tensor's weighted sum over the models, in place into ``targets`` (or,
+        on the whole-row path, into ``joined``, the (P,) view of a laid-out target); with
         ``rebase``, moved towards the base: ``scale * sum + (1 - scale) * base``.
 
         Models with equal weights at every depth form a group, whose mean row is computed once
@@ -258,7 +289,7 @@ class MergePlan:
         (a few kernels in all); else per tensor, as multi-tensor operations.
         """
         pool, r = self.pool, self.routes
-        if not outs:
+        if not r.weights:
             return
         # The (Np, groups) arithmetic is a few dozen numbers: numpy, not a kernel per step.
         weights = self.weights.numpy()
@@ -267,22 +298,41 @@ class MergePlan:
         reached = share.cumsum(1)
         step = np.where(reached > 0, share / np.maximum(reached, 1e-300), 1.0)
         total = reached[:, -1]
-        rescale = not np.allclose(total, 1.0)
+        rescale = bool(np.abs(total - 1.0).max() > 1e-12)  # rows that do not sum to 1
         means = [pool.model_mean(group) for group in groups]
-        if len(groups) > 1 and FLAT_SUM.get(pool.device.type, False):
-            work, parts = r.kept("sum", lambda: _row_with_parts(pool, r))
-            rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
-            table = np.concatenate([step[:, 1:], total[:, None]], 1)
-            table = torch.from_numpy(table).to(pool.device, pool.flat.dtype)
-            torch.lerp(means[0], means[1], table[:, 0].index_select(0, rows), out=work)
+        # Whole rows where launches cost more than the weights' gather (a GPU), or where the
+        # target is one laid-out row and a single group needs no weights at all.
+        whole_rows = (
+            FLAT_SUM.get(pool.device.type, False) if len(groups) > 1 else joined is not None
+        )
+        if whole_rows:
+            if joined is None:
+                work, parts = r.kept("sum", lambda: _row_with_parts(pool, r))
+            else:
+                work, parts = joined, None
+            if len(groups) > 1 or rescale:
+                rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
+                table = np.concatenate([step[:, 1:], total[:, None]], 1)
+                table = torch.from_numpy(table).to(pool.device, pool.flat.dtype)
+
+            def by_column(k: int) -> Tensor:
+                """Column ``k`` of the (Np, groups) table, spread over the P columns by depth."""
+                return table[:, k].index_select(0, rows)
+
+            if len(groups) == 1:
+                work.copy_(means[0])
+            else:
+                torch.lerp(means[0], means[1], by_column(0), out=work)
             for g in range(2, len(groups)):
-                work.lerp_(means[g], table[:, g - 1].index_select(0, rows))
+                work.lerp_(means[g], by_column(g - 1))
             if rescale:
-                work.mul_(table[:, -1].index_select(0, rows))
+                work.mul_(by_column(-1))
             if rebase:
                 work.mul_(self.config.scale).add_(pool.base, alpha=1.0 - self.config.scale)
-            _copy_all(outs, parts)
+            if parts is not None:
+                _copy_all([targets[name] for name in r.weights], parts)
             return
+        outs = [targets[name] for name in r.weights]
         direct = all(o.dtype == pool.flat.dtype and o.device == pool.device for o in outs)
         dtype, device = pool.flat.dtype, pool.device
         work = outs if direct else [torch.empty(o.shape, dtype=dtype, device=device) for o in outs]
@@ -298,16 +348,19 @@ class MergePlan:
         if rebase:
             scale = self.config.scale
             torch._foreach_mul_(work, scale)
-            base = [pool.base[c].view(s) for c, s in zip(r.weight_cols, r.shapes, strict=True)]
+            base = [row_view(pool.base[c], s) for c, s in zip(r.weight_cols, r.shapes, strict=True)]
             torch._foreach_add_(work, base, alpha=1.0 - scale)
         if not direct:
             _copy_all(outs, work)
 
-    def _merge_bn(self, targets: Mapping[str, Tensor], table: Tensor) -> None:
+    def _merge_bn(
+        self, targets: Mapping[str, Tensor], table: Tensor, joined: Tensor | None = None
+    ) -> None:
         """Every BN layer's running statistics at once, by the BN rule: the weighted mean of
         the means, and of the variances (plus, for the Gaussian rules, the weighted spread of the
         means around the merged mean: the moment-matched mixture). ``table``: the plan's
-        ``bn_table`` on the pool's device."""
+        ``bn_table`` on the pool's device; ``joined``: the target's (P,) view, written with one
+        indexed copy per kind of statistic."""
         pool, rule, r = self.pool, BN_RULES[self.config.bn], self.routes
         if not r.bn_modules:
             return
@@ -323,11 +376,20 @@ class MergePlan:
                 at = r.var_mean.clamp_min(0)
                 spread = ((means[:, at] - mean[at]).square() * w).sum(0)
                 var += torch.where(paired, spread, 0.0)
-            _copy_all([targets[n] for n in r.variances], var_parts)
-        _copy_all([targets[n] for n in r.means], mean_parts)
+            if joined is None:
+                _copy_all([targets[n] for n in r.variances], var_parts)
+            else:
+                joined.index_copy_(0, r.var_index, var)
+        if joined is None:
+            _copy_all([targets[n] for n in r.means], mean_parts)
+        else:
+            joined.index_copy_(0, r.mean_index, mean)
 
-    def _combine_blocks(self, method: Method, targets: Mapping[str, Tensor]) -> None:
-        """A non-linear method, one call per block of columns with per-column weights."""
+    def _combine_blocks(
+        self, method: Method, targets: Mapping[str, Tensor], joined: Tensor | None = None
+    ) -> None:
+        """A non-linear method, one call per block of columns with per-column weights, each
+        block's result written straight into ``joined`` (a laid-out target) when given."""
         pool, c = self.pool, self.config
         weights = self.weights.to(pool.device, pool.flat.dtype).t()
         for block in self.routes.blocks:
@@ -342,35 +404,137 @@ class MergePlan:
             w = weights[:, block.rows]
             if len(block.sizes) > 1:
                 w = w.repeat_interleave(block.repeats, dim=1)
+            if joined is not None:
+                method.combine(pool.flat[:, cols], w, joined[cols], ctx)
+                continue
             out = torch.empty(cols.stop - cols.start, dtype=pool.flat.dtype, device=pool.device)
             method.combine(pool.flat[:, cols], w, out, ctx)
             parts = out.split(block.sizes)
             _copy_all(
                 [targets[block.names[k]] for k in block.written],
-                [parts[k].view(targets[block.names[k]].shape) for k in block.written],
+                [row_view(parts[k], targets[block.names[k]].shape) for k in block.written],
             )
 
     def _targets(
         self, into: nn.Module | MutableMapping[str, Tensor] | None
-    ) -> Mapping[str, Tensor]:
-        """Where the merged values go: a new state dict, or the given model's own tensors."""
+    ) -> tuple[Mapping[str, Tensor], Joined]:
+        """Where the merged values go (a new state dict, or the given model's own tensors), and
+        the target's tensors joined into flat views where :func:`lay_out` placed them so."""
+        r = self.routes
         anchor_tensors = self.pool.checkpoints[self.anchor].tensors
         if into is None:
             device = self.pool.device
-            return {
+            targets = {
                 e.name: torch.empty(e.shape, dtype=anchor_tensors[e.name].dtype, device=device)
                 for e in self.layout.entries
             }
+            return targets, Joined(None, (None,) * len(r.copied))
         targets = into.state_dict() if isinstance(into, nn.Module) else into
         # A slider writes into the same tensors on every change: they are checked once.
         seen = (id(targets), *map(id, targets.values()))
-        checked = self.routes.kept("checked targets", dict)
+        checked = r.kept("checked targets", dict)
         if checked.get("last") != seen:
             expected = {e.name: e.shape for e in self.layout.entries}
             hint = "; build it from the anchor's spec"
             check_compatible(expected, targets, "the target model", hint)
-            checked["last"] = seen
-        return targets
+            pool = self.pool
+            shared = _joined([targets[n] for n in pool.columns])
+            if shared is not None and (
+                shared.dtype != pool.flat.dtype or shared.device != pool.device
+            ):
+                shared = None
+            copied = tuple(_joined([targets[n] for n in names]) for names in r.copied)
+            checked["last"], checked["joined"] = seen, Joined(shared, copied)
+        return targets, checked["joined"]
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A merge target's tensors seen as flat views, where they lie end to end in one buffer
+    (as :func:`lay_out` places them): ``shared`` (P,) in the pool's column order, and one view
+    per dtype group of the copied entries; None where the target's tensors do not lie so."""
+
+    shared: Tensor | None
+    copied: tuple[Tensor | None, ...]
+
+
+Target = TypeVar("Target", nn.Module, MutableMapping[str, Tensor])
+
+
+def lay_out(target: Target, pool: Pool, anchor: int = 0) -> Target:
+    """Place the tensors of ``target`` (a model or a state dict) end to end in flat buffers,
+    keeping their values: the ones the pool stacks in its column order, the rest (the anchor's
+    own, the integer counts) one buffer per dtype in the anchor's order. Returns ``target``.
+    Tensors on the ``meta`` device (a model built without memory) get their memory this way,
+    and no values.
+
+    A merge into a laid-out target writes whole rows: one kernel per step instead of a
+    multi-tensor copy into every tensor (launches, not bandwidth, bound a GPU re-merge of a
+    small model). A model's tensors stay ordinary parameters and buffers (views, convolution
+    weights channels last as :func:`~lwmm_lab.engine.pool.as_row` lays them; a tensor starts
+    16-byte aligned when the sizes before it are multiples of four, as every smp model's
+    are). A target whose tensors do not match the anchor's names, shapes and, for the stacked
+    ones, the pool's dtype is left as it is (a merge checks it and says why).
+    """
+    layout = pool.layout(anchor)
+    anchor_tensors = pool.checkpoints[layout.anchor].tensors
+    state = target.state_dict(keep_vars=True) if isinstance(target, nn.Module) else target
+    if any(
+        name not in state or state[name].shape != anchor_tensors[name].shape
+        for name in anchor_tensors
+    ):
+        return target
+    r = routes(pool, layout)
+    places = (pool.device, torch.device("meta"))
+    for k, names in enumerate([tuple(pool.columns), *r.copied]):
+        dtype = pool.flat.dtype if k == 0 else anchor_tensors[names[0]].dtype
+        if any(state[n].dtype != dtype or state[n].device not in places for n in names):
+            continue
+        sizes = [state[n].numel() for n in names]
+        pieces = torch.empty(sum(sizes), dtype=dtype, device=pool.device).split(sizes)
+        for name, piece in zip(names, pieces, strict=True):
+            old, view = state[name], row_view(piece, state[name].shape)
+            if not old.is_meta:
+                with torch.no_grad():
+                    view.copy_(old)
+            if isinstance(target, nn.Module):
+                _put(target, name, view)
+            else:
+                target[name] = view
+    return target
+
+
+def _put(model: nn.Module, name: str, value: Tensor) -> None:
+    """Make ``value`` the model's tensor ``name``: a parameter keeps its object (what refers to
+    it still does) unless it has no memory yet (meta), a buffer is replaced."""
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner)
+    old = module._parameters.get(leaf)
+    if old is None:
+        module._buffers[leaf] = value
+    elif old.is_meta:
+        module._parameters[leaf] = nn.Parameter(value, old.requires_grad)
+    else:
+        old.data = value
+
+
+def _joined(tensors: list[Tensor]) -> Tensor | None:
+    """One 1-D view over ``tensors`` when they lie end to end, in this order, in one storage,
+    each in its :func:`~lwmm_lab.engine.pool.as_row` order (one dtype and device); else None."""
+    first = tensors[0]
+    storage, start = first.untyped_storage().data_ptr(), first.storage_offset()
+    offset = start
+    for t in tensors:
+        if (
+            t.storage_offset() != offset
+            or not lies_as_row(t)
+            or t.dtype != first.dtype
+            or t.device != first.device
+            or t.untyped_storage().data_ptr() != storage
+        ):
+            return None
+        offset += t.numel()
+    return first.as_strided((offset - start,), (1,), start)
 
 
 def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> MergePlan:
@@ -511,7 +675,8 @@ class Routes:
     """Where a merge's values come from and go to, for one layout; worked out once.
 
     ``weights``: the shared tensors a method merges (not BN statistics), with their depth row
-    (j - 1), columns and shapes. ``copied``: anchor-only and integer entries. The BN layers
+    (j - 1), columns and shapes. ``copied``: anchor-only and integer entries, grouped by
+    dtype (see :func:`_by_dtype`). The BN layers
     (``bn_modules``, each with the depth row of its first statistic and the models' counts,
     zeros where a model lacks one; ``counted`` names the layers whose counts are all known):
     ``means`` / ``variances`` are their shared statistics, ``mean_index`` / ``var_index`` the
@@ -524,7 +689,7 @@ class Routes:
     weight_rows: Tensor
     weight_cols: tuple[slice, ...]
     shapes: tuple[torch.Size, ...]
-    copied: tuple[str, ...]
+    copied: tuple[tuple[str, ...], ...]
     bn_modules: tuple[str, ...]
     bn_rows: Tensor
     counts: Tensor
@@ -556,7 +721,7 @@ class Routes:
             cached = self._parts.get(id(row))
             if cached is None or cached[0] is not row:
                 pairs = zip(self.weight_cols, self.shapes, strict=True)
-                cached = (row, [row[c].view(s) for c, s in pairs])
+                cached = (row, [row_view(row[c], s) for c, s in pairs])
             held[id(row)] = cached
         self._parts.clear()
         self._parts.update(held)
@@ -615,7 +780,7 @@ def _make_routes(pool: Pool, layout: Layout) -> Routes:
         weight_rows=torch.tensor(rows, dtype=torch.int64),
         weight_cols=tuple(pool.columns[n] for n in weights),
         shapes=tuple(anchor[n].shape for n in weights),
-        copied=tuple(copied),
+        copied=_by_dtype(tuple(copied), anchor),
         bn_modules=tuple(layers),
         bn_rows=torch.tensor(bn_rows, dtype=torch.int64),
         counts=torch.stack(counts) if counts else torch.zeros(0, pool.n_models, dtype=torch.int64),
@@ -689,7 +854,7 @@ def _summed_counts(pool: Pool, names: tuple[str, ...]) -> list[Tensor]:
 def _row_with_parts(pool: Pool, r: Routes) -> tuple[Tensor, list[Tensor]]:
     """A ``(P,)`` work row on the pool's device and its views shaped as the merged tensors."""
     row = torch.empty(pool.flat.shape[1], dtype=pool.flat.dtype, device=pool.device)
-    return row, [row[c].view(s) for c, s in zip(r.weight_cols, r.shapes, strict=True)]
+    return row, [row_view(row[c], s) for c, s in zip(r.weight_cols, r.shapes, strict=True)]
 
 
 def _buffer_with_parts(pool: Pool, names: tuple[str, ...]) -> tuple[Tensor, list[Tensor]]:
@@ -709,16 +874,12 @@ def _column_rows(pool: Pool, layout: Layout) -> Tensor:
 
 def _equal_weight_groups(weights: np.ndarray) -> list[tuple[int, ...]]:
     """Models whose weight is the same at every depth, grouped (a weighted sum may add them
-    first): for layer-wise, the anchor alone and all the others; for isotropic, everyone."""
-    groups: list[tuple[int, ...]] = []
-    for i in range(weights.shape[1]):
-        for k, group in enumerate(groups):
-            if np.array_equal(weights[:, group[0]], weights[:, i]):
-                groups[k] = (*group, i)
-                break
-        else:
-            groups.append((i,))
-    return groups
+    first): for layer-wise, the anchor alone and all the others; for isotropic, everyone.
+    Groups come in the order of their first model."""
+    groups: dict[bytes, tuple[int, ...]] = {}
+    for i, column in enumerate(np.ascontiguousarray(weights.T)):
+        groups[column.tobytes()] = (*groups.get(column.tobytes(), ()), i)
+    return list(groups.values())
 
 
 def _counts(pool: Pool, name: str) -> Tensor | None:

@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -232,14 +233,15 @@ def layerwise_weights(
         raise LwmmError(f"alpha={alpha} is outside [0, 1]")
     if not 1 <= start <= n_depth:
         raise LwmmError(f"start={start} is outside 1..Np={n_depth} (the depth indices)")
-    weights = torch.zeros((n_depth, n_models), dtype=torch.float64)
+    # A few hundred numbers, on every slider change: numpy, not a torch kernel per step.
+    weights = np.zeros((n_depth, n_models))
     if n_models > 1:
-        j = torch.arange(1, n_depth + 1, dtype=torch.float64)
-        decay = torch.where(j < start, 1.0, (n_depth - j) / (n_depth - start + 1))
+        j = np.arange(1, n_depth + 1, dtype=np.float64)
+        decay = np.where(j < start, 1.0, (n_depth - j) / (n_depth - start + 1))
         weights[:] = ((1.0 - alpha) / (n_models - 1) * decay)[:, None]
     weights[:, anchor] = 0.0
     weights[:, anchor] = 1.0 - weights.sum(1)
-    return weights
+    return torch.from_numpy(weights)
 
 
 # ----------------------------------------------------------------------------------- BN rules

@@ -6,6 +6,7 @@ anchor's spec. Re-merging writes into the same module's tensors: the widgets' fa
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from lwmm_lab.engine.checkpoints import Checkpoint, check_compatible, load_checkpoint
-from lwmm_lab.engine.merge import MergeConfig, make_plan
+from lwmm_lab.engine.merge import MergeConfig, lay_out, make_plan
 from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.errors import LwmmError
@@ -45,8 +46,15 @@ def merged_model(
 
 def merge_target(pool: Pool, anchor: int) -> nn.Module:
     """The module merges with this anchor are written into: the anchor's architecture on the
-    pool's device, left unfilled (a merge writes every entry of its state dict)."""
-    return require_spec(pool.checkpoints[anchor]).build(pool.device, init=False)
+    pool's device, left unfilled (a merge writes every entry of its state dict), its tensors
+    laid out in the pool's column order (:func:`~lwmm_lab.engine.merge.lay_out`) so that a
+    merge writes whole rows into it."""
+    spec = require_spec(pool.checkpoints[anchor])
+    # Laid out from the meta device, the memory is allocated once, already in place.
+    model = lay_out(spec.build("meta", init=False), pool, anchor)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        model = lay_out(spec.build(pool.device, init=False), pool, anchor)
+    return model
 
 
 def require_spec(ckpt: Checkpoint) -> ModelSpec:

@@ -11,6 +11,9 @@ Every entry of the anchor's ``state_dict`` is one of three kinds:
 
 The shared tensors of all M models live in one flat ``(M, P)`` buffer on the pool's device, so
 a new merge with other settings is one fused weighted sum per tensor: no file I/O, no copies.
+Each tensor's columns hold its values in the order the lab's models keep them in memory
+(:func:`as_row`: channels last for convolution weights), so that a model's tensors can be
+views of one row (:func:`lwmm_lab.engine.merge.lay_out`).
 
 With ``align=`` the models are first aligned to one of them by weight matching
 (:mod:`lwmm_lab.engine.align`): their Unet decoder channels are permuted, as they are read, to
@@ -78,6 +81,31 @@ def module_of(name: str) -> str:
 def is_bn_stat(name: str) -> bool:
     """A BatchNorm running statistic (``running_mean`` / ``running_var``)."""
     return name.rpartition(".")[2] in BN_STATS
+
+
+#: The memory format of a tensor's run of columns, by its number of dimensions: channels last
+#: for convolution weights (2-D and 3-D), what :meth:`~lwmm_lab.engine.spec.ModelSpec.build`
+#: gives the lab's models; every other tensor in its own order.
+ROW_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def as_row(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values as one 1-D run of the stack's columns, in the order of
+    :data:`ROW_FORMATS` (the channel dimension last for 4-D and 5-D tensors)."""
+    return (t.movedim(1, -1) if t.dim() in ROW_FORMATS else t).reshape(-1)
+
+
+def row_view(row: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A 1-D contiguous run of columns seen as a tensor of ``shape``: the inverse of
+    :func:`as_row`, and a view (writing into it writes the run)."""
+    if len(shape) in ROW_FORMATS:
+        return row.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+    return row.view(shape)
+
+
+def lies_as_row(t: torch.Tensor) -> bool:
+    """Whether ``t``'s memory holds its values densely in :func:`as_row`'s order."""
+    return t.is_contiguous(memory_format=ROW_FORMATS.get(t.dim(), torch.contiguous_format))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -255,9 +283,9 @@ class Pool:
         tensors = {}
         for name, t in ckpt.tensors.items():
             if name in self.columns:
-                view = self.flat[i, self.columns[name]]
-                view.copy_(t.reshape(-1))
-                tensors[name] = view.view(t.shape)
+                view = row_view(self.flat[i, self.columns[name]], t.shape)
+                view.copy_(t)
+                tensors[name] = view
             else:
                 tensors[name] = t.to(self.device)
             if t.is_floating_point() and not bool(torch.isfinite(tensors[name]).all()):
@@ -290,7 +318,8 @@ class Pool:
                 raise LwmmError(
                     f"{role} {ckpt.path or ckpt.label} {problem} shared tensor '{name}'"
                 )
-            out[cols] = t.reshape(-1)
+            shape = self.checkpoints[0].tensors[name].shape
+            row_view(out[cols], shape).copy_(t.reshape(shape))
         return out
 
     def _make_layout(self, anchor: int, granularity: str) -> Layout:
