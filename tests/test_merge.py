@@ -215,6 +215,23 @@ def test_the_merge_target_is_laid_out_and_runs_and_saves_like_any_model(
     assert all(torch.equal(again[name], value) for name, value in expected.items())
 
 
+def test_a_kept_target_whose_memory_moved_is_written_where_it_now_is(make_models) -> None:
+    """The lab keeps one state dict and merges into it on every change; the check of its
+    layout is kept too. A tensor of it given other memory (``set_``, the same object) must be
+    written there, not into the buffer it left."""
+    pool = Pool([checkpoint_of(m, TINY) for m in make_models(3)], device="cpu")
+    state = merge_target(pool, 0).state_dict()
+    merge(pool, into=state, alpha=0.2)
+    mean = next(n for n in pool.columns if n.endswith(".running_mean"))
+    count = next(n for n in state if n.endswith(".num_batches_tracked"))
+    for name in (mean, count):
+        state[name].set_(torch.full_like(state[name], -1))
+    merge(pool, into=state, alpha=0.6, start=3)
+    expected = merge(pool, alpha=0.6, start=3)
+    for name, value in expected.items():
+        assert torch.equal(state[name], value), name
+
+
 def test_an_unfilled_model_is_wholly_written_by_a_merge_and_by_a_load(make_models) -> None:
     """``build(init=False)`` does not fill the model's memory, so a merge into it or a load of
     a checkpoint must write every entry: poisoned first, it must come out equal to both."""

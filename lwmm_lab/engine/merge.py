@@ -430,10 +430,14 @@ class MergePlan:
             }
             return targets, Joined(None, (None,) * len(r.copied))
         targets = into.state_dict() if isinstance(into, nn.Module) else into
-        # A slider writes into the same tensors on every change: they are checked once.
-        seen = (id(targets), *map(id, targets.values()))
-        checked = r.kept("checked targets", dict)
-        if checked.get("last") != seen:
+        # A slider writes into the same tensors on every change: they are checked once (the
+        # last few targets are remembered, so two taking turns are not checked again). They
+        # are known by where their memory is, not by their Python objects: a tensor given other
+        # memory (``set_``) stays the same object, and a new object may reuse a freed one's
+        # id. The views kept below hold their memory alive, so no other tensor can be there.
+        seen = tuple(map(Tensor.data_ptr, targets.values()))
+        checked: dict[tuple[int, ...], Joined] = r.kept("checked targets", dict)
+        if seen not in checked:
             expected = {e.name: e.shape for e in self.layout.entries}
             hint = "; build it from the anchor's spec"
             check_compatible(expected, targets, "the target model", hint)
@@ -444,8 +448,10 @@ class MergePlan:
             ):
                 shared = None
             copied = tuple(_joined([targets[n] for n in names]) for names in r.copied)
-            checked["last"], checked["joined"] = seen, Joined(shared, copied)
-        return targets, checked["joined"]
+            while len(checked) >= 4:
+                del checked[next(iter(checked))]
+            checked[seen] = Joined(shared, copied)
+        return targets, checked[seen]
 
 
 @dataclass(frozen=True)
