@@ -232,6 +232,23 @@ def test_a_kept_target_whose_memory_moved_is_written_where_it_now_is(make_models
         assert torch.equal(state[name], value), name
 
 
+def test_a_merge_holds_no_reference_to_its_target(make_models) -> None:
+    """What the merge remembers of a target (its layout, checked once) holds none of its
+    memory, so a model merged into and then dropped is freed: the number of tensors that use
+    its buffer is the same before and after merges."""
+    pool = Pool([checkpoint_of(m, TINY) for m in make_models(2)], device="cpu")
+    state = merge_target(pool, 0).state_dict()
+    buffer = state[next(iter(pool.columns))].untyped_storage()
+
+    def users() -> int:
+        return torch._C._storage_Use_Count(buffer._cdata)
+
+    before = users()
+    merge(pool, into=state, alpha=0.3)
+    merge(pool, into=state, alpha=0.7, start=2)
+    assert users() == before
+
+
 def test_an_unfilled_model_is_wholly_written_by_a_merge_and_by_a_load(make_models) -> None:
     """``build(init=False)`` does not fill the model's memory, so a merge into it or a load of
     a checkpoint must write every entry: poisoned first, it must come out equal to both."""

@@ -417,7 +417,7 @@ class MergePlan:
 
     def _targets(
         self, into: nn.Module | MutableMapping[str, Tensor] | None
-    ) -> tuple[Mapping[str, Tensor], Joined]:
+    ) -> tuple[Mapping[str, Tensor], JoinedViews]:
         """Where the merged values go (a new state dict, or the given model's own tensors), and
         the target's tensors joined into flat views where :func:`lay_out` placed them so."""
         r = self.routes
@@ -428,13 +428,13 @@ class MergePlan:
                 e.name: torch.empty(e.shape, dtype=anchor_tensors[e.name].dtype, device=device)
                 for e in self.layout.entries
             }
-            return targets, Joined(None, (None,) * len(r.copied))
+            return targets, JoinedViews(None, (None,) * len(r.copied))
         targets = into.state_dict() if isinstance(into, nn.Module) else into
         # A slider writes into the same tensors on every change: they are checked once (the
         # last few targets are remembered, so two taking turns are not checked again). They
         # are known by where their memory is, not by their Python objects: a tensor given other
         # memory (``set_``) stays the same object, and a new object may reuse a freed one's
-        # id. The views kept below hold their memory alive, so no other tensor can be there.
+        # id. What is remembered holds no tensor, so a target let go is freed.
         seen = tuple(map(Tensor.data_ptr, targets.values()))
         checked: dict[tuple[int, ...], Joined] = r.kept("checked targets", dict)
         if seen not in checked:
@@ -447,18 +447,43 @@ class MergePlan:
                 shared.dtype != pool.flat.dtype or shared.device != pool.device
             ):
                 shared = None
-            copied = tuple(_joined([targets[n] for n in names]) for names in r.copied)
+            copied = [_joined([targets[n] for n in names]) for names in r.copied]
             while len(checked) >= 4:
                 del checked[next(iter(checked))]
-            checked[seen] = Joined(shared, copied)
-        return targets, checked[seen]
+            checked[seen] = Joined(
+                tuple(
+                    None if view is None else (names[0], view.numel())
+                    for view, names in zip(
+                        (shared, *copied), (tuple(pool.columns), *r.copied), strict=True
+                    )
+                )
+            )
+        return targets, checked[seen].views(targets)
 
 
 @dataclass(frozen=True)
 class Joined:
-    """A merge target's tensors seen as flat views, where they lie end to end in one buffer
-    (as :func:`lay_out` places them): ``shared`` (P,) in the pool's column order, and one view
-    per dtype group of the copied entries; None where the target's tensors do not lie so."""
+    """Where a merge target's tensors lie end to end in one buffer (as :func:`lay_out` places
+    them): for the pool's columns, then each dtype group of the copied entries, the name of the
+    group's first tensor and the group's length, or None where its tensors do not lie so."""
+
+    runs: tuple[tuple[str, int] | None, ...]
+
+    def views(self, targets: Mapping[str, Tensor]) -> JoinedViews:
+        """The flat views of ``targets`` over those runs."""
+        views = [
+            None
+            if run is None
+            else targets[run[0]].as_strided((run[1],), (1,), targets[run[0]].storage_offset())
+            for run in self.runs
+        ]
+        return JoinedViews(views[0], tuple(views[1:]))
+
+
+@dataclass(frozen=True)
+class JoinedViews:
+    """A target's flat views: ``shared`` (P,) in the pool's column order, and one per dtype
+    group of the copied entries (None where the target's tensors do not lie end to end)."""
 
     shared: Tensor | None
     copied: tuple[Tensor | None, ...]
