@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import os
@@ -9,9 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 from lwmm_lab import Checkpoint, Pool, make_plan, merged_model
 from lwmm_lab.analysis.comparison import add_one_at_a_time, heads_and_decoders
@@ -23,15 +29,23 @@ from lwmm_lab.analysis.discrepancy import (
     tensor_kind,
 )
 from lwmm_lab.analysis.evaluation import evaluate, val_set
-from lwmm_lab.analysis.qualitative import change_map, examples, iou_delta
+from lwmm_lab.analysis.qualitative import (
+    change_map,
+    examples,
+    examples_from_predictions,
+    iou_delta,
+)
 from lwmm_lab.analysis.sweeps import grid, run_sweep
 from lwmm_lab.cli import main
 from lwmm_lab.lab.figures import (
+    COLUMNS,
     bn_divergence_figure,
     comparison_figure,
     counts_figure,
     discrepancy_figure,
+    example_panel,
     iou_delta_figure,
+    panel_uri,
     qualitative_figure,
     rows_figure,
     save_figure,
@@ -40,6 +54,7 @@ from lwmm_lab.lab.figures import (
     sweep_curves,
     sweep_heatmap,
     task_vector_figure,
+    update_iou_delta_figure,
     update_schedule_figure,
 )
 from lwmm_lab.zoo import base_checkpoint, load_manifest, preset, select
@@ -119,6 +134,22 @@ def test_the_schedule_figure_follows_a_plan_in_place() -> None:
     assert shown(fig) == shown(fresh) and "alpha = 0.70" in fig.layout.title.text
     fig.data[0].customdata = (*fresh.data[0].customdata[:-1], "another.model.s.tensor")
     assert not update_schedule_figure(fig, moved), "other depth names: draw a new figure"
+
+
+def test_the_iou_delta_figure_follows_new_scores_in_place() -> None:
+    """The lab's bars (a FigureWidget) moved to new per-class changes equal bars drawn anew:
+    the classes scored, their values and their colours."""
+    fig = go.FigureWidget(iou_delta_figure({"road": 1.0, "car": -2.0, "bus": None}))
+    delta = {"road": -0.5, "car": None, "bus": 3.0, "sky": 0.0}
+    update_iou_delta_figure(fig, delta)
+    (fresh,) = iou_delta_figure(delta).data
+    bar = fig.data[0]
+    assert (list(bar.x), list(bar.y), list(bar.marker.color)) == (
+        list(fresh.x),
+        list(fresh.y),
+        list(fresh.marker.color),
+    )
+    assert list(bar.x) == ["road", "bus", "sky"] and bar.marker.color[0] != bar.marker.color[1]
 
 
 def test_change_map_codes() -> None:
@@ -282,6 +313,29 @@ def test_every_figure_is_a_plotly_figure(quick_zoo: Path, tmp_path: Path) -> Non
     page = save_html(figures, tmp_path / "all.html")
     assert page.read_text().count("plotly-graph-div") >= len(figures)
     assert not math.isnan(sum(v for v in delta.values() if v is not None))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    panoptic=st.booleans(),
+)
+def test_every_panel_is_sent_as_the_pixels_it_shows(seed: int, size, panoptic: bool) -> None:
+    """Each grid panel's PNG (indexed for label and change maps, RGB for the image and a
+    panoptic map) decodes to exactly the panel's RGB pixels: ignore, every class and every
+    change code included."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    maps = [torch.from_numpy(rng.choice([*range(19), 255], (1, h, w))) for _ in range(3)]
+    ids = tuple(torch.from_numpy(rng.integers(0, 3, (1, h, w))) for _ in range(3))
+    image = torch.from_numpy(rng.random((1, 3, h, w), dtype=np.float32))
+    (example,) = examples_from_predictions(image, *maps, [0], ids if panoptic else None)
+    for column in range(len(COLUMNS)):
+        uri = panel_uri(example, column)
+        png = base64.b64decode(uri.removeprefix("data:image/png;base64,"))
+        shown = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        np.testing.assert_array_equal(shown, example_panel(example, column))
 
 
 def test_png_export_works_or_says_what_is_missing(tmp_path: Path) -> None:

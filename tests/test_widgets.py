@@ -16,7 +16,7 @@ from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
 from lwmm_lab.cli import main
 from lwmm_lab.engine.model import merged_model
-from lwmm_lab.lab.figures import COLUMNS, example_panel, png_uri
+from lwmm_lab.lab.figures import COLUMNS, panel_uri
 from lwmm_lab.lab.widgets import DiscrepancyExplorer, LatestOnly, MergeLab, SweepExplorer
 from lwmm_lab.zoo import load_manifest, select
 from lwmm_lab.zoo.manifest import scenario_checkpoints
@@ -74,7 +74,7 @@ def test_the_grid_and_the_scores_are_the_current_merges(lab: MergeLab) -> None:
     shown = examples_from_predictions(
         images, labels, predict(anchor, images), predict(model, images), range(lab.shown)
     )
-    expected = [png_uri(example_panel(e, c)) for e in shown for c in range(len(COLUMNS))]
+    expected = [panel_uri(e, c) for e in shown for c in range(len(COLUMNS))]
     assert _images(lab.grid_fig) == expected
 
 

@@ -28,6 +28,8 @@ CHANGES = {
     "ignored": (0, 0, 0),
 }
 _CODE = {name: k for k, name in enumerate(CHANGES)}
+#: The change codes' colours, one RGB row per code (the palette of a change map).
+CHANGE_PALETTE = np.array(list(CHANGES.values()), dtype=np.uint8)
 
 
 @dataclass
@@ -48,8 +50,7 @@ class Example:
     instances: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def change_rgb(self) -> np.ndarray:
-        palette = np.array(list(CHANGES.values()), dtype=np.uint8)
-        return palette[self.changes]
+        return CHANGE_PALETTE[self.changes]
 
     def counts(self) -> dict[str, int]:
         return {name: int((self.changes == k).sum()) for name, k in _CODE.items()}

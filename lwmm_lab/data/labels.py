@@ -76,11 +76,15 @@ def to_model_index(classes: Sequence[int]) -> np.ndarray:
     return _lookup({c: k for k, c in enumerate(classes)}, 256)
 
 
+#: :data:`COLORS` for every uint8 trainId (ignore and the unused ids black): the palette of a
+#: label map shown as an indexed image.
+PALETTE = np.zeros((256, 3), dtype=np.uint8)
+PALETTE[: len(COLORS)] = COLORS
+
+
 def colorize(label: np.ndarray) -> np.ndarray:
     """RGB image of a trainId label map in Cityscapes colours; ignore is black."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(COLORS)] = COLORS
-    return palette[label]
+    return PALETTE[label]
 
 
 def colorize_panoptic(category: np.ndarray, instance: np.ndarray) -> np.ndarray:

@@ -54,9 +54,8 @@ from lwmm_lab.lab.figures import (
     change_color,
     counts_figure,
     discrepancy_figure,
-    example_panel,
     iou_delta_figure,
-    png_uri,
+    panel_uri,
     qualitative_figure,
     schedule_figure,
     sweep_heatmap,
@@ -603,7 +602,7 @@ class MergeLab(_Panel):
                 for c, key in _drawn_from(example).items():
                     k = r * len(COLUMNS) + c
                     if self._panel_keys.get(k) != key:
-                        images[k].source = png_uri(example_panel(example, c))
+                        images[k].source = panel_uri(example, c)
                         self._panel_keys[k] = key
 
     def _readout(self, anchor: Outputs, merged: Outputs) -> str:
