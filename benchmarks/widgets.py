@@ -10,14 +10,18 @@ start layer, printed with the median of each step (plan, merge, score, figures, 
 kernel's messages to the browser is not included; the browser test shows the update arriving
 there.
 
+On a GPU the previews' forward pass is replayed from a CUDA graph; ``--eager`` times it without
+(``LWMM_CUDA_GRAPHS=0``).
+
 The last line is machine-readable: ``slider_update_ms_median=<x> start_update_ms_median=<y>``.
 
-Usage: ``python benchmarks/widgets.py [--zoo data/zoo]``
+Usage: ``python benchmarks/widgets.py [--zoo data/zoo] [--eager]``
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -27,7 +31,10 @@ from lwmm_lab.lab.widgets import MergeLab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default=None)
+    parser.add_argument("--eager", action="store_true", help="no CUDA graphs on a GPU")
     args = parser.parse_args()
+    if args.eager:
+        os.environ["LWMM_CUDA_GRAPHS"] = "0"
     started = time.perf_counter()
     lab = MergeLab(zoo=args.zoo, background=False)
     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import segmentation_models_pytorch as smp
 import torch
 from hypothesis import given, settings
@@ -155,3 +156,37 @@ def test_a_batch_scorer_scores_each_part_as_on_its_own() -> None:
         alone = predict(model, images[part])
         assert torch.equal(pred[part], alone)
         assert torch.equal(counts[k], confusion(alone, labels[part], classes))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_gpu_batch_scorer_replays_a_graph_of_the_models_current_weights() -> None:
+    """On a GPU a model scored again is replayed from a CUDA graph: every call equals the
+    eager pass, after weights loaded in place (the graph reads them at replay, no new capture)
+    and after the model's memory moved (a new capture); a model in training mode is scored
+    eagerly."""
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        "Unet", "tu-resnet10t", 19, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
+    )
+    model, other = (
+        spec.build().cuda().eval().to(memory_format=torch.channels_last) for _ in range(2)
+    )
+    images = torch.rand(5, 3, 32, 64, device="cuda")
+    labels = torch.randint(19, (5, 32, 64), device="cuda")
+    graphed, eager = BatchScorer(images, labels, (2, 3)), BatchScorer(images, labels, (2, 3), False)
+
+    def same() -> bool:
+        return all(map(torch.equal, graphed(model), eager(model)))
+
+    assert same() and graphed.captures == 0, "a model scored once is not captured"
+    assert same() and same() and graphed.captures == 1
+    before = eager(model)[1]
+    model.load_state_dict(other.state_dict())
+    assert not torch.equal(eager(model)[1], before), "the new weights score otherwise"
+    assert same() and graphed.captures == 1, "weights loaded in place: the same graph"
+    for p in model.parameters():
+        p.data = p.data.clone()
+    assert same() and same() and graphed.captures == 2, "moved memory: a new graph"
+    model.train()
+    assert torch.equal(graphed(model)[1], eager(model)[1]) and graphed.captures == 2
