@@ -364,17 +364,20 @@ class MergePlan:
         pool, rule, r = self.pool, BN_RULES[self.config.bn], self.routes
         if not r.bn_modules:
             return
-        means = pool.flat[:, r.mean_index]
+        # The models' statistics, gathered from the stack once (the stack does not change).
+        means = r.kept("bn mean columns", lambda: pool.flat[:, r.mean_index])
         mean, mean_parts = r.kept("bn means", lambda: _buffer_with_parts(pool, r.means))
         torch.sum(means * table[r.mean_module].t(), 0, out=mean)
         if r.var_index.numel():
             var, var_parts = r.kept("bn variances", lambda: _buffer_with_parts(pool, r.variances))
             w = table[r.var_module].t()
-            torch.sum(pool.flat[:, r.var_index] * w, 0, out=var)
+            variances = r.kept("bn variance columns", lambda: pool.flat[:, r.var_index])
+            torch.sum(variances * w, 0, out=var)
             if rule.gaussian and r.mean_index.numel():
-                paired = r.var_mean >= 0
-                at = r.var_mean.clamp_min(0)
-                spread = ((means[:, at] - mean[at]).square() * w).sum(0)
+                paired, at, paired_means = r.kept(
+                    "bn paired means", lambda: _paired_means(r, means)
+                )
+                spread = ((paired_means - mean[at]).square() * w).sum(0)
                 var += torch.where(paired, spread, 0.0)
             if joined is None:
                 _copy_all([targets[n] for n in r.variances], var_parts)
@@ -901,6 +904,13 @@ def _column_rows(pool: Pool, layout: Layout) -> Tensor:
     sizes = torch.tensor([c.stop - c.start for c in pool.columns.values()])
     per_tensor = torch.tensor([rows[n] for n in pool.columns], dtype=torch.int32)
     return per_tensor.repeat_interleave(sizes).to(pool.device)
+
+
+def _paired_means(r: Routes, means: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Which variance columns have a shared mean, where it lies in ``means`` (the models' BN
+    means, gathered), and the models' means there (M, variance columns)."""
+    at = r.var_mean.clamp_min(0)
+    return r.var_mean >= 0, at, means[:, at]
 
 
 def _equal_weight_groups(weights: np.ndarray) -> list[tuple[int, ...]]:
