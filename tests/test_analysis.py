@@ -18,6 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from plotly.serializers import custom_serializers
 
 from lwmm_lab import Checkpoint, Pool, make_plan, merged_model
 from lwmm_lab.analysis.comparison import add_one_at_a_time, heads_and_decoders
@@ -134,6 +135,30 @@ def test_the_schedule_figure_follows_a_plan_in_place() -> None:
     assert shown(fig) == shown(fresh) and "alpha = 0.70" in fig.layout.title.text
     fig.data[0].customdata = (*fresh.data[0].customdata[:-1], "another.model.s.tensor")
     assert not update_schedule_figure(fig, moved), "other depth names: draw a new figure"
+
+
+def _buffers(value: object) -> list[memoryview]:
+    if isinstance(value, memoryview):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value
+    return [b for v in items for b in _buffers(v)] if isinstance(value, dict | list) else []
+
+
+def test_a_figure_moved_in_place_sends_what_a_frontend_can_receive() -> None:
+    """The update a lab FigureWidget sends when moved in place serialises (plotly's own widget
+    serialiser) to C-contiguous buffers only: the comm to the browser cannot send a strided
+    one, and a failed send stops the lab's update (the browser test caught this)."""
+    pool = Pool([Checkpoint({f"l{k}": torch.randn(2) for k in range(6)}) for _ in range(3)])
+    schedule = go.FigureWidget(schedule_figure(make_plan(pool, start=2, alpha=0.2)))
+    bars = go.FigureWidget(iou_delta_figure({"road": 1.0, "car": -2.0}))
+    sent: list[dict] = []
+    for fig in (schedule, bars):
+        fig.observe(lambda c: c.new and sent.append(c.new), ["_py2js_update", "_py2js_restyle"])
+    update_schedule_figure(schedule, make_plan(pool, anchor=1, start=3, alpha=0.7))
+    update_iou_delta_figure(bars, {"road": -0.5, "car": 3.0})
+    assert len(sent) == 2
+    buffers = _buffers(custom_serializers["to_json"](sent, None))
+    assert buffers and all(b.c_contiguous for b in buffers)
 
 
 def test_the_iou_delta_figure_follows_new_scores_in_place() -> None:

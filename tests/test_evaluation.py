@@ -169,9 +169,7 @@ def test_a_gpu_batch_scorer_replays_a_graph_of_the_models_current_weights() -> N
     spec = ModelSpec(
         "Unet", "tu-resnet10t", 19, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
     )
-    model, other = (
-        spec.build().cuda().eval().to(memory_format=torch.channels_last) for _ in range(2)
-    )
+    model, other = spec.build("cuda"), spec.build("cuda")
     images = torch.rand(5, 3, 32, 64, device="cuda")
     labels = torch.randint(19, (5, 32, 64), device="cuda")
     graphed, eager = BatchScorer(images, labels, (2, 3)), BatchScorer(images, labels, (2, 3), False)

@@ -159,7 +159,8 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
         or tuple(fig.data[0].customdata) != plan.layout.depth_names
     ):
         return False
-    restyle: dict[str, list] = {"y": list(weights.T)}
+    # Contiguous rows: a FigureWidget sends numpy arrays as raw buffers, which must be.
+    restyle: dict[str, list] = {"y": list(np.ascontiguousarray(weights.T))}
     names = [f"{m} (anchor)" if i == plan.anchor else m for i, m in enumerate(plan.pool.labels)]
     if names != [t.name for t in fig.data]:
         restyle["name"] = names
