@@ -141,8 +141,8 @@ class BatchScorer:
         return pred, torch.stack(counts)
 
     def _capture(self, model: nn.Module, seen: _Seen) -> None:
-        """Capture ``self._score(model)`` into ``seen`` (its graph and outputs), or say there
-        why the model is scored eagerly. Warmed up on a side stream first (lazy
+        """Capture ``self._score(model)`` into ``seen`` (its graph and outputs), or record
+        there why the model is scored eagerly. Warmed up on a side stream first (lazy
         initialisations stay out of the graph), then replayed once and compared with that
         eager pass."""
         graph = torch.cuda.CUDAGraph()

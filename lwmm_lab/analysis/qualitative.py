@@ -49,9 +49,6 @@ class Example:
     changes: np.ndarray
     instances: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def change_rgb(self) -> np.ndarray:
-        return CHANGE_PALETTE[self.changes]
-
     def counts(self) -> dict[str, int]:
         return {name: int((self.changes == k).sum()) for name, k in _CODE.items()}
 

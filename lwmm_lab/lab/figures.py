@@ -168,11 +168,10 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
     relayout: dict[str, Any] = {"title.text": _schedule_title(plan)}
     if line and shapes[line[0]].x0 != start:
         relayout[f"shapes[{line[0]}].x0"] = relayout[f"shapes[{line[0]}].x1"] = start
-        for k in (k for k, note in enumerate(notes) if note.name == "start"):
-            relayout[f"annotations[{k}].x"], relayout[f"annotations[{k}].text"] = (
-                start,
-                f"s = {start}",
-            )
+        for k, note in enumerate(notes):
+            if note.name == "start":
+                relayout[f"annotations[{k}].x"] = start
+                relayout[f"annotations[{k}].text"] = f"s = {start}"
     fig.plotly_update(restyle_data=restyle, relayout_data=relayout)
     return True
 
