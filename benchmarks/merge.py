@@ -213,8 +213,7 @@ def zoo_remerge(zoo: Path, repeats: int, device: str) -> tuple[float, float, int
 
     pool = Pool(scenario_checkpoints(load_manifest(zoo), "independent"), device=device)
     tensors = merge_target(pool, 0).state_dict()
-    depth = pool.layout().n_depth
-    settings = [{"alpha": (k % 11) / 10, "start": 1 + (7 * k) % depth} for k in range(repeats)]
+    settings = _slider_settings(pool, repeats)
     plans = []
 
     def plan(k: int) -> None:
@@ -247,8 +246,7 @@ def host_ms(zoo: Path, repeats: int) -> dict[str, float]:
     pool = Pool(checkpoints, device="cpu")
     plain = {k: v.clone() for k, v in checkpoints[0].tensors.items()}
     laid_out = engine.lay_out({k: v.clone() for k, v in plain.items()}, pool)
-    depth = pool.layout().n_depth
-    settings = [{"alpha": (k % 11) / 10, "start": 1 + (7 * k) % depth} for k in range(repeats)]
+    settings = _slider_settings(pool, repeats)
     plans = [make_plan(pool, **setting) for setting in settings]
     flat_sum = engine.FLAT_SUM["cpu"]
     engine.FLAT_SUM["cpu"] = True
@@ -264,6 +262,12 @@ def host_ms(zoo: Path, repeats: int) -> dict[str, float]:
         )
     finally:
         engine.FLAT_SUM["cpu"] = flat_sum
+
+
+def _slider_settings(pool: Pool, n: int) -> list[dict[str, float]]:
+    """``n`` slider-like changes of alpha and start over the pool's depths."""
+    depth = pool.layout().n_depth
+    return [{"alpha": (k % 11) / 10, "start": 1 + (7 * k) % depth} for k in range(n)]
 
 
 def _perturbed(t: torch.Tensor) -> torch.Tensor:

@@ -178,7 +178,7 @@ class _Seen:
     memory: tuple[int, ...]
     graph: torch.cuda.CUDAGraph | None = None
     eager: str | None = None
-    outputs: tuple[Tensor, Tensor] = ()
+    outputs: tuple[Tensor, ...] = ()
 
 
 def _memory(modules: Iterable[nn.Module]) -> tuple[int, ...]:
