@@ -11,9 +11,9 @@ one ``_foreach_lerp_`` per further group, with a per-tensor weight each, written
 the targets; on a GPU (:data:`FLAT_SUM`) the lerps run over whole rows of the stack instead,
 each column's weight gathered by its depth row. A target laid out like the stack
 (:func:`lay_out`: what :func:`~lwmm_lab.engine.model.merge_target` builds) takes those rows
-as they are, its BN statistics one indexed copy per kind and its other entries one copy per
-dtype; any other target gets multi-tensor copies.
-All BatchNorm layers are merged together from two gathers of the stacked statistics. Task
+as they are, its BN statistics one indexed copy and its other entries one copy per dtype;
+any other target gets multi-tensor copies. All BatchNorm layers are merged together, as one
+weighted sum over their statistics gathered from the stack once. Task
 arithmetic is the same weighted sum moved towards the base. Fisher and TIES run over blocks
 of consecutive columns of the stack (sized per device by :data:`BLOCK_COLUMNS`; on a GPU the
 zoo's whole model is one block), each column weighted by its tensor's depth row: one call per
@@ -358,35 +358,26 @@ class MergePlan:
     ) -> None:
         """Every BN layer's running statistics at once, by the BN rule: the weighted mean of
         the means, and of the variances (plus, for the Gaussian rules, the weighted spread of the
-        means around the merged mean: the moment-matched mixture). ``table``: the plan's
-        ``bn_table`` on the pool's device; ``joined``: the target's (P,) view, written with one
-        indexed copy per kind of statistic."""
+        means around the merged mean: the moment-matched mixture), as one weighted sum over all
+        the gathered statistics. ``table``: the plan's ``bn_table`` on the pool's device;
+        ``joined``: the target's (P,) view, written with one indexed copy."""
         pool, rule, r = self.pool, BN_RULES[self.config.bn], self.routes
-        if not r.bn_modules:
+        if not r.stats:
             return
         # The models' statistics, gathered from the stack once (the stack does not change).
-        means = r.kept("bn mean columns", lambda: pool.flat[:, r.mean_index])
-        mean, mean_parts = r.kept("bn means", lambda: _buffer_with_parts(pool, r.means))
-        torch.sum(means * table[r.mean_module].t(), 0, out=mean)
-        if r.var_index.numel():
-            var, var_parts = r.kept("bn variances", lambda: _buffer_with_parts(pool, r.variances))
-            w = table[r.var_module].t()
-            variances = r.kept("bn variance columns", lambda: pool.flat[:, r.var_index])
-            torch.sum(variances * w, 0, out=var)
-            if rule.gaussian and r.mean_index.numel():
-                paired, at, paired_means = r.kept(
-                    "bn paired means", lambda: _paired_means(r, means)
-                )
-                spread = ((paired_means - mean[at]).square() * w).sum(0)
-                var += torch.where(paired, spread, 0.0)
-            if joined is None:
-                _copy_all([targets[n] for n in r.variances], var_parts)
-            else:
-                joined.index_copy_(0, r.var_index, var)
+        stats = r.kept("bn columns", lambda: pool.flat[:, r.stat_index])
+        merged, parts = r.kept("bn merged", lambda: _buffer_with_parts(pool, r.stats))
+        w = table[r.stat_module].t()
+        torch.sum(stats * w, 0, out=merged)
+        n = r.n_means
+        if rule.gaussian and n:
+            paired, at, paired_means = r.kept("bn paired means", lambda: _paired_means(r, stats))
+            spread = ((paired_means - merged[at]).square() * w[:, n:]).sum(0)
+            merged[n:] += torch.where(paired, spread, 0.0)
         if joined is None:
-            _copy_all([targets[n] for n in r.means], mean_parts)
+            _copy_all([targets[name] for name in r.stats], parts)
         else:
-            joined.index_copy_(0, r.mean_index, mean)
+            joined.index_copy_(0, r.stat_index, merged)
 
     def _combine_blocks(
         self, method: Method, targets: Mapping[str, Tensor], joined: Tensor | None = None
@@ -713,9 +704,9 @@ class Routes:
     dtype (see :func:`_by_dtype`). The BN layers
     (``bn_modules``, each with the depth row of its first statistic and the models' counts,
     zeros where a model lacks one; ``counted`` names the layers whose counts are all known):
-    ``means`` / ``variances`` are their shared statistics, ``mean_index`` / ``var_index`` the
-    pool columns of all of them concatenated, ``mean_module`` / ``var_module`` each column's
-    layer, and ``var_mean`` each variance column's mean column in the gathered means (-1 where
+    ``stats`` are their shared statistics, the ``n_means`` columns of the means before those of
+    the variances, ``stat_index`` their pool columns concatenated, ``stat_module`` each
+    column's layer, and ``var_mean`` each variance column's mean column among them (-1 where
     the layer's mean is not shared). ``blocks`` cut the whole stack for the non-linear methods.
     """
 
@@ -728,12 +719,10 @@ class Routes:
     bn_rows: Tensor
     counts: Tensor
     counted: tuple[str, ...]
-    means: tuple[str, ...]
-    variances: tuple[str, ...]
-    mean_index: Tensor
-    mean_module: Tensor
-    var_index: Tensor
-    var_module: Tensor
+    stats: tuple[str, ...]
+    n_means: int
+    stat_index: Tensor
+    stat_module: Tensor
     var_mean: Tensor
     blocks: tuple[Block, ...]
     _parts: dict[int, tuple[Tensor, list[Tensor]]] = field(default_factory=dict, compare=False)
@@ -819,16 +808,12 @@ def _make_routes(pool: Pool, layout: Layout) -> Routes:
         bn_rows=torch.tensor(bn_rows, dtype=torch.int64),
         counts=torch.stack(counts) if counts else torch.zeros(0, pool.n_models, dtype=torch.int64),
         counted=tuple(counted),
-        means=tuple(means),
-        variances=tuple(variances),
-        mean_index=index(
-            [torch.arange(pool.columns[n].start, pool.columns[n].stop) for n in means]
+        stats=(*means, *variances),
+        n_means=sum(map(size, means)),
+        stat_index=index(
+            [torch.arange(pool.columns[n].start, pool.columns[n].stop) for n in means + variances]
         ),
-        mean_module=layer_of(means),
-        var_index=index(
-            [torch.arange(pool.columns[n].start, pool.columns[n].stop) for n in variances]
-        ),
-        var_module=layer_of(variances),
+        stat_module=layer_of(means + variances),
         var_mean=index(var_mean),
         blocks=_blocks(pool, {e.name: e.j - 1 for e in layout.entries if e.kind == "shared"}),
     )
@@ -906,11 +891,11 @@ def _column_rows(pool: Pool, layout: Layout) -> Tensor:
     return per_tensor.repeat_interleave(sizes).to(pool.device)
 
 
-def _paired_means(r: Routes, means: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Which variance columns have a shared mean, where it lies in ``means`` (the models' BN
-    means, gathered), and the models' means there (M, variance columns)."""
+def _paired_means(r: Routes, stats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Which variance columns have a shared mean, where it lies in ``stats`` (the models' BN
+    statistics, gathered, means first), and the models' means there (M, variance columns)."""
     at = r.var_mean.clamp_min(0)
-    return r.var_mean >= 0, at, means[:, at]
+    return r.var_mean >= 0, at, stats[:, at]
 
 
 def _equal_weight_groups(weights: np.ndarray) -> list[tuple[int, ...]]:
