@@ -235,6 +235,7 @@ def host_ms(zoo: Path, repeats: int) -> dict[str, float]:
     state dict."""
     from lwmm_lab.engine import merge as engine
     from lwmm_lab.engine.checkpoints import load_checkpoint
+    from lwmm_lab.engine.target import lay_out
     from lwmm_lab.zoo import load_manifest
     from lwmm_lab.zoo.manifest import scenario_checkpoints
 
@@ -245,7 +246,7 @@ def host_ms(zoo: Path, repeats: int) -> dict[str, float]:
         checkpoints.append(ckpt.with_tensors(one))
     pool = Pool(checkpoints, device="cpu")
     plain = {k: v.clone() for k, v in checkpoints[0].tensors.items()}
-    laid_out = engine.lay_out({k: v.clone() for k, v in plain.items()}, pool)
+    laid_out = lay_out({k: v.clone() for k, v in plain.items()}, pool)
     settings = _slider_settings(pool, repeats)
     plans = [make_plan(pool, **setting) for setting in settings]
     flat_sum = engine.FLAT_SUM["cpu"]

@@ -13,6 +13,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from lwmm_lab import BN_RULES, Checkpoint, Pool, layerwise_weights, make_plan, merge
 from lwmm_lab.engine import merge as merge_module
+from lwmm_lab.engine import routes as routes_module
+from lwmm_lab.engine import target as target_module
 from lwmm_lab.engine.methods import METHODS, BlockContext, trim_
 from lwmm_lab.engine.pool import as_row, is_bn_stat
 
@@ -307,7 +309,7 @@ def test_a_block_merges_as_its_tensors_one_by_one(checkpoints, method, density, 
     )
     width = data.draw(st.integers(1, pool.flat.shape[1]))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(merge_module, "BLOCK_COLUMNS", {"cpu": width})
+        patch.setattr(routes_module, "BLOCK_COLUMNS", {"cpu": width})
         pool.derived.clear()
         out = plan.run()
     combine = METHODS[method].combine
@@ -364,11 +366,11 @@ def test_a_merge_into_a_laid_out_target_equals_a_merge_into_a_new_one(
     anchor = data.draw(st.integers(0, pool.n_models - 1))
     model = _module_holding(dict(pool.checkpoints[anchor].tensors))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    merge_module.lay_out(model, pool, anchor)
+    target_module.lay_out(model, pool, anchor)
     state = model.state_dict()
     for name, value in before.items():
         assert torch.equal(state[name], value), "laying out keeps the values"
-    assert merge_module._joined([state[n] for n in pool.columns]) is not None
+    assert target_module._joined([state[n] for n in pool.columns]) is not None
     plan = make_plan(
         pool,
         method=method,

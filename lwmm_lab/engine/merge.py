@@ -10,45 +10,44 @@ operations over every shared tensor at once, ``_foreach_copy_`` of the first gro
 one ``_foreach_lerp_`` per further group, with a per-tensor weight each, written in place into
 the targets; on a GPU (:data:`FLAT_SUM`) the lerps run over whole rows of the stack instead,
 each column's weight gathered by its depth row. A target laid out like the stack
-(:func:`lay_out`: what :func:`~lwmm_lab.engine.model.merge_target` builds) takes those rows
-as they are, its BN statistics one indexed copy and its other entries one copy per dtype;
-any other target gets multi-tensor copies. All BatchNorm layers are merged together, as one
-weighted sum over their statistics gathered from the stack once. Task
-arithmetic is the same weighted sum moved towards the base. Fisher and TIES run over blocks
-of consecutive columns of the stack (sized per device by :data:`BLOCK_COLUMNS`; on a GPU the
-zoo's whole model is one block), each column weighted by its tensor's depth row: one call per
-block, not per tensor. Where the index structures this needs come from (:class:`Routes`) is
-worked out once per layout.
+(:mod:`lwmm_lab.engine.target`: what :func:`~lwmm_lab.engine.model.merge_target` builds)
+takes those rows as they are, its BN statistics one indexed copy and its other entries one
+copy per dtype; any other target gets multi-tensor copies. All BatchNorm layers are merged
+together, as one weighted sum over their statistics gathered from the stack once. Task
+arithmetic is the same weighted sum moved towards the base. Fisher and TIES run over blocks of
+consecutive columns of the stack, each column weighted by its tensor's depth row: one call per
+block, not per tensor. The index structures all this needs (:mod:`lwmm_lab.engine.routes`)
+are worked out once per layout.
 """
 
 from __future__ import annotations
 
 import html
-import itertools
 import json
 import os
 import shlex
-from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lwmm_lab._version import __version__
-from lwmm_lab.engine.checkpoints import check_compatible, save_checkpoint
+from lwmm_lab.engine.checkpoints import save_checkpoint
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, BlockContext, Method
 from lwmm_lab.engine.pool import (
     Layout,
     Pool,
     as_row,
     is_bn_stat,
-    lies_as_row,
     module_of,
     row_view,
 )
+from lwmm_lab.engine.routes import Routes, routes
+from lwmm_lab.engine.target import JoinedViews, joined_views
 from lwmm_lab.errors import LwmmError, check_finite, check_whole
 from lwmm_lab.files import sha256
 
@@ -413,7 +412,8 @@ class MergePlan:
         self, into: nn.Module | MutableMapping[str, Tensor] | None
     ) -> tuple[Mapping[str, Tensor], JoinedViews]:
         """Where the merged values go (a new state dict, or the given model's own tensors), and
-        the target's tensors joined into flat views where :func:`lay_out` placed them so."""
+        the target's tensors joined into flat views where
+        :func:`~lwmm_lab.engine.target.lay_out` placed them so."""
         r = self.routes
         anchor_tensors = self.pool.checkpoints[self.anchor].tensors
         if into is None:
@@ -424,142 +424,7 @@ class MergePlan:
             }
             return targets, JoinedViews(None, (None,) * len(r.copied))
         targets = into.state_dict() if isinstance(into, nn.Module) else into
-        # A slider writes into the same tensors on every change: they are checked once (the
-        # last few targets are remembered, so two taking turns are not checked again). They
-        # are known by where their memory is, not by their Python objects: a tensor given other
-        # memory (``set_``) stays the same object, and a new object may reuse a freed one's
-        # id. What is remembered holds no tensor, so a target let go is freed.
-        seen = tuple(map(Tensor.data_ptr, targets.values()))
-        checked: dict[tuple[int, ...], Joined] = r.kept("checked targets", dict)
-        if seen not in checked:
-            expected = {e.name: e.shape for e in self.layout.entries}
-            hint = "; build it from the anchor's spec"
-            check_compatible(expected, targets, "the target model", hint)
-            pool = self.pool
-            shared = _joined([targets[n] for n in pool.columns])
-            if shared is not None and (
-                shared.dtype != pool.flat.dtype or shared.device != pool.device
-            ):
-                shared = None
-            copied = [_joined([targets[n] for n in names]) for names in r.copied]
-            while len(checked) >= 4:
-                del checked[next(iter(checked))]
-            checked[seen] = Joined(
-                tuple(
-                    None if view is None else (names[0], view.numel())
-                    for view, names in zip(
-                        (shared, *copied), (tuple(pool.columns), *r.copied), strict=True
-                    )
-                )
-            )
-        return targets, checked[seen].views(targets)
-
-
-@dataclass(frozen=True)
-class Joined:
-    """Where a merge target's tensors lie end to end in one buffer (as :func:`lay_out` places
-    them): for the pool's columns, then each dtype group of the copied entries, the name of the
-    group's first tensor and the group's length, or None where its tensors do not lie so."""
-
-    runs: tuple[tuple[str, int] | None, ...]
-
-    def views(self, targets: Mapping[str, Tensor]) -> JoinedViews:
-        """The flat views of ``targets`` over those runs."""
-        views = [
-            None
-            if run is None
-            else targets[run[0]].as_strided((run[1],), (1,), targets[run[0]].storage_offset())
-            for run in self.runs
-        ]
-        return JoinedViews(views[0], tuple(views[1:]))
-
-
-@dataclass(frozen=True)
-class JoinedViews:
-    """A target's flat views: ``shared`` (P,) in the pool's column order, and one per dtype
-    group of the copied entries (None where the target's tensors do not lie end to end)."""
-
-    shared: Tensor | None
-    copied: tuple[Tensor | None, ...]
-
-
-Target = TypeVar("Target", nn.Module, MutableMapping[str, Tensor])
-
-
-def lay_out(target: Target, pool: Pool, anchor: int = 0) -> Target:
-    """Place the tensors of ``target`` (a model or a state dict) end to end in flat buffers,
-    keeping their values: the ones the pool stacks in its column order, the rest (the anchor's
-    own, the integer counts) one buffer per dtype in the anchor's order. Returns ``target``.
-    Tensors on the ``meta`` device (a model built without memory) get their memory this way,
-    and no values.
-
-    A merge into a laid-out target writes whole rows: one kernel per step instead of a
-    multi-tensor copy into every tensor (launches, not bandwidth, bound a GPU re-merge of a
-    small model). A model's tensors stay ordinary parameters and buffers (views, convolution
-    weights channels last as :func:`~lwmm_lab.engine.pool.as_row` lays them; a tensor starts
-    16-byte aligned when the sizes before it are multiples of four, as every smp model's
-    are). A target whose tensors do not match the anchor's names, shapes and, for the stacked
-    ones, the pool's dtype is left as it is (a merge checks it and says why).
-    """
-    layout = pool.layout(anchor)
-    anchor_tensors = pool.checkpoints[layout.anchor].tensors
-    state = target.state_dict(keep_vars=True) if isinstance(target, nn.Module) else target
-    if any(
-        name not in state or state[name].shape != anchor_tensors[name].shape
-        for name in anchor_tensors
-    ):
-        return target
-    r = routes(pool, layout)
-    places = (pool.device, torch.device("meta"))
-    for k, names in enumerate([tuple(pool.columns), *r.copied]):
-        dtype = pool.flat.dtype if k == 0 else anchor_tensors[names[0]].dtype
-        if any(state[n].dtype != dtype or state[n].device not in places for n in names):
-            continue
-        sizes = [state[n].numel() for n in names]
-        pieces = torch.empty(sum(sizes), dtype=dtype, device=pool.device).split(sizes)
-        for name, piece in zip(names, pieces, strict=True):
-            old, view = state[name], row_view(piece, state[name].shape)
-            if not old.is_meta:
-                with torch.no_grad():
-                    view.copy_(old)
-            if isinstance(target, nn.Module):
-                _put(target, name, view)
-            else:
-                target[name] = view
-    return target
-
-
-def _put(model: nn.Module, name: str, value: Tensor) -> None:
-    """Make ``value`` the model's tensor ``name``: a parameter keeps its object (what refers to
-    it still does) unless it has no memory yet (meta), a buffer is replaced."""
-    owner, _, leaf = name.rpartition(".")
-    module = model.get_submodule(owner)
-    old = module._parameters.get(leaf)
-    if old is None:
-        module._buffers[leaf] = value
-    elif old.is_meta:
-        module._parameters[leaf] = nn.Parameter(value, old.requires_grad)
-    else:
-        old.data = value
-
-
-def _joined(tensors: list[Tensor]) -> Tensor | None:
-    """One 1-D view over ``tensors`` when they lie end to end, in this order, in one storage,
-    each in its :func:`~lwmm_lab.engine.pool.as_row` order (one dtype and device); else None."""
-    first = tensors[0]
-    storage, start = first.untyped_storage().data_ptr(), first.storage_offset()
-    offset = start
-    for t in tensors:
-        if (
-            t.storage_offset() != offset
-            or not lies_as_row(t)
-            or t.dtype != first.dtype
-            or t.device != first.device
-            or t.untyped_storage().data_ptr() != storage
-        ):
-            return None
-        offset += t.numel()
-    return first.as_strided((offset - start,), (1,), start)
+        return targets, joined_views(targets, self.pool, self.layout)
 
 
 def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> MergePlan:
@@ -661,13 +526,6 @@ def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
     return shlex.join([*words, "-o", str(output)])
 
 
-#: The most columns a non-linear method sees at once, by device (a larger tensor is a block of
-#: its own). On a GPU a block is big, so a merge is a few launches: the zoo's model (1.4M
-#: values) is one block, an smp Unet/resnet18 (14.3M) four, and the temporaries stay a few
-#: ``(M, 4M)`` arrays. On a CPU, blocks of 64K columns keep the temporaries in cache: measured
-#: on the Unet/resnet18 at M = 5, Fisher takes 197 ms with them and 393 ms with 2M columns.
-BLOCK_COLUMNS = {"cuda": 1 << 22, "cpu": 1 << 16}
-
 #: Devices where a weighted sum of two groups or more (layer-wise, or any schedule whose
 #: models do not all weigh the same) runs over whole rows of the stack: each column's weight
 #: gathered from the plan's (Np,) weights by the column's depth row, one ``lerp`` per further
@@ -677,192 +535,11 @@ BLOCK_COLUMNS = {"cuda": 1 << 22, "cpu": 1 << 16}
 FLAT_SUM = {"cuda": True, "cpu": False}
 
 
-@dataclass(frozen=True)
-class Block:
-    """Consecutive tensors of the pool's stack, merged by one call of a non-linear method.
-
-    ``columns``: their columns in the stack; ``names`` and ``sizes`` the tensors in order;
-    ``rows`` (on the pool's device) each tensor's depth row j - 1 and ``repeats`` its size, to
-    spread the schedule over the columns; ``written``: which of them the method's result is
-    kept for (the BatchNorm statistics are merged by the BN rule instead).
-    """
-
-    columns: slice
-    names: tuple[str, ...]
-    sizes: tuple[int, ...]
-    rows: Tensor
-    repeats: Tensor
-    written: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Routes:
-    """Where a merge's values come from and go to, for one layout; worked out once.
-
-    ``weights``: the shared tensors a method merges (not BN statistics), with their depth row
-    (j - 1), columns and shapes. ``copied``: anchor-only and integer entries, grouped by
-    dtype (see :func:`_by_dtype`). The BN layers
-    (``bn_modules``, each with the depth row of its first statistic and the models' counts,
-    zeros where a model lacks one; ``counted`` names the layers whose counts are all known):
-    ``stats`` are their shared statistics, the ``n_means`` columns of the means before those of
-    the variances, ``stat_index`` their pool columns concatenated, ``stat_module`` each
-    column's layer, and ``var_mean`` each variance column's mean column among them (-1 where
-    the layer's mean is not shared). ``blocks`` cut the whole stack for the non-linear methods.
-    """
-
-    weights: tuple[str, ...]
-    weight_rows: Tensor
-    weight_cols: tuple[slice, ...]
-    shapes: tuple[torch.Size, ...]
-    copied: tuple[tuple[str, ...], ...]
-    bn_modules: tuple[str, ...]
-    bn_rows: Tensor
-    counts: Tensor
-    counted: tuple[str, ...]
-    stats: tuple[str, ...]
-    n_means: int
-    stat_index: Tensor
-    stat_module: Tensor
-    var_mean: Tensor
-    blocks: tuple[Block, ...]
-    _parts: dict[int, tuple[Tensor, list[Tensor]]] = field(default_factory=dict, compare=False)
-    _kept: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def kept(self, key: str, make: Callable[[], Any]) -> Any:
-        """``make()`` the first time ``key`` is asked for, then the same object: the buffers
-        and index rows a merge reuses (made only on the paths that need them)."""
-        if key not in self._kept:
-            self._kept[key] = make()
-        return self._kept[key]
-
-    def parts(self, rows: list[Tensor]) -> list[list[Tensor]]:
-        """Each row (P,) cut into the merged tensors' shapes, as views. The views of the rows of
-        the latest call are kept for the next (making 2 x 250 views costs more than merging a
-        small model), and only those: the cache never holds a row the pool has let go."""
-        held = {}
-        for row in rows:
-            cached = self._parts.get(id(row))
-            if cached is None or cached[0] is not row:
-                pairs = zip(self.weight_cols, self.shapes, strict=True)
-                cached = (row, [row_view(row[c], s) for c, s in pairs])
-            held[id(row)] = cached
-        self._parts.clear()
-        self._parts.update(held)
-        return [held[id(row)][1] for row in rows]
-
-
-def routes(pool: Pool, layout: Layout) -> Routes:
-    """The :class:`Routes` of ``layout`` in ``pool`` (built on first use, then kept)."""
-    key = (layout.anchor, layout.granularity)
-    if key not in pool.derived:
-        pool.derived[key] = _make_routes(pool, layout)
-    return pool.derived[key]
-
-
-def _make_routes(pool: Pool, layout: Layout) -> Routes:
-    weights, rows, copied, layers, bn_rows = [], [], [], {}, []
-    means, variances = [], []
-    for e in layout.entries:
-        if e.kind != "shared":
-            copied.append(e.name)
-        elif is_bn_stat(e.name):
-            if module_of(e.name) not in layers:
-                layers[module_of(e.name)] = len(layers)
-                bn_rows.append(e.j - 1)
-            (means if e.name.endswith(".running_mean") else variances).append(e.name)
-        else:
-            weights.append(e.name)
-            rows.append(e.j - 1)
-    counts, counted = [], []
-    for layer in layers:
-        n = _counts(pool, f"{layer}.num_batches_tracked")
-        counts.append(torch.zeros(pool.n_models, dtype=torch.int64) if n is None else n)
-        if n is not None:
-            counted.append(f"{layer}.num_batches_tracked")
-
-    def size(name: str) -> int:
-        return pool.columns[name].stop - pool.columns[name].start
-
-    def index(parts: list[Tensor]) -> Tensor:
-        return torch.cat([torch.zeros(0, dtype=torch.int64), *parts]).to(pool.device)
-
-    def layer_of(names: list[str]) -> Tensor:
-        return index([torch.full((size(n),), layers[module_of(n)]) for n in names])
-
-    starts = itertools.accumulate(map(size, means), initial=0)  # one more than there are means
-    offsets = dict(zip(map(module_of, means), starts, strict=False))
-    var_mean = [
-        torch.arange(size(n)) + offsets[module_of(n)]
-        if module_of(n) in offsets
-        else torch.full((size(n),), -1)
-        for n in variances
-    ]
-    anchor = pool.checkpoints[layout.anchor].tensors
-    return Routes(
-        weights=tuple(weights),
-        weight_rows=torch.tensor(rows, dtype=torch.int64),
-        weight_cols=tuple(pool.columns[n] for n in weights),
-        shapes=tuple(anchor[n].shape for n in weights),
-        copied=_by_dtype(tuple(copied), anchor),
-        bn_modules=tuple(layers),
-        bn_rows=torch.tensor(bn_rows, dtype=torch.int64),
-        counts=torch.stack(counts) if counts else torch.zeros(0, pool.n_models, dtype=torch.int64),
-        counted=tuple(counted),
-        stats=(*means, *variances),
-        n_means=sum(map(size, means)),
-        stat_index=index(
-            [torch.arange(pool.columns[n].start, pool.columns[n].stop) for n in means + variances]
-        ),
-        stat_module=layer_of(means + variances),
-        var_mean=index(var_mean),
-        blocks=_blocks(pool, {e.name: e.j - 1 for e in layout.entries if e.kind == "shared"}),
-    )
-
-
-def _blocks(pool: Pool, rows: Mapping[str, int]) -> tuple[Block, ...]:
-    """The pool's columns cut at tensor boundaries into blocks of at most the device's
-    :data:`BLOCK_COLUMNS`."""
-    limit = BLOCK_COLUMNS.get(pool.device.type, BLOCK_COLUMNS["cpu"])
-    runs: list[list[str]] = [[]]
-    width = 0
-    for name, cols in pool.columns.items():
-        size = cols.stop - cols.start
-        if runs[-1] and width + size > limit:
-            runs.append([])
-            width = 0
-        runs[-1].append(name)
-        width += size
-    blocks = []
-    for names in runs:
-        sizes = tuple(pool.columns[n].stop - pool.columns[n].start for n in names)
-        blocks.append(
-            Block(
-                columns=slice(pool.columns[names[0]].start, pool.columns[names[-1]].stop),
-                names=tuple(names),
-                sizes=sizes,
-                rows=torch.tensor([rows[n] for n in names], device=pool.device),
-                repeats=torch.tensor(sizes, device=pool.device),
-                written=tuple(k for k, n in enumerate(names) if not is_bn_stat(n)),
-            )
-        )
-    return tuple(blocks)
-
-
 def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:
     """``target.copy_(source)`` for every pair, as one multi-tensor copy (one kernel per few
     hundred tensors on a GPU when the tensors share a dtype: see :func:`_by_dtype`)."""
     if targets:
         torch._foreach_copy_(targets, sources)
-
-
-def _by_dtype(names: tuple[str, ...], tensors: Mapping[str, Tensor]) -> tuple[tuple[str, ...], ...]:
-    """``names`` grouped by their tensors' dtype: a multi-tensor copy over tensors of one dtype
-    takes CUDA's fused path; a list that mixes dtypes (the anchor's float-only tensors beside
-    the integer BN counts) falls back to one copy per tensor."""
-    groups: dict[torch.dtype, list[str]] = {}
-    for name in names:
-        groups.setdefault(tensors[name].dtype, []).append(name)
-    return tuple(tuple(group) for group in groups.values())
 
 
 def _summed_counts(pool: Pool, names: tuple[str, ...]) -> list[Tensor]:
@@ -906,14 +583,6 @@ def _equal_weight_groups(weights: np.ndarray) -> list[tuple[int, ...]]:
     for i, column in enumerate(np.ascontiguousarray(weights.T)):
         groups[column.tobytes()] = (*groups.get(column.tobytes(), ()), i)
     return list(groups.values())
-
-
-def _counts(pool: Pool, name: str) -> Tensor | None:
-    """Each model's ``num_batches_tracked`` for one BN layer, or None when some lack it."""
-    values = [ck.tensors.get(name) for ck in pool.checkpoints]
-    if any(v is None or v.is_floating_point() or v.numel() != 1 for v in values):
-        return None
-    return torch.stack([v.reshape(()) for v in values]).to("cpu", torch.int64)
 
 
 def _resolve_start(start: int | None, start_frac: float | None, n_depth: int) -> int:

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from lwmm_lab.engine.checkpoints import Checkpoint, check_compatible, load_checkpoint
-from lwmm_lab.engine.merge import MergeConfig, lay_out, make_plan
+from lwmm_lab.engine.merge import MergeConfig, make_plan
 from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.engine.spec import ModelSpec
+from lwmm_lab.engine.target import lay_out
 from lwmm_lab.errors import LwmmError
 
 
@@ -47,7 +48,7 @@ def merged_model(
 def merge_target(pool: Pool, anchor: int) -> nn.Module:
     """The module merges with this anchor are written into: the anchor's architecture on the
     pool's device, left unfilled (a merge writes every entry of its state dict), its tensors
-    laid out in the pool's column order (:func:`~lwmm_lab.engine.merge.lay_out`) so that a
+    laid out in the pool's column order (:func:`~lwmm_lab.engine.target.lay_out`) so that a
     merge writes whole rows into it."""
     spec = require_spec(pool.checkpoints[anchor])
     # Laid out from the meta device, the memory is allocated once, already in place.

@@ -13,7 +13,7 @@ The shared tensors of all M models live in one flat ``(M, P)`` buffer on the poo
 a new merge with other settings is one fused weighted sum per tensor: no file I/O, no copies.
 Each tensor's columns hold its values in the order the lab's models keep them in memory
 (:func:`as_row`: channels last for convolution weights), so that a model's tensors can be
-views of one row (:func:`lwmm_lab.engine.merge.lay_out`).
+views of one row (:func:`lwmm_lab.engine.target.lay_out`).
 
 With ``align=`` the models are first aligned to one of them by weight matching
 (:mod:`lwmm_lab.engine.align`): their Unet decoder channels are permuted, as they are read, to
