@@ -181,12 +181,39 @@ def test_a_damaged_file_loads_or_is_refused_in_one_line(
     path = tmp_path_factory.mktemp("damaged") / f"damaged{suffix}"
     path.write_bytes(bytes(data))
     for read in (load_checkpoint, peek_checkpoint):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DepthOrderWarning)
+        with warnings.catch_warnings(record=True) as leaked:
+            warnings.simplefilter("always")
+            warnings.simplefilter("ignore", DepthOrderWarning)
+            try:
                 read(path)
-        except LwmmError as e:
-            assert str(e).startswith(str(path)) and "\n" not in str(e)
+            except LwmmError as e:
+                assert str(e).startswith(str(path)) and "\n" not in str(e)
+        assert not leaked, [str(w.message) for w in leaked]
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_pickle_of_a_newer_protocol_is_refused_naming_it(
+    tmp_path: Path, zip_format: bool
+) -> None:
+    """torch's weights-only reader follows pickle protocols 2 and 3, not 4 and 5 (which
+    ``torch.save`` writes when asked, e.g. for objects over 4 GB): the error names the protocol
+    in one line, and torch's own note on the protocol does not leak out."""
+    for protocol in (2, 3, 4, 5):
+        path = tmp_path / f"p{protocol}.pt"
+        sd = {"w": torch.ones(2)}
+        torch.save(sd, path, pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+        with warnings.catch_warnings(record=True) as leaked:
+            warnings.simplefilter("always")
+            if protocol <= 3:
+                assert torch.equal(load_checkpoint(path).tensors["w"], sd["w"])
+            else:
+                with pytest.raises(
+                    LwmmError,
+                    match=rf"p{protocol}\.pt: saved with pickle protocol {protocol}, .*safetensors",
+                ) as e:
+                    load_checkpoint(path)
+                assert "\n" not in str(e.value)
+        assert not leaked, [str(w.message) for w in leaked]
 
 
 def test_nan_is_refused_naming_the_tensor(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch.serialization import DEFAULT_PROTOCOL
 
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.spec import ModelSpec
@@ -230,8 +232,13 @@ def _warn_unknown_order(path: Path) -> None:
 
 
 def _read_pickle(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, every failure one :class:`LwmmError` line. Torch's
+    note on a pickle protocol other than its default is not passed on: the file is read, or
+    the error says which protocol its weights-only reader could not follow."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
@@ -240,11 +247,37 @@ def _read_pickle(path: Path) -> Any:
                 "reads pickles only with torch.load(weights_only=True). Re-save it as a plain "
                 "state dict or as safetensors"
             ) from None
-        raise LwmmError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        reason = reason.group(1).strip() if reason else _first_line(e)
+        protocol = _pickle_protocol(path)
+        if protocol is not None and protocol > DEFAULT_PROTOCOL:
+            raise LwmmError(
+                f"{path}: saved with pickle protocol {protocol}, which torch.load("
+                f"weights_only=True) cannot read ({reason}); re-save it with torch.save's "
+                "default protocol, or as safetensors"
+            ) from None
+        raise LwmmError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     except Exception as e:  # a damaged pickle can fail anywhere in the unpickler
         raise LwmmError(
             f"{path}: not a readable PyTorch checkpoint (corrupt or truncated: {_first_line(e)})"
         ) from None
+
+
+def _pickle_protocol(path: Path) -> int | None:
+    """The protocol of a torch pickle's data (``PROTO n`` opening its ``data.pkl`` in the zip
+    format, or its first pickle in the legacy one), when it is a valid one; else None."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                head = archive.read(name)[:2]
+        else:
+            head = path.read_bytes()[:2]
+    except Exception:  # best effort, for the message: a damaged archive fails anywhere
+        return None
+    if len(head) == 2 and head[0] == pickle.PROTO[0] and head[1] <= pickle.HIGHEST_PROTOCOL:
+        return head[1]
+    return None
 
 
 def _select_submodel(obj: Any, path: Path, submodel: str | None) -> dict[str, torch.Tensor]:
