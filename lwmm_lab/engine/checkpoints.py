@@ -272,7 +272,8 @@ def _pickle_protocol(path: Path) -> int | None:
                 name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
                 head = archive.read(name)[:2]
         else:
-            head = path.read_bytes()[:2]
+            with path.open("rb") as file:
+                head = file.read(2)
     except Exception:  # best effort, for the message: a damaged archive fails anywhere
         return None
     if len(head) == 2 and head[0] == pickle.PROTO[0] and head[1] <= pickle.HIGHEST_PROTOCOL:
