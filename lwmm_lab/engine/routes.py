@@ -53,10 +53,10 @@ class Routes:
     dtype (see :func:`_by_dtype`). The BN layers
     (``bn_modules``, each with the depth row of its first statistic and the models' counts,
     zeros where a model lacks one; ``counted`` names the layers whose counts are all known):
-    ``stats`` are their shared statistics, the ``n_means`` columns of the means before those of
-    the variances, ``stat_index`` their pool columns concatenated, ``stat_module`` each
-    column's layer, and ``var_mean`` each variance column's mean column among them (-1 where
-    the layer's mean is not shared). ``blocks`` cut the whole stack for the non-linear methods.
+    ``stats`` are their shared statistics, the means first (``n_means`` columns), then the
+    variances; ``stat_index`` their pool columns concatenated, ``stat_module`` each column's
+    layer, and ``var_mean`` each variance column's mean column among them (-1 where the
+    layer's mean is not shared). ``blocks`` cut the whole stack for the non-linear methods.
     """
 
     weights: tuple[str, ...]
