@@ -18,9 +18,10 @@
 #
 # Everything in the lab works on real files too:
 #
-# - checkpoints: `.safetensors`; `.pt/.pth/.bin` (read only with `torch.load(weights_only=True)`),
-#   mmseg/DAFormer files (`model.` student, `ema_model.` teacher, `imnet_model.`), `module.`
-#   prefixes, and directories written by smp's `save_pretrained`;
+# - checkpoints: `.safetensors`; `.pt/.pth/.bin` and Lightning's `.ckpt` (read only with
+#   `torch.load(weights_only=True)`), mmseg/DAFormer files (`model.` student, `ema_model.`
+#   teacher, `imnet_model.`), `module.` prefixes, and directories written by smp's
+#   `save_pretrained`;
 # - datasets: Cityscapes, GTA5 and SYNTHIA folders in their own layouts.
 #
 # Set the paths below to your files. Without them, this notebook writes small stand-ins in the

@@ -117,13 +117,25 @@ def test_missing_submodel_is_named(tmp_path: Path) -> None:
         lambda sd: {f"module.{k}": v for k, v in sd.items()},
         lambda sd: {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}},
         lambda sd: {"model": sd, "optimizer": {"param_groups": []}},
+        lambda sd: {
+            "epoch": 3,
+            "global_step": 1200,
+            "pytorch-lightning_version": "2.4.0",
+            "state_dict": {f"model.{k}": v for k, v in sd.items()},
+            "optimizer_states": [{"state": {0: {"momentum_buffer": torch.ones(2)}}}],
+            "lr_schedulers": [],
+            "hyper_parameters": {"lr": 0.01, "arch": "Unet"},
+        },
     ],
-    ids=["dataparallel", "maxsquare", "model-key"],
+    ids=["dataparallel", "maxsquare", "model-key", "lightning"],
 )
 def test_pickle_layouts(tmp_path: Path, layout) -> None:
+    """The layouts training code saves, each read back as the model's own state dict (a
+    Lightning module's ``.ckpt``: its ``model.`` attribute's tensors among the loop's state)."""
     sd = perturbed_model(TINY, 5).state_dict()
-    torch.save(layout(sd), tmp_path / "c.pt")
-    ckpt = load_checkpoint(tmp_path / "c.pt")
+    suffix = ".ckpt" if "pytorch-lightning_version" in layout({}) else ".pt"
+    torch.save(layout(sd), tmp_path / f"c{suffix}")
+    ckpt = load_checkpoint(tmp_path / f"c{suffix}")
     assert list(ckpt.tensors) == list(sd)
     assert all(torch.equal(ckpt.tensors[k], v) for k, v in sd.items())
 

@@ -28,7 +28,7 @@ from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.errors import DepthOrderWarning, LwmmError
 from lwmm_lab.files import atomic_path, output_path
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 #: Sub-models of an mmseg/DAFormer checkpoint: student, EMA teacher, ImageNet feature model.
 SUBMODELS = ("model", "ema_model", "imnet_model")
 #: Keys under which training scripts nest the state dict.
@@ -87,11 +87,12 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Read a checkpoint file or smp ``save_pretrained`` directory onto the CPU.
 
-    Pickles (``.pt/.pth/.bin``) are read only with ``torch.load(weights_only=True)``; one that
-    needs code is refused. Nested ``{'state_dict': ...}`` / ``{'model': ...}`` layouts are
-    unwrapped, ``module.`` prefixes stripped, and for mmseg/DAFormer files ``submodel`` picks
-    ``model`` (the student, the default), ``ema_model`` or ``imnet_model``. A floating tensor
-    with NaN or Inf is refused, naming it.
+    Pickles (``.pt/.pth/.bin``, and Lightning's ``.ckpt``) are read only with
+    ``torch.load(weights_only=True)``; one that needs code is refused. Nested
+    ``{'state_dict': ...}`` / ``{'model': ...}`` layouts are unwrapped, ``module.`` prefixes
+    stripped, and for mmseg/DAFormer files (or a Lightning module's ``model.`` attribute)
+    ``submodel`` picks ``model`` (the student, the default), ``ema_model`` or ``imnet_model``.
+    A floating tensor with NaN or Inf is refused, naming it.
     """
     ckpt = _read(Path(path), submodel, meta=False)
     if check_finite:
@@ -172,7 +173,7 @@ def _read(path: Path, submodel: str | None, meta: bool) -> Checkpoint:
             tensors = {k: v.to("meta") for k, v in tensors.items()}
         return Checkpoint(tensors, path)
     raise LwmmError(
-        f"{path}: unknown checkpoint format (expected .safetensors, .pt, .pth, .bin "
+        f"{path}: unknown checkpoint format (expected .safetensors, .pt, .pth, .bin, .ckpt "
         "or a directory written by smp's save_pretrained)"
     )
 
