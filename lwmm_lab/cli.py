@@ -313,6 +313,8 @@ def _merge(args: argparse.Namespace) -> int:
         f"wrote {path}: {c.method} ({plan.schedule} schedule) of {pool.n_models} models, "
         f"anchor [{plan.anchor}] {pool.labels[plan.anchor]}, Np={plan.layout.n_depth}, bn {c.bn}"
     )
+    for note in plan.notes():
+        print(f"note: {note}")
     return 0
 
 

@@ -310,6 +310,11 @@ def test_different_heads_and_decoders_come_from_the_anchor(tmp_path: Path) -> No
             "decoder": "anchor-only",
             "segmentation_head": "anchor-only",
         }
+        own = [r["name"] for r in plan.rows() if r["kind"] == "anchor-only"]
+        (note,) = [n for n in plan.notes() if "not merged" in n]
+        others = ", ".join(f"[{i}] m{i}" for i in range(3) if i != anchor)
+        assert note.startswith(f"{len(own)} of the anchor's tensors are copied from it")
+        assert f"as {others} lack them or have another shape: {own[0]}, " in note
         model = merged_model(pool, anchor=anchor)
         with torch.no_grad():
             assert model(torch.randn(1, 3, 64, 64)).shape[1] == spec.classes
@@ -317,6 +322,7 @@ def test_different_heads_and_decoders_come_from_the_anchor(tmp_path: Path) -> No
         for name, value in model.state_dict().items():
             if not name.startswith("encoder."):
                 assert torch.equal(value, anchor_head[name])
+    assert not any("not merged" in n for n in make_plan(Pool(paths[:1], device="cpu")).notes())
 
 
 def test_saved_merge_records_provenance_and_rebuilds_the_same_model(
