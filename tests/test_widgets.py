@@ -93,9 +93,14 @@ def test_scenario_chooser_and_alignment(lab: MergeLab, quick_zoo: Path) -> None:
     manifest = load_manifest(quick_zoo)
     assert lab.scenario.value == "independent", "the lab opens on the knobs that bite"
     assert list(lab.models.value) == scenario_checkpoints(manifest, "independent")
+    assert "note:" not in lab.readout.value, "the same architecture: every tensor is merged"
     lab.scenario.value = "other-decoders"
     anchor, *decoders = scenario_checkpoints(manifest, "other-decoders")
     assert list(lab.models.value) == [anchor, *decoders] and lab.plan.anchor == 0
+    own = sum(e.kind == "anchor-only" for e in lab.plan.layout.entries)
+    assert f"note: {own} of the anchor's tensors are copied from it, not merged" in (
+        lab.readout.value
+    )
     assert "indep-minent" in lab.pool.labels[0] and lab.pool.alignment is None
     lab.align.value = True  # FPN and DeepLabV3+ have no Unet decoder to match
     assert "cannot be matched" in lab.error.value

@@ -615,12 +615,15 @@ class MergeLab(_Panel):
                 f"{mp.pq:.2f}</b> (anchor {ap.pq:.2f}, {_signed(mp.pq - ap.pq)}), SQ {mp.sq:.2f} "
                 f"(anchor {ap.sq:.2f}), RQ {mp.rq:.2f} (anchor {ap.rq:.2f})"
             )
+        notes = "".join(
+            f"<br><small>note: {html.escape(n, quote=False)}</small>" for n in self.plan.notes()
+        )
         return (
             f"<div style='font-size:15px'><b>{self.target}</b> mIoU: merged "
             f"<b class='lwmm-miou'>{m.miou:.2f}</b> (anchor {a.miou:.2f}, "
             f"{_signed(m.miou - a.miou)}) &nbsp;|&nbsp; "
             f"<b>{self.source}</b> mIoU: {source.miou:.2f} "
-            f"<small>(preview: {m.images} images each)</small>{panoptic}</div>"
+            f"<small>(preview: {m.images} images each)</small>{panoptic}{notes}</div>"
         )
 
     def _score_full(self) -> None:
