@@ -23,6 +23,13 @@ class DepthOrderWarning(UserWarning):
     """
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-line report quotes of an error raised deep inside a library."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def check_whole(name: str, value: int) -> int:
     """``value`` as an int when it is a whole number (an int, a numpy integer or an integral
     float, not a bool); else an :class:`LwmmError` naming it, where ``int`` would truncate."""

@@ -30,7 +30,7 @@ from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import load_checkpoint
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import resolve_device
-from lwmm_lab.errors import check_count
+from lwmm_lab.errors import check_count, first_line
 from lwmm_lab.heap import keep_freed_memory
 
 #: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
@@ -157,8 +157,9 @@ class BatchScorer:
                     outputs = self._score(model)
                 graph.replay()
             except RuntimeError as e:
-                first = (str(e).splitlines() or [type(e).__name__])[0]
-                seen.eager = f"its forward pass cannot be captured in a CUDA graph ({first})"
+                seen.eager = (
+                    f"its forward pass cannot be captured in a CUDA graph ({first_line(e)})"
+                )
             else:
                 if all(map(torch.equal, eager, outputs)):
                     seen.graph, seen.outputs = graph, outputs

@@ -25,7 +25,7 @@ from torch.serialization import DEFAULT_PROTOCOL
 
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.spec import ModelSpec
-from lwmm_lab.errors import DepthOrderWarning, LwmmError
+from lwmm_lab.errors import DepthOrderWarning, LwmmError, first_line
 from lwmm_lab.files import atomic_path, output_path
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -248,8 +248,8 @@ def _read_pickle(path: Path) -> Any:
                 "reads pickles only with torch.load(weights_only=True). Re-save it as a plain "
                 "state dict or as safetensors"
             ) from None
-        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
-        reason = reason.group(1).strip() if reason else _first_line(e)
+        unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        reason = unpickler.group(1).strip() if unpickler else first_line(e)
         protocol = _pickle_protocol(path)
         if protocol is not None and protocol > DEFAULT_PROTOCOL:
             raise LwmmError(
@@ -260,7 +260,7 @@ def _read_pickle(path: Path) -> Any:
         raise LwmmError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     except Exception as e:  # a damaged pickle can fail anywhere in the unpickler
         raise LwmmError(
-            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated: {_first_line(e)})"
+            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated: {first_line(e)})"
         ) from None
 
 
@@ -320,8 +320,3 @@ def _json_meta(metadata: Mapping[str, str], key: str, path: Path) -> Any:
         return json.loads(metadata[key])
     except ValueError:
         raise LwmmError(f"{path}: metadata '{key}' is not valid JSON") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
