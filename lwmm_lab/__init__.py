@@ -8,10 +8,8 @@ and what it uses, not the merge engine with smp and scipy behind it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from lwmm_lab._version import __version__ as __version__
+from lwmm_lab.lazy import lazy_names
 
 _HOMES = {
     "Checkpoint": "lwmm_lab.engine.checkpoints",
@@ -35,13 +33,4 @@ _HOMES = {
 }
 
 __all__ = sorted([*_HOMES, "__version__"])
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)

@@ -2,66 +2,46 @@
 
 Bad input exits with status 1 and one line, ``lwmm: error: <what is wrong>``, never a
 traceback; warnings print as ``lwmm: warning: ...``.
+
+Each command imports what it runs when it runs, and the options' choices that live next to
+torch (the merge methods, say) are looked up when an option is checked or its help printed:
+``lwmm --help`` and ``lwmm zoo list`` answer in a fraction of a second, not in the seconds
+that importing torch and smp takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import shlex
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, overload
 
 from lwmm_lab._version import __version__
-from lwmm_lab.analysis import findings, regimes
-from lwmm_lab.analysis.discrepancy import (
-    bn_divergence,
-    discrepancy,
-    suggest_start,
-    task_vector_cosine,
-)
-from lwmm_lab.analysis.evaluation import evaluate_checkpoints
-from lwmm_lab.analysis.panoptic import TASKS, evaluate_panoptic_checkpoints
-from lwmm_lab.analysis.sweeps import EXECUTORS, grid, run_sweep
-from lwmm_lab.data.datasets import open_dataset
-from lwmm_lab.data.domains import DOMAINS, save_gallery
-from lwmm_lab.engine.checkpoints import SUBMODELS, checkpoint_path, load_checkpoint
-from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, save_merge
-from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES
-from lwmm_lab.engine.model import load_model
-from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
+from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import refuse_overwrite
-from lwmm_lab.lab.figures import (
-    bn_divergence_figure,
-    counts_figure,
-    discrepancy_figure,
-    figure_path,
-    page_path,
-    save_figure,
-    save_html,
-    sweep_curves,
-    sweep_heatmap,
-    task_vector_figure,
-)
-from lwmm_lab.zoo import (
+from lwmm_lab.zoo.manifest import (
     PRESETS,
-    ZooConfig,
     base_checkpoint,
-    build_zoo,
     default_zoo_dir,
     find_zoo,
     load_manifest,
     preset,
+    scenario_checkpoints,
 )
-from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
-from lwmm_lab.zoo.manifest import scenario_checkpoints
 from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 
-Command = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:
+    from lwmm_lab.engine.merge import MergePlan
+    from lwmm_lab.engine.pool import Pool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,13 +50,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return args.handler(args)
+            status = args.handler(args)
+            sys.stdout.flush()
+            return status
         except LwmmError as e:
             print(f"lwmm: error: {e}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("lwmm: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            # The reader stopped reading (``lwmm zoo list | head -1``): say nothing more, and
+            # point stdout at nothing so that Python's last flush of it does not fail too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+
+
+class Names(Sequence[str]):
+    """The names of a registry or tuple in another module, read on first use: ``choices``
+    for argparse, which only looks at them to check a given value or to print help."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        return self.names[i]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+METHOD_NAMES = Names("lwmm_lab.engine.methods", "METHODS")
+SCHEDULE_NAMES = Names("lwmm_lab.engine.methods", "SCHEDULES")
+BN_RULE_NAMES = Names("lwmm_lab.engine.methods", "BN_RULES")
+GRANULARITY_NAMES = Names("lwmm_lab.engine.pool", "GRANULARITIES")
+SUBMODEL_NAMES = Names("lwmm_lab.engine.checkpoints", "SUBMODELS")
+EXECUTOR_NAMES = Names("lwmm_lab.analysis.sweeps", "EXECUTORS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", type=int, help="evaluate on the first N images")
     ev.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--submodel", choices=SUBMODELS)
+    _add_choice(ev, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=_eval)
 
@@ -168,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     disc.add_argument("checkpoints", nargs="*", metavar="CKPT", help="the first is the reference")
     disc.add_argument("--preset", choices=PRESETS, help="take the checkpoints from the zoo")
-    disc.add_argument("--zoo", type=Path, default=default_zoo_dir(), help="zoo folder (data/zoo)")
+    disc.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
     disc.add_argument("--run", default="advent", help="the run of the checkpoint preset (advent)")
     disc.add_argument(
         "--family",
@@ -188,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--alphas", type=float, nargs="+", help="alphas (11 from 0 to 1)")
     sweep.add_argument("--domains", nargs="+", default=["real", "synthetic"], help="target first")
     sweep.add_argument("--images", type=int, default=100, help="val images per domain (100)")
-    sweep.add_argument("--method", default="layerwise", choices=list(METHODS))
-    sweep.add_argument("--bn", default="linear", choices=list(BN_RULES))
-    sweep.add_argument("--executor", default="serial", choices=EXECUTORS)
+    _add_choice(sweep, "--method", METHOD_NAMES, "merge method (%(default)s)", "layerwise")
+    _add_choice(sweep, "--bn", BN_RULE_NAMES, "BN statistics rule (%(default)s)", "linear")
+    _add_choice(sweep, "--executor", EXECUTOR_NAMES, "where the cells run (%(default)s)", "serial")
     sweep.add_argument(
         "--device",
         default="auto",
@@ -222,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_choice(
+    p: argparse.ArgumentParser, flag: str, names: Names, what: str, default: str | None = None
+) -> None:
+    """An option that takes one of ``names``, listed in its help. argparse would list them in
+    the usage line too, and so read them (importing torch) whenever the parser is built."""
+    metavar = flag[2:].upper()
+    p.add_argument(
+        flag, default=default, choices=names, metavar=metavar, help=f"{what}: %(choices)s"
+    )
+
+
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--html", type=Path, help="write the figures to an HTML page")
@@ -231,21 +259,21 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
 def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files or smp dirs")
     p.add_argument("--anchor", default="0", help="anchor: input path or 0-based index (0)")
-    p.add_argument("--method", default="layerwise", choices=list(METHODS))
-    p.add_argument("--schedule", choices=list(SCHEDULES), help="override the method's schedule")
+    _add_choice(p, "--method", METHOD_NAMES, "merge method (%(default)s)", "layerwise")
+    _add_choice(p, "--schedule", SCHEDULE_NAMES, "override the method's schedule")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--start", type=int, help="depth index s where the decay starts (1)")
     start.add_argument("--start-frac", type=float, help="s as a fraction of depth, 0..1")
     p.add_argument("--alpha", type=float, help="the anchor's share before the decay (1/M)")
-    p.add_argument("--bn", default="linear", choices=list(BN_RULES), help="BN statistics rule")
+    _add_choice(p, "--bn", BN_RULE_NAMES, "BN statistics rule (%(default)s)", "linear")
     p.add_argument("--weights", type=float, nargs="+", help="per-model weights")
-    p.add_argument("--granularity", default="tensor", choices=GRANULARITIES)
+    _add_choice(p, "--granularity", GRANULARITY_NAMES, "one weight per (%(default)s)", "tensor")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--base", type=Path, help="shared base checkpoint (task_arithmetic, ties)")
     p.add_argument("--fisher", type=Path, nargs="+", help="one Fisher file per checkpoint")
     p.add_argument("--density", type=float, help="TIES: fraction kept (0.2)")
     p.add_argument("--scale", type=float, help="task vector scale (1.0)")
-    p.add_argument("--submodel", choices=SUBMODELS, help="mmseg/DAFormer sub-model (model)")
+    _add_choice(p, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
     p.add_argument(
         "--align",
         action="store_true",
@@ -257,6 +285,10 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
 def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
     """The pool and plan of ``lwmm merge`` / ``inspect``. An option the plan would ignore is
     refused: a silent no-op (``--alpha`` on an isotropic merge) misleads more than an error."""
+    from lwmm_lab.engine.merge import MergeConfig, make_plan
+    from lwmm_lab.engine.methods import METHODS
+    from lwmm_lab.engine.pool import Pool
+
     pool = Pool(
         args.checkpoints,
         device=args.device,
@@ -305,6 +337,9 @@ def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from lwmm_lab.engine.checkpoints import checkpoint_path
+    from lwmm_lab.engine.merge import save_merge
+
     checkpoint_path(args.output)
     pool, plan = _plan(args)
     path = save_merge(pool, args.output, plan.config)
@@ -325,12 +360,17 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
+    from lwmm_lab.data.domains import save_gallery
+
     path = save_gallery(args.output, scenes=args.scenes, seed=args.seed, size=tuple(args.size))
     print(f"wrote {path}")
     return 0
 
 
 def _zoo_build(args: argparse.Namespace) -> int:
+    from lwmm_lab.zoo.build import build_zoo
+    from lwmm_lab.zoo.recipe import ZooConfig
+
     config = ZooConfig.quick_config() if args.quick else ZooConfig()
     if args.seed < 0:
         raise LwmmError(f"--seed {args.seed}: give 0 or a positive whole number")
@@ -359,6 +399,8 @@ def _zoo_list(args: argparse.Namespace) -> int:
 
 
 def _zoo_bars(args: argparse.Namespace) -> int:
+    from lwmm_lab.analysis import regimes
+
     rows = regimes.bars(args.zoo, images=args.images)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -374,6 +416,9 @@ def _zoo_bars(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from lwmm_lab.analysis.evaluation import evaluate_checkpoints
+    from lwmm_lab.analysis.panoptic import TASKS
+
     size = tuple(args.size) if args.size else None
     if args.task not in TASKS:
         raise LwmmError(f"task '{args.task}' is not one of {', '.join(TASKS)}")
@@ -413,6 +458,8 @@ def _print_json(results: list) -> int:
 
 
 def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> int:
+    from lwmm_lab.analysis.panoptic import evaluate_panoptic_checkpoints
+
     if args.ensemble:
         raise LwmmError("--ensemble is for the semantic task; a panoptic ensemble is not defined")
     results = evaluate_panoptic_checkpoints(
@@ -431,6 +478,11 @@ def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> in
 
 
 def _fisher(args: argparse.Namespace) -> int:
+    from lwmm_lab.data.datasets import open_dataset
+    from lwmm_lab.engine.checkpoints import checkpoint_path, load_checkpoint
+    from lwmm_lab.engine.model import load_model
+    from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
+
     checkpoint_path(args.output, "a Fisher estimate")
     refuse_overwrite(args.output, (args.checkpoint,))
     ckpt = load_checkpoint(args.checkpoint)
@@ -444,10 +496,24 @@ def _fisher(args: argparse.Namespace) -> int:
 
 
 def _discrepancy(args: argparse.Namespace) -> int:
+    from lwmm_lab.analysis.discrepancy import (
+        bn_divergence,
+        discrepancy,
+        suggest_start,
+        task_vector_cosine,
+    )
+    from lwmm_lab.engine.pool import Pool
+    from lwmm_lab.lab.figures import (
+        bn_divergence_figure,
+        counts_figure,
+        discrepancy_figure,
+        task_vector_figure,
+    )
+
     _check_outputs(args)
     paths, base = [str(p) for p in args.checkpoints], args.base
     if args.preset:
-        manifest = load_manifest(args.zoo)
+        manifest = load_manifest(args.zoo or default_zoo_dir())
         reference, others = preset(manifest, args.preset, run=args.run, family=args.family)
         paths, base = [reference, *others], base or base_checkpoint(manifest)
     if len(paths) < 2:
@@ -483,6 +549,11 @@ def _discrepancy(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from lwmm_lab.analysis.sweeps import grid, run_sweep
+    from lwmm_lab.engine.checkpoints import load_checkpoint
+    from lwmm_lab.engine.pool import resolve_device
+    from lwmm_lab.lab.figures import sweep_curves, sweep_heatmap
+
     _check_outputs(args)
     resolution = tuple(
         load_checkpoint(args.checkpoints[0]).provenance.get("resolution", (128, 256))
@@ -522,6 +593,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _findings(args: argparse.Namespace) -> int:
+    from lwmm_lab.analysis import findings
+
     if args.seeds is not None:
         return _seeded_findings(args)
     results = findings.measure(args.zoo, images=args.images, only=args.only)
@@ -543,6 +616,8 @@ def _findings(args: argparse.Namespace) -> int:
 
 
 def _seeded_findings(args: argparse.Namespace) -> int:
+    from lwmm_lab.analysis import findings
+
     if args.zoo is not None:
         raise LwmmError("--seeds uses one zoo per seed (data/zoo, data/zoo-seedK); drop --zoo")
     results, facts = findings.measure_seeds(
@@ -557,6 +632,8 @@ def _seeded_findings(args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse a bad ``--html`` / ``--png`` name before the work whose figures it would hold."""
+    from lwmm_lab.lab.figures import figure_path, page_path
+
     if args.html:
         page_path(args.html)
     if args.png:
@@ -564,6 +641,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, payload: object, figures: list) -> None:
+    from lwmm_lab.lab.figures import save_figure, save_html
+
     if args.json:
         print(json.dumps(payload, indent=1))
     if args.html:

@@ -271,3 +271,27 @@ def test_foreign_file_warns_on_one_line(two: list[Path], tmp_path: Path, capsys)
     assert rc == 0
     assert err.startswith("lwmm: warning: ") and "depth order is unknown" in err
     assert "note: depth order unknown" in out
+
+
+def test_a_reader_that_stops_reading_gets_no_traceback(two: list[Path]) -> None:
+    """``lwmm inspect ... | head -1``: the pipe closes before the plan is written."""
+    command = [sys.executable, "-m", "lwmm_lab.cli", "inspect", *map(str, two)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert (process.wait(), err) == (1, "")
+
+
+def test_registry_options_list_and_check_their_names(two: list[Path], capsys) -> None:
+    """``--method`` and ``--bn`` read the registries only when needed, and still list every
+    name in their help and refuse one that is not there."""
+    from lwmm_lab import BN_RULES, METHODS
+
+    with pytest.raises(SystemExit):
+        main(["merge", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"merge method (layerwise): {', '.join(METHODS)}" in help_text
+    assert f"BN statistics rule (linear): {', '.join(BN_RULES)}" in help_text
+    with pytest.raises(SystemExit):
+        main(["merge", *map(str, two), "--method", "nope", "-o", "m.safetensors"])
+    assert "argument --method: invalid choice: 'nope'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 import lwmm_lab
+from lwmm_lab.zoo.manifest import load_manifest, scenario_checkpoints
 
 ABOVE_THE_ENGINE = ("lwmm_lab.data", "lwmm_lab.analysis", "lwmm_lab.zoo", "lwmm_lab.lab")
 WIDGETS = ("lwmm_lab.lab.widgets", "ipywidgets", "IPython", "anywidget")
@@ -43,15 +44,15 @@ def _modules(layer: str) -> list[str]:
 
 def _loaded_after_importing(modules: list[str]) -> list[str]:
     """Every module a fresh interpreter holds after importing ``modules``."""
-    code = (
-        "import importlib, json, sys\n"
-        f"for m in {modules!r}: importlib.import_module(m)\n"
-        "print(json.dumps(sorted(sys.modules)))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    return json.loads(out.splitlines()[-1])
+    return _loaded_after_running(f"for m in {modules!r}: importlib.import_module(m)")
+
+
+def _loaded_after_running(code: str) -> list[str]:
+    """Every module a fresh interpreter holds after running ``code``."""
+    code = f"import importlib, json, sys\n{code}\nprint(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def _matches(name: str, prefix: str) -> bool:
@@ -81,6 +82,7 @@ def test_a_layer_loads_nothing_above_it(layer: str) -> None:
         (lwmm_lab, "make_plan", "lwmm_lab.engine.merge"),
         (lwmm_lab, "LwmmError", "lwmm_lab.errors"),
         (importlib.import_module("lwmm_lab.lab"), "MergeLab", "lwmm_lab.lab.widgets"),
+        (importlib.import_module("lwmm_lab.zoo"), "build_zoo", "lwmm_lab.zoo.build"),
     ],
 )
 def test_packages_hand_out_their_public_names_on_first_use(
@@ -90,3 +92,34 @@ def test_packages_hand_out_their_public_names_on_first_use(
     assert getattr(package, name) is getattr(importlib.import_module(home), name)
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         _ = package.Nope
+
+
+def _heavy(loaded: list[str], heavy: tuple[str, ...]) -> list[str]:
+    return [m for m in loaded if any(_matches(m, h) for h in heavy)]
+
+
+def test_the_command_line_answers_without_torch(quick_zoo) -> None:
+    """``lwmm --help``, a command's parse and ``lwmm zoo list`` load neither torch nor smp:
+    importing them takes seconds, and these need only names and the manifest."""
+    loaded = _loaded_after_running(
+        "import contextlib, io\n"
+        "from lwmm_lab.cli import build_parser, main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    with contextlib.suppress(SystemExit): main(['--help'])\n"
+        f"    assert main(['zoo', 'list', '--zoo', {str(quick_zoo)!r}]) == 0\n"
+        "build_parser().parse_args(['merge', 'a', 'b', '-o', 'm.safetensors'])"
+    )
+    assert _heavy(loaded, ("torch", "segmentation_models_pytorch", "plotly", "scipy")) == []
+
+
+def test_a_merge_loads_no_model_library(quick_zoo) -> None:
+    """``lwmm inspect`` of the zoo's files builds no model and aligns nothing: smp (with timm
+    and torchvision) and scipy stay unloaded."""
+    paths = scenario_checkpoints(load_manifest(quick_zoo), "independent")
+    loaded = _loaded_after_running(
+        "import contextlib, io\n"
+        "from lwmm_lab.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['inspect', *{paths!r}]) == 0"
+    )
+    assert _heavy(loaded, ("segmentation_models_pytorch", "timm", "scipy", "plotly")) == []

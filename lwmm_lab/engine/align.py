@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from lwmm_lab.errors import LwmmError
@@ -159,8 +158,11 @@ def match_channels(
 
     Each round visits the groups in a seeded random order and solves one linear assignment per
     group with the others' current permutations applied; it stops after a round that changes
-    nothing (the objective only increases, so it always stops).
+    nothing (the objective only increases, so it always stops). scipy is imported here, so
+    that a pool nobody aligns (``lwmm merge`` without ``--align``) does not wait for it.
     """
+    from scipy.optimize import linear_sum_assignment
+
     perms = {g.name: torch.arange(g.size) for g in groups}
     order = torch.Generator().manual_seed(seed)
     rounds = 0

@@ -2,6 +2,8 @@
 
 lwmm_lab stores it in the metadata of every safetensors file it writes. It also gives the
 model's ``state_dict`` key order, which the layer-wise schedule's depth index depends on.
+A spec is data: torch and smp are imported when a model is built, so that reading the zoo's
+recipe (``lwmm zoo list``) does not wait seconds for them.
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ import copy
 import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import segmentation_models_pytorch as smp
-import torch
-from torch import nn
-
-from lwmm_lab.engine.panoptic import ARCHS
 from lwmm_lab.errors import LwmmError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _SMP_CONFIG_KEYS = ("_model_class", "encoder_name", "encoder_weights", "classes")
 
@@ -50,6 +51,11 @@ class ModelSpec:
         is most of building one (24 against 70 ms for the zoo's Unet on the 2-core CPU). A
         model with buffers outside its state dict, which no load would fill, is initialised.
         """
+        import segmentation_models_pytorch as smp
+        import torch
+
+        from lwmm_lab.engine.panoptic import ARCHS
+
         if not init:
             template = _empty_template(self.to_json())
             if template is not None:

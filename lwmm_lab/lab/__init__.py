@@ -6,18 +6,7 @@ and the analyses draw with) never loads ipywidgets or the widgets module.
 
 from __future__ import annotations
 
-from typing import Any
+from lwmm_lab.lazy import lazy_names
 
 __all__ = ["DiscrepancyExplorer", "MergeLab", "SweepExplorer"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from lwmm_lab.lab import widgets
-
-        return getattr(widgets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(__name__, dict.fromkeys(__all__, "lwmm_lab.lab.widgets"))
