@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import segmentation_models_pytorch as smp
 import torch
@@ -105,6 +107,37 @@ def test_tensor_datasets_are_scored_in_place_like_any_dataset() -> None:
     loaded = evaluate(model, torch.utils.data.Subset(data, range(10)), batch_size=4)
     assert sliced.images == loaded.images == 10
     assert (sliced.miou, sliced.per_class_iou) == (loaded.miou, loaded.per_class_iou), "same counts"
+
+
+class _Slow(torch.utils.data.Dataset):
+    """Samples that take a while to read, as a real dataset's full-size images do."""
+
+    def __init__(self, data: TensorDataset, seconds: float) -> None:
+        self.data, self.seconds = data, seconds
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        time.sleep(self.seconds)
+        return self.data[i]
+
+
+def test_a_long_evaluation_shows_its_progress_and_a_short_one_does_not(capsys) -> None:
+    """``progress``: a bar counting the images once a pass has taken a second, none before."""
+    model = ModelSpec(
+        "Unet", "tu-resnet10t", 19, {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}
+    ).build()
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.rand(12, 3, 32, 64, generator=g), torch.randint(0, 19, (12, 32, 64)))
+    quick = evaluate(model, data, "real", batch_size=4, progress=True)
+    assert capsys.readouterr().err == ""
+    slow = evaluate(model, _Slow(data, 0.15), "real", batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "eval real:" in err and "/12" in err
+    assert (slow.images, slow.miou) == (quick.images, quick.miou)
+    evaluate(model, _Slow(data, 0.15), "real", batch_size=4)
+    assert capsys.readouterr().err == "", "no bar unless asked for"
 
 
 @settings(max_examples=60, deadline=None)

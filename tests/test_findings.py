@@ -21,7 +21,9 @@ def test_findings_command_reports_every_claim(
 ) -> None:
     monkeypatch.setenv("LWMM_DATA", str(tmp_path))
     assert main(["findings", "--zoo", str(quick_zoo), "--images", "4", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert "findings: 100%" in err and "13/13" in err, "a bar over the claims, on stderr"
     assert [f["number"] for f in report] == sorted(CLAIMS) == list(range(1, 14))
     for f in report:
         assert set(f) == KEYS and f["command"].startswith("lwmm ")

@@ -15,7 +15,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from tqdm.auto import tqdm
 
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.datasets import SyntheticScenes, open_dataset
@@ -274,11 +275,13 @@ def evaluate(
     domain: str = "",
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> Scores:
     """Score a model (or the softmax ensemble of several) on ``dataset``.
 
     The classes scored are the model's (or, for an ensemble, those of any member). On a CPU
     the freed batches' memory is kept for the next (:func:`~lwmm_lab.heap.keep_freed_memory`).
+    ``progress`` shows a bar over the images when the pass takes more than a second.
     """
     models = [models] if isinstance(models, nn.Module) else list(models)
     device = torch.device(device) if device else next(models[0].parameters()).device
@@ -289,11 +292,11 @@ def evaluate(
         m.eval()
     conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64, device=device)
     started, count = time.perf_counter(), 0
-    for images, labels, *_ in batches(dataset, batch_size):
+    domain = domain or getattr(dataset, "domain", "")
+    for images, labels, *_ in batches(dataset, batch_size, f"eval {domain}" if progress else None):
         images, labels = images.to(device), labels.to(device)
         conf += confusion(predict(models, images), labels, classes)
         count += images.shape[0]
-    domain = domain or getattr(dataset, "domain", "")
     scores = scores_from_confusion(conf, classes, domain, count)
     scores.seconds = time.perf_counter() - started
     scores.models = len(models)
@@ -338,12 +341,12 @@ def evaluate_checkpoints(
     """
     models, dataset = open_checkpoints(paths, domain, split, images, size, device, submodel)
     if ensemble:
-        scores = evaluate(models, dataset, domain)
+        scores = evaluate(models, dataset, domain, progress=True)
         scores.extra["checkpoints"] = [str(p) for p in paths]
         return [scores]
     results = []
     for path, model in zip(paths, models, strict=True):
-        scores = evaluate(model, dataset, domain)
+        scores = evaluate(model, dataset, domain, progress=True)
         scores.extra["checkpoint"] = str(path)
         results.append(scores)
     return results
@@ -375,8 +378,27 @@ def open_checkpoints(
     return models, dataset
 
 
-def batches(dataset: Dataset, batch_size: int) -> Iterable[tuple[Tensor, ...]]:
-    """Batches of (images, labels, ...); a TensorDataset is sliced where it lies (no copies)."""
+def batches(
+    dataset: Dataset, batch_size: int, progress: str | None = None
+) -> Iterator[tuple[Tensor, ...]]:
+    """Batches of (images, labels, ...); a TensorDataset is sliced where it lies (no copies).
+    ``progress`` labels a bar that counts the images, shown once a pass has taken a second
+    (scoring a real dataset on a CPU takes minutes)."""
+    bar = tqdm(
+        total=len(dataset),
+        desc=progress,
+        unit="image",
+        disable=progress is None,
+        delay=1.0,
+        leave=False,
+    )
+    with bar:
+        for batch in _batches(dataset, batch_size):
+            yield batch
+            bar.update(len(batch[0]))
+
+
+def _batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[Tensor, ...]]:
     if isinstance(dataset, TensorDataset):
         n = len(dataset.tensors[0])
         for k in range(0, n, batch_size):

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from lwmm_lab.analysis.comparison import (
     add_one_at_a_time,
@@ -142,10 +143,9 @@ def measure(
     _check_request(images, only)
     manifest = load_manifest(zoo or find_zoo())
     context = Context(manifest, images, tuple(manifest["config"]["resolution"]), val_seed)
+    numbers = [n for n in sorted(CLAIMS) if only is None or n in only]
     findings = []
-    for number in sorted(CLAIMS):
-        if only is not None and number not in only:
-            continue
+    for number in tqdm(numbers, desc="findings", unit="claim", delay=1.0):
         c = CLAIMS[number]
         results = {family: c.measure(context, family) for family in c.families}
         findings.append(

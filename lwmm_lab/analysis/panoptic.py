@@ -371,9 +371,11 @@ def evaluate_panoptic(
     dataset: Dataset,
     batch_size: int = 16,
     config: PanopticConfig | None = None,
+    progress: bool = False,
 ) -> PanopticScores:
     """PQ, SQ, RQ of a panoptic model on ``dataset`` (samples: image, label, instance ids), and
-    its semantic mIoU (``extra["miou"]``) from the same forward passes."""
+    its semantic mIoU (``extra["miou"]``) from the same forward passes. ``progress`` shows a
+    bar over the images when the pass takes more than a second."""
     require_panoptic(model)
     device = next(model.parameters()).device
     if device.type == "cpu":
@@ -382,7 +384,7 @@ def evaluate_panoptic(
     stats = PanopticStats.zeros(classes, device)
     conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64, device=device)
     started, count = time.perf_counter(), 0
-    for batch in batches(dataset, batch_size):
+    for batch in batches(dataset, batch_size, "panoptic eval" if progress else None):
         if len(batch) < 3:
             raise LwmmError(
                 f"{getattr(dataset, 'domain', 'the dataset')}: its labels have no instance ids, "
@@ -451,7 +453,7 @@ def evaluate_panoptic_checkpoints(
         require_panoptic(model, str(path))
     results = []
     for path, model in zip(paths, models, strict=True):
-        scores = evaluate_panoptic(model, dataset)
+        scores = evaluate_panoptic(model, dataset, progress=True)
         scores.extra.update(checkpoint=str(path), domain=domain)
         results.append(scores)
     return results
