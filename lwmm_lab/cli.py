@@ -75,6 +75,7 @@ class Names(Sequence[str]):
 
     @cached_property
     def names(self) -> tuple[str, ...]:
+        """The names, imported from their module the first time they are asked for."""
         return tuple(getattr(importlib.import_module(self.module), self.name))
 
     @overload
