@@ -170,15 +170,12 @@ def match_channels(
         changed = False
         for k in torch.randperm(len(groups), generator=order).tolist():
             g = groups[k]
-            permuted = permute(other, groups, perms, skip=g.name)
+            votes = [a for a in g.axes if _votes(a, reference, other)]
+            permuted = permute({a.tensor: other[a.tensor] for a in votes}, groups, perms, g.name)
             cost = torch.zeros(g.size, g.size, dtype=torch.float64)
-            for a in g.axes:
-                if a.tensor.rpartition(".")[2] in _STATISTICS:
-                    continue
-                ref, oth = reference[a.tensor], permuted[a.tensor]
-                if ref.shape != oth.shape:
-                    continue  # another head (class count): it is permuted, but does not vote
-                cost += _rows(ref, a, g.size) @ _rows(oth, a, g.size).T
+            for a in votes:
+                ref = _rows(reference[a.tensor], a, g.size)
+                cost += ref @ _rows(permuted[a.tensor], a, g.size).T
             _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
             new = torch.from_numpy(cols.astype(np.int64))
             rows = torch.arange(g.size)
@@ -230,6 +227,14 @@ class Alignment:
                 for label, r, m in zip(labels, self.rounds, self.moved, strict=True)
             },
         }
+
+
+def _votes(a: Axis, reference: Mapping[str, Tensor], other: Mapping[str, Tensor]) -> bool:
+    """Whether ``a``'s tensor enters its group's matching cost: not a BN statistic, and of one
+    shape in both models (another head, with its own class count, is permuted but does not
+    vote)."""
+    stat = a.tensor.rpartition(".")[2] in _STATISTICS
+    return not stat and reference[a.tensor].shape == other[a.tensor].shape
 
 
 def _uncovered(groups: list[ChannelGroup], tensors: Mapping[str, Tensor]) -> str | None:
