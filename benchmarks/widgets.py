@@ -25,7 +25,7 @@ import os
 import statistics
 import time
 
-from lwmm_lab.lab.widgets import MergeLab
+from lwmm_lab.lab import MergeLab
 
 
 def main() -> None:

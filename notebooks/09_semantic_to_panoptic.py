@@ -40,8 +40,8 @@ from lwmm_lab.analysis.comparison import semantic_into_panoptic
 from lwmm_lab.analysis.evaluation import val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic
 from lwmm_lab.analysis.qualitative import panoptic_examples
+from lwmm_lab.lab import MergeLab
 from lwmm_lab.lab.figures import qualitative_figure, table_figure
-from lwmm_lab.lab.widgets import MergeLab
 from lwmm_lab.zoo import find_zoo, load_manifest
 from lwmm_lab.zoo.manifest import scenario_checkpoints
 

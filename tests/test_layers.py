@@ -18,7 +18,8 @@ import lwmm_lab
 from lwmm_lab.zoo.manifest import load_manifest, scenario_checkpoints
 
 ABOVE_THE_ENGINE = ("lwmm_lab.data", "lwmm_lab.analysis", "lwmm_lab.zoo", "lwmm_lab.lab")
-WIDGETS = ("lwmm_lab.lab.widgets", "ipywidgets", "IPython", "anywidget")
+PANELS = ("lwmm_lab.lab.panel", "lwmm_lab.lab.merge_lab", "lwmm_lab.lab.explorers")
+WIDGETS = (*PANELS, "ipywidgets", "IPython", "anywidget")
 TOP = ("lwmm_lab.cli",)
 # The zoo scores its models with the evaluation modules; the analyses that measure the zoo
 # (findings, regimes, comparison, sweeps, ...) sit above it.
@@ -81,7 +82,8 @@ def test_a_layer_loads_nothing_above_it(layer: str) -> None:
         (lwmm_lab, "Pool", "lwmm_lab.engine.pool"),
         (lwmm_lab, "make_plan", "lwmm_lab.engine.merge"),
         (lwmm_lab, "LwmmError", "lwmm_lab.errors"),
-        (importlib.import_module("lwmm_lab.lab"), "MergeLab", "lwmm_lab.lab.widgets"),
+        (importlib.import_module("lwmm_lab.lab"), "MergeLab", "lwmm_lab.lab.merge_lab"),
+        (importlib.import_module("lwmm_lab.lab"), "SweepExplorer", "lwmm_lab.lab.explorers"),
         (importlib.import_module("lwmm_lab.zoo"), "build_zoo", "lwmm_lab.zoo.build"),
     ],
 )

@@ -16,8 +16,9 @@ from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
 from lwmm_lab.cli import main
 from lwmm_lab.engine.model import merged_model
+from lwmm_lab.lab import DiscrepancyExplorer, MergeLab, SweepExplorer
 from lwmm_lab.lab.figures import COLUMNS, panel_uri
-from lwmm_lab.lab.widgets import DiscrepancyExplorer, LatestOnly, MergeLab, SweepExplorer
+from lwmm_lab.lab.panel import LatestOnly
 from lwmm_lab.zoo import load_manifest, select
 from lwmm_lab.zoo.manifest import scenario_checkpoints
 

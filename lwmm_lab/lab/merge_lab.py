@@ -1,15 +1,9 @@
-"""The lab's panels: ipywidgets controls and plotly FigureWidgets that display themselves.
+"""The merge lab: pick models, the anchor, the method, the start layer and alpha, the BN rule,
+the granularity and the device; every change re-merges (on the GPU when there is one) and
+updates the schedule, the mIoU readout, the per-class IoU bars and a qualitative grid.
 
-- :class:`MergeLab`: pick models, the anchor, the method, the start layer and alpha, the BN rule,
-  the granularity and the device; every change re-merges (on the GPU when there is one) and
-  updates the schedule, the mIoU readout, the per-class IoU bars and a qualitative grid.
-- :class:`DiscrepancyExplorer`: the per-layer discrepancy (Fig. 2) with a tau slider.
-- :class:`SweepExplorer`: runs or loads an (s, alpha) sweep; clicking a cell loads that merge
-  into a MergeLab.
-
-Work runs in a background thread and only the newest request is computed: moving a slider
-quickly never queues a backlog, and the kernel stays free to receive the next change.
-Errors are shown in the panel. ``background=False`` computes inline (for tests and scripts).
+Like every panel (:mod:`lwmm_lab.lab.panel`), it works in a background thread on the newest
+request only, and shows its errors in itself.
 """
 
 from __future__ import annotations
@@ -17,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import html
 import os
-import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +23,6 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lwmm_lab.analysis.comparison import fisher_file
-from lwmm_lab.analysis.discrepancy import KINDS, discrepancy
 from lwmm_lab.analysis.evaluation import (
     BatchScorer,
     Scores,
@@ -42,123 +33,31 @@ from lwmm_lab.analysis.evaluation import (
 )
 from lwmm_lab.analysis.panoptic import PanopticScores, panoptic_outputs
 from lwmm_lab.analysis.qualitative import Example, examples_from_predictions, iou_delta
-from lwmm_lab.analysis.sweeps import Cell, Sweep, grid, run_sweep
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_command, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
-from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
+from lwmm_lab.engine.pool import GRANULARITIES, Pool
 from lwmm_lab.lab.figures import (
     COLUMNS,
     change_color,
-    counts_figure,
-    discrepancy_figure,
     iou_delta_figure,
     panel_uri,
     qualitative_figure,
     schedule_figure,
-    sweep_heatmap,
     update_iou_delta_figure,
     update_schedule_figure,
 )
+from lwmm_lab.lab.panel import Panel, sync_figure
 from lwmm_lab.zoo.manifest import (
-    PRESETS,
     SCENARIO_LABELS,
     base_checkpoint,
-    family_run,
-    final,
     find_zoo,
     load_manifest,
-    preset,
     scenario_checkpoints,
 )
-from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
-
-
-class LatestOnly:
-    """Run submitted jobs in one background thread, always the newest: older ones are dropped.
-
-    With ``background=False`` a job runs at once, in the caller's thread.
-    """
-
-    def __init__(self, on_error: Callable[[BaseException], None], background: bool = True) -> None:
-        self.on_error, self.background = on_error, background
-        self._job: Callable[[], None] | None = None
-        self._busy = False
-        self._cv = threading.Condition()
-        if background:
-            threading.Thread(target=self._loop, daemon=True, name="lwmm-widgets").start()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        if not self.background:
-            self._run(job)
-            return
-        with self._cv:
-            self._job = job
-            self._cv.notify_all()
-
-    def wait(self, timeout: float = 60.0) -> bool:
-        """Block until nothing is pending or running; False on timeout."""
-        with self._cv:
-            return self._cv.wait_for(lambda: self._job is None and not self._busy, timeout)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: self._job is not None)
-                job, self._job, self._busy = self._job, None, True
-            self._run(job)
-            with self._cv:
-                self._busy = False
-                self._cv.notify_all()
-
-    def _run(self, job: Callable[[], None]) -> None:
-        try:
-            job()
-        except Exception as e:  # shown in the panel, never swallowed
-            self.on_error(e)
-
-
-class _Panel:
-    """Shared parts: a status line, an error box, a worker, and self-display."""
-
-    def __init__(self, background: bool) -> None:
-        self.status = W.HTML()
-        self.error = W.HTML()
-        self.worker = LatestOnly(self._show_error, background)
-        self.widget: W.Widget = W.VBox()
-
-    def _show_error(self, e: BaseException) -> None:
-        detail = html.escape("".join(traceback.format_exception(e)))
-        self.error.value = (
-            f"<div style='color:#b00020'><b>{type(e).__name__}:</b> {html.escape(str(e))}"
-            f"<details><summary>traceback</summary><pre>{detail}</pre></details></div>"
-        )
-
-    def wait(self, timeout: float = 60.0) -> bool:
-        """Wait for the panel's pending work (useful in scripts and tests)."""
-        return self.worker.wait(timeout)
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
-
-def sync_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
-    """Make ``widget`` show ``figure``: trace by trace when the traces match, else replace all."""
-    with widget.batch_update():
-        same = len(widget.data) == len(figure.data) and all(
-            type(a) is type(b) for a, b in zip(widget.data, figure.data, strict=True)
-        )
-        if same:
-            for old, new in zip(widget.data, figure.data, strict=True):
-                old.update(new.to_plotly_json(), overwrite=True)
-        else:
-            widget.data = ()
-            widget.add_traces(list(figure.data))
-        widget.layout = figure.layout
+from lwmm_lab.zoo.recipe import SCENARIOS
 
 
 def checkpoint_options(
@@ -203,7 +102,7 @@ def _signed(diff: float) -> str:
     return f"<span style='color:{change_color(diff)}'>{diff:+.2f}</span>"
 
 
-class MergeLab(_Panel):
+class MergeLab(Panel):
     """Merge checkpoints with sliders and see what changes.
 
     ``checkpoints`` (paths) or a zoo ``scenario`` give the models, the first one the anchor.
@@ -641,185 +540,3 @@ class MergeLab(_Panel):
     def _show_command(self, _: Any) -> None:
         self.command.value = merge_command(self.plan, self.output.value)
         self.command.layout.display = ""
-
-
-class DiscrepancyExplorer(_Panel):
-    """The per-layer discrepancy between a reference and other checkpoints, with a tau slider.
-
-    Presets: the checkpoints of one ``run``, or the strategies of one ``family`` (one source
-    model, or independent decoders) against the best of them.
-    """
-
-    def __init__(
-        self,
-        zoo: str | os.PathLike | None = None,
-        scenario: str = "heterogeneous",
-        run: str = "advent",
-        tau: float = 20.0,
-        family: str = "strategies",
-        background: bool = True,
-    ) -> None:
-        super().__init__(background)
-        self.manifest = load_manifest(zoo or find_zoo())
-        runs = sorted({e["run"] for e in self.manifest["checkpoints"] if e["run"] != "base"})
-        options = checkpoint_options(self.manifest, [])
-        self.scenario = W.Dropdown(
-            options=["custom", *PRESETS], value=scenario, description="scenario"
-        )
-        self.run = W.Dropdown(
-            options=runs, value=run if run in runs else runs[0], description="run"
-        )
-        self.family = W.Dropdown(
-            options=[(SCENARIO_LABELS[f], f) for f in FAMILIES], value=family, description="family"
-        )
-        self.reference = W.Dropdown(options=options, description="reference")
-        self.others = W.SelectMultiple(options=options, rows=6, description="others")
-        self.tau = W.FloatLogSlider(
-            value=tau, base=10, min=0.3, max=3, step=0.05, description="tau",
-            continuous_update=False, readout_format=".3g",
-        )  # fmt: skip
-        self.kinds = W.SelectMultiple(
-            options=list(KINDS), value=list(KINDS), rows=6, description="kinds"
-        )
-        self.result = None
-        self.figure = go.FigureWidget()
-        self.counts = go.FigureWidget()
-        self.scenario.observe(self._scenario_changed, names="value")
-        self.run.observe(self._scenario_changed, names="value")
-        self.family.observe(self._scenario_changed, names="value")
-        for control in (self.reference, self.others):
-            control.observe(lambda _: self.worker.submit(self._compute), names="value")
-        for control in (self.tau, self.kinds):
-            control.observe(lambda _: self.worker.submit(self._draw), names="value")
-        left = W.VBox([self.scenario, self.run, self.family, self.reference, self.tau])
-        self.widget = W.VBox(
-            [
-                W.HBox([left, self.others, self.kinds]),
-                self.status,
-                self.error,
-                self.figure,
-                self.counts,
-            ]
-        )
-        self._scenario_changed(None)
-
-    def _scenario_changed(self, _: Any) -> None:
-        if self.scenario.value != "custom":
-            reference, others = preset(
-                self.manifest, self.scenario.value, run=self.run.value, family=self.family.value
-            )
-            with self.others.hold_trait_notifications(), self.reference.hold_trait_notifications():
-                self.reference.value = reference
-                self.others.value = tuple(others)
-        self.worker.submit(self._compute)
-
-    def _compute(self) -> None:
-        self.error.value = ""
-        others = [p for p in self.others.value if p != self.reference.value]
-        if self.reference.value is None or not others:
-            self.status.value = "pick a reference and at least one other checkpoint"
-            return
-        self.result = discrepancy(Pool([self.reference.value, *others], device="cpu"))
-        self._draw()
-
-    def _draw(self) -> None:
-        if self.result is None:
-            return
-        tau, kinds = self.tau.value, list(self.kinds.value)
-        sync_figure(self.figure, discrepancy_figure(self.result, tau, kinds))
-        sync_figure(self.counts, counts_figure(self.result, tau))
-        total = sum(c["total"] for c in self.result.counts(tau).values())
-        cut = self.result.threshold(tau)
-        self.status.value = (
-            f"tau = {tau:.3g}: <b>{total}</b> tensors with relative distance >= {cut:.3g} "
-            f"(of {len(self.result.rows)})"
-        )
-
-
-class SweepExplorer(_Panel):
-    """Run or load an (s, alpha) sweep; click a cell to load that merge into ``merge_lab``.
-
-    The models are ``checkpoints``, else the MergeLab's, else the independent family's AdvEnt
-    and MinEnt (where the start layer and alpha matter).
-    """
-
-    def __init__(
-        self,
-        merge_lab: MergeLab | None = None,
-        checkpoints: Sequence[str] | None = None,
-        zoo: str | os.PathLike | None = None,
-        steps: int = 11,
-        images: int = 50,
-        executor: str = "serial",
-        background: bool = True,
-    ) -> None:
-        super().__init__(background)
-        self.merge_lab = merge_lab
-        if checkpoints is None and merge_lab is not None:
-            checkpoints = [str(c.path) for c in merge_lab.pool.checkpoints]
-        if checkpoints is None:
-            manifest = load_manifest(zoo or find_zoo())
-            runs = (family_run("independent", s) for s in ("advent", "minent"))
-            checkpoints = [final(manifest, run) for run in runs]
-        self.checkpoints = [str(p) for p in checkpoints]
-        self.steps, self.images, self.executor = steps, images, executor
-        resolution = peek_checkpoint(self.checkpoints[0]).provenance.get("resolution", (128, 256))
-        self.resolution = tuple(resolution)
-        self.domain = W.ToggleButtons(
-            options=["real", "synthetic"], value="real", description="domain"
-        )
-        self.run_button = W.Button(description=f"run the {steps} x {steps} sweep", icon="play")
-        self.progress = W.IntProgress(min=0, max=steps * steps, description="cells")
-        self.sweep: Sweep | None = None
-        self.figure = go.FigureWidget()
-        self.run_button.on_click(lambda _: self.worker.submit(self._run))
-        self.domain.observe(lambda _: self.worker.submit(self._draw), names="value")
-        header = W.HBox([self.run_button, self.progress, self.domain])
-        self.widget = W.VBox([header, self.status, self.error, self.figure])
-
-    def cells(self) -> list[Cell]:
-        fractions = [k / (self.steps - 1) for k in range(self.steps)]
-        device = self.merge_lab.pool.device if self.merge_lab else resolve_device("auto")
-        return grid(
-            self.checkpoints, starts=fractions, alphas=fractions, domains=("real", "synthetic"),
-            images=self.images, resolution=tuple(self.resolution), device=str(device),
-        )  # fmt: skip
-
-    def _run(self) -> None:
-        self.error.value = ""
-        cells = self.cells()
-        self.progress.max = len(cells)
-        self.status.value = "running the sweep (cells computed before are read from the cache) ..."
-
-        def advance(done: int, result: dict[str, Any]) -> None:
-            self.progress.value = done
-
-        self.sweep = run_sweep(cells, self.executor, progress=False, on_result=advance)
-        self.progress.value = len(cells)
-        self._draw()
-
-    def load(self, sweep: Sweep) -> None:
-        """Show an already computed sweep."""
-        self.sweep = sweep
-        self.worker.submit(self._draw)
-
-    def _draw(self) -> None:
-        if self.sweep is None:
-            return
-        domain = self.domain.value
-        sync_figure(self.figure, sweep_heatmap(self.sweep, domain))
-        self.figure.data[0].on_click(self._clicked)
-        best = max(self.sweep.results, key=lambda r: r["miou"][domain])
-        self.status.value = (
-            f"best {domain} mIoU {best['miou'][domain]:.2f} at s = {best['start']}, "
-            f"alpha = {best['alpha']:.2f}; click a cell to load that merge into the MergeLab"
-        )
-
-    def _clicked(self, trace: Any, points: Any, state: Any) -> None:
-        if points.point_inds:
-            self.pick(points.ys[0], points.xs[0])
-
-    def pick(self, start: int, alpha: float) -> None:
-        """Load the merge at (start, alpha) into the MergeLab."""
-        if self.merge_lab is not None:
-            self.merge_lab.set(start=int(start), alpha=float(alpha))

@@ -1,0 +1,215 @@
+"""The lab's explorers: the per-layer discrepancy with a tau slider, and the (s, alpha) sweep.
+
+- :class:`DiscrepancyExplorer`: the per-layer discrepancy (Fig. 2) with a tau slider.
+- :class:`SweepExplorer`: runs or loads an (s, alpha) sweep; clicking a cell loads that merge
+  into a :class:`~lwmm_lab.lab.merge_lab.MergeLab`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as W
+import plotly.graph_objects as go
+
+from lwmm_lab.analysis.discrepancy import KINDS, discrepancy
+from lwmm_lab.analysis.sweeps import Cell, Sweep, grid, run_sweep
+from lwmm_lab.engine.checkpoints import peek_checkpoint
+from lwmm_lab.engine.pool import Pool, resolve_device
+from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
+from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options
+from lwmm_lab.lab.panel import Panel, sync_figure
+from lwmm_lab.zoo.manifest import (
+    PRESETS,
+    SCENARIO_LABELS,
+    family_run,
+    final,
+    find_zoo,
+    load_manifest,
+    preset,
+)
+from lwmm_lab.zoo.recipe import FAMILIES
+
+
+class DiscrepancyExplorer(Panel):
+    """The per-layer discrepancy between a reference and other checkpoints, with a tau slider.
+
+    Presets: the checkpoints of one ``run``, or the strategies of one ``family`` (one source
+    model, or independent decoders) against the best of them.
+    """
+
+    def __init__(
+        self,
+        zoo: str | os.PathLike | None = None,
+        scenario: str = "heterogeneous",
+        run: str = "advent",
+        tau: float = 20.0,
+        family: str = "strategies",
+        background: bool = True,
+    ) -> None:
+        super().__init__(background)
+        self.manifest = load_manifest(zoo or find_zoo())
+        runs = sorted({e["run"] for e in self.manifest["checkpoints"] if e["run"] != "base"})
+        options = checkpoint_options(self.manifest, [])
+        self.scenario = W.Dropdown(
+            options=["custom", *PRESETS], value=scenario, description="scenario"
+        )
+        self.run = W.Dropdown(
+            options=runs, value=run if run in runs else runs[0], description="run"
+        )
+        self.family = W.Dropdown(
+            options=[(SCENARIO_LABELS[f], f) for f in FAMILIES], value=family, description="family"
+        )
+        self.reference = W.Dropdown(options=options, description="reference")
+        self.others = W.SelectMultiple(options=options, rows=6, description="others")
+        self.tau = W.FloatLogSlider(
+            value=tau, base=10, min=0.3, max=3, step=0.05, description="tau",
+            continuous_update=False, readout_format=".3g",
+        )  # fmt: skip
+        self.kinds = W.SelectMultiple(
+            options=list(KINDS), value=list(KINDS), rows=6, description="kinds"
+        )
+        self.result = None
+        self.figure = go.FigureWidget()
+        self.counts = go.FigureWidget()
+        self.scenario.observe(self._scenario_changed, names="value")
+        self.run.observe(self._scenario_changed, names="value")
+        self.family.observe(self._scenario_changed, names="value")
+        for control in (self.reference, self.others):
+            control.observe(lambda _: self.worker.submit(self._compute), names="value")
+        for control in (self.tau, self.kinds):
+            control.observe(lambda _: self.worker.submit(self._draw), names="value")
+        left = W.VBox([self.scenario, self.run, self.family, self.reference, self.tau])
+        self.widget = W.VBox(
+            [
+                W.HBox([left, self.others, self.kinds]),
+                self.status,
+                self.error,
+                self.figure,
+                self.counts,
+            ]
+        )
+        self._scenario_changed(None)
+
+    def _scenario_changed(self, _: Any) -> None:
+        if self.scenario.value != "custom":
+            reference, others = preset(
+                self.manifest, self.scenario.value, run=self.run.value, family=self.family.value
+            )
+            with self.others.hold_trait_notifications(), self.reference.hold_trait_notifications():
+                self.reference.value = reference
+                self.others.value = tuple(others)
+        self.worker.submit(self._compute)
+
+    def _compute(self) -> None:
+        self.error.value = ""
+        others = [p for p in self.others.value if p != self.reference.value]
+        if self.reference.value is None or not others:
+            self.status.value = "pick a reference and at least one other checkpoint"
+            return
+        self.result = discrepancy(Pool([self.reference.value, *others], device="cpu"))
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.result is None:
+            return
+        tau, kinds = self.tau.value, list(self.kinds.value)
+        sync_figure(self.figure, discrepancy_figure(self.result, tau, kinds))
+        sync_figure(self.counts, counts_figure(self.result, tau))
+        total = sum(c["total"] for c in self.result.counts(tau).values())
+        cut = self.result.threshold(tau)
+        self.status.value = (
+            f"tau = {tau:.3g}: <b>{total}</b> tensors with relative distance >= {cut:.3g} "
+            f"(of {len(self.result.rows)})"
+        )
+
+
+class SweepExplorer(Panel):
+    """Run or load an (s, alpha) sweep; click a cell to load that merge into ``merge_lab``.
+
+    The models are ``checkpoints``, else the MergeLab's, else the independent family's AdvEnt
+    and MinEnt (where the start layer and alpha matter).
+    """
+
+    def __init__(
+        self,
+        merge_lab: MergeLab | None = None,
+        checkpoints: Sequence[str] | None = None,
+        zoo: str | os.PathLike | None = None,
+        steps: int = 11,
+        images: int = 50,
+        executor: str = "serial",
+        background: bool = True,
+    ) -> None:
+        super().__init__(background)
+        self.merge_lab = merge_lab
+        if checkpoints is None and merge_lab is not None:
+            checkpoints = [str(c.path) for c in merge_lab.pool.checkpoints]
+        if checkpoints is None:
+            manifest = load_manifest(zoo or find_zoo())
+            runs = (family_run("independent", s) for s in ("advent", "minent"))
+            checkpoints = [final(manifest, run) for run in runs]
+        self.checkpoints = [str(p) for p in checkpoints]
+        self.steps, self.images, self.executor = steps, images, executor
+        resolution = peek_checkpoint(self.checkpoints[0]).provenance.get("resolution", (128, 256))
+        self.resolution = tuple(resolution)
+        self.domain = W.ToggleButtons(
+            options=["real", "synthetic"], value="real", description="domain"
+        )
+        self.run_button = W.Button(description=f"run the {steps} x {steps} sweep", icon="play")
+        self.progress = W.IntProgress(min=0, max=steps * steps, description="cells")
+        self.sweep: Sweep | None = None
+        self.figure = go.FigureWidget()
+        self.run_button.on_click(lambda _: self.worker.submit(self._run))
+        self.domain.observe(lambda _: self.worker.submit(self._draw), names="value")
+        header = W.HBox([self.run_button, self.progress, self.domain])
+        self.widget = W.VBox([header, self.status, self.error, self.figure])
+
+    def cells(self) -> list[Cell]:
+        fractions = [k / (self.steps - 1) for k in range(self.steps)]
+        device = self.merge_lab.pool.device if self.merge_lab else resolve_device("auto")
+        return grid(
+            self.checkpoints, starts=fractions, alphas=fractions, domains=("real", "synthetic"),
+            images=self.images, resolution=tuple(self.resolution), device=str(device),
+        )  # fmt: skip
+
+    def _run(self) -> None:
+        self.error.value = ""
+        cells = self.cells()
+        self.progress.max = len(cells)
+        self.status.value = "running the sweep (cells computed before are read from the cache) ..."
+
+        def advance(done: int, result: dict[str, Any]) -> None:
+            self.progress.value = done
+
+        self.sweep = run_sweep(cells, self.executor, progress=False, on_result=advance)
+        self.progress.value = len(cells)
+        self._draw()
+
+    def load(self, sweep: Sweep) -> None:
+        """Show an already computed sweep."""
+        self.sweep = sweep
+        self.worker.submit(self._draw)
+
+    def _draw(self) -> None:
+        if self.sweep is None:
+            return
+        domain = self.domain.value
+        sync_figure(self.figure, sweep_heatmap(self.sweep, domain))
+        self.figure.data[0].on_click(self._clicked)
+        best = max(self.sweep.results, key=lambda r: r["miou"][domain])
+        self.status.value = (
+            f"best {domain} mIoU {best['miou'][domain]:.2f} at s = {best['start']}, "
+            f"alpha = {best['alpha']:.2f}; click a cell to load that merge into the MergeLab"
+        )
+
+    def _clicked(self, trace: Any, points: Any, state: Any) -> None:
+        if points.point_inds:
+            self.pick(points.ys[0], points.xs[0])
+
+    def pick(self, start: int, alpha: float) -> None:
+        """Load the merge at (start, alpha) into the MergeLab."""
+        if self.merge_lab is not None:
+            self.merge_lab.set(start=int(start), alpha=float(alpha))

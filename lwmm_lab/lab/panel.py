@@ -1,0 +1,102 @@
+"""What every lab panel shares: a worker that runs only the newest request, a status line, an
+error box, self-display, and the redraw of a plotly FigureWidget.
+
+Work runs in a background thread and only the newest request is computed: moving a slider
+quickly never queues a backlog, and the kernel stays free to receive the next change.
+Errors are shown in the panel. ``background=False`` computes inline (for tests and scripts).
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import traceback
+from collections.abc import Callable
+
+import ipywidgets as W
+import plotly.graph_objects as go
+
+
+class LatestOnly:
+    """Run submitted jobs in one background thread, always the newest: older ones are dropped.
+
+    With ``background=False`` a job runs at once, in the caller's thread.
+    """
+
+    def __init__(self, on_error: Callable[[BaseException], None], background: bool = True) -> None:
+        self.on_error, self.background = on_error, background
+        self._job: Callable[[], None] | None = None
+        self._busy = False
+        self._cv = threading.Condition()
+        if background:
+            threading.Thread(target=self._loop, daemon=True, name="lwmm-widgets").start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if not self.background:
+            self._run(job)
+            return
+        with self._cv:
+            self._job = job
+            self._cv.notify_all()
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until nothing is pending or running; False on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._job is None and not self._busy, timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._job is not None)
+                job, self._job, self._busy = self._job, None, True
+            self._run(job)
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception as e:  # shown in the panel, never swallowed
+            self.on_error(e)
+
+
+class Panel:
+    """Shared parts: a status line, an error box, a worker, and self-display."""
+
+    def __init__(self, background: bool) -> None:
+        self.status = W.HTML()
+        self.error = W.HTML()
+        self.worker = LatestOnly(self._show_error, background)
+        self.widget: W.Widget = W.VBox()
+
+    def _show_error(self, e: BaseException) -> None:
+        detail = html.escape("".join(traceback.format_exception(e)))
+        self.error.value = (
+            f"<div style='color:#b00020'><b>{type(e).__name__}:</b> {html.escape(str(e))}"
+            f"<details><summary>traceback</summary><pre>{detail}</pre></details></div>"
+        )
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Wait for the panel's pending work (useful in scripts and tests)."""
+        return self.worker.wait(timeout)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def sync_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
+    """Make ``widget`` show ``figure``: trace by trace when the traces match, else replace all."""
+    with widget.batch_update():
+        same = len(widget.data) == len(figure.data) and all(
+            type(a) is type(b) for a, b in zip(widget.data, figure.data, strict=True)
+        )
+        if same:
+            for old, new in zip(widget.data, figure.data, strict=True):
+                old.update(new.to_plotly_json(), overwrite=True)
+        else:
+            widget.data = ()
+            widget.add_traces(list(figure.data))
+        widget.layout = figure.layout
