@@ -137,6 +137,26 @@ def test_errors_show_in_the_panel(lab: MergeLab) -> None:
     assert lab.error.value == ""
 
 
+def test_a_typed_path_joins_the_picked_models(lab: MergeLab, tmp_path: Path) -> None:
+    """The path box adds a model to those picked (new options must not clear the picks); a
+    file that cannot be read is refused in the panel in one line naming it, the models kept."""
+    picked = tuple(lab.models.value)
+    copy = tmp_path / "mine.safetensors"
+    copy.write_bytes(Path(picked[1]).read_bytes())
+    lab.path.value = str(copy)
+    lab.add_button.click()
+    assert lab.models.value == (*picked, str(copy)) and lab.scenario.value == "custom"
+    assert lab.pool.n_models == len(picked) + 1 and lab.error.value == ""
+    assert lab.path.value == ""
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    for bad in (garbage, tmp_path / "missing.pt"):
+        lab.path.value = str(bad)
+        lab.add_button.click()
+        assert str(bad) in lab.error.value and "traceback" not in lab.error.value
+        assert lab.models.value == (*picked, str(copy)) and lab.pool.n_models == len(picked) + 1
+
+
 def test_save_and_the_equivalent_command(lab: MergeLab, tmp_path: Path) -> None:
     lab.set(alpha=0.3, start=7)
     lab.bn.value = "gaussian"

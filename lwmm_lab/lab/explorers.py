@@ -20,7 +20,7 @@ from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options
-from lwmm_lab.lab.panel import Panel, sync_figure
+from lwmm_lab.lab.panel import Panel, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     PRESETS,
     SCENARIO_LABELS,
@@ -93,6 +93,7 @@ class DiscrepancyExplorer(Panel):
         )
         self._scenario_changed(None)
 
+    @shows_errors
     def _scenario_changed(self, _: Any) -> None:
         if self.scenario.value != "custom":
             reference, others = preset(

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -49,7 +48,7 @@ from lwmm_lab.lab.figures import (
     update_iou_delta_figure,
     update_schedule_figure,
 )
-from lwmm_lab.lab.panel import Panel, sync_figure
+from lwmm_lab.lab.panel import Panel, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     SCENARIO_LABELS,
     base_checkpoint,
@@ -316,6 +315,7 @@ class MergeLab(Panel):
 
     # ------------------------------------------------------------------------- events
 
+    @shows_errors
     def _changed(self, change: dict[str, Any]) -> None:
         if self._quiet:
             return
@@ -328,6 +328,7 @@ class MergeLab(Panel):
         self.start_name.value = self._start_label()
         self.refresh()
 
+    @shows_errors
     def _scenario_changed(self, _: Any) -> None:
         """Load the scenario's models, its first one the anchor."""
         if self._quiet or self.scenario.value == "custom" or self.manifest is None:
@@ -339,6 +340,7 @@ class MergeLab(Panel):
             self.models.options = [*self.models.options, *extra]
         self._rebuild(paths[0], paths)
 
+    @shows_errors
     def _picked(self, _: Any) -> None:
         """Models picked by hand: the scenario becomes ``custom``."""
         if self._quiet:
@@ -347,6 +349,7 @@ class MergeLab(Panel):
             self.scenario.value = "custom"
         self._models_changed(None)
 
+    @shows_errors
     def _models_changed(self, _: Any) -> None:
         if self._quiet:
             return
@@ -367,16 +370,21 @@ class MergeLab(Panel):
 
         self.worker.submit(rebuild)
 
+    @shows_errors
     def _add_path(self, _: Any) -> None:
-        path = self.path.value.strip()
+        """Add the typed checkpoint to the models and select it; one that cannot be read is
+        refused in the error box, naming the file, and the models stay as they were."""
+        path, picked = self.path.value.strip(), tuple(self.models.value)
         if not path:
             return
-        if not Path(path).exists():
-            self._show_error(FileNotFoundError(f"{path}: no such file or directory"))
-            return
-        self.models.options = [*self.models.options, (peek_checkpoint(path).label, path)]
-        self.models.value = (*self.models.value, path)
+        if path not in {p for _, p in self.models.options}:
+            label = peek_checkpoint(path).label
+            with self._quietly():  # new options clear the selection: give it back
+                self.models.options = [*self.models.options, (label, path)]
+                self.models.value = picked
         self.path.value = ""
+        if path not in picked:
+            self.models.value = (*picked, path)
 
     def _start_label(self) -> str:
         j, names = self.start.value, self._depth_names
@@ -537,6 +545,7 @@ class MergeLab(Panel):
         path = save_merge(self.pool, self.output.value, self.plan.config)
         self.status.value = f"saved <code>{html.escape(str(path))}</code> with its provenance"
 
+    @shows_errors
     def _show_command(self, _: Any) -> None:
         self.command.value = merge_command(self.plan, self.output.value)
         self.command.layout.display = ""

@@ -3,18 +3,26 @@ error box, self-display, and the redraw of a plotly FigureWidget.
 
 Work runs in a background thread and only the newest request is computed: moving a slider
 quickly never queues a backlog, and the kernel stays free to receive the next change.
-Errors are shown in the panel. ``background=False`` computes inline (for tests and scripts).
+Errors are shown in the panel, those of the work and those of the event handlers alike (see
+:func:`shows_errors`): bad input as its one line, anything else with its traceback folded
+under it. ``background=False`` computes inline (for tests and scripts).
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import threading
 import traceback
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import ipywidgets as W
 import plotly.graph_objects as go
+
+from lwmm_lab.errors import LwmmError
+
+P = TypeVar("P", bound="Panel")
 
 
 class LatestOnly:
@@ -32,6 +40,7 @@ class LatestOnly:
             threading.Thread(target=self._loop, daemon=True, name="lwmm-widgets").start()
 
     def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` next, in place of any job still waiting."""
         if not self.background:
             self._run(job)
             return
@@ -62,7 +71,10 @@ class LatestOnly:
 
 
 class Panel:
-    """Shared parts: a status line, an error box, a worker, and self-display."""
+    """A panel's shared parts: a status line, an error box, a worker, and self-display.
+
+    A subclass lays its controls out in ``widget`` and hands its work to ``worker``.
+    """
 
     def __init__(self, background: bool) -> None:
         self.status = W.HTML()
@@ -71,6 +83,11 @@ class Panel:
         self.widget: W.Widget = W.VBox()
 
     def _show_error(self, e: BaseException) -> None:
+        """Bad input (:class:`~lwmm_lab.errors.LwmmError`) as its one line; anything else,
+        a bug, with its type and the traceback folded under it."""
+        if isinstance(e, LwmmError):
+            self.error.value = f"<div style='color:#b00020'>{html.escape(str(e))}</div>"
+            return
         detail = html.escape("".join(traceback.format_exception(e)))
         self.error.value = (
             f"<div style='color:#b00020'><b>{type(e).__name__}:</b> {html.escape(str(e))}"
@@ -85,6 +102,20 @@ class Panel:
         from IPython.display import display
 
         display(self.widget)
+
+
+def shows_errors(handler: Callable[[P, Any], None]) -> Callable[[P, Any], None]:
+    """An event handler whose errors appear in its panel's error box, like the worker's:
+    ipywidgets would send them to the log console, away from the control that was moved."""
+
+    @functools.wraps(handler)
+    def handle(panel: P, event: Any) -> None:
+        try:
+            handler(panel, event)
+        except Exception as e:
+            panel._show_error(e)
+
+    return handle
 
 
 def sync_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
