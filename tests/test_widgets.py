@@ -130,11 +130,24 @@ def test_a_panoptic_anchor_shows_pq_and_panoptic_outputs(lab: MergeLab) -> None:
     assert "PQ" not in lab.readout.value and "merged panoptic" not in lab.scores
 
 
-def test_errors_show_in_the_panel(lab: MergeLab) -> None:
+def test_errors_show_in_the_panel(lab: MergeLab, tmp_path: Path) -> None:
+    """Bad input as its one line, no traceback; each piece of work clears the last error."""
     lab.method.value = "weighted"  # needs weights the panel does not give
     assert "needs one weight per model" in lab.error.value
+    assert "traceback" not in lab.error.value
     lab.method.value = "layerwise"
     assert lab.error.value == ""
+    picked = lab.models.value
+    lab.models.value = ()
+    assert "no models picked" in lab.error.value and "traceback" not in lab.error.value
+    lab.models.value = picked
+    assert lab.error.value == "" and lab.pool.n_models == len(picked)
+    lab.output.value = str(tmp_path / "merged.pt")
+    lab.save_button.click()
+    assert "merged.pt: a checkpoint is written as a .safetensors file" in lab.error.value
+    lab.output.value = str(tmp_path / "merged.safetensors")
+    lab.save_button.click()
+    assert lab.error.value == "" and "saved" in lab.status.value
 
 
 def test_a_typed_path_joins_the_picked_models(lab: MergeLab, tmp_path: Path) -> None:

@@ -78,9 +78,9 @@ class DiscrepancyExplorer(Panel):
         self.run.observe(self._scenario_changed, names="value")
         self.family.observe(self._scenario_changed, names="value")
         for control in (self.reference, self.others):
-            control.observe(lambda _: self.worker.submit(self._compute), names="value")
+            control.observe(lambda _: self.submit(self._compute), names="value")
         for control in (self.tau, self.kinds):
-            control.observe(lambda _: self.worker.submit(self._draw), names="value")
+            control.observe(lambda _: self.submit(self._draw), names="value")
         left = W.VBox([self.scenario, self.run, self.family, self.reference, self.tau])
         self.widget = W.VBox(
             [
@@ -102,10 +102,9 @@ class DiscrepancyExplorer(Panel):
             with self.others.hold_trait_notifications(), self.reference.hold_trait_notifications():
                 self.reference.value = reference
                 self.others.value = tuple(others)
-        self.worker.submit(self._compute)
+        self.submit(self._compute)
 
     def _compute(self) -> None:
-        self.error.value = ""
         others = [p for p in self.others.value if p != self.reference.value]
         if self.reference.value is None or not others:
             self.status.value = "pick a reference and at least one other checkpoint"
@@ -163,8 +162,8 @@ class SweepExplorer(Panel):
         self.progress = W.IntProgress(min=0, max=steps * steps, description="cells")
         self.sweep: Sweep | None = None
         self.figure = go.FigureWidget()
-        self.run_button.on_click(lambda _: self.worker.submit(self._run))
-        self.domain.observe(lambda _: self.worker.submit(self._draw), names="value")
+        self.run_button.on_click(lambda _: self.submit(self._run))
+        self.domain.observe(lambda _: self.submit(self._draw), names="value")
         header = W.HBox([self.run_button, self.progress, self.domain])
         self.widget = W.VBox([header, self.status, self.error, self.figure])
 
@@ -177,7 +176,6 @@ class SweepExplorer(Panel):
         )  # fmt: skip
 
     def _run(self) -> None:
-        self.error.value = ""
         cells = self.cells()
         self.progress.max = len(cells)
         self.status.value = "running the sweep (cells computed before are read from the cache) ..."
@@ -192,7 +190,7 @@ class SweepExplorer(Panel):
     def load(self, sweep: Sweep) -> None:
         """Show an already computed sweep."""
         self.sweep = sweep
-        self.worker.submit(self._draw)
+        self.submit(self._draw)
 
     def _draw(self) -> None:
         if self.sweep is None:

@@ -38,6 +38,7 @@ from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import GRANULARITIES, Pool
+from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import (
     COLUMNS,
     change_color,
@@ -215,8 +216,8 @@ class MergeLab(Panel):
         self.align.observe(self._models_changed, names="value")
         self.scenario.observe(self._scenario_changed, names="value")
         self.add_button.on_click(self._add_path)
-        self.full_button.on_click(lambda _: self.worker.submit(self._score_full))
-        self.save_button.on_click(lambda _: self.worker.submit(self._save))
+        self.full_button.on_click(lambda _: self.submit(self._score_full))
+        self.save_button.on_click(lambda _: self.submit(self._save))
         self.command_button.on_click(self._show_command)
         pick = W.VBox([self.scenario, self.models, W.HBox([self.path, self.add_button])])
         knobs = W.VBox([self.anchor, self.method, self.bn, self.device, self.align])
@@ -260,7 +261,7 @@ class MergeLab(Panel):
 
     def refresh(self) -> None:
         """Re-merge with the current controls and update every view (in the background)."""
-        self.worker.submit(self._update)
+        self.submit(self._update)
 
     def set(self, **values: Any) -> None:
         """Move several controls at once (``start=``, ``alpha=``, ...) with one re-merge."""
@@ -274,7 +275,7 @@ class MergeLab(Panel):
     def _build_pool(self, anchor_path: str | None = None) -> None:
         paths = list(self.models.value)
         if not paths:
-            raise ValueError("select at least one model")
+            raise LwmmError("no models picked: pick at least one")
         base = base_checkpoint(self.manifest) if self.manifest else None
         anchor = paths.index(anchor_path) if anchor_path in paths else 0
         align = anchor if self.align.value else None
@@ -368,7 +369,7 @@ class MergeLab(Panel):
             self._build_pool(anchor_path)
             self._update()
 
-        self.worker.submit(rebuild)
+        self.submit(rebuild)
 
     @shows_errors
     def _add_path(self, _: Any) -> None:
@@ -403,7 +404,6 @@ class MergeLab(Panel):
             now = time.perf_counter()
             parts[part], mark = (now - mark) * 1000, now
 
-        self.error.value = ""
         if self.method.value == "fisher" and self.pool.fisher is None:
             self._attach_fisher()
         plan = make_plan(self.pool, self.config())

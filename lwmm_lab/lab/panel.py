@@ -73,7 +73,7 @@ class LatestOnly:
 class Panel:
     """A panel's shared parts: a status line, an error box, a worker, and self-display.
 
-    A subclass lays its controls out in ``widget`` and hands its work to ``worker``.
+    A subclass lays its controls out in ``widget`` and hands its work to :meth:`submit`.
     """
 
     def __init__(self, background: bool) -> None:
@@ -93,6 +93,16 @@ class Panel:
             f"<div style='color:#b00020'><b>{type(e).__name__}:</b> {html.escape(str(e))}"
             f"<details><summary>traceback</summary><pre>{detail}</pre></details></div>"
         )
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Hand ``job`` to the worker; the error box is cleared as it starts, so that an error
+        shown is always the newest work's (a failed save does not outlive the next one)."""
+
+        def fresh() -> None:
+            self.error.value = ""
+            job()
+
+        self.worker.submit(fresh)
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Wait for the panel's pending work (useful in scripts and tests)."""
