@@ -20,7 +20,7 @@ from lwmm_lab.lab import DiscrepancyExplorer, MergeLab, SweepExplorer
 from lwmm_lab.lab.figures import COLUMNS, panel_uri
 from lwmm_lab.lab.panel import LatestOnly
 from lwmm_lab.zoo import load_manifest, select
-from lwmm_lab.zoo.manifest import scenario_checkpoints
+from lwmm_lab.zoo.manifest import base_checkpoint, scenario_checkpoints
 
 
 @pytest.fixture
@@ -112,6 +112,30 @@ def test_scenario_chooser_and_alignment(lab: MergeLab, quick_zoo: Path) -> None:
     assert lab.error.value == ""
     lab.models.value = tuple(lab.models.value[:2])
     assert lab.scenario.value == "custom" and lab.pool.n_models == 2
+
+
+def test_fisher_keeps_the_pool_aligned_to_the_anchor(quick_zoo: Path) -> None:
+    """Switching to Fisher rebuilds the pool with each model's Fisher: still aligned while
+    *align* is ticked, to the anchor picked (the rebuild dropped the alignment before)."""
+    lab = MergeLab(zoo=quick_zoo, align=True, preview=4, background=False)
+    lab.anchor.value = 1
+    lab.method.value = "fisher"
+    assert lab.error.value == "" and lab.pool.fisher is not None
+    assert lab.pool.alignment is not None and lab.pool.alignment.anchor == lab.plan.anchor == 1
+
+
+def test_a_base_gives_task_vectors_to_models_outside_a_zoo(quick_zoo: Path) -> None:
+    """Task arithmetic needs the model the others were tuned from: without a zoo the lab
+    says so in one line, and takes one as ``base``."""
+    manifest = load_manifest(quick_zoo)
+    paths = scenario_checkpoints(manifest, "strategies")[:2]
+    lab = MergeLab(paths, preview=4, background=False)
+    lab.method.value = "task_arithmetic"
+    assert "needs a base" in lab.error.value and "traceback" not in lab.error.value
+    lab = MergeLab(paths, base=base_checkpoint(manifest), preview=4, background=False)
+    lab.method.value = "task_arithmetic"
+    assert lab.error.value == "" and lab.plan.config.method == "task_arithmetic"
+    assert lab.plan.provenance()["base"]["path"] == base_checkpoint(manifest)
 
 
 def test_a_panoptic_anchor_shows_pq_and_panoptic_outputs(lab: MergeLab) -> None:

@@ -110,7 +110,9 @@ class MergeLab(Panel):
     strategies, where the start layer and alpha matter most; the scenario chooser switches to
     the one-source strategies, the checkpoints of one run, other classes, other decoders or
     multi-target. ``align`` matches the other models' decoder channels to the anchor's first
-    (weight matching). Preview mIoU is on ``preview`` images of the target and source val; a
+    (weight matching). ``base``, the model the others were fine-tuned from, is what task
+    arithmetic and TIES take task vectors against (default: the zoo's pre-trained base when
+    the lab has a zoo). Preview mIoU is on ``preview`` images of the target and source val; a
     button scores the full val (``full`` images).
     """
 
@@ -120,6 +122,7 @@ class MergeLab(Panel):
         zoo: str | os.PathLike | None = None,
         scenario: str = "independent",
         align: bool = False,
+        base: str | os.PathLike | None = None,
         target: str = "real",
         source: str = "synthetic",
         preview: int = 16,
@@ -141,6 +144,7 @@ class MergeLab(Panel):
         else:
             scenario = "custom"
         checkpoints = [str(p) for p in checkpoints]
+        self.base = None if base is None else str(base)
         self.target, self.source = target, source
         self.preview_size, self.full_size, self.shown = preview, full, shown
         trained_at = peek_checkpoint(checkpoints[0]).provenance.get("resolution", (128, 256))
@@ -276,10 +280,8 @@ class MergeLab(Panel):
         paths = list(self.models.value)
         if not paths:
             raise LwmmError("no models picked: pick at least one")
-        base = base_checkpoint(self.manifest) if self.manifest else None
         anchor = paths.index(anchor_path) if anchor_path in paths else 0
-        align = anchor if self.align.value else None
-        self.pool = Pool(paths, device=self.device.value, base=base, align=align)
+        self.pool = self._pool(paths, anchor)
         self._models.clear()
         self._anchor_cache.clear()
         with self._quietly():
@@ -287,6 +289,13 @@ class MergeLab(Panel):
             self.anchor.value = anchor
             self._fit_start_slider()
         self.plan = make_plan(self.pool, self.config())
+
+    def _pool(self, paths: list[str], anchor: int, fisher: list[str] | None = None) -> Pool:
+        """A pool of ``paths`` as the controls say: on their device, with the base, aligned to
+        ``anchor`` while *align* is ticked, and with the given Fisher files."""
+        base = self.base or (base_checkpoint(self.manifest) if self.manifest else None)
+        align = anchor if self.align.value else None
+        return Pool(paths, device=self.device.value, base=base, align=align, fisher=fisher)
 
     def _fit_start_slider(self) -> None:
         layout = self.pool.layout(self.anchor.value or 0, self.granularity.value)
@@ -435,7 +444,7 @@ class MergeLab(Panel):
         self.status.value = "estimating each model's Fisher (once; cached under data/cache) ..."
         paths = [str(c.path) for c in self.pool.checkpoints]
         fishers = [fisher_file(p) for p in paths]
-        self.pool = Pool(paths, device=self.device.value, base=self.pool.base_path, fisher=fishers)
+        self.pool = self._pool(paths, self.anchor.value or 0, fishers)
         self._models.clear()
 
     def _scorer(self) -> BatchScorer:
