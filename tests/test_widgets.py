@@ -138,6 +138,31 @@ def test_a_base_gives_task_vectors_to_models_outside_a_zoo(quick_zoo: Path) -> N
     assert lab.plan.provenance()["base"]["path"] == base_checkpoint(manifest)
 
 
+def test_a_rebuild_is_not_dropped_for_a_newer_change(quick_zoo: Path) -> None:
+    """The worker computes only the newest job: *align* ticked while the worker is busy, then
+    alpha moved, must still give an aligned pool (the alpha job dropped the rebuild before)."""
+    lab = MergeLab(zoo=quick_zoo, preview=4)
+    assert lab.wait()
+    gate = threading.Event()
+    lab.submit(lambda: gate.wait(10))
+    lab.align.value = True
+    lab.alpha.value = 0.4
+    gate.set()
+    assert lab.wait()
+    assert lab.pool.alignment is not None and lab.plan.config.alpha == 0.4
+
+
+def test_set_moves_controls_as_by_hand(lab: MergeLab) -> None:
+    """``set`` re-merges once, with what each move implies: the anchor of an aligned pool
+    re-aligns it, a coarser granularity narrows the start slider before ``start`` is set."""
+    lab.set(align=True)
+    assert lab.pool.alignment.anchor == 0
+    lab.set(anchor=2, granularity="module", start=3)
+    assert lab.pool.alignment.anchor == lab.plan.anchor == 2 and lab.error.value == ""
+    assert lab.start.max == lab.pool.layout(2, "module").n_depth
+    assert (lab.plan.config.granularity, lab.plan.config.start) == ("module", 3)
+
+
 def test_a_panoptic_anchor_shows_pq_and_panoptic_outputs(lab: MergeLab) -> None:
     """Fig. 6 in the lab: with the panoptic model as the anchor, the readout gives PQ, SQ and
     RQ beside mIoU, and the grid shows panoptic maps (instances outlined) that follow alpha."""

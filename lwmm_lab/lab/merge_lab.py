@@ -160,6 +160,10 @@ class MergeLab(Panel):
         self._panel_keys: dict[int, bytes] = {}
         self._depth_names: tuple[str, ...] = ()
         self._quiet = False  # set while the panel itself moves controls
+        self._deferred = False  # set while set() moves controls: one refresh at the end
+        self._anchor_path = checkpoints[0]  # the anchor picked, by file: kept over rebuilds
+        self._pool_paths: list[str] = []  # the files the pool holds, in the anchor menu's order
+        self._built_for: tuple[Any, ...] | None = None  # the pool's _pool_key() when built
 
         wide = W.Layout(width="440px")
         self.scenario = W.Dropdown(options=scenarios, value=scenario, description="scenario")
@@ -199,7 +203,7 @@ class MergeLab(Panel):
         self.command = W.Textarea(layout=W.Layout(width="100%", height="64px", display="none"))
         self.readout = W.HTML()
 
-        self._build_pool(checkpoints[0])
+        self._build_pool()
         with self._quietly():
             self.alpha.value = round(1 / self.pool.n_models, 2)  # the paper's default: 1/M
         self.plan = make_plan(self.pool, self.config())
@@ -216,8 +220,8 @@ class MergeLab(Panel):
         for control in controls:
             control.observe(self._changed, names="value")
         self.models.observe(self._picked, names="value")
-        self.device.observe(self._models_changed, names="value")
-        self.align.observe(self._models_changed, names="value")
+        self.device.observe(lambda _: self.refresh(), names="value")
+        self.align.observe(lambda _: self.refresh(), names="value")
         self.scenario.observe(self._scenario_changed, names="value")
         self.add_button.on_click(self._add_path)
         self.full_button.on_click(lambda _: self.submit(self._score_full))
@@ -264,38 +268,62 @@ class MergeLab(Panel):
             self._quiet = False
 
     def refresh(self) -> None:
-        """Re-merge with the current controls and update every view (in the background)."""
-        self.submit(self._update)
+        """Bring the pool and every view up to date with the controls (in the background)."""
+        if not self._deferred:
+            self.submit(self._sync)
 
     def set(self, **values: Any) -> None:
-        """Move several controls at once (``start=``, ``alpha=``, ...) with one re-merge."""
-        with self._quietly():
+        """Move several controls at once (``start=``, ``alpha=``, ...), in the order given and
+        each as if moved by hand, with one re-merge at the end. ``anchor`` is a position in the
+        anchor menu as it stands (the pool's models before a change of ``models`` is merged)."""
+        self._deferred = True
+        try:
             for name, value in values.items():
                 getattr(self, name).value = value
+        finally:
+            self._deferred = False
         self.refresh()
 
     # ------------------------------------------------------------------- pool and models
 
-    def _build_pool(self, anchor_path: str | None = None) -> None:
+    def _pool_key(self) -> tuple[Any, ...]:
+        """What the controls ask of the pool: its models, its device, and while *align* is
+        ticked the anchor it is aligned to."""
+        aligned_to = self._anchor_path if self.align.value else None
+        return tuple(self.models.value), self.device.value, aligned_to
+
+    def _sync(self) -> None:
+        """The one job of every change: rebuild the pool when the controls ask for another
+        (:meth:`_pool_key`, or each model's Fisher for the Fisher merge), then re-merge,
+        re-score and redraw. The worker runs only the newest job: as every job does all that
+        the controls ask, dropping an older one never drops a rebuild."""
+        fisher_missing = self.method.value == "fisher" and self.pool.fisher is None
+        if self._pool_key() != self._built_for or fisher_missing:
+            self._build_pool()
+        self._update()
+
+    def _build_pool(self) -> None:
+        """A pool of the models picked, on the device picked, with the base; aligned to the
+        anchor while *align* is ticked, and with each model's Fisher for the Fisher merge."""
         paths = list(self.models.value)
         if not paths:
             raise LwmmError("no models picked: pick at least one")
-        anchor = paths.index(anchor_path) if anchor_path in paths else 0
-        self.pool = self._pool(paths, anchor)
+        anchor = paths.index(self._anchor_path) if self._anchor_path in paths else 0
+        fisher = None
+        if self.method.value == "fisher":
+            self.status.value = "estimating each model's Fisher (once; cached under data/cache) ..."
+            fisher = [fisher_file(p) for p in paths]
+        base = self.base or (base_checkpoint(self.manifest) if self.manifest else None)
+        align = anchor if self.align.value else None
+        self.pool = Pool(paths, device=self.device.value, base=base, align=align, fisher=fisher)
+        self._anchor_path, self._pool_paths = paths[anchor], paths
+        self._built_for = self._pool_key()
         self._models.clear()
         self._anchor_cache.clear()
         with self._quietly():
             self.anchor.options = [(label, i) for i, label in enumerate(self.pool.labels)]
             self.anchor.value = anchor
             self._fit_start_slider()
-        self.plan = make_plan(self.pool, self.config())
-
-    def _pool(self, paths: list[str], anchor: int, fisher: list[str] | None = None) -> Pool:
-        """A pool of ``paths`` as the controls say: on their device, with the base, aligned to
-        ``anchor`` while *align* is ticked, and with the given Fisher files."""
-        base = self.base or (base_checkpoint(self.manifest) if self.manifest else None)
-        align = anchor if self.align.value else None
-        return Pool(paths, device=self.device.value, base=base, align=align, fisher=fisher)
 
     def _fit_start_slider(self) -> None:
         layout = self.pool.layout(self.anchor.value or 0, self.granularity.value)
@@ -327,11 +355,12 @@ class MergeLab(Panel):
 
     @shows_errors
     def _changed(self, change: dict[str, Any]) -> None:
+        """A knob moved: the start slider kept within the anchor's depths, and a re-merge
+        (a new pool when the pool is aligned to the anchor, see :meth:`_sync`)."""
         if self._quiet:
             return
-        if change["owner"] is self.anchor and self.align.value:
-            self._models_changed(None)  # the pool is aligned to its anchor: align to the new one
-            return
+        if change["owner"] is self.anchor and self.anchor.value is not None:
+            self._anchor_path = self._pool_paths[self.anchor.value]
         if change["owner"] in (self.anchor, self.granularity):
             with self._quietly():
                 self._fit_start_slider()
@@ -348,7 +377,9 @@ class MergeLab(Panel):
         extra = [(peek_checkpoint(p).label, p) for p in paths if p not in known]
         with self._quietly():
             self.models.options = [*self.models.options, *extra]
-        self._rebuild(paths[0], paths)
+            self.models.value = tuple(paths)
+        self._anchor_path = paths[0]
+        self.refresh()
 
     @shows_errors
     def _picked(self, _: Any) -> None:
@@ -357,28 +388,7 @@ class MergeLab(Panel):
             return
         with self._quietly():
             self.scenario.value = "custom"
-        self._models_changed(None)
-
-    @shows_errors
-    def _models_changed(self, _: Any) -> None:
-        if self._quiet:
-            return
-        anchor_path = None
-        if self.pool is not None and self.anchor.value is not None:
-            anchor_path = str(self.pool.checkpoints[self.anchor.value].path)
-        self._rebuild(anchor_path)
-
-    def _rebuild(self, anchor_path: str | None, paths: Sequence[str] | None = None) -> None:
-        """Rebuild the pool (models, device or alignment changed) and re-merge."""
-
-        def rebuild() -> None:
-            if paths is not None:
-                with self._quietly():
-                    self.models.value = tuple(paths)
-            self._build_pool(anchor_path)
-            self._update()
-
-        self.submit(rebuild)
+        self.refresh()
 
     @shows_errors
     def _add_path(self, _: Any) -> None:
@@ -413,8 +423,6 @@ class MergeLab(Panel):
             now = time.perf_counter()
             parts[part], mark = (now - mark) * 1000, now
 
-        if self.method.value == "fisher" and self.pool.fisher is None:
-            self._attach_fisher()
         plan = make_plan(self.pool, self.config())
         done("plan")
         model, tensors = self._built(plan.anchor)
@@ -439,13 +447,6 @@ class MergeLab(Panel):
         self.last_update_seconds = time.perf_counter() - started
         ms = self.last_update_seconds * 1000
         self.status.value = f"<small>merged on {self.pool.device} and scored in {ms:.0f} ms</small>"
-
-    def _attach_fisher(self) -> None:
-        self.status.value = "estimating each model's Fisher (once; cached under data/cache) ..."
-        paths = [str(c.path) for c in self.pool.checkpoints]
-        fishers = [fisher_file(p) for p in paths]
-        self.pool = self._pool(paths, self.anchor.value or 0, fishers)
-        self._models.clear()
 
     def _scorer(self) -> BatchScorer:
         """The target's and the source's previews as one batch on the pool's device (made
