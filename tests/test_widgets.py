@@ -275,6 +275,30 @@ def test_discrepancy_explorer(quick_zoo: Path) -> None:
     assert len(d.result.others) == 5 and all(o.startswith("indep-") for o in d.result.others)
 
 
+def test_the_explorers_never_lose_a_change_behind_a_newer_one(
+    lab: MergeLab, quick_zoo: Path
+) -> None:
+    """Each explorer's worker runs only its newest job: a new reference, then tau, moved while
+    the worker is busy, must still recompute; a run asked for, then a domain, must still run."""
+    d = DiscrepancyExplorer(zoo=quick_zoo, scenario="checkpoint", run="minent")
+    assert d.wait()
+    gate = threading.Event()
+    d.submit(lambda: gate.wait(10))
+    d.reference.value = d.others.value[-1]
+    d.tau.value = 1000
+    gate.set()
+    assert d.wait() and d.result.reference == "minent@12" and "tau = 1e+03" in d.status.value
+    manifest = load_manifest(quick_zoo)
+    finals = [e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)][:2]
+    sweep = SweepExplorer(lab, checkpoints=finals, steps=2, images=2)
+    gate.clear()
+    sweep.submit(lambda: gate.wait(10))
+    sweep.run_button.click()
+    sweep.domain.value = "synthetic"
+    gate.set()
+    assert sweep.wait(120) and sweep.sweep is not None and "best synthetic" in sweep.status.value
+
+
 def test_sweep_explorer_loads_a_cell_into_the_lab(lab: MergeLab, quick_zoo: Path) -> None:
     manifest = load_manifest(quick_zoo)
     finals = [e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)][:2]

@@ -14,7 +14,7 @@ from typing import Any
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from lwmm_lab.analysis.discrepancy import KINDS, discrepancy
+from lwmm_lab.analysis.discrepancy import KINDS, Discrepancy, discrepancy
 from lwmm_lab.analysis.sweeps import Cell, Sweep, grid, run_sweep
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.pool import Pool, resolve_device
@@ -71,16 +71,15 @@ class DiscrepancyExplorer(Panel):
         self.kinds = W.SelectMultiple(
             options=list(KINDS), value=list(KINDS), rows=6, description="kinds"
         )
-        self.result = None
+        self.result: Discrepancy | None = None
+        self._computed_for: tuple[str, tuple[str, ...]] | None = None  # the result's models
         self.figure = go.FigureWidget()
         self.counts = go.FigureWidget()
         self.scenario.observe(self._scenario_changed, names="value")
         self.run.observe(self._scenario_changed, names="value")
         self.family.observe(self._scenario_changed, names="value")
-        for control in (self.reference, self.others):
-            control.observe(lambda _: self.submit(self._compute), names="value")
-        for control in (self.tau, self.kinds):
-            control.observe(lambda _: self.submit(self._draw), names="value")
+        for control in (self.reference, self.others, self.tau, self.kinds):
+            control.observe(lambda _: self.submit(self._sync), names="value")
         left = W.VBox([self.scenario, self.run, self.family, self.reference, self.tau])
         self.widget = W.VBox(
             [
@@ -95,6 +94,7 @@ class DiscrepancyExplorer(Panel):
 
     @shows_errors
     def _scenario_changed(self, _: Any) -> None:
+        """A preset picks the reference and the others."""
         if self.scenario.value != "custom":
             reference, others = preset(
                 self.manifest, self.scenario.value, run=self.run.value, family=self.family.value
@@ -102,14 +102,19 @@ class DiscrepancyExplorer(Panel):
             with self.others.hold_trait_notifications(), self.reference.hold_trait_notifications():
                 self.reference.value = reference
                 self.others.value = tuple(others)
-        self.submit(self._compute)
+        self.submit(self._sync)
 
-    def _compute(self) -> None:
-        others = [p for p in self.others.value if p != self.reference.value]
+    def _sync(self) -> None:
+        """The one job of every change: the discrepancy computed again when the reference or
+        the others differ from the result's, then drawn with tau and the kinds. The worker runs
+        only the newest job: as each does all that the controls ask, none is lost."""
+        others = tuple(p for p in self.others.value if p != self.reference.value)
         if self.reference.value is None or not others:
             self.status.value = "pick a reference and at least one other checkpoint"
             return
-        self.result = discrepancy(Pool([self.reference.value, *others], device="cpu"))
+        if (self.reference.value, others) != self._computed_for:
+            self.result = discrepancy(Pool([self.reference.value, *others], device="cpu"))
+            self._computed_for = (self.reference.value, others)
         self._draw()
 
     def _draw(self) -> None:
@@ -161,9 +166,10 @@ class SweepExplorer(Panel):
         self.run_button = W.Button(description=f"run the {steps} x {steps} sweep", icon="play")
         self.progress = W.IntProgress(min=0, max=steps * steps, description="cells")
         self.sweep: Sweep | None = None
+        self._run_asked = False  # the run button was pressed and the sweep has not started
         self.figure = go.FigureWidget()
-        self.run_button.on_click(lambda _: self.submit(self._run))
-        self.domain.observe(lambda _: self.submit(self._draw), names="value")
+        self.run_button.on_click(self._ask_run)
+        self.domain.observe(lambda _: self.submit(self._sync), names="value")
         header = W.HBox([self.run_button, self.progress, self.domain])
         self.widget = W.VBox([header, self.status, self.error, self.figure])
 
@@ -175,6 +181,18 @@ class SweepExplorer(Panel):
             images=self.images, resolution=tuple(self.resolution), device=str(device),
         )  # fmt: skip
 
+    def _ask_run(self, _: Any) -> None:
+        self._run_asked = True
+        self.submit(self._sync)
+
+    def _sync(self) -> None:
+        """The one job of every change: the sweep run when asked for, then drawn for the
+        domain shown (a domain switched while a run waits does not drop the run)."""
+        if self._run_asked:
+            self._run_asked = False
+            self._run()
+        self._draw()
+
     def _run(self) -> None:
         cells = self.cells()
         self.progress.max = len(cells)
@@ -185,12 +203,11 @@ class SweepExplorer(Panel):
 
         self.sweep = run_sweep(cells, self.executor, progress=False, on_result=advance)
         self.progress.value = len(cells)
-        self._draw()
 
     def load(self, sweep: Sweep) -> None:
         """Show an already computed sweep."""
         self.sweep = sweep
-        self.submit(self._draw)
+        self.submit(self._sync)
 
     def _draw(self) -> None:
         if self.sweep is None:
