@@ -16,6 +16,7 @@ from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
 from lwmm_lab.cli import main
 from lwmm_lab.engine.model import merged_model
+from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab import DiscrepancyExplorer, MergeLab, SweepExplorer
 from lwmm_lab.lab.figures import COLUMNS, panel_uri
 from lwmm_lab.lab.panel import LatestOnly
@@ -177,6 +178,13 @@ def test_a_panoptic_anchor_shows_pq_and_panoptic_outputs(lab: MergeLab) -> None:
     assert _images(lab.grid_fig) != before
     lab.scenario.value = "independent"
     assert "PQ" not in lab.readout.value and "merged panoptic" not in lab.scores
+
+
+def test_the_device_menu_offers_what_the_machine_has(lab: MergeLab, quick_zoo: Path) -> None:
+    assert ("cuda" in lab.device.options) == torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        with pytest.raises(LwmmError, match="'cuda' requested but CUDA is not available"):
+            MergeLab(zoo=quick_zoo, device="cuda", background=False)
 
 
 def test_errors_show_in_the_panel(lab: MergeLab, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_comma
 from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
-from lwmm_lab.engine.pool import GRANULARITIES, Pool
+from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import (
     COLUMNS,
@@ -193,8 +193,10 @@ class MergeLab(Panel):
         self.granularity = W.ToggleButtons(
             options=list(GRANULARITIES), value="tensor", description="granularity"
         )
+        resolve_device(device)  # a device this machine lacks is refused here, in one line
+        devices = ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else []), device]
         self.device = W.Dropdown(
-            options=["auto", "cpu", "cuda"], value=device, description="device"
+            options=list(dict.fromkeys(devices)), value=device, description="device"
         )
         self.full_button = W.Button(description=f"score full val ({full})", icon="check")
         self.output = W.Text(value="merged.safetensors", description="save as")
