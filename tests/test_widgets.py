@@ -139,18 +139,25 @@ def test_a_base_gives_task_vectors_to_models_outside_a_zoo(quick_zoo: Path) -> N
     assert lab.plan.provenance()["base"]["path"] == base_checkpoint(manifest)
 
 
-def test_a_rebuild_is_not_dropped_for_a_newer_change(quick_zoo: Path) -> None:
-    """The worker computes only the newest job: *align* ticked while the worker is busy, then
-    alpha moved, must still give an aligned pool (the alpha job dropped the rebuild before)."""
+def test_a_rebuild_or_a_save_is_not_dropped_for_a_newer_change(
+    quick_zoo: Path, tmp_path: Path
+) -> None:
+    """The worker computes only the newest job: *align* ticked and *save* pressed while the
+    worker is busy, then alpha moved, must still align the pool and save (the alpha job
+    dropped both before); the file saved is the merge shown."""
     lab = MergeLab(zoo=quick_zoo, preview=4)
     assert lab.wait()
+    lab.output.value = str(tmp_path / "saved.safetensors")
     gate = threading.Event()
     lab.submit(lambda: gate.wait(10))
     lab.align.value = True
+    lab.save_button.click()
     lab.alpha.value = 0.4
     gate.set()
-    assert lab.wait()
+    assert lab.wait() and lab.error.value == ""
     assert lab.pool.alignment is not None and lab.plan.config.alpha == 0.4
+    saved = load_checkpoint(tmp_path / "saved.safetensors")
+    assert saved.provenance["alpha"] == 0.4 and "alignment" in saved.provenance
 
 
 def test_set_moves_controls_as_by_hand(lab: MergeLab) -> None:

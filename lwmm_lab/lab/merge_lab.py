@@ -12,7 +12,7 @@ import contextlib
 import html
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +164,8 @@ class MergeLab(Panel):
         self._anchor_path = checkpoints[0]  # the anchor picked, by file: kept over rebuilds
         self._pool_paths: list[str] = []  # the files the pool holds, in the anchor menu's order
         self._built_for: tuple[Any, ...] | None = None  # the pool's _pool_key() when built
+        self._shown: tuple[Pool | None, MergeConfig | None] = (None, None)  # what the views show
+        self._asked: list[Callable[[], None]] = []  # buttons pressed: run once views are current
 
         wide = W.Layout(width="440px")
         self.scenario = W.Dropdown(options=scenarios, value=scenario, description="scenario")
@@ -226,8 +228,8 @@ class MergeLab(Panel):
         self.align.observe(lambda _: self.refresh(), names="value")
         self.scenario.observe(self._scenario_changed, names="value")
         self.add_button.on_click(self._add_path)
-        self.full_button.on_click(lambda _: self.submit(self._score_full))
-        self.save_button.on_click(lambda _: self.submit(self._save))
+        self.full_button.on_click(lambda _: self._ask(self._score_full))
+        self.save_button.on_click(lambda _: self._ask(self._save))
         self.command_button.on_click(self._show_command)
         pick = W.VBox([self.scenario, self.models, W.HBox([self.path, self.add_button])])
         knobs = W.VBox([self.anchor, self.method, self.bn, self.device, self.align])
@@ -294,15 +296,24 @@ class MergeLab(Panel):
         aligned_to = self._anchor_path if self.align.value else None
         return tuple(self.models.value), self.device.value, aligned_to
 
+    def _ask(self, action: Callable[[], None]) -> None:
+        """A button's work (save, score the full val), done once the views show the controls."""
+        self._asked.append(action)
+        self.refresh()
+
     def _sync(self) -> None:
         """The one job of every change: rebuild the pool when the controls ask for another
-        (:meth:`_pool_key`, or each model's Fisher for the Fisher merge), then re-merge,
-        re-score and redraw. The worker runs only the newest job: as every job does all that
-        the controls ask, dropping an older one never drops a rebuild."""
+        (:meth:`_pool_key`, or each model's Fisher for the Fisher merge), re-merge, re-score and
+        redraw when the views show another merge, then do what the buttons asked. The worker
+        runs only the newest job: as every job does all that the controls and buttons ask,
+        dropping an older one never drops a rebuild or a save."""
         fisher_missing = self.method.value == "fisher" and self.pool.fisher is None
         if self._pool_key() != self._built_for or fisher_missing:
             self._build_pool()
-        self._update()
+        if self._shown[0] is not self.pool or self._shown[1] != self.config():
+            self._update()
+        while self._asked:
+            self._asked.pop(0)()
 
     def _build_pool(self) -> None:
         """A pool of the models picked, on the device picked, with the base; aligned to the
@@ -425,7 +436,8 @@ class MergeLab(Panel):
             now = time.perf_counter()
             parts[part], mark = (now - mark) * 1000, now
 
-        plan = make_plan(self.pool, self.config())
+        config = self.config()
+        plan = make_plan(self.pool, config)
         done("plan")
         model, tensors = self._built(plan.anchor)
         plan.run(into=tensors)
@@ -445,6 +457,7 @@ class MergeLab(Panel):
         self.start_name.value = self._start_label()
         self.readout.value = self._readout(anchor, merged)
         done("grid")
+        self._shown = (self.pool, config)
         self.last_update_parts = parts
         self.last_update_seconds = time.perf_counter() - started
         ms = self.last_update_seconds * 1000
