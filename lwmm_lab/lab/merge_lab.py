@@ -292,7 +292,7 @@ class MergeLab(Panel):
 
     def _pool_key(self) -> tuple[Any, ...]:
         """What the controls ask of the pool: its models, its device, and while *align* is
-        ticked the anchor it is aligned to."""
+        ticked the anchor it is aligned to (as :meth:`_build_pool` records it)."""
         aligned_to = self._anchor_path if self.align.value else None
         return tuple(self.models.value), self.device.value, aligned_to
 
@@ -318,7 +318,8 @@ class MergeLab(Panel):
     def _build_pool(self) -> None:
         """A pool of the models picked, on the device picked, with the base; aligned to the
         anchor while *align* is ticked, and with each model's Fisher for the Fisher merge."""
-        paths = list(self.models.value)
+        # The controls are read once: moved during the build, they differ from _built_for.
+        paths, device, aligned = list(self.models.value), self.device.value, self.align.value
         if not paths:
             raise LwmmError("no models picked: pick at least one")
         anchor = paths.index(self._anchor_path) if self._anchor_path in paths else 0
@@ -327,10 +328,10 @@ class MergeLab(Panel):
             self.status.value = "estimating each model's Fisher (once; cached under data/cache) ..."
             fisher = [fisher_file(p) for p in paths]
         base = self.base or (base_checkpoint(self.manifest) if self.manifest else None)
-        align = anchor if self.align.value else None
-        self.pool = Pool(paths, device=self.device.value, base=base, align=align, fisher=fisher)
+        align = anchor if aligned else None
+        self.pool = Pool(paths, device=device, base=base, align=align, fisher=fisher)
         self._anchor_path, self._pool_paths = paths[anchor], paths
-        self._built_for = self._pool_key()
+        self._built_for = (tuple(paths), device, paths[anchor] if aligned else None)
         self._models.clear()
         self._anchor_cache.clear()
         with self._quietly():
