@@ -320,9 +320,10 @@ class MergeLab(Panel):
         anchor while *align* is ticked, and with each model's Fisher for the Fisher merge."""
         # The controls are read once: moved during the build, they differ from _built_for.
         paths, device, aligned = list(self.models.value), self.device.value, self.align.value
+        asked = self._anchor_path
         if not paths:
             raise LwmmError("no models picked: pick at least one")
-        anchor = paths.index(self._anchor_path) if self._anchor_path in paths else 0
+        anchor = paths.index(asked) if asked in paths else 0
         fisher = None
         if self.method.value == "fisher":
             self.status.value = "estimating each model's Fisher (once; cached under data/cache) ..."
@@ -330,13 +331,15 @@ class MergeLab(Panel):
         base = self.base or (base_checkpoint(self.manifest) if self.manifest else None)
         align = anchor if aligned else None
         self.pool = Pool(paths, device=device, base=base, align=align, fisher=fisher)
-        self._anchor_path, self._pool_paths = paths[anchor], paths
         self._built_for = (tuple(paths), device, paths[anchor] if aligned else None)
+        if self._anchor_path == asked:  # else an anchor picked during the build stays picked
+            self._anchor_path = paths[anchor]
+        self._pool_paths = paths
         self._models.clear()
         self._anchor_cache.clear()
         with self._quietly():
             self.anchor.options = [(label, i) for i, label in enumerate(self.pool.labels)]
-            self.anchor.value = anchor
+            self.anchor.value = paths.index(self._anchor_path) if self._anchor_path in paths else 0
             self._fit_start_slider()
 
     def _fit_start_slider(self) -> None:
