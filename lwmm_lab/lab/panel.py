@@ -4,10 +4,11 @@ error box, self-display, and the redraw of a plotly FigureWidget.
 Work runs in a background thread and only the newest request is computed: moving a slider
 quickly never queues a backlog, and the kernel stays free to receive the next change. So each
 panel's job does all that its controls ask, whichever control moved: a dropped job loses
-nothing.
+nothing. ``background=False`` computes inline (for tests and scripts).
+
 Errors are shown in the panel, those of the work and those of the event handlers alike (see
 :func:`shows_errors`): bad input as its one line, anything else with its traceback folded
-under it. ``background=False`` computes inline (for tests and scripts).
+under it.
 """
 
 from __future__ import annotations
