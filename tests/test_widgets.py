@@ -160,6 +160,16 @@ def test_a_rebuild_or_a_save_is_not_dropped_for_a_newer_change(
     assert saved.provenance["alpha"] == 0.4 and "alignment" in saved.provenance
 
 
+def test_a_control_moved_while_the_panel_moves_others_is_heard(lab: MergeLab) -> None:
+    """The worker moves controls quietly (the anchor menu after a rebuild); a slider the user
+    moves meanwhile, in the kernel's thread, must still re-merge."""
+    moved = threading.Thread(target=lambda: setattr(lab.alpha, "value", 0.7))
+    with lab._quietly():
+        moved.start()
+        moved.join()
+    assert lab.plan.config.alpha == 0.7
+
+
 def test_set_moves_controls_as_by_hand(lab: MergeLab) -> None:
     """``set`` re-merges once, with what each move implies: the anchor of an aligned pool
     re-aligns it, a coarser granularity narrows the start slider before ``start`` is set."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -159,7 +160,7 @@ class MergeLab(Panel):
         self._scorers: dict[tuple[str, int], BatchScorer] = {}
         self._panel_keys: dict[int, bytes] = {}
         self._depth_names: tuple[str, ...] = ()
-        self._quiet = False  # set while the panel itself moves controls
+        self._moving = threading.local()  # .quiet: this thread moves controls (see _quietly)
         self._deferred = False  # set while set() moves controls: one refresh at the end
         self._anchor_path = checkpoints[0]  # the anchor picked, by file: kept over rebuilds
         self._pool_paths: list[str] = []  # the files the pool holds, in the anchor menu's order
@@ -264,12 +265,20 @@ class MergeLab(Panel):
 
     @contextlib.contextmanager
     def _quietly(self) -> Iterator[None]:
-        """Move controls without their observers re-merging (the panel moves them itself)."""
-        self._quiet = True
+        """Move controls without their observers re-merging (the panel moves them itself).
+
+        Per thread: observers run in the thread that moves a control, so a control the user
+        moves while the worker moves others quietly is still heard."""
+        was, self._moving.quiet = self._quiet, True
         try:
             yield
         finally:
-            self._quiet = False
+            self._moving.quiet = was
+
+    @property
+    def _quiet(self) -> bool:
+        """Whether this thread is moving controls quietly."""
+        return getattr(self._moving, "quiet", False)
 
     def refresh(self) -> None:
         """Bring the pool and every view up to date with the controls (in the background)."""
