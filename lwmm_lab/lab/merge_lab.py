@@ -163,7 +163,6 @@ class MergeLab(Panel):
         self._moving = threading.local()  # .quiet: this thread moves controls (see _quietly)
         self._deferred = False  # set while set() moves controls: one refresh at the end
         self._anchor_path = checkpoints[0]  # the anchor picked, by file: kept over rebuilds
-        self._pool_paths: list[str] = []  # the files the pool holds, in the anchor menu's order
         self._built_for: tuple[Any, ...] | None = None  # the pool's _pool_key() when built
         self._shown: tuple[Pool | None, MergeConfig | None] = (None, None)  # what the views show
         self._asked: list[Callable[[], None]] = []  # buttons pressed: run once views are current
@@ -343,7 +342,6 @@ class MergeLab(Panel):
         self._built_for = (tuple(paths), device, paths[anchor] if aligned else None)
         if self._anchor_path == asked:  # else an anchor picked during the build stays picked
             self._anchor_path = paths[anchor]
-        self._pool_paths = paths
         self._models.clear()
         self._anchor_cache.clear()
         with self._quietly():
@@ -386,7 +384,7 @@ class MergeLab(Panel):
         if self._quiet:
             return
         if change["owner"] is self.anchor and self.anchor.value is not None:
-            self._anchor_path = self._pool_paths[self.anchor.value]
+            self._anchor_path = self._built_for[0][self.anchor.value]  # the pool's files
         if change["owner"] in (self.anchor, self.granularity):
             with self._quietly():
                 self._fit_start_slider()
