@@ -38,6 +38,7 @@ from lwmm_lab.analysis.qualitative import (
 )
 from lwmm_lab.analysis.sweeps import grid, run_sweep
 from lwmm_lab.cli import main
+from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import (
     COLUMNS,
     bn_divergence_figure,
@@ -92,6 +93,14 @@ def test_discrepancy_follows_the_papers_threshold() -> None:
     assert len(d.above(tau=100)) == 2
     counts = d.counts(tau=10)["model#1"]
     assert counts["region"] == {"encoder": 0, "decoder": 0, "head": 1} and counts["total"] == 1
+    assert d.counts(tau=100, kinds=["bias"])["model#1"] == {
+        "kind": {"bias": 0},
+        "region": {"encoder": 0, "decoder": 0, "head": 0},
+        "total": 0,
+    }, "only the kinds asked for are counted"
+    assert len(d.above(tau=100, kinds="weight")) == 2
+    with pytest.raises(LwmmError, match=r"'weights'.*not kinds of tensor"):
+        d.above(tau=10, kinds=["weights"])
 
 
 def test_bn_divergence_is_the_symmetric_kl_of_gaussians() -> None:

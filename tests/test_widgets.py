@@ -293,6 +293,14 @@ def test_discrepancy_explorer(quick_zoo: Path) -> None:
         "minent@9",
         "minent@12",
     ]
+    d.kinds.value = ("BN running_var",)
+    shown = d.result.above(1000, d.kinds.value)
+    assert f"<b>{len(shown)}</b>" in d.status.value, "the count is of the kinds shown"
+    assert 0 < len(shown) < len(d.result.above(1000))
+    bars = {b.x for b in d.counts.data}
+    assert bars >= {("BN running_var",)} and ("weight",) not in {tuple(x) for x in bars}
+    d.kinds.value = ()
+    assert "pick at least one kind" in d.status.value
     d.scenario.value = "heterogeneous"
     assert len(d.result.others) == 5 and all(o.endswith("@12") for o in d.result.others)
     assert not any(o.startswith("indep-") for o in d.result.others)

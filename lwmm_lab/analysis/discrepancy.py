@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,14 @@ LEARNED = KINDS[:4]
 REGIONS = ("encoder", "decoder", "head")
 _HEAD_PREFIXES = ("segmentation_head.", "decode_head.conv_seg", "classifier.", "head.")
 _ENCODER_PREFIXES = ("encoder.", "backbone.")
+
+
+def _checked_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
+    """``kinds`` (one kind or several) in the order of :data:`KINDS`, each checked."""
+    chosen = {kinds} if isinstance(kinds, str) else set(kinds)
+    if unknown := chosen - set(KINDS):
+        raise LwmmError(f"kinds {sorted(unknown)}: not kinds of tensor; pick from {list(KINDS)}")
+    return tuple(k for k in KINDS if k in chosen)
 
 
 def tensor_kind(name: str, shapes: dict[str, tuple[int, ...]]) -> str:
@@ -77,10 +86,16 @@ class Discrepancy:
             raise LwmmError(f"tau={tau}: give a number > 0 (discrepant: relative L2 >= 1/tau)")
         return 1.0 / tau
 
-    def above(self, tau: float) -> list[dict[str, Any]]:
-        """Rows whose relative distance reaches ``1 / tau`` (the paper's threshold)."""
+    def of_kinds(self, kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+        """The rows of these kinds (all of them by default)."""
+        chosen = _checked_kinds(kinds)
+        return [r for r in self.rows if r["kind"] in chosen]
+
+    def above(self, tau: float, kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+        """Rows (of these kinds) whose relative distance reaches ``1 / tau`` (the paper's
+        threshold)."""
         cut = self.threshold(tau)
-        return [r for r in self.rows if r["relative_l2"] >= cut]
+        return [r for r in self.of_kinds(kinds) if r["relative_l2"] >= cut]
 
     def median(self, regions: tuple[str, ...] = REGIONS, kinds: tuple[str, ...] = KINDS) -> float:
         """The median relative distance of the rows of these regions and kinds (0 if none)."""
@@ -89,13 +104,15 @@ class Discrepancy:
         ]
         return statistics.median(values) if values else 0.0
 
-    def counts(self, tau: float) -> dict[str, dict[str, dict[str, int]]]:
-        """Tensors above ``1 / tau`` per other model, by kind and by region."""
-        result, above = {}, self.above(tau)
+    def counts(
+        self, tau: float, kinds: Sequence[str] = KINDS
+    ) -> dict[str, dict[str, dict[str, int]]]:
+        """Tensors (of these kinds) above ``1 / tau`` per other model, by kind and by region."""
+        result, above, chosen = {}, self.above(tau, kinds), _checked_kinds(kinds)
         for other in self.others:
             hits = [r for r in above if r["model"] == other]
             result[other] = {
-                "kind": {k: Counter(r["kind"] for r in hits)[k] for k in KINDS},
+                "kind": {k: Counter(r["kind"] for r in hits)[k] for k in chosen},
                 "region": {k: Counter(r["region"] for r in hits)[k] for k in REGIONS},
                 "total": len(hits),
             }

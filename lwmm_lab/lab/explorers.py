@@ -121,13 +121,16 @@ class DiscrepancyExplorer(Panel):
         if self.result is None:
             return
         tau, kinds = self.tau.value, list(self.kinds.value)
+        if not kinds:
+            self.status.value = "pick at least one kind of tensor"
+            return
         sync_figure(self.figure, discrepancy_figure(self.result, tau, kinds))
-        sync_figure(self.counts, counts_figure(self.result, tau))
-        total = sum(c["total"] for c in self.result.counts(tau).values())
+        sync_figure(self.counts, counts_figure(self.result, tau, kinds))
+        total, of = len(self.result.above(tau, kinds)), len(self.result.of_kinds(kinds))
         cut = self.result.threshold(tau)
         self.status.value = (
             f"tau = {tau:.3g}: <b>{total}</b> tensors with relative distance >= {cut:.3g} "
-            f"(of {len(self.result.rows)})"
+            f"(of {of}{'' if len(kinds) == len(KINDS) else ' of the kinds picked'})"
         )
 
 

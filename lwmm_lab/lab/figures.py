@@ -180,10 +180,11 @@ def update_schedule_figure(fig: go.Figure, plan: MergePlan) -> bool:
 
 
 def discrepancy_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None = None) -> go.Figure:
-    """Relative L2 distance per tensor and depth, by kind, with the 1/tau line (Fig. 2)."""
+    """Relative L2 distance per tensor and depth, by kind, with the 1/tau line (Fig. 2);
+    ``kinds`` picks the kinds drawn and counted (all by default)."""
     fig = go.Figure()
     _discrepancy_panel(fig, d, tau, kinds)
-    total = sum(c["total"] for c in d.counts(tau).values())
+    total = len(d.above(tau, kinds or KINDS))
     fig.update_yaxes(type="log", title="||theta - theta_ref|| / ||theta_ref||")
     fig.update_xaxes(title="depth index j")
     title = f"Discrepancy to {d.reference}: {total} tensors at or above 1/tau"
@@ -195,8 +196,9 @@ def discrepancy_comparison_figure(
 ) -> go.Figure:
     """Several discrepancies side by side on one log scale (two families of models, say);
     ``panels`` maps each panel's title to its :class:`Discrepancy`."""
+    kinds = kinds or KINDS
     titles = [
-        f"{title}: {sum(c['total'] for c in d.counts(tau).values())} of {len(d.rows)} above 1/tau"
+        f"{title}: {len(d.above(tau, kinds))} of {len(d.of_kinds(kinds))} above 1/tau"
         for title, d in panels.items()
     ]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, shared_yaxes=True)
@@ -261,9 +263,10 @@ def _discrepancy_panel(
         )
 
 
-def counts_figure(d: Discrepancy, tau: float) -> go.Figure:
-    """Tensors above 1/tau per kind and per region, one bar per other model."""
-    counts = d.counts(tau)
+def counts_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None = None) -> go.Figure:
+    """Tensors (of ``kinds``, all by default) above 1/tau per kind and per region, one bar per
+    other model."""
+    counts = d.counts(tau, kinds or KINDS)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("by kind", "by region"))
     for m, model in enumerate(d.others):
         color = MODEL_COLORS[m % len(MODEL_COLORS)]
