@@ -336,8 +336,11 @@ def test_sweep_explorer_loads_a_cell_into_the_lab(lab: MergeLab, quick_zoo: Path
     manifest = load_manifest(quick_zoo)
     finals = [e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)][:2]
     sweep = SweepExplorer(lab, checkpoints=finals, steps=2, images=2, background=False)
+    pressable: list[bool] = []
+    sweep.run_button.observe(lambda change: pressable.append(not change["new"]), "disabled")
     sweep.run_button.click()
     assert sweep.progress.value == 4 and "best real mIoU" in sweep.status.value
+    assert pressable == [False, True], "the run button is off while the sweep runs"
     best = sweep.sweep.results[-1]
     sweep.pick(best["start"], best["alpha"])
     assert lab.start.value == best["start"] and lab.alpha.value == best["alpha"]

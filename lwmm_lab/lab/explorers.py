@@ -204,7 +204,11 @@ class SweepExplorer(Panel):
         def advance(done: int, result: dict[str, Any]) -> None:
             self.progress.value = done
 
-        self.sweep = run_sweep(cells, self.executor, progress=False, on_result=advance)
+        self.run_button.disabled = True  # a second press could only run the same cells again
+        try:
+            self.sweep = run_sweep(cells, self.executor, progress=False, on_result=advance)
+        finally:
+            self.run_button.disabled = False
         self.progress.value = len(cells)
 
     def load(self, sweep: Sweep) -> None:
