@@ -390,10 +390,12 @@ def _zoo_list(args: argparse.Namespace) -> int:
     if args.paths:
         print(" ".join(shlex.quote(e["path"]) for e in entries))
         return 0
-    for e in entries:
+    labels = [f"{e['run']}@{e['step']}" for e in entries]
+    width = max(map(len, labels), default=0)
+    for label, e in zip(labels, entries, strict=True):
         scenarios = ", ".join(e["scenarios"]) or "-"
         print(
-            f"{e['run']}@{e['step']:<5} {e['arch']:<13} {e['num_classes']:>2} classes  "
+            f"{label:<{width}}  {e['arch']:<13} {e['num_classes']:>2} classes  "
             f"real {e['miou']['real']:5.1f}  ({scenarios})  {e['path']}"
         )
     return 0

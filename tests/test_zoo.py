@@ -111,7 +111,9 @@ def test_zoo_list_command(quick_zoo: Path, capsys) -> None:
     paths = capsys.readouterr().out.split()
     assert paths == scenario_checkpoints(load_manifest(quick_zoo), "independent")
     assert main(["zoo", "list", "--zoo", str(quick_zoo)]) == 0
-    assert "indep-selftrain@12" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("indep-selftrain@12 ") for line in lines)
+    assert len({line.index(" Unet ") for line in lines if " Unet " in line}) == 1, "one column"
     assert main(["zoo", "list", "nope", "--zoo", str(quick_zoo)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lwmm: error: scenario 'nope'") and err.count("\n") == 1
