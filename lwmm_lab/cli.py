@@ -120,8 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     gallery = data_commands.add_parser("gallery", help="one row per domain, as a PNG")
     gallery.add_argument("-o", "--output", required=True, type=Path, help="FILE.png")
     gallery.add_argument("--scenes", type=int, default=3, help="scenes per row (3)")
-    gallery.add_argument("--seed", type=int, default=0)
-    gallery.add_argument("--size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
+    gallery.add_argument("--seed", type=int, default=0, help="the scenes' seed (0)")
+    gallery.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(128, 256),
+        metavar=("H", "W"),
+        help="image size (128 256)",
+    )
     gallery.set_defaults(handler=_gallery)
 
     zoo = commands.add_parser("zoo", help="the model zoo trained on the synthetic domains")
@@ -149,12 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     bars = zoo_commands.add_parser("bars", help="measure the zoo against its bars (regimes)")
     bars.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
     bars.add_argument("--images", type=int, default=100, help="real val images (100)")
-    bars.add_argument("--json", action="store_true")
+    bars.add_argument("--json", action="store_true", help="the bars as JSON")
     bars.add_argument("--markdown", action="store_true", help="the README's table")
     bars.set_defaults(handler=_zoo_bars)
 
     ev = commands.add_parser("eval", help="mIoU and per-class IoU, or PQ (Cityscapes convention)")
-    ev.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    ev.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files or smp dirs")
     ev.add_argument(
         "--task",
         default="semantic",
@@ -163,21 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--domain", default="real", help=f"{', '.join(DOMAINS)} or cityscapes:PATH, ..."
     )
-    ev.add_argument("--split", default="val")
+    ev.add_argument("--split", default="val", help="the dataset's split (val)")
     ev.add_argument("--ensemble", action="store_true", help="average the models' softmax outputs")
     ev.add_argument("--images", type=int, help="evaluate on the first N images")
     ev.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_choice(ev, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON")
     ev.set_defaults(handler=_eval)
 
     fisher = commands.add_parser("fisher", help="diagonal Fisher estimate on labelled data")
-    fisher.add_argument("checkpoint", metavar="CKPT")
+    fisher.add_argument("checkpoint", metavar="CKPT", help="a checkpoint file or smp dir")
     fisher.add_argument("--domain", default="synthetic", help="a labelled (source) dataset")
-    fisher.add_argument("--images", type=int, default=64)
-    fisher.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
-    fisher.add_argument("--device", default="auto")
+    fisher.add_argument("--images", type=int, default=64, help="labelled images (64)")
+    fisher.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize to H x W")
+    fisher.add_argument("--device", default="auto", help="auto, cpu or cuda")
     fisher.add_argument("-o", "--output", required=True, type=Path, help="F.safetensors")
     fisher.set_defaults(handler=_fisher)
 
@@ -200,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     disc.set_defaults(handler=_discrepancy)
 
     sweep = commands.add_parser("sweep", help="mIoU over start layer x alpha (Fig. 5b, 5c)")
-    sweep.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    sweep.add_argument(
+        "checkpoints", nargs="+", metavar="CKPT", help="checkpoint files or smp dirs"
+    )
     sweep.add_argument("--anchors", type=int, nargs="+", default=[0], help="anchor indices (0)")
     sweep.add_argument("--starts", type=float, nargs="+", help="start fractions (11 from 0 to 1)")
     sweep.add_argument("--alphas", type=float, nargs="+", help="alphas (11 from 0 to 1)")

@@ -295,3 +295,20 @@ def test_registry_options_list_and_check_their_names(two: list[Path], capsys) ->
     with pytest.raises(SystemExit):
         main(["merge", *map(str, two), "--method", "nope", "-o", "m.safetensors"])
     assert "argument --method: invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_says_what_it_is() -> None:
+    """``lwmm COMMAND --help`` explains each argument: none is listed bare."""
+    from argparse import _HelpAction, _SubParsersAction, _VersionAction
+
+    from lwmm_lab.cli import build_parser
+
+    bare, parsers = [], [("lwmm", build_parser())]
+    while parsers:
+        name, parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, _SubParsersAction):
+                parsers += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+            elif not isinstance(action, _HelpAction | _VersionAction) and not action.help:
+                bare.append(f"{name} {action.option_strings or action.dest}")
+    assert not bare, f"arguments without help: {bare}"
