@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Every GPU figure the README quotes, and the CUDA tests, in one go on a machine with a CUDA GPU
+# whose python3 already has a CUDA build of torch (a cluster's image, say) and no package index.
+#
+#   here:   make gpu-wheels              # .whl/: what such a Python lacks (smp, plotly, ipywidgets)
+#   there:  bash benchmarks/gpu.sh [STEP ...]
+#
+# Steps, in this order by default: zoo (build the default zoo on the GPU, timed), tests
+# (pytest -m cuda), merge, widgets (with and without CUDA graphs), analysis (the 11 x 11 sweep).
+# The wheels go into a folder of their own and the checkout onto PYTHONPATH, so the machine's
+# torch stays as it is (the package pins another). Each step's output is also written to
+# $OUT/STEP.log (OUT defaults to artifacts/gpu); the script goes on past a failed step and exits
+# with the number of steps that failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-artifacts/gpu}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    site=$(mktemp -d)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
+        .whl/*.whl || exit 1
+    export PYTHONPATH=$site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" ||
+    { echo "gpu.sh: no CUDA device for this python3's torch" >&2; exit 1; }
+python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
+
+failed=0
+step() {  # step NAME COMMAND...: run it, show and keep its output, count a failure
+    local name=$1
+    shift
+    echo "== $name: $*"
+    "$@" 2>&1 | tee "$out/$name.log"
+    local rc=$?
+    [ "$rc" = 0 ] || { echo "== $name failed (exit $rc)"; failed=$((failed + 1)); }
+}
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(zoo tests merge widgets analysis)
+for name in "${steps[@]}"; do
+    case $name in
+        zoo) step zoo bash -c 'time python3 -m lwmm_lab.cli zoo build --device cuda' ;;
+        tests) step tests python3 -m pytest -q -m cuda -p no:cacheprovider ;;
+        merge) step merge python3 benchmarks/merge.py --device cuda ;;
+        widgets) step widgets bash -c \
+            'python3 benchmarks/widgets.py && python3 benchmarks/widgets.py --eager' ;;
+        analysis) step analysis python3 benchmarks/analysis.py --device cuda ;;
+        *) echo "gpu.sh: no step '$name' (zoo, tests, merge, widgets, analysis)" >&2; exit 2 ;;
+    esac
+done
+exit "$failed"
