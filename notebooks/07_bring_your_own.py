@@ -62,7 +62,16 @@ daformer = load_checkpoint(MY_CHECKPOINTS[0]).with_spec(smp_model.spec)  # the s
 print(daformer.label, len(daformer.tensors), "tensors;", smp_model.label, smp_model.spec.arch)
 
 # %% [markdown]
-# First the **plan**: a dry run that lists every tensor, its kind, its depth j, the weight each
+# Before merging, see how far apart the checkpoints are, layer by layer, as in notebook 02: the
+# explorer takes your files (the first is the reference), and its path box adds more.
+
+# %%
+from lwmm_lab.lab import DiscrepancyExplorer
+
+DiscrepancyExplorer(MY_CHECKPOINTS, tau=20)
+
+# %% [markdown]
+# Then the **plan**: a dry run that lists every tensor, its kind, its depth j, the weight each
 # model gets and where its value comes from. Nothing is written yet.
 
 # %%

@@ -15,6 +15,7 @@ from lwmm_lab import load_checkpoint
 from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
 from lwmm_lab.cli import main
+from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.model import merged_model
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab import DiscrepancyExplorer, MergeLab, SweepExplorer
@@ -306,6 +307,34 @@ def test_discrepancy_explorer(quick_zoo: Path) -> None:
     assert not any(o.startswith("indep-") for o in d.result.others)
     d.family.value = "independent"
     assert len(d.result.others) == 5 and all(o.startswith("indep-") for o in d.result.others)
+
+
+def test_discrepancy_explorer_on_your_own_checkpoints(quick_zoo: Path, tmp_path: Path) -> None:
+    """Checkpoints outside any zoo: no presets shown, a typed path joins the others, a file
+    that cannot be read is refused in one line; picking by hand makes the preset ``custom``."""
+    manifest = load_manifest(quick_zoo)
+    finals = [e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)]
+    mine = []
+    for k, path in enumerate(finals[:3]):
+        mine.append(tmp_path / f"mine{k}.safetensors")
+        mine[-1].write_bytes(Path(path).read_bytes())
+    labels = [peek_checkpoint(p).label for p in mine]
+    d = DiscrepancyExplorer([mine[0], mine[1]], tau=10, background=False)
+    assert d.manifest is None and d.scenario not in d.widget.children[0].children[0].children
+    assert d.result.reference == labels[0] and d.result.others == labels[1:2]
+    d.path.value = str(mine[2])
+    d.add_button.click()
+    assert d.others.value == (str(mine[1]), str(mine[2])) and d.path.value == ""
+    assert d.result.others == labels[1:] and d.error.value == ""
+    d.path.value = str(tmp_path / "missing.safetensors")
+    d.add_button.click()
+    assert "missing.safetensors" in d.error.value and "traceback" not in d.error.value
+    assert d.result.others == labels[1:]
+    with pytest.raises(LwmmError, match="at least two checkpoints"):
+        DiscrepancyExplorer([mine[0]], background=False)
+    zoo = DiscrepancyExplorer(zoo=quick_zoo, scenario="checkpoint", run="minent", background=False)
+    zoo.others.value = zoo.others.value[:1]
+    assert zoo.scenario.value == "custom" and zoo.result.others == ["minent@6"]
 
 
 def test_the_explorers_never_lose_a_change_behind_a_newer_one(

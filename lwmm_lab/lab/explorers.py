@@ -18,9 +18,10 @@ from lwmm_lab.analysis.discrepancy import KINDS, Discrepancy, discrepancy
 from lwmm_lab.analysis.sweeps import Cell, Sweep, grid, run_sweep
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.pool import Pool, resolve_device
+from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options
-from lwmm_lab.lab.panel import Panel, shows_errors, sync_figure
+from lwmm_lab.lab.panel import Panel, add_option, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     PRESETS,
     SCENARIO_LABELS,
@@ -36,12 +37,15 @@ from lwmm_lab.zoo.recipe import FAMILIES
 class DiscrepancyExplorer(Panel):
     """The per-layer discrepancy between a reference and other checkpoints, with a tau slider.
 
-    Presets: the checkpoints of one ``run``, or the strategies of one ``family`` (one source
-    model, or independent decoders) against the best of them.
+    ``checkpoints`` (paths, the first the reference) or a zoo preset give the models: the
+    checkpoints of one ``run``, or the strategies of one ``family`` (one source model, or
+    independent decoders) against the best of them. The zoo (default: :func:`find_zoo`) is
+    needed only for its presets; a path box adds any checkpoint file or smp directory.
     """
 
     def __init__(
         self,
+        checkpoints: Sequence[str | os.PathLike] | None = None,
         zoo: str | os.PathLike | None = None,
         scenario: str = "heterogeneous",
         run: str = "advent",
@@ -50,20 +54,33 @@ class DiscrepancyExplorer(Panel):
         background: bool = True,
     ) -> None:
         super().__init__(background)
-        self.manifest = load_manifest(zoo or find_zoo())
-        runs = sorted({e["run"] for e in self.manifest["checkpoints"] if e["run"] != "base"})
-        options = checkpoint_options(self.manifest, [])
+        self.manifest = None
+        if checkpoints is None or zoo is not None:
+            self.manifest = load_manifest(zoo or find_zoo())
+        paths = [str(p) for p in checkpoints or ()]
+        if checkpoints is not None:
+            scenario = "custom"
+            if len(paths) < 2:
+                raise LwmmError("give at least two checkpoints (the first is the reference)")
+        entries = self.manifest["checkpoints"] if self.manifest else []
+        runs = sorted({e["run"] for e in entries if e["run"] != "base"})
+        options = checkpoint_options(self.manifest, paths)
+        presets = list(PRESETS) if self.manifest else []
         self.scenario = W.Dropdown(
-            options=["custom", *PRESETS], value=scenario, description="scenario"
+            options=["custom", *presets], value=scenario, description="scenario"
         )
         self.run = W.Dropdown(
-            options=runs, value=run if run in runs else runs[0], description="run"
+            options=runs, value=run if run in runs else next(iter(runs), None), description="run"
         )
         self.family = W.Dropdown(
             options=[(SCENARIO_LABELS[f], f) for f in FAMILIES], value=family, description="family"
         )
         self.reference = W.Dropdown(options=options, description="reference")
         self.others = W.SelectMultiple(options=options, rows=6, description="others")
+        if paths:
+            self.reference.value, self.others.value = paths[0], tuple(paths[1:])
+        self.path = W.Text(placeholder="add a checkpoint path", layout=W.Layout(width="240px"))
+        self.add_button = W.Button(description="add", layout=W.Layout(width="60px"))
         self.tau = W.FloatLogSlider(
             value=tau, base=10, min=0.3, max=3, step=0.05, description="tau",
             continuous_update=False, readout_format=".3g",
@@ -78,12 +95,18 @@ class DiscrepancyExplorer(Panel):
         self.scenario.observe(self._scenario_changed, names="value")
         self.run.observe(self._scenario_changed, names="value")
         self.family.observe(self._scenario_changed, names="value")
-        for control in (self.reference, self.others, self.tau, self.kinds):
-            control.observe(lambda _: self.submit(self._sync), names="value")
-        left = W.VBox([self.scenario, self.run, self.family, self.reference, self.tau])
+        self._presetting = False  # set while a preset moves the menus
+        self.reference.observe(self._picked, names="value")
+        self.others.observe(self._picked, names="value")
+        self.tau.observe(lambda _: self.submit(self._sync), names="value")
+        self.kinds.observe(lambda _: self.submit(self._sync), names="value")
+        self.add_button.on_click(self._add_path)
+        presets_shown = [self.scenario, self.run, self.family] if self.manifest else []
+        left = W.VBox([*presets_shown, self.reference, self.tau])
+        others = W.VBox([self.others, W.HBox([self.path, self.add_button])])
         self.widget = W.VBox(
             [
-                W.HBox([left, self.others, self.kinds]),
+                W.HBox([left, others, self.kinds]),
                 self.status,
                 self.error,
                 self.figure,
@@ -93,16 +116,50 @@ class DiscrepancyExplorer(Panel):
         self._scenario_changed(None)
 
     @shows_errors
+    def _add_path(self, _: Any) -> None:
+        """Add the typed checkpoint to the menus and to the others (the reference when there
+        is none); one that cannot be read is refused in the error box, naming the file."""
+        path = self.path.value.strip()
+        if not path:
+            return
+        label = peek_checkpoint(path).label
+        self._presetting = True  # the menus' new option is not a pick
+        try:
+            add_option(self.reference, label, path)
+            add_option(self.others, label, path)
+        finally:
+            self._presetting = False
+        self.path.value = ""
+        if self.reference.value is None:
+            self.reference.value = path
+        elif path != self.reference.value and path not in self.others.value:
+            self.others.value = (*self.others.value, path)
+
+    @shows_errors
     def _scenario_changed(self, _: Any) -> None:
         """A preset picks the reference and the others."""
         if self.scenario.value != "custom":
             reference, others = preset(
                 self.manifest, self.scenario.value, run=self.run.value, family=self.family.value
             )
-            with self.others.hold_trait_notifications(), self.reference.hold_trait_notifications():
-                self.reference.value = reference
-                self.others.value = tuple(others)
+            self._presetting = True
+            try:
+                with self.others.hold_trait_notifications():
+                    self.reference.value = reference
+                    self.others.value = tuple(others)
+            finally:
+                self._presetting = False
         self.submit(self._sync)
+
+    @shows_errors
+    def _picked(self, _: Any) -> None:
+        """Models picked by hand: the scenario becomes ``custom`` (which recomputes)."""
+        if self._presetting:
+            return
+        if self.scenario.value != "custom":
+            self.scenario.value = "custom"
+        else:
+            self.submit(self._sync)
 
     def _sync(self) -> None:
         """The one job of every change: the discrepancy computed again when the reference or

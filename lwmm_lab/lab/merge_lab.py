@@ -50,7 +50,7 @@ from lwmm_lab.lab.figures import (
     update_iou_delta_figure,
     update_schedule_figure,
 )
-from lwmm_lab.lab.panel import Panel, shows_errors, sync_figure
+from lwmm_lab.lab.panel import Panel, add_option, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     SCENARIO_LABELS,
     base_checkpoint,
@@ -423,9 +423,8 @@ class MergeLab(Panel):
             return
         if path not in {p for _, p in self.models.options}:
             label = peek_checkpoint(path).label
-            with self._quietly():  # new options clear the selection: give it back
-                self.models.options = [*self.models.options, (label, path)]
-                self.models.value = picked
+            with self._quietly():
+                add_option(self.models, label, path)
         self.path.value = ""
         if path not in picked:
             self.models.value = (*picked, path)

@@ -131,6 +131,16 @@ def shows_errors(handler: Callable[[P, Any], None]) -> Callable[[P, Any], None]:
     return handle
 
 
+def add_option(menu: W.Dropdown | W.SelectMultiple, label: str, value: str) -> None:
+    """Offer ``value`` (shown as ``label``) in ``menu`` too, keeping what the menu has selected:
+    ipywidgets clears a menu's selection when its options change."""
+    if value in {v for _, v in menu.options}:
+        return
+    picked = menu.value
+    menu.options = [*menu.options, (label, value)]
+    menu.value = picked
+
+
 def sync_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
     """Make ``widget`` show ``figure``: trace by trace when the traces match, else replace all."""
     with widget.batch_update():
