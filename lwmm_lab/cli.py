@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the models of the heterogeneous preset (strategies: from one source model)",
     )
     disc.add_argument("--tau", type=float, default=10.0, help="discrepant: relative L2 >= 1/tau")
+    disc.add_argument(
+        "--kinds",
+        nargs="+",
+        metavar="KIND",
+        help="draw and count only these kinds of tensor, e.g. weight bias 'BN running_var' (all)",
+    )
     disc.add_argument("--base", type=Path, help="shared base, for task-vector cosines")
     _add_output_arguments(disc)
     disc.set_defaults(handler=_discrepancy)
@@ -509,7 +515,10 @@ def _fisher(args: argparse.Namespace) -> int:
 
 def _discrepancy(args: argparse.Namespace) -> int:
     from lwmm_lab.analysis.discrepancy import (
+        KINDS,
+        Discrepancy,
         bn_divergence,
+        check_kinds,
         discrepancy,
         suggest_start,
         task_vector_cosine,
@@ -530,15 +539,17 @@ def _discrepancy(args: argparse.Namespace) -> int:
         paths, base = [reference, *others], base or base_checkpoint(manifest)
     if len(paths) < 2:
         raise LwmmError("give at least two checkpoints (the first is the reference) or --preset")
+    Discrepancy.threshold(args.tau)  # a bad tau or kind is refused before any work
+    kinds = check_kinds(args.kinds or KINDS)
     pool = Pool(paths, device="cpu", base=base)
     d = discrepancy(pool)
     bn = bn_divergence(pool)
     figures = [
-        discrepancy_figure(d, args.tau),
-        counts_figure(d, args.tau),
+        discrepancy_figure(d, args.tau, kinds),
+        counts_figure(d, args.tau, kinds),
         bn_divergence_figure(bn),
     ]
-    payload = d.to_json(args.tau) | {"bn_divergence": bn}
+    payload = d.to_json(args.tau, kinds) | {"bn_divergence": bn}
     if base is not None:
         tv = task_vector_cosine(pool)
         suggestion = suggest_start(tv, d.n_depth)
@@ -548,7 +559,7 @@ def _discrepancy(args: argparse.Namespace) -> int:
     if not args.json:
         cut = d.threshold(args.tau)
         print(f"reference {d.reference}, tau {args.tau:g} (relative L2 >= {cut:.3g})")
-        for model, c in d.counts(args.tau).items():
+        for model, c in d.counts(args.tau, kinds).items():
             kinds = ", ".join(f"{k} {n}" for k, n in c["kind"].items() if n)
             regions = ", ".join(f"{k} {n}" for k, n in c["region"].items())
             print(

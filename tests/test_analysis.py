@@ -413,6 +413,12 @@ def test_discrepancy_and_sweep_commands(
     assert "reference minent@3" in capsys.readouterr().out
     assert main(["discrepancy", *two_finals, "--tau", "5"]) == 0
     assert "tensors above" in capsys.readouterr().out
+    kinds = ["--kinds", "BN running_var", "--tau", "1000", "--json"]
+    assert main(["discrepancy", *two_finals, *kinds]) == 0
+    (counts,) = json.loads(capsys.readouterr().out)["counts"].values()
+    assert list(counts["kind"]) == ["BN running_var"] and counts["total"] > 0
+    assert main(["discrepancy", *two_finals, "--kinds", "weights"]) == 1
+    assert "kinds ['weights']: not kinds of tensor" in capsys.readouterr().err
     options = ["--starts", "0", "1", "--alphas", "0.5", "--images", "2", "--domains", "real"]
     assert main(["sweep", *two_finals, *options, "--no-cache", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -34,7 +34,7 @@ _HEAD_PREFIXES = ("segmentation_head.", "decode_head.conv_seg", "classifier.", "
 _ENCODER_PREFIXES = ("encoder.", "backbone.")
 
 
-def _checked_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
+def check_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
     """``kinds`` (one kind or several) in the order of :data:`KINDS`, each checked."""
     chosen = {kinds} if isinstance(kinds, str) else set(kinds)
     if unknown := chosen - set(KINDS):
@@ -88,7 +88,7 @@ class Discrepancy:
 
     def of_kinds(self, kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
         """The rows of these kinds (all of them by default)."""
-        chosen = _checked_kinds(kinds)
+        chosen = check_kinds(kinds)
         return [r for r in self.rows if r["kind"] in chosen]
 
     def above(self, tau: float, kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
@@ -108,7 +108,7 @@ class Discrepancy:
         self, tau: float, kinds: Sequence[str] = KINDS
     ) -> dict[str, dict[str, dict[str, int]]]:
         """Tensors (of these kinds) above ``1 / tau`` per other model, by kind and by region."""
-        result, above, chosen = {}, self.above(tau, kinds), _checked_kinds(kinds)
+        result, above, chosen = {}, self.above(tau, kinds), check_kinds(kinds)
         for other in self.others:
             hits = [r for r in above if r["model"] == other]
             result[other] = {
@@ -118,7 +118,8 @@ class Discrepancy:
             }
         return result
 
-    def to_json(self, tau: float | None = None) -> dict[str, Any]:
+    def to_json(self, tau: float | None = None, kinds: Sequence[str] = KINDS) -> dict[str, Any]:
+        """Every row; with ``tau`` also the counts above ``1 / tau`` (of these kinds)."""
         payload: dict[str, Any] = {
             "reference": self.reference,
             "others": self.others,
@@ -128,7 +129,7 @@ class Discrepancy:
         }
         if tau is not None:
             payload["tau"] = tau
-            payload["counts"] = self.counts(tau)
+            payload["counts"] = self.counts(tau, kinds)
         return payload
 
 
