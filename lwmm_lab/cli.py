@@ -560,10 +560,10 @@ def _discrepancy(args: argparse.Namespace) -> int:
         cut = d.threshold(args.tau)
         print(f"reference {d.reference}, tau {args.tau:g} (relative L2 >= {cut:.3g})")
         for model, c in d.counts(args.tau, kinds).items():
-            kinds = ", ".join(f"{k} {n}" for k, n in c["kind"].items() if n)
+            by_kind = ", ".join(f"{k} {n}" for k, n in c["kind"].items() if n)
             regions = ", ".join(f"{k} {n}" for k, n in c["region"].items())
             print(
-                f"  {model}: {c['total']} tensors above ({kinds or 'none'}); by region: {regions}"
+                f"  {model}: {c['total']} tensors above ({by_kind or 'none'}); by region: {regions}"
             )
         if "suggested_start" in payload:
             s = payload["suggested_start"]
