@@ -20,7 +20,7 @@ from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
-from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options
+from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options, panel_manifest
 from lwmm_lab.lab.panel import Panel, add_option, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     PRESETS,
@@ -54,9 +54,7 @@ class DiscrepancyExplorer(Panel):
         background: bool = True,
     ) -> None:
         super().__init__(background)
-        self.manifest = None
-        if checkpoints is None or zoo is not None:
-            self.manifest = load_manifest(zoo or find_zoo())
+        self.manifest = panel_manifest(checkpoints, zoo)
         paths = [str(p) for p in checkpoints or ()]
         if checkpoints is not None:
             scenario = "custom"

@@ -61,6 +61,16 @@ from lwmm_lab.zoo.manifest import (
 from lwmm_lab.zoo.recipe import SCENARIOS
 
 
+def panel_manifest(
+    checkpoints: Sequence[str | os.PathLike] | None, zoo: str | os.PathLike | None
+) -> dict[str, Any] | None:
+    """The zoo's manifest for a panel: needed when no ``checkpoints`` are given, read when a
+    ``zoo`` is named beside them (its checkpoints offered too); None for files alone."""
+    if checkpoints is None or zoo is not None:
+        return load_manifest(zoo or find_zoo())
+    return None
+
+
 def checkpoint_options(
     manifest: dict[str, Any] | None, checkpoints: Sequence[str], target: str = "real"
 ) -> list[tuple[str, str]]:
@@ -133,9 +143,7 @@ class MergeLab(Panel):
         background: bool = True,
     ) -> None:
         super().__init__(background)
-        self.manifest = None
-        if checkpoints is None or zoo is not None:
-            self.manifest = load_manifest(zoo or find_zoo())
+        self.manifest = panel_manifest(checkpoints, zoo)
         scenarios = [("custom", "custom")]
         if self.manifest is not None:
             present = {s for e in self.manifest["checkpoints"] for s in e["scenarios"]}
