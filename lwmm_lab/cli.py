@@ -95,6 +95,7 @@ BN_RULE_NAMES = Names("lwmm_lab.engine.methods", "BN_RULES")
 GRANULARITY_NAMES = Names("lwmm_lab.engine.pool", "GRANULARITIES")
 SUBMODEL_NAMES = Names("lwmm_lab.engine.checkpoints", "SUBMODELS")
 EXECUTOR_NAMES = Names("lwmm_lab.analysis.sweeps", "EXECUTORS")
+SWEEP_METHOD_NAMES = Names("lwmm_lab.analysis.sweeps", "SWEEP_METHODS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--alphas", type=float, nargs="+", help="alphas (11 from 0 to 1)")
     sweep.add_argument("--domains", nargs="+", default=["real", "synthetic"], help="target first")
     sweep.add_argument("--images", type=int, default=100, help="val images per domain (100)")
-    _add_choice(sweep, "--method", METHOD_NAMES, "merge method (%(default)s)", "layerwise")
+    _add_choice(
+        sweep,
+        "--method",
+        SWEEP_METHOD_NAMES,
+        "merge method, under the layer-wise schedule (%(default)s)",
+        "layerwise",
+    )
+    _add_method_inputs(sweep)
     _add_choice(sweep, "--bn", BN_RULE_NAMES, "BN statistics rule (%(default)s)", "linear")
     _add_choice(sweep, "--executor", EXECUTOR_NAMES, "where the cells run (%(default)s)", "serial")
     sweep.add_argument(
@@ -285,10 +293,7 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=float, nargs="+", help="per-model weights")
     _add_choice(p, "--granularity", GRANULARITY_NAMES, "one weight per (%(default)s)", "tensor")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--base", type=Path, help="shared base checkpoint (task_arithmetic, ties)")
-    p.add_argument("--fisher", type=Path, nargs="+", help="one Fisher file per checkpoint")
-    p.add_argument("--density", type=float, help="TIES: fraction kept (0.2)")
-    p.add_argument("--scale", type=float, help="task vector scale (1.0)")
+    _add_method_inputs(p)
     _add_choice(p, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
     p.add_argument(
         "--align",
@@ -298,11 +303,45 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
-    """The pool and plan of ``lwmm merge`` / ``inspect``. An option the plan would ignore is
-    refused: a silent no-op (``--alpha`` on an isotropic merge) misleads more than an error."""
-    from lwmm_lab.engine.merge import MergeConfig, make_plan
+def _add_method_inputs(p: argparse.ArgumentParser) -> None:
+    """What Fisher, task arithmetic and TIES take besides the checkpoints."""
+    p.add_argument("--base", type=Path, help="shared base checkpoint (task_arithmetic, ties)")
+    p.add_argument("--fisher", type=Path, nargs="+", help="one Fisher file per checkpoint")
+    p.add_argument("--density", type=float, help="TIES: fraction kept (0.2)")
+    p.add_argument("--scale", type=float, help="task vector scale (1.0)")
+
+
+def _method_knobs(args: argparse.Namespace) -> dict[str, float]:
+    """``--density`` and ``--scale`` where given (the merge's defaults otherwise)."""
+    knobs = {"density": args.density, "scale": args.scale}
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
+def _refuse_unused(args: argparse.Namespace, uses: dict[str, tuple[bool, str]], merge: str) -> None:
+    """Refuse an option the merge would ignore: a silent no-op (``--alpha`` on an isotropic
+    merge) misleads more than an error. ``uses`` maps an option to (used, what uses it)."""
     from lwmm_lab.engine.methods import METHODS
+
+    def methods(need: str) -> str:
+        return "method " + " or ".join(n for n, m in METHODS.items() if need in m.needs)
+
+    needs = METHODS[args.method].needs
+    uses = {
+        **uses,
+        "--density": (args.method == "ties", "method ties"),
+        "--scale": ("base" in needs, methods("base")),
+        "--base": ("base" in needs, methods("base")),
+        "--fisher": ("fisher" in needs, methods("fisher")),
+    }
+    for option, (used, user) in uses.items():
+        if getattr(args, option[2:].replace("-", "_")) is not None and not used:
+            raise LwmmError(f"{option} is not used by this {merge}: only {user} uses it")
+
+
+def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
+    """The pool and plan of ``lwmm merge`` / ``inspect``; an option the plan would ignore is
+    refused."""
+    from lwmm_lab.engine.merge import MergeConfig, make_plan
     from lwmm_lab.engine.pool import Pool
 
     pool = Pool(
@@ -313,7 +352,6 @@ def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
         submodel=args.submodel,
         align=args.anchor if args.align else None,
     )
-    knobs = {"density": args.density, "scale": args.scale}
     config = MergeConfig(
         method=args.method,
         anchor=args.anchor,
@@ -324,31 +362,17 @@ def _plan(args: argparse.Namespace) -> tuple[Pool, MergePlan]:
         weights=None if args.weights is None else tuple(args.weights),
         granularity=args.granularity,
         schedule=args.schedule,
-        **{k: v for k, v in knobs.items() if v is not None},
+        **_method_knobs(args),
     )
     plan = make_plan(pool, config)
-
-    def methods(need: str) -> str:
-        return "method " + " or ".join(n for n, m in METHODS.items() if need in m.needs)
-
-    needs = METHODS[args.method].needs
     layerwise = (plan.schedule == "layerwise", "the layerwise schedule")
     uses = {
         "--start": layerwise,
         "--start-frac": layerwise,
         "--alpha": layerwise,
         "--weights": (plan.schedule == "weights", "the weights schedule (method weighted)"),
-        "--density": (args.method == "ties", "method ties"),
-        "--scale": ("base" in needs, methods("base")),
-        "--base": ("base" in needs, methods("base")),
-        "--fisher": ("fisher" in needs, methods("fisher")),
     }
-    for option, (used, user) in uses.items():
-        if getattr(args, option[2:].replace("-", "_")) is not None and not used:
-            raise LwmmError(
-                f"{option} is not used by this merge (method {args.method}, {plan.schedule} "
-                f"schedule): only {user} uses it"
-            )
+    _refuse_unused(args, uses, f"merge (method {args.method}, {plan.schedule} schedule)")
     return pool, plan
 
 
@@ -578,6 +602,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from lwmm_lab.lab.figures import sweep_curves, sweep_heatmap
 
     _check_outputs(args)
+    _refuse_unused(args, {}, f"sweep (method {args.method})")
     resolution = tuple(
         load_checkpoint(args.checkpoints[0]).provenance.get("resolution", (128, 256))
     )
@@ -592,6 +617,9 @@ def _sweep(args: argparse.Namespace) -> int:
         images=args.images,
         resolution=resolution,
         device=str(resolve_device(args.device)),
+        base=args.base,
+        fisher=args.fisher,
+        **_method_knobs(args),
     )
     result = run_sweep(
         cells,

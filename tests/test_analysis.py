@@ -21,7 +21,7 @@ from PIL import Image
 from plotly.serializers import custom_serializers
 
 from lwmm_lab import Checkpoint, Pool, make_plan, merged_model
-from lwmm_lab.analysis.comparison import add_one_at_a_time, heads_and_decoders
+from lwmm_lab.analysis.comparison import add_one_at_a_time, fisher_file, heads_and_decoders
 from lwmm_lab.analysis.discrepancy import (
     bn_divergence,
     discrepancy,
@@ -36,7 +36,7 @@ from lwmm_lab.analysis.qualitative import (
     examples_from_predictions,
     iou_delta,
 )
-from lwmm_lab.analysis.sweeps import grid, run_sweep
+from lwmm_lab.analysis.sweeps import SWEEP_METHODS, grid, run_sweep
 from lwmm_lab.cli import main
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import (
@@ -237,6 +237,59 @@ def test_sweep_executors_agree_and_cache(two_finals: list[str], tmp_path: Path) 
     cached = run_sweep(cells, "serial", cache=tmp_path / "cache", progress=False)
     assert all(r["miou"]["real"] == -1.0 for r in cached.results), "cached cells are read back"
     assert cached.scored == 0
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "fisher"])
+def test_a_sweep_runs_layerwise_ties_task_arithmetic_and_fisher(
+    quick_zoo: Path, two_finals: list[str], tmp_path: Path, method: str
+) -> None:
+    """The methods that take a base or Fisher files sweep s and alpha under the layer-wise
+    schedule: each cell is the merge ``merged_model`` makes with those settings, and the cache
+    tells apart cells that differ only in what those methods take."""
+    base = base_checkpoint(load_manifest(quick_zoo))
+    if method == "fisher":
+        fishers = [fisher_file(p, images=4, cache=tmp_path) for p in two_finals]
+        inputs, changed = {"fisher": fishers}, {"fisher": fishers[::-1]}
+    elif method == "ties":
+        inputs, changed = {"base": base, "density": 0.3}, {"density": 0.5}
+    else:
+        inputs, changed = {"base": base, "scale": 0.8}, {"scale": 0.5}
+    settings = {"domains": ("real",), "images": 4, "resolution": (64, 128), "method": method}
+    cells = grid(two_finals, starts=(0.5,), alphas=(0.2, 0.8), **settings, **inputs)
+    sweep = run_sweep(cells, cache=tmp_path / "cache", progress=False)
+    pool = Pool(two_finals, device="cpu", base=inputs.get("base"), fisher=inputs.get("fisher"))
+    data = val_set("real", 4, (64, 128))
+    knobs = {k: v for k, v in inputs.items() if k in ("density", "scale")}
+    for alpha, result in zip((0.2, 0.8), sweep.results, strict=True):
+        model = merged_model(
+            pool, method=method, schedule="layerwise", start_frac=0.5, alpha=alpha, **knobs
+        )
+        assert result["miou"]["real"] == pytest.approx(evaluate(model, data).miou, abs=1e-9)
+    assert sweep.scored == 2, "alpha changes the layer-wise schedule: two merges"
+    other = grid(two_finals, starts=(0.5,), alphas=(0.2,), **settings, **inputs)
+    assert other[0].key() == cells[0].key()
+    moved = grid(two_finals, starts=(0.5,), alphas=(0.2,), **settings, **inputs | changed)
+    assert moved[0].key() != cells[0].key()
+
+
+def test_a_sweep_refuses_a_method_with_a_schedule_of_its_own(two_finals: list[str]) -> None:
+    assert "isotropic" not in SWEEP_METHODS and "layerwise" in SWEEP_METHODS
+    with pytest.raises(LwmmError, match="method 'isotropic' has a schedule of its own"):
+        grid(two_finals, method="isotropic")
+    with pytest.raises(SystemExit):
+        main(["sweep", *two_finals, "--method", "weighted"])
+
+
+def test_the_sweep_command_refuses_inputs_its_method_ignores(
+    quick_zoo: Path, two_finals: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = base_checkpoint(load_manifest(quick_zoo))
+    small = [*two_finals, "--starts", "0", "--alphas", "0.5", "--images", "2", "--no-cache"]
+    assert main(["sweep", *small, "--base", base]) == 1
+    assert "--base is not used by this sweep (method layerwise)" in capsys.readouterr().err
+    ta = ["--method", "task_arithmetic", "--base", base]
+    assert main(["sweep", *small, *ta, "--density", "0.5"]) == 1
+    assert "--density is not used by this sweep (method task_arithmetic)" in capsys.readouterr().err
 
 
 def assert_cluster_matches_serial(checkpoints: list[str], executor: str, address: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -30,19 +31,30 @@ from lwmm_lab.analysis.evaluation import evaluate, val_set
 from lwmm_lab.data.domains import check_domain
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
+from lwmm_lab.engine.methods import METHODS
 from lwmm_lab.engine.model import merge_target
 from lwmm_lab.engine.pool import Pool
 from lwmm_lab.errors import LwmmError, check_count, check_image_size
 from lwmm_lab.files import atomic_write_text, data_dir, sha256
 
 EXECUTORS = ("serial", "process", "dask", "ray")
+#: The methods a sweep runs: each under the layer-wise schedule, which s and alpha define
+#: (layer-wise Fisher, task arithmetic and TIES); isotropic and weighted have schedules of
+#: their own, on which s and alpha have no effect.
+SWEEP_METHODS = tuple(n for n, m in METHODS.items() if m.schedule in (None, "layerwise"))
 #: Images per forward pass when a cell is scored.
 EVAL_BATCH = 50
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One merge of a sweep and how to score it: everything :func:`sweep_cell` needs."""
+    """One merge of a sweep and how to score it: everything :func:`sweep_cell` needs.
+
+    ``method`` is one of :data:`SWEEP_METHODS`, run under the layer-wise schedule; ``base``
+    (task arithmetic, TIES), ``fisher`` (one file per checkpoint), ``density`` and ``scale``
+    are what those methods take, as in :class:`~lwmm_lab.engine.merge.MergeConfig`. ``align``
+    first matches the other models' decoder channels to the anchor's (``Pool(align=...)``).
+    """
 
     checkpoints: tuple[str, ...]
     anchor: int = 0
@@ -57,9 +69,23 @@ class Cell:
     device: str = "cpu"
     #: Which val set of each domain (another seed gives other scenes of the same size).
     val_seed: int = 0
+    base: str | None = None
+    fisher: tuple[str, ...] | None = None
+    density: float = 0.2
+    scale: float = 1.0
+    align: bool = False
 
     def __post_init__(self) -> None:
-        """Refuse a bad scoring setting here, not in a worker halfway through a sweep."""
+        """Refuse a bad setting here, not in a worker halfway through a sweep."""
+        if self.method not in SWEEP_METHODS:
+            raise LwmmError(
+                f"method '{self.method}' has a schedule of its own, on which s and alpha have "
+                f"no effect: a sweep runs {', '.join(SWEEP_METHODS)}"
+            )
+        if self.base is not None:
+            object.__setattr__(self, "base", str(self.base))
+        if self.fisher is not None:
+            object.__setattr__(self, "fisher", tuple(str(f) for f in self.fisher))
         check_count("images", self.images)
         check_image_size(self.resolution)
         if not self.domains:
@@ -71,19 +97,25 @@ class Cell:
         """The merge this cell makes."""
         return MergeConfig(
             method=self.method, anchor=self.anchor, start=self.start,
-            start_frac=self.start_frac, alpha=self.alpha, bn=self.bn,
+            start_frac=self.start_frac, alpha=self.alpha, bn=self.bn, schedule="layerwise",
+            density=self.density, scale=self.scale,
         )  # fmt: skip
 
     def key(self) -> str:
-        """A content key: the checkpoints' sha256 (not their paths) and the settings."""
-        fields = asdict(self) | {"checkpoints": [sha256(p) for p in self.checkpoints]}
+        """A content key: the sha256 of the checkpoints, base and Fisher files (not their
+        paths) and the settings."""
+        fields = asdict(self) | {
+            "checkpoints": [sha256(p) for p in self.checkpoints],
+            "base": self.base and sha256(self.base),
+            "fisher": self.fisher and [sha256(p) for p in self.fisher],
+        }
         text = json.dumps({"cell": fields, "lwmm_lab": __version__}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def sweep_cell(cell: Cell) -> dict[str, Any]:
     """Merge and score one cell; the same cell always gives the same result."""
-    pool = _pool(cell.checkpoints, cell.device)
+    pool = _pool(cell, cell.device)
     plan = make_plan(pool, cell.config())
     model, tensors = _model_for(pool, plan.anchor)
     plan.run(into=tensors)
@@ -210,7 +242,7 @@ def _same_merges(
     The plans are made on the cells' device when they run here (``local``), else on the CPU."""
     groups: dict[Any, list[tuple[int, MergePlan]]] = {}
     for i, cell in zip(index, cells, strict=True):
-        pool = _pool(cell.checkpoints, cell.device if local else "cpu")
+        pool = _pool(cell, cell.device if local else "cpu")
         plan = make_plan(pool, cell.config())
         setting = replace(cell, start=None, start_frac=None, alpha=None)
         merge = (setting, plan.weights.numpy().tobytes(), plan.bn_table.numpy().tobytes())
@@ -278,22 +310,38 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _pool(cell: Cell, device: str) -> Pool:
+    """The pool of a cell's checkpoints (with its base and Fisher files, aligned to its anchor
+    when asked) on ``device``."""
+    align = cell.anchor if cell.align else None
+    return _pool_of(cell.checkpoints, device, cell.base, cell.fisher, align)
+
+
 @lru_cache(maxsize=4)
-def _pool(checkpoints: tuple[str, ...], device: str) -> Pool:
-    return Pool(list(checkpoints), device=device)
+def _pool_of(
+    checkpoints: tuple[str, ...],
+    device: str,
+    base: str | None,
+    fisher: tuple[str, ...] | None,
+    align: int | None,
+) -> Pool:
+    return Pool(list(checkpoints), device=device, base=base, fisher=fisher, align=align)
 
 
-_MODELS: dict[tuple[int, int], tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+#: The modules each pool's merges are written into, by anchor; gone with their pool (an
+#: ``id`` could be reused by a later pool, of other models).
+_Target = tuple[torch.nn.Module, dict[str, torch.Tensor]]
+_MODELS: weakref.WeakKeyDictionary[Pool, dict[int, _Target]] = weakref.WeakKeyDictionary()
 
 
-def _model_for(pool: Pool, anchor: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def _model_for(pool: Pool, anchor: int) -> _Target:
     """The module a pool's merges with this anchor are written into (built on first use), and
     its state dict (the module's own tensors, collected once)."""
-    key = (id(pool), anchor)
-    if key not in _MODELS:
+    kept = _MODELS.setdefault(pool, {})
+    if anchor not in kept:
         model = merge_target(pool, anchor)
-        _MODELS[key] = (model, model.state_dict())
-    return _MODELS[key]
+        kept[anchor] = (model, model.state_dict())
+    return kept[anchor]
 
 
 class _Store:
