@@ -16,6 +16,7 @@ from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
 from lwmm_lab.cli import main
 from lwmm_lab.engine.checkpoints import peek_checkpoint
+from lwmm_lab.engine.merge import merge_command
 from lwmm_lab.engine.model import merged_model
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab import DiscrepancyExplorer, MergeLab, SweepExplorer
@@ -207,11 +208,12 @@ def test_the_device_menu_offers_what_the_machine_has(lab: MergeLab, quick_zoo: P
 
 def test_errors_show_in_the_panel(lab: MergeLab, tmp_path: Path) -> None:
     """Bad input as its one line, no traceback; each piece of work clears the last error."""
-    lab.method.value = "weighted"  # needs weights the panel does not give
-    assert "needs one weight per model" in lab.error.value
-    assert "traceback" not in lab.error.value
-    lab.method.value = "layerwise"
-    assert lab.error.value == ""
+    own = MergeLab(list(lab.models.value[:2]), preview=2, background=False)  # no zoo: no base
+    own.method.value = "ties"
+    assert "method &#x27;ties&#x27; needs a base" in own.error.value
+    assert "traceback" not in own.error.value
+    own.method.value = "layerwise"
+    assert own.error.value == ""
     picked = lab.models.value
     lab.models.value = ()
     assert "no models picked" in lab.error.value and "traceback" not in lab.error.value
@@ -364,7 +366,9 @@ def test_the_explorers_never_lose_a_change_behind_a_newer_one(
 def test_sweep_explorer_loads_a_cell_into_the_lab(lab: MergeLab, quick_zoo: Path) -> None:
     manifest = load_manifest(quick_zoo)
     finals = [e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)][:2]
-    sweep = SweepExplorer(lab, checkpoints=finals, steps=2, images=2, background=False)
+    sweep = SweepExplorer(
+        lab, checkpoints=finals, steps=2, images=lab.preview_size, background=False
+    )
     pressable: list[bool] = []
     sweep.run_button.observe(lambda change: pressable.append(not change["new"]), "disabled")
     sweep.run_button.click()
@@ -374,3 +378,57 @@ def test_sweep_explorer_loads_a_cell_into_the_lab(lab: MergeLab, quick_zoo: Path
     sweep.pick(best["start"], best["alpha"])
     assert lab.start.value == best["start"] and lab.alpha.value == best["alpha"]
     assert lab.plan.config.alpha == best["alpha"]
+    assert [str(p) for p in lab.pool.paths] == finals, "the sweep's models, not the lab's"
+    assert lab.scores["merged"].miou == pytest.approx(best["miou"]["real"], abs=1e-6), (
+        "the lab shows the merge the cell scored"
+    )
+
+
+def test_the_sweep_explorer_sweeps_the_merge_the_lab_shows(lab: MergeLab) -> None:
+    """Linked to a MergeLab, the sweep takes its models, anchor, method, BN rule and base, and
+    a cell clicked brings the lab back to that merge after the lab has moved on."""
+    lab.set(anchor=1, method="ties", bn="gaussian", align=True)
+    sweep = SweepExplorer(lab, steps=2, images=lab.preview_size, background=False)
+    sweep.run_button.click()
+    (cell, *_) = sweep.sweep.cells
+    assert (cell.anchor, cell.method, cell.bn, cell.align) == (1, "ties", "gaussian", True)
+    assert cell.base == str(lab.pool.base_path) and cell.checkpoints == tuple(
+        str(p) for p in lab.pool.paths
+    )
+    scored = sweep.sweep.results[1]
+    lab.set(anchor=0, method="isotropic", bn="linear", align=False)
+    sweep.pick(scored["start"], scored["alpha"])
+    c = lab.plan.config
+    assert lab.pool.alignment is not None and lab.pool.alignment.anchor == 1
+    assert (lab.plan.anchor, c.method, lab.plan.schedule, c.bn) == (
+        1,
+        "ties",
+        "layerwise",
+        "gaussian",
+    )
+    assert (c.start, c.alpha) == (scored["start"], scored["alpha"])
+    assert lab.scores["merged"].miou == pytest.approx(scored["miou"]["real"], abs=1e-6)
+
+
+def test_the_lab_offers_a_schedule_for_methods_without_one(lab: MergeLab) -> None:
+    """Fisher, task arithmetic and TIES run layer-wise or uniform; s and alpha are live only
+    under the layer-wise schedule; weighted, whose weights no control sets, is not offered."""
+    assert "weighted" not in lab.method.options and "ties" in lab.method.options
+    assert lab.schedule.disabled and not lab.alpha.disabled, "layerwise is its own schedule"
+    lab.method.value = "ties"
+    assert not lab.schedule.disabled and lab.plan.schedule == "layerwise"
+    lab.alpha.value = 0.0
+    low = lab._model(lab.plan.anchor).state_dict()
+    low = {k: v.clone() for k, v in low.items()}
+    lab.alpha.value = 1.0
+    high = lab._model(lab.plan.anchor).state_dict()
+    assert any(not torch.equal(low[k], high[k]) for k in low), "alpha moves layer-wise TIES"
+    assert "--schedule layerwise" in merge_command(lab.plan, "m.safetensors")
+    lab.schedule.value = "uniform"
+    assert lab.plan.schedule == "uniform" and lab.alpha.disabled and lab.start.disabled
+    lab.method.value = "isotropic"
+    assert lab.schedule.value == "uniform" and lab.schedule.disabled
+    lab.method.value = "fisher"
+    assert lab.schedule.value == "uniform" and not lab.schedule.disabled, "the schedule stays"
+    lab.method.value = "layerwise"
+    assert lab.schedule.value == "layerwise" and not lab.alpha.disabled

@@ -14,9 +14,11 @@ from typing import Any
 import ipywidgets as W
 import plotly.graph_objects as go
 
+from lwmm_lab.analysis.comparison import fisher_file
 from lwmm_lab.analysis.discrepancy import KINDS, Discrepancy, discrepancy
-from lwmm_lab.analysis.sweeps import Cell, Sweep, grid, run_sweep
+from lwmm_lab.analysis.sweeps import SWEEP_METHODS, Cell, Sweep, grid, run_sweep
 from lwmm_lab.engine.checkpoints import peek_checkpoint
+from lwmm_lab.engine.methods import METHODS
 from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
@@ -192,8 +194,11 @@ class DiscrepancyExplorer(Panel):
 class SweepExplorer(Panel):
     """Run or load an (s, alpha) sweep; click a cell to load that merge into ``merge_lab``.
 
-    The models are ``checkpoints``, else the MergeLab's, else the independent family's AdvEnt
-    and MinEnt (where the start layer and alpha matter).
+    The models are ``checkpoints``, else the MergeLab's as they are when the sweep is run
+    (with its anchor), else the independent family's AdvEnt and MinEnt (where the start layer
+    and alpha matter). With a MergeLab the sweep also takes its method (layer-wise when the
+    lab's has a schedule of its own: isotropic), BN rule, base and alignment, and a cell
+    clicked loads all of that into the lab, so the lab shows the merge the cell scored.
     """
 
     def __init__(
@@ -208,8 +213,9 @@ class SweepExplorer(Panel):
     ) -> None:
         super().__init__(background)
         self.merge_lab = merge_lab
-        if checkpoints is None and merge_lab is not None:
-            checkpoints = [str(c.path) for c in merge_lab.pool.checkpoints]
+        self._lab_models = checkpoints is None and merge_lab is not None
+        if self._lab_models:
+            checkpoints = [str(p) for p in merge_lab.pool.paths]
         if checkpoints is None:
             manifest = load_manifest(zoo or find_zoo())
             runs = (family_run("independent", s) for s in ("advent", "minent"))
@@ -232,11 +238,27 @@ class SweepExplorer(Panel):
         self.widget = W.VBox([header, self.status, self.error, self.figure])
 
     def cells(self) -> list[Cell]:
+        """The sweep's cells, with the MergeLab's settings as they are now (see the class)."""
         fractions = [k / (self.steps - 1) for k in range(self.steps)]
-        device = self.merge_lab.pool.device if self.merge_lab else resolve_device("auto")
+        lab = self.merge_lab
+        checkpoints, anchors, settings = self.checkpoints, (0,), {}
+        if lab is not None:
+            if self._lab_models:
+                checkpoints, anchors = [str(p) for p in lab.pool.paths], (lab.plan.anchor,)
+            c = lab.config()
+            method = c.method if c.method in SWEEP_METHODS else "layerwise"
+            needs = METHODS[method].needs
+            settings = {
+                "method": method, "bn": c.bn, "density": c.density, "scale": c.scale,
+                "align": lab.align.value,
+                "base": lab.pool.base_path if "base" in needs else None,
+                "fisher": [fisher_file(p) for p in checkpoints] if "fisher" in needs else None,
+            }  # fmt: skip
+        device = lab.pool.device if lab else resolve_device("auto")
         return grid(
-            self.checkpoints, starts=fractions, alphas=fractions, domains=("real", "synthetic"),
-            images=self.images, resolution=tuple(self.resolution), device=str(device),
+            checkpoints, starts=fractions, alphas=fractions, anchors=anchors,
+            domains=("real", "synthetic"), images=self.images,
+            resolution=tuple(self.resolution), device=str(device), **settings,
         )  # fmt: skip
 
     def _ask_run(self, _: Any) -> None:
@@ -288,6 +310,13 @@ class SweepExplorer(Panel):
             self.pick(points.ys[0], points.xs[0])
 
     def pick(self, start: int, alpha: float) -> None:
-        """Load the merge at (start, alpha) into the MergeLab."""
-        if self.merge_lab is not None:
-            self.merge_lab.set(start=int(start), alpha=float(alpha))
+        """Load the sweep's merge at (start, alpha) into the MergeLab: its models, anchor,
+        method under the layer-wise schedule and BN rule too."""
+        if self.merge_lab is None or self.sweep is None:
+            return
+        cell = self.sweep.cells[0]
+        self.merge_lab.load(
+            cell.checkpoints, cell.checkpoints[cell.anchor], method=cell.method,
+            schedule="layerwise", bn=cell.bn, granularity="tensor", align=cell.align,
+            start=int(start), alpha=float(alpha),
+        )  # fmt: skip

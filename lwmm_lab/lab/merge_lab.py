@@ -60,6 +60,13 @@ from lwmm_lab.zoo.manifest import (
 )
 from lwmm_lab.zoo.recipe import SCENARIOS
 
+#: The methods the lab offers: every registered one but ``weighted``, whose per-model weights
+#: no control of the lab sets (``lwmm merge --weights`` does).
+LAB_METHODS = tuple(n for n, m in METHODS.items() if m.schedule != "weights")
+#: The schedules the lab runs a method under that has none of its own (Fisher, task
+#: arithmetic, TIES): the layer-wise one, which s and alpha define, or the uniform average.
+LAB_SCHEDULES = ("layerwise", "uniform")
+
 
 def panel_manifest(
     checkpoints: Sequence[str | os.PathLike] | None, zoo: str | os.PathLike | None
@@ -190,7 +197,10 @@ class MergeLab(Panel):
         self.path = W.Text(placeholder="add a checkpoint path", layout=W.Layout(width="340px"))
         self.add_button = W.Button(description="add", layout=W.Layout(width="90px"))
         self.anchor = W.Dropdown(description="anchor")
-        self.method = W.Dropdown(options=list(METHODS), value="layerwise", description="method")
+        self.method = W.Dropdown(options=list(LAB_METHODS), value="layerwise", description="method")
+        self.schedule = W.ToggleButtons(
+            options=list(LAB_SCHEDULES), value="layerwise", description="schedule"
+        )
         self.start = W.IntSlider(
             value=1, min=1, max=2, description="start s", continuous_update=False, layout=wide
         )
@@ -218,6 +228,7 @@ class MergeLab(Panel):
         self._build_pool()
         with self._quietly():
             self.alpha.value = round(1 / self.pool.n_models, 2)  # the paper's default: 1/M
+            self._fit_schedule()
         self.plan = make_plan(self.pool, self.config())
         self.plan.run(into=self._built(self.plan.anchor)[1])
         self.schedule_fig = go.FigureWidget(schedule_figure(self.plan))
@@ -228,7 +239,8 @@ class MergeLab(Panel):
             qualitative_figure(self._examples(self._anchor(self.plan.anchor), merged))
         )
 
-        controls = (self.anchor, self.method, self.start, self.alpha, self.bn, self.granularity)
+        controls = (self.anchor, self.method, self.schedule, self.start, self.alpha, self.bn)
+        controls += (self.granularity,)
         for control in controls:
             control.observe(self._changed, names="value")
         self.models.observe(self._picked, names="value")
@@ -240,7 +252,7 @@ class MergeLab(Panel):
         self.save_button.on_click(lambda _: self._ask(self._save))
         self.command_button.on_click(self._show_command)
         pick = W.VBox([self.scenario, self.models, W.HBox([self.path, self.add_button])])
-        knobs = W.VBox([self.anchor, self.method, self.bn, self.device, self.align])
+        knobs = W.VBox([self.anchor, self.method, self.schedule, self.bn, self.device, self.align])
         buttons = W.HBox([self.full_button, self.output, self.save_button, self.command_button])
         self.widget = W.VBox(
             [
@@ -261,6 +273,7 @@ class MergeLab(Panel):
 
     def config(self) -> MergeConfig:
         """The merge the controls describe."""
+        own = METHODS[self.method.value].schedule
         return MergeConfig(
             method=self.method.value,
             anchor=self.anchor.value or 0,
@@ -268,6 +281,7 @@ class MergeLab(Panel):
             alpha=self.alpha.value,
             bn=self.bn.value,
             granularity=self.granularity.value,
+            schedule=None if own is not None else self.schedule.value,
         )
 
     @contextlib.contextmanager
@@ -300,6 +314,32 @@ class MergeLab(Panel):
         try:
             for name, value in values.items():
                 getattr(self, name).value = value
+        finally:
+            self._deferred = False
+        self.refresh()
+
+    def load(self, checkpoints: Sequence[str], anchor: str, **values: Any) -> None:
+        """Show the merge of ``checkpoints`` with the anchor at path ``anchor`` and the
+        controls in ``values`` (as :meth:`set`; ``start`` may exceed the depth of the models
+        shown now): what a sweep's clicked cell loads. One re-merge, at the end."""
+        paths = [str(p) for p in checkpoints]
+        start = values.pop("start", None)
+        self._deferred = True
+        try:
+            known = {p for _, p in self.models.options}
+            for path in paths:
+                if path not in known:
+                    add_option(self.models, peek_checkpoint(path).label, path)
+            if tuple(paths) == self._built_for[0]:
+                self.anchor.value = paths.index(str(anchor))
+            else:
+                self._anchor_path = str(anchor)
+                self.models.value = tuple(paths)
+            for name, value in values.items():
+                getattr(self, name).value = value
+            if start is not None:
+                self.start.max = max(self.start.max, start)
+                self.start.value = start
         finally:
             self._deferred = False
         self.refresh()
@@ -396,6 +436,9 @@ class MergeLab(Panel):
         if change["owner"] in (self.anchor, self.granularity):
             with self._quietly():
                 self._fit_start_slider()
+        if change["owner"] in (self.method, self.schedule):
+            with self._quietly():
+                self._fit_schedule()
         self.start_name.value = self._start_label()
         self.refresh()
 
@@ -436,6 +479,16 @@ class MergeLab(Panel):
         self.path.value = ""
         if path not in picked:
             self.models.value = (*picked, path)
+
+    def _fit_schedule(self) -> None:
+        """The schedule shown is the method's own when it has one (and then fixed); s, alpha
+        and the granularity are live only under the layer-wise schedule, which they define."""
+        own = METHODS[self.method.value].schedule
+        if own is not None:
+            self.schedule.value = own
+        self.schedule.disabled = own is not None
+        inert = self.schedule.value != "layerwise"
+        self.start.disabled = self.alpha.disabled = self.granularity.disabled = inert
 
     def _start_label(self) -> str:
         j, names = self.start.value, self._depth_names
