@@ -43,7 +43,10 @@ sweep = SweepExplorer(lab, steps=3 if quick else 11, images=8 if quick else 50)
 sweep
 
 # %% [markdown]
-# Press **run** (a cached sweep is read back instantly), then click a cell.
+# Press **run** (a cached sweep is read back instantly), then click a cell. The sweep takes
+# the lab's models, anchor, method and BN rule as they are when you press run, and a click
+# brings them all back: switch the lab to `ties` (layer-wise TIES) or `fisher`, run again, and
+# compare the two heat maps.
 
 # %%
 lab
