@@ -213,17 +213,18 @@ class SweepExplorer(Panel):
     ) -> None:
         super().__init__(background)
         self.merge_lab = merge_lab
-        self._lab_models = checkpoints is None and merge_lab is not None
-        if self._lab_models:
-            checkpoints = [str(p) for p in merge_lab.pool.paths]
-        if checkpoints is None:
+        if checkpoints is None and merge_lab is None:
             manifest = load_manifest(zoo or find_zoo())
             runs = (family_run("independent", s) for s in ("advent", "minent"))
             checkpoints = [final(manifest, run) for run in runs]
-        self.checkpoints = [str(p) for p in checkpoints]
+        #: The models swept; None: the MergeLab's, as they are when the sweep is run.
+        self.checkpoints = None if checkpoints is None else [str(p) for p in checkpoints]
         self.steps, self.images, self.executor = steps, images, executor
-        resolution = peek_checkpoint(self.checkpoints[0]).provenance.get("resolution", (128, 256))
-        self.resolution = tuple(resolution)
+        if self.checkpoints is None:
+            self.resolution = merge_lab.resolution
+        else:
+            trained_at = peek_checkpoint(self.checkpoints[0]).provenance.get("resolution")
+            self.resolution = tuple(trained_at or (128, 256))
         self.domain = W.ToggleButtons(
             options=["real", "synthetic"], value="real", description="domain"
         )
@@ -243,7 +244,7 @@ class SweepExplorer(Panel):
         lab = self.merge_lab
         checkpoints, anchors, settings = self.checkpoints, (0,), {}
         if lab is not None:
-            if self._lab_models:
+            if checkpoints is None:
                 checkpoints, anchors = [str(p) for p in lab.pool.paths], (lab.plan.anchor,)
             c = lab.config()
             method = c.method if c.method in SWEEP_METHODS else "layerwise"
