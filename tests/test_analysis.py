@@ -347,11 +347,15 @@ def test_comparisons_on_the_quick_zoo(quick_zoo: Path) -> None:
         "one model: every method is the model"
     )
     (sixteen,) = select(manifest, scenario="other-classes", fraction=1.0)
-    decoders = [e["path"] for e in select(manifest, scenario="other-decoders", fraction=1.0)]
+    decoder_entries = select(manifest, scenario="other-decoders", fraction=1.0)
+    decoders = [e["path"] for e in decoder_entries]
     table = heads_and_decoders(
         paths[0], [sixteen["path"], *decoders], images=4, resolution=(64, 128)
     )
     assert [r["kind"] for r in table] == ["individual"] * 4 + ["merged"] * 4
+    names = [r["name"] for r in table]
+    assert len(set(names)) == len(names), f"a figure's bars are keyed by name: {names}"
+    assert names[2:4] == [f"{e['run']}@{e['step']}" for e in decoder_entries]
     ensemble = next(r for r in table if r["name"] == "ensemble")
     layerwise = next(r for r in table if r["name"] == "layerwise")
     assert ensemble["models"] == 4 and layerwise["models"] == 1, "the ensemble runs four models"

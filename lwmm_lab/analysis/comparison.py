@@ -196,11 +196,11 @@ def heads_and_decoders(
     data = val_set(domain, images, resolution, val_seed)
     paths = [str(anchor), *map(str, others)]
     models = [load_model(p, "cpu") for p in paths]
-    rows = []
-    for path, model in zip(paths, models, strict=True):
-        rows.append(_row(Path(path).stem, "individual", [model], data, domain))
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
     pool = Pool(paths, device="cpu", fisher=fishers)
+    rows = []
+    for label, model in zip(pool.labels, models, strict=True):  # run@step, unique in the pool
+        rows.append(_row(label, "individual", [model], data, domain))
     kept: dict[str, nn.Module] = {}
     for method in methods:
         run = _method_models(pool, models, method, kept)
