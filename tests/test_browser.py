@@ -33,6 +33,14 @@ KERNEL_IDLE = """() => {
 }"""
 IMAGES = """() => Array.from(document.querySelectorAll('.js-plotly-plot image'))
     .map(e => e.getAttribute('href')).join('|')"""
+#: Texts of the outputs cut to "...", and plots wider than the output column they sit in.
+CUT = """() => Array.from(document.querySelectorAll('.jp-OutputArea-output *'))
+    .filter(e => getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth)
+    .map(e => e.textContent.trim())"""
+WIDER = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter(e => {
+    const column = e.closest('.jp-OutputArea-output').getBoundingClientRect();
+    return e.querySelector('.main-svg').getBoundingClientRect().right > column.right + 1;
+}).map(e => (e.querySelector('.gtitle') || {}).textContent)"""
 
 
 def _free_port() -> int:
@@ -105,6 +113,8 @@ def test_quickstart_merge_lab_in_chromium(jupyter_lab: str) -> None:
         )
         page.wait_for_function(f"() => ({IMAGES})().split('|').length >= 15", timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "lab-before.png"), full_page=True)
+        assert page.evaluate(CUT) == [], "texts cut to '...'"
+        assert page.evaluate(WIDER) == [], "plots wider than the output column"
         miou, images = page.inner_text(".lwmm-miou"), page.evaluate(IMAGES)
 
         alpha = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="alpha"))

@@ -23,7 +23,7 @@ from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options, panel_manifest
-from lwmm_lab.lab.panel import Panel, add_option, shows_errors, sync_figure
+from lwmm_lab.lab.panel import Panel, add_option, fit_width, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     PRESETS,
     SCENARIO_LABELS,
@@ -228,7 +228,9 @@ class SweepExplorer(Panel):
         self.domain = W.ToggleButtons(
             options=["real", "synthetic"], value="real", description="domain"
         )
-        self.run_button = W.Button(description=f"run the {steps} x {steps} sweep", icon="play")
+        self.run_button = W.Button(
+            description=f"run the {steps} x {steps} sweep", icon="play", layout=fit_width()
+        )
         self.progress = W.IntProgress(min=0, max=steps * steps, description="cells")
         self.sweep: Sweep | None = None
         self._run_asked = False  # the run button was pressed and the sweep has not started

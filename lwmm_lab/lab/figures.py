@@ -60,6 +60,10 @@ METHOD_COLORS = {
 }
 
 
+#: The discrepancy's axis title: the relative L2 distance of a tensor to the reference's.
+RELATIVE_L2 = "‖θ − θ<sub>ref</sub>‖ / ‖θ<sub>ref</sub>‖"
+
+
 def _base_layout(fig: go.Figure, title: str, **extra: Any) -> go.Figure:
     layout = {
         "title": {"text": title, "x": 0.01, "xanchor": "left"},
@@ -185,7 +189,7 @@ def discrepancy_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None =
     fig = go.Figure()
     _discrepancy_panel(fig, d, tau, kinds)
     total = len(d.above(tau, kinds or KINDS))
-    fig.update_yaxes(type="log", title="||theta - theta_ref|| / ||theta_ref||")
+    fig.update_yaxes(type="log", title=RELATIVE_L2)
     fig.update_xaxes(title="depth index j")
     title = f"Discrepancy to {d.reference}: {total} tensors at or above 1/tau"
     return _base_layout(fig, title)
@@ -198,16 +202,18 @@ def discrepancy_comparison_figure(
     ``panels`` maps each panel's title to its :class:`Discrepancy`."""
     kinds = kinds or KINDS
     titles = [
-        f"{title}: {len(d.above(tau, kinds))} of {len(d.of_kinds(kinds))} above 1/tau"
+        f"{title}<br>{len(d.above(tau, kinds))} of {len(d.of_kinds(kinds))} above 1/tau"
         for title, d in panels.items()
     ]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, shared_yaxes=True)
     for col, d in enumerate(panels.values(), start=1):
         _discrepancy_panel(fig, d, tau, kinds, col=col, legend=col == 1)
         fig.update_xaxes(title="depth index j", row=1, col=col)
-    fig.update_yaxes(type="log", title="||theta - theta_ref|| / ||theta_ref||", col=1)
+    fig.update_yaxes(type="log", title=RELATIVE_L2, col=1)
     fig.update_yaxes(type="log")
-    return _base_layout(fig, f"Discrepancy to the best model of each family (tau = {tau:g})")
+    title = f"Discrepancy to the best model of each family (tau = {tau:g})"
+    margin = {"l": 60, "r": 20, "t": 100, "b": 50}  # room for the panels' two-line titles
+    return _base_layout(fig, title, margin=margin)
 
 
 def _discrepancy_panel(
@@ -218,9 +224,15 @@ def _discrepancy_panel(
     col: int | None = None,
     legend: bool = True,
 ) -> None:
-    """One discrepancy's markers (one trace per model and kind), the 1/tau line, the boundary."""
+    """One discrepancy's markers (one trace per model and kind), the 1/tau line, the boundary.
+
+    The colour is the kind and the symbol the model: the legend has one entry per kind (a click
+    hides that kind for every model) and, in a single panel of several models, one grey entry
+    per model's symbol, so it stays a few rows long however many models there are.
+    """
     where = {} if col is None else {"row": 1, "col": col}
     symbols = ("circle", "diamond", "square", "triangle-up", "x", "star")
+    shown: set[str] = set()
     for m, model in enumerate(d.others):
         for kind in kinds or KINDS:
             rows = [r for r in d.rows if r["model"] == model and r["kind"] == kind]
@@ -231,9 +243,9 @@ def _discrepancy_panel(
                     x=[r["j"] for r in rows],
                     y=[max(r["relative_l2"], 1e-8) for r in rows],
                     mode="markers",
-                    name=f"{kind} ({model})" if len(d.others) > 1 and col is None else kind,
+                    name=kind,
                     legendgroup=kind,
-                    showlegend=legend and (col is None or m == 0),
+                    showlegend=legend and kind not in shown,
                     marker={
                         "color": KIND_COLORS[kind],
                         "size": 6,
@@ -245,6 +257,11 @@ def _discrepancy_panel(
                 ),
                 **where,
             )
+            shown.add(kind)
+    if legend and col is None and len(d.others) > 1:
+        for m, model in enumerate(d.others):
+            marker = {"color": "gray", "size": 6, "symbol": symbols[m % len(symbols)]}
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=model, marker=marker))
     fig.add_hline(
         y=d.threshold(tau),
         line_dash="dash",
@@ -258,7 +275,7 @@ def _discrepancy_panel(
             line_dash="dot",
             line_color="gray",
             annotation_text="backbone | head",
-            annotation_position="top",
+            annotation_position="bottom left",
             **where,
         )
 
@@ -267,7 +284,9 @@ def counts_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None = None
     """Tensors (of ``kinds``, all by default) above 1/tau per kind and per region, one bar per
     other model."""
     counts = d.counts(tau, kinds or KINDS)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("by kind", "by region"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("by kind", "by region"), column_widths=[0.65, 0.35]
+    )
     for m, model in enumerate(d.others):
         color = MODEL_COLORS[m % len(MODEL_COLORS)]
         by_kind, by_region = counts[model]["kind"], counts[model]["region"]
@@ -295,6 +314,10 @@ def counts_figure(d: Discrepancy, tau: float, kinds: Sequence[str] | None = None
             2,
         )
     fig.update_yaxes(title="tensors above 1/tau", col=1)
+    shown = list(kinds or KINDS)  # ticks of two short upright lines, not slanted into the legend
+    ticks = [k.replace("running_", "").replace(" ", "<br>") for k in shown]
+    fig.update_xaxes(tickvals=shown, ticktext=ticks, col=1)
+    fig.update_xaxes(tickangle=0)
     return _base_layout(fig, f"Discrepant tensors (tau = {tau:g})", barmode="group")
 
 
@@ -623,11 +646,12 @@ def panel_uri(example: Example, column: int) -> str:
 
 
 def qualitative_figure(
-    examples: Sequence[Example], title: str = "What the merge changes", width: int = 1100
+    examples: Sequence[Example], title: str = "What the merge changes", width: int = 900
 ) -> go.Figure:
     """Image, ground truth, anchor, merged and change map per example, with legends.
 
-    The figure is ``width`` pixels wide and as tall as the images' aspect ratio needs; the
+    The figure is ``width`` pixels wide (900: the output column of JupyterLab in a 1400-pixel
+    window with its file browser open) and as tall as the images' aspect ratio needs; the
     class and change legends sit below the grid.
     """
     rows = max(1, len(examples))

@@ -50,7 +50,7 @@ from lwmm_lab.lab.figures import (
     update_iou_delta_figure,
     update_schedule_figure,
 )
-from lwmm_lab.lab.panel import Panel, add_option, shows_errors, sync_figure
+from lwmm_lab.lab.panel import Panel, add_option, fit_width, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     SCENARIO_LABELS,
     base_checkpoint,
@@ -185,7 +185,10 @@ class MergeLab(Panel):
         wide = W.Layout(width="440px")
         self.scenario = W.Dropdown(options=scenarios, value=scenario, description="scenario")
         self.align = W.Checkbox(
-            value=align, description="align decoders to the anchor (weight matching)", indent=False
+            value=align,
+            description="align decoders to the anchor (weight matching)",
+            indent=False,
+            layout=fit_width(),
         )
         self.models = W.SelectMultiple(
             options=checkpoint_options(self.manifest, checkpoints, target),
@@ -218,10 +221,14 @@ class MergeLab(Panel):
         self.device = W.Dropdown(
             options=list(dict.fromkeys(devices)), value=device, description="device"
         )
-        self.full_button = W.Button(description=f"score full val ({full})", icon="check")
+        self.full_button = W.Button(
+            description=f"score full val ({full})", icon="check", layout=fit_width()
+        )
         self.output = W.Text(value="merged.safetensors", description="save as")
-        self.save_button = W.Button(description="save merge", icon="save")
-        self.command_button = W.Button(description="show lwmm command", icon="terminal")
+        self.save_button = W.Button(description="save merge", icon="save", layout=fit_width())
+        self.command_button = W.Button(
+            description="show lwmm command", icon="terminal", layout=fit_width()
+        )
         self.command = W.Textarea(layout=W.Layout(width="100%", height="64px", display="none"))
         self.readout = W.HTML()
 

@@ -131,6 +131,12 @@ def shows_errors(handler: Callable[[P, Any], None]) -> Callable[[P, Any], None]:
     return handle
 
 
+def fit_width() -> W.Layout:
+    """A layout as wide as the widget's own text: ipywidgets' fixed widths cut longer button
+    and checkbox descriptions to "..."."""
+    return W.Layout(width="auto")
+
+
 def add_option(menu: W.Dropdown | W.SelectMultiple, label: str, value: str) -> None:
     """Offer ``value`` (shown as ``label``) in ``menu`` too, keeping what the menu has selected:
     ipywidgets clears a menu's selection when its options change."""
