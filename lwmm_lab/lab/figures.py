@@ -517,7 +517,7 @@ def spread_figure(findings: Sequence[SeededFinding], title: str = "How sure are 
         )  # fmt: skip
     fig.add_hline(y=0, line={"color": "gray", "width": 1})
     fig.update_xaxes(title="claim", type="category")
-    fig.update_yaxes(title="the figure each verdict rests on (its own unit)")
+    fig.update_yaxes(title="key figure (each claim's own unit)")
     return _base_layout(fig, title)
 
 
@@ -577,7 +577,11 @@ def change_color(diff: float) -> str:
 def table_figure(
     rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = ""
 ) -> go.Figure:
-    """Rows of results as a plotly table; numbers are shown with two decimals."""
+    """Rows of results as a plotly table; numbers are shown with two decimals.
+
+    Each column is as wide as its longest text (relative to the others), so a long name does
+    not wrap onto a second line, and the figure is as tall as its rows.
+    """
     columns = list(columns or (rows[0].keys() if rows else []))
 
     def show(value: Any) -> str:
@@ -588,18 +592,20 @@ def table_figure(
         return "" if value is None else str(value)
 
     cells = [[show(r.get(c)) for r in rows] for c in columns]
+    widths = [max(map(len, [c, *column])) + 2 for c, column in zip(columns, cells, strict=True)]
     table = go.Table(
+        columnwidth=widths,
         header={
             "values": [f"<b>{c}</b>" for c in columns],
             "fill_color": "#e8eef7",
             "align": "left",
+            "height": 28,
         },
-        cells={"values": cells, "align": "left"},
+        cells={"values": cells, "align": "left", "height": 24},
     )
     fig = go.Figure(table)
-    return _base_layout(
-        fig, title, height=80 + 28 * (len(rows) + 1), margin={"l": 10, "r": 10, "t": 40, "b": 10}
-    )
+    margin = {"l": 10, "r": 10, "t": 40, "b": 10}
+    return _base_layout(fig, title, height=90 + 24 * len(rows), margin=margin)
 
 
 # ------------------------------------------------------------------------------ qualitative
