@@ -23,7 +23,7 @@ from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options, panel_manifest
-from lwmm_lab.lab.panel import Panel, add_option, fit_width, shows_errors, sync_figure
+from lwmm_lab.lab.panel import Panel, add_checkpoint, fit_width, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     PRESETS,
     SCENARIO_LABELS,
@@ -122,11 +122,9 @@ class DiscrepancyExplorer(Panel):
         path = self.path.value.strip()
         if not path:
             return
-        label = peek_checkpoint(path).label
         self._presetting = True  # the menus' new option is not a pick
         try:
-            add_option(self.reference, label, path)
-            add_option(self.others, label, path)
+            add_checkpoint(path, self.reference, self.others)
         finally:
             self._presetting = False
         self.path.value = ""

@@ -50,7 +50,7 @@ from lwmm_lab.lab.figures import (
     update_iou_delta_figure,
     update_schedule_figure,
 )
-from lwmm_lab.lab.panel import Panel, add_option, fit_width, shows_errors, sync_figure
+from lwmm_lab.lab.panel import Panel, add_checkpoint, fit_width, shows_errors, sync_figure
 from lwmm_lab.zoo.manifest import (
     SCENARIO_LABELS,
     base_checkpoint,
@@ -333,10 +333,8 @@ class MergeLab(Panel):
         start = values.pop("start", None)
         self._deferred = True
         try:
-            known = {p for _, p in self.models.options}
             for path in paths:
-                if path not in known:
-                    add_option(self.models, peek_checkpoint(path).label, path)
+                add_checkpoint(path, self.models)
             if tuple(paths) == self._built_for[0]:
                 self.anchor.value = paths.index(str(anchor))
             else:
@@ -479,10 +477,8 @@ class MergeLab(Panel):
         path, picked = self.path.value.strip(), tuple(self.models.value)
         if not path:
             return
-        if path not in {p for _, p in self.models.options}:
-            label = peek_checkpoint(path).label
-            with self._quietly():
-                add_option(self.models, label, path)
+        with self._quietly():
+            add_checkpoint(path, self.models)
         self.path.value = ""
         if path not in picked:
             self.models.value = (*picked, path)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import ipywidgets as W
 import plotly.graph_objects as go
 
+from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.errors import LwmmError
 
 P = TypeVar("P", bound="Panel")
@@ -137,14 +138,19 @@ def fit_width() -> W.Layout:
     return W.Layout(width="auto")
 
 
-def add_option(menu: W.Dropdown | W.SelectMultiple, label: str, value: str) -> None:
-    """Offer ``value`` (shown as ``label``) in ``menu`` too, keeping what the menu has selected:
-    ipywidgets clears a menu's selection when its options change."""
-    if value in {v for _, v in menu.options}:
+def add_checkpoint(path: str, *menus: W.Dropdown | W.SelectMultiple) -> None:
+    """Offer checkpoint ``path`` in each of ``menus`` that lacks it, labelled as the file's
+    :attr:`~lwmm_lab.engine.checkpoints.Checkpoint.label`, keeping what each menu has selected
+    (ipywidgets clears a menu's selection when its options change). The file's header is read
+    only when a menu lacks it; one that cannot be read is refused, naming it."""
+    lacking = [m for m in menus if path not in {v for _, v in m.options}]
+    if not lacking:
         return
-    picked = menu.value
-    menu.options = [*menu.options, (label, value)]
-    menu.value = picked
+    label = peek_checkpoint(path).label
+    for menu in lacking:
+        picked = menu.value
+        menu.options = [*menu.options, (label, path)]
+        menu.value = picked
 
 
 def sync_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
