@@ -246,6 +246,22 @@ def test_semantic_into_panoptic_scores_every_merge_like_the_api(
     assert rows[0]["pq"] == pytest.approx(alone.pq, abs=1e-3)
 
 
+def test_semantic_into_panoptic_tells_two_steps_of_one_run_apart(
+    quick_zoo: Path, monkeypatch, tmp_path: Path
+) -> None:
+    """Two checkpoints of one run share its folder name; their rows are named by
+    ``run@step`` instead, so no two rows (or dict keys built from them) collide."""
+    monkeypatch.setenv("LWMM_DATA", str(tmp_path))
+    anchor, *_ = scenario_checkpoints(load_manifest(quick_zoo), "panoptic")
+    steps = sorted((quick_zoo / "runs" / "indep-advent").glob("step-*.safetensors"))[-2:]
+    rows = semantic_into_panoptic(
+        anchor, steps, methods=("isotropic",), images=2, resolution=(64, 128)
+    )
+    labels = [load_checkpoint(s).label for s in steps]
+    assert [r["semantic"] for r in rows[1:]] == [labels[:1], labels[1:], labels]
+    assert len({r["name"] for r in rows}) == len(rows)
+
+
 def test_panoptic_maps_colour_each_instance_apart() -> None:
     """Two touching cars of one class get different shades and a white outline; stuff keeps
     its class colour; void is black."""

@@ -25,7 +25,7 @@ from torch import nn
 from lwmm_lab.analysis.evaluation import evaluate, normalize, val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
 from lwmm_lab.data.datasets import open_dataset
-from lwmm_lab.engine.checkpoints import load_checkpoint
+from lwmm_lab.engine.checkpoints import load_checkpoint, peek_checkpoint, unique_labels
 from lwmm_lab.engine.model import load_model, merged_model
 from lwmm_lab.engine.pool import Pool
 from lwmm_lab.files import data_dir, sha256
@@ -250,7 +250,8 @@ def semantic_into_panoptic(
     """The panoptic anchor alone, then each method merging it with each semantic model alone
     and with all of them (the paper's Table 6), scored on ``domain``'s val images.
 
-    Rows: ``name``, ``method``, ``semantic`` (the merged semantic models' file stems), ``pq``,
+    Rows: ``name``, ``method``, ``semantic`` (the merged semantic models' short names: a zoo
+    run's folder, else the file's stem), ``pq``,
     ``sq``, ``rq``, ``things``, ``stuff`` (PQ over those classes) and ``miou`` (0-100).
     """
     data = val_set(domain, images, resolution, val_seed, instances=True)
@@ -258,23 +259,35 @@ def semantic_into_panoptic(
     anchor_model = load_model(paths[0], "cpu")
     require_panoptic(anchor_model, paths[0])
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
-    sets = [[p] for p in paths[1:]] + ([paths[1:]] if len(paths) > 2 else [])
+    names = _short_labels(paths)
+    others_at = list(range(1, len(paths)))
+    sets = [[k] for k in others_at] + ([others_at] if len(others_at) > 1 else [])
     rows = [_panoptic_row("anchor", "anchor", [], anchor_model, data)]
     merged = None  # every pool has the same anchor: one module takes every merge
-    for chosen in sets:
-        which = [paths.index(p) for p in chosen]
-        pool = Pool([paths[0], *chosen], device="cpu", fisher=_pick(fishers, [0, *which]))
+    for which in sets:
+        members = [0, *which]
+        pool = Pool(_pick(paths, members), device="cpu", fisher=_pick(fishers, members))
+        semantic = _pick(names, which)
         for method in methods:
             merged = merged_model(pool, model=merged, method=method)
-            name = f"{method} + {' + '.join(map(_label, chosen))}"
-            rows.append(_panoptic_row(name, method, chosen, merged, data))
+            rows.append(
+                _panoptic_row(f"{method} + {' + '.join(semantic)}", method, semantic, merged, data)
+            )
     return rows
 
 
-def _label(path: str) -> str:
-    """A checkpoint's short name: a zoo run's folder (``runs/RUN/step-N``), else its stem."""
-    p = Path(path)
-    return p.parent.name if p.stem.startswith("step-") else p.stem
+def _short_labels(paths: list[str]) -> list[str]:
+    """Row names for checkpoints: a zoo run's folder (``runs/RUN/step-N``), else the file's
+    stem; where two share one (two steps of one run), their ``run@step`` labels instead."""
+    short = [
+        Path(p).parent.name if Path(p).stem.startswith("step-") else Path(p).stem for p in paths
+    ]
+    return unique_labels(
+        [
+            s if short.count(s) == 1 else peek_checkpoint(p).label
+            for s, p in zip(short, paths, strict=True)
+        ]
+    )
 
 
 def _pick(items: list[Any] | None, which: list[int]) -> list[Any] | None:
@@ -288,7 +301,7 @@ def _panoptic_row(
     return {
         "name": name,
         "method": method,
-        "semantic": [_label(p) for p in semantic],
+        "semantic": semantic,
         **{k: round(getattr(scores, k), 4) for k in ("pq", "sq", "rq")},
         "things": round(scores.things["pq"], 4),
         "stuff": round(scores.stuff["pq"], 4),

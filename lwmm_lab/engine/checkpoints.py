@@ -13,7 +13,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,12 @@ def save_checkpoint(
     with atomic_path(path, protect) as tmp:
         save_file(data, tmp, metadata=metadata)
     return path
+
+
+def unique_labels(labels: Sequence[str]) -> list[str]:
+    """``labels`` with each repeated one suffixed by its position (``name#2``), so rows,
+    menus and legends built from them never merge two models into one."""
+    return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
 def check_compatible(

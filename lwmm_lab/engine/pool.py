@@ -36,7 +36,7 @@ from lwmm_lab.engine.align import (
     permute,
     unet_channel_groups,
 )
-from lwmm_lab.engine.checkpoints import Checkpoint, load_checkpoint, peek_checkpoint
+from lwmm_lab.engine.checkpoints import Checkpoint, load_checkpoint, peek_checkpoint, unique_labels
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import same_file
 
@@ -151,7 +151,7 @@ class Pool:
         self.device = resolve_device(device)
         self.submodel = submodel
         heads = [_head(s, submodel) for s in sources]
-        self.labels = _unique_labels([h.label for h in heads])
+        self.labels = unique_labels([h.label for h in heads])
         self.paths = [_path_of(s) for s in sources]
         self.columns = _shared_columns(heads)
         if not self.columns:
@@ -362,7 +362,3 @@ def _shared_columns(heads: list[Checkpoint]) -> dict[str, slice]:
             columns[name] = slice(offset, offset + t.numel())
             offset += t.numel()
     return columns
-
-
-def _unique_labels(labels: list[str]) -> list[str]:
-    return [f"{label}#{i}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
