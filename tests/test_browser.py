@@ -33,7 +33,8 @@ KERNEL_IDLE = """() => {
 }"""
 IMAGES = """() => Array.from(document.querySelectorAll('.js-plotly-plot image'))
     .map(e => e.getAttribute('href')).join('|')"""
-#: Texts of the outputs cut to "...", and plots wider than the output column they sit in.
+#: Texts of the outputs cut to "...", plots wider than the output column they sit in, and
+#: control descriptions stacked above their controls instead of beside them.
 CUT = """() => Array.from(document.querySelectorAll('.jp-OutputArea-output *'))
     .filter(e => getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth)
     .map(e => e.textContent.trim())"""
@@ -41,6 +42,10 @@ WIDER = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter
     const column = e.closest('.jp-OutputArea-output').getBoundingClientRect();
     return e.querySelector('.main-svg').getBoundingClientRect().right > column.right + 1;
 }).map(e => (e.querySelector('.gtitle') || {}).textContent)"""
+ABOVE = """() => Array.from(document.querySelectorAll('.jp-OutputArea-output .widget-label'))
+    .filter(l => l.textContent.trim() && l.nextElementSibling && l.offsetParent !== null
+        && l.getBoundingClientRect().bottom <= l.nextElementSibling.getBoundingClientRect().top)
+    .map(l => l.textContent.trim())"""
 
 
 def _free_port() -> int:
@@ -115,6 +120,7 @@ def test_quickstart_merge_lab_in_chromium(jupyter_lab: str) -> None:
         page.screenshot(path=str(ARTIFACTS / "lab-before.png"), full_page=True)
         assert page.evaluate(CUT) == [], "texts cut to '...'"
         assert page.evaluate(WIDER) == [], "plots wider than the output column"
+        assert page.evaluate(ABOVE) == [], "control descriptions above their controls"
         miou, images = page.inner_text(".lwmm-miou"), page.evaluate(IMAGES)
 
         alpha = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="alpha"))

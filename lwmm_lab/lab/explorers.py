@@ -23,7 +23,14 @@ from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options, panel_manifest
-from lwmm_lab.lab.panel import Panel, add_checkpoint, fit_width, shows_errors, sync_figure
+from lwmm_lab.lab.panel import (
+    Panel,
+    add_checkpoint,
+    choice_buttons,
+    fit_width,
+    shows_errors,
+    sync_figure,
+)
 from lwmm_lab.zoo.manifest import (
     PRESETS,
     SCENARIO_LABELS,
@@ -223,9 +230,7 @@ class SweepExplorer(Panel):
         else:
             trained_at = peek_checkpoint(self.checkpoints[0]).provenance.get("resolution")
             self.resolution = tuple(trained_at or (128, 256))
-        self.domain = W.ToggleButtons(
-            options=["real", "synthetic"], value="real", description="domain"
-        )
+        self.domain = choice_buttons(["real", "synthetic"], "real", "domain")
         self.run_button = W.Button(
             description=f"run the {steps} x {steps} sweep", icon="play", layout=fit_width()
         )

@@ -50,7 +50,14 @@ from lwmm_lab.lab.figures import (
     update_iou_delta_figure,
     update_schedule_figure,
 )
-from lwmm_lab.lab.panel import Panel, add_checkpoint, fit_width, shows_errors, sync_figure
+from lwmm_lab.lab.panel import (
+    Panel,
+    add_checkpoint,
+    choice_buttons,
+    fit_width,
+    shows_errors,
+    sync_figure,
+)
 from lwmm_lab.zoo.manifest import (
     SCENARIO_LABELS,
     base_checkpoint,
@@ -201,9 +208,7 @@ class MergeLab(Panel):
         self.add_button = W.Button(description="add", layout=W.Layout(width="90px"))
         self.anchor = W.Dropdown(description="anchor")
         self.method = W.Dropdown(options=list(LAB_METHODS), value="layerwise", description="method")
-        self.schedule = W.ToggleButtons(
-            options=list(LAB_SCHEDULES), value="layerwise", description="schedule"
-        )
+        self.schedule = choice_buttons(LAB_SCHEDULES, "layerwise", "schedule")
         self.start = W.IntSlider(
             value=1, min=1, max=2, description="start s", continuous_update=False, layout=wide
         )
@@ -213,9 +218,7 @@ class MergeLab(Panel):
             continuous_update=False, readout_format=".2f",
         )  # fmt: skip
         self.bn = W.Dropdown(options=list(BN_RULES), value="linear", description="BN rule")
-        self.granularity = W.ToggleButtons(
-            options=list(GRANULARITIES), value="tensor", description="granularity"
-        )
+        self.granularity = choice_buttons(GRANULARITIES, "tensor", "granularity")
         resolve_device(device)  # a device this machine lacks is refused here, in one line
         devices = ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else []), device]
         self.device = W.Dropdown(

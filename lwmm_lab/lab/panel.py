@@ -17,7 +17,7 @@ import functools
 import html
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import ipywidgets as W
@@ -136,6 +136,19 @@ def fit_width() -> W.Layout:
     """A layout as wide as the widget's own text: ipywidgets' fixed widths cut longer button
     and checkbox descriptions to "..."."""
     return W.Layout(width="auto")
+
+
+def choice_buttons(options: Sequence[str], value: str, description: str) -> W.ToggleButtons:
+    """A row of buttons for a few choices, laid out like the dropdowns beside it: the
+    description on the left of the buttons, not above them as ipywidgets 8 puts it."""
+    buttons = W.ToggleButtons(
+        options=list(options),
+        value=value,
+        description=description,
+        style={"button_width": "96px"},
+    )
+    buttons.add_class("widget-inline-hbox")  # ipywidgets' class for a labelled one-line control
+    return buttons
 
 
 def add_checkpoint(path: str, *menus: W.Dropdown | W.SelectMultiple) -> None:
