@@ -96,6 +96,8 @@ class Canvas:
         np.copyto(self.material[region], mat, where=write)
 
     def box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[slice, slice] | None:
+        """The (rows, cols) slices of the pixels whose centres lie in the box, clipped to the
+        canvas; None when none do."""
         c0, c1 = max(0, int(np.floor(x0 + 0.5))), min(self.w, int(np.floor(x1 + 0.5)))
         r0, r1 = max(0, int(np.floor(y0 + 0.5))), min(self.h, int(np.floor(y1 + 0.5)))
         if c1 <= c0 or r1 <= r0:
@@ -103,11 +105,13 @@ class Canvas:
         return slice(r0, r1), slice(c0, c1)
 
     def rect(self, x0: float, y0: float, x1: float, y1: float, mat: int, depth: float) -> None:
+        """An axis-aligned rectangle of material ``mat`` at ``depth``."""
         region = self.box(x0, y0, x1, y1)
         if region is not None:
             self.fill(region, True, mat, depth)
 
     def ellipse(self, cx: float, cy: float, rx: float, ry: float, mat: int, depth: float) -> None:
+        """An axis-aligned ellipse (centre, radii) of material ``mat`` at ``depth``."""
         region = self.box(cx - rx, cy - ry, cx + rx, cy + ry)
         if region is None:
             return

@@ -71,6 +71,7 @@ def build_zoo(
     done: dict[str, list[dict[str, Any]]] = {}
 
     def record(run: Run, entries: list[dict[str, Any]], seconds: float) -> None:
+        """A finished run's checkpoints into the manifest (rewritten each time: resumable)."""
         done[run.name] = entries
         ordered = [e for r in (BASE, *config.runs) for e in done.get(r.name, [])]
         _write_manifest(out, config, ordered, time.perf_counter() - started)
@@ -304,6 +305,7 @@ class _DataCache:
         self._pools: dict[tuple[str, str], ImagePool] = {}
 
     def pool(self, domain: str, split: str, labels: bool) -> ImagePool:
+        """A domain's train or val images, with their labels or (a target's view) without."""
         n = self.config.train_images if split == "train" else self.config.val_images
         key = (domain, split)
         if key not in self._pools:

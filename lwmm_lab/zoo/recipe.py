@@ -130,6 +130,7 @@ class ZooConfig:
         )
 
     def spec(self, arch: str, classes: str) -> ModelSpec:
+        """The zoo's model of architecture ``arch`` for class set ``classes``."""
         n = len(L.CLASS_SETS[classes])
         kwargs: dict[str, Any] = {"encoder_depth": 5}
         if arch in ("Unet", "PanopticUnet"):
