@@ -52,8 +52,9 @@ sweep
 lab
 
 # %% [markdown]
-# The same sweep as curves: the target and the source mIoU against s (at the best α), and
-# against α (at s = 1).
+# The same sweep as curves: the target and the source mIoU against s at α = 0.5 (the paper's
+# Fig. 5b), and against α at s = 1 (Fig. 5c). Not against s at the best α: where the anchor
+# alone scores best (α = 1), every s gives the same merge, the anchor, and the curve is flat.
 
 # %%
 from lwmm_lab.lab.figures import sweep_curves
@@ -62,3 +63,11 @@ from lwmm_lab.analysis.sweeps import run_sweep
 result = run_sweep(sweep.cells(), progress=False)
 sweep.load(result)
 sweep_curves(result, ["real", "synthetic"])
+
+# %% [markdown]
+# **What to take away.** Read the left panel against the paper's Fig. 5b: does the target
+# fall as s moves deeper while the source stays flat? Then the right one against Fig. 5c: is
+# α = 0.5 at or near the best? With decoders trained apart (this family), averaging the early
+# layers mixes unrelated weights, so the anchor may do best on its own; with
+# `family = "strategies"` the two models are nearly interchangeable and both curves flatten.
+# The findings (notebook 08, claims 8 and 9) measure both on the whole zoo.

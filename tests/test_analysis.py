@@ -36,7 +36,7 @@ from lwmm_lab.analysis.qualitative import (
     examples_from_predictions,
     iou_delta,
 )
-from lwmm_lab.analysis.sweeps import SWEEP_METHODS, grid, run_sweep
+from lwmm_lab.analysis.sweeps import SWEEP_METHODS, Sweep, grid, run_sweep
 from lwmm_lab.cli import main
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import (
@@ -202,6 +202,29 @@ def two_finals(quick_zoo: Path) -> list[str]:
         e["strategy"]: e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)
     }
     return [finals["advent"], finals["minent"]]
+
+
+@pytest.mark.parametrize(("alphas", "shown"), [((0.0, 0.5, 1.0), 0.5), ((0.0, 0.4, 1.0), 0.4)])
+def test_the_start_layer_curve_is_at_alpha_half_not_the_best_alpha(
+    alphas: tuple[float, ...], shown: float
+) -> None:
+    """Where the anchor alone (alpha = 1) scores best, the curve over s at the best alpha
+    would be flat by construction; it is drawn at alpha = 0.5 (the grid's nearest), as the
+    paper's Fig. 5b."""
+
+    def miou(start: int, alpha: float) -> float:
+        return 20.0 + 5 * alpha - start / 10
+
+    results = [
+        {"anchor": 0, "start": s, "alpha": a, "miou": {"real": miou(s, a), "synthetic": 30.0}}
+        for s in (1, 5, 9)
+        for a in alphas
+    ]
+    fig = sweep_curves(Sweep([], results), ["real", "synthetic"])
+    by_start = fig.data[0]
+    assert list(by_start.x) == [1, 5, 9]
+    assert list(by_start.y) == [miou(s, shown) for s in (1, 5, 9)]
+    assert f"alpha = {shown:.2f}" in fig.layout.title.text
 
 
 def test_sweep_executors_agree_and_cache(two_finals: list[str], tmp_path: Path) -> None:

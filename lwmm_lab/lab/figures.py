@@ -406,17 +406,18 @@ def sweep_heatmap(sweep: Sweep, domain: str, anchor: int | None = None) -> go.Fi
     return _base_layout(fig, f"{domain} mIoU over start and alpha (anchor {label})")
 
 
-def sweep_curves(sweep: Sweep, domains: Sequence[str], anchor: int = 0) -> go.Figure:
-    """mIoU against the start layer (at the best alpha) and against alpha (at s = 1)."""
+def sweep_curves(
+    sweep: Sweep, domains: Sequence[str], anchor: int = 0, alpha: float = 0.5
+) -> go.Figure:
+    """mIoU against the start layer at ``alpha`` (the grid's nearest; 0.5 as in the paper's
+    Fig. 5b) and against alpha at s = 1 (Fig. 5c). Not at the best alpha: where that is 1,
+    the merge is the anchor at every s and the curve is flat by construction."""
     results = [r for r in sweep.results if r["anchor"] == anchor]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("by start layer s", "by alpha at s = 1"))
-    target = domains[0]
-    best_alpha = max(results, key=lambda r: r["miou"][target])["alpha"] if results else None
+    shown = min({r["alpha"] for r in results}, key=lambda a: abs(a - alpha)) if results else None
     for d, domain in enumerate(domains):
         color = MODEL_COLORS[d % len(MODEL_COLORS)]
-        by_start = sorted(
-            (r["start"], r["miou"][domain]) for r in results if r["alpha"] == best_alpha
-        )
+        by_start = sorted((r["start"], r["miou"][domain]) for r in results if r["alpha"] == shown)
         by_alpha = sorted((r["alpha"], r["miou"][domain]) for r in results if r["start"] == 1)
         for col, points in ((1, by_start), (2, by_alpha)):
             if points:
@@ -438,7 +439,7 @@ def sweep_curves(sweep: Sweep, domains: Sequence[str], anchor: int = 0) -> go.Fi
     fig.update_xaxes(title="start layer s", col=1)
     fig.update_xaxes(title="alpha", col=2)
     return _base_layout(
-        fig, f"Target and source mIoU (alpha = {best_alpha:.2f} on the left)" if results else ""
+        fig, f"Target and source mIoU (alpha = {shown:.2f} on the left)" if results else ""
     )
 
 
