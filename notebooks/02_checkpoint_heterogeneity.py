@@ -95,3 +95,12 @@ bn_divergence_figure(bn_divergence(pool))
 # %%
 cosines = task_vector_cosine(pool)
 task_vector_figure(cosines, suggest_start(cosines, pool.layout().n_depth))
+
+# %% [markdown]
+# **What to take away.** Look at what you merge before you merge it. Where two models differ
+# only a little, and only in the head and the BN statistics (the paper's Fig. 2), the backbone
+# can be averaged and the anchor should keep the rest: that is what layer-wise merging does.
+# Where whole decoders are far apart (the middle panel), no average of them is safe unless
+# their channels are aligned first. The task-vector cosines point at where the anchor should
+# take over: compare that suggested start layer with the best one you find in notebook 05.
+# The findings (notebook 08, claims 1, 2 and 12) measure all this on the whole zoo.

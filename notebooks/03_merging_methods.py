@@ -72,3 +72,12 @@ table3 = compare([[by_name[n] for n in pair] for pair in pairs.values()], **sett
 for kind, row in zip(pairs, table3, strict=True):
     row["pair"] = kind
 table_figure(table3, ["pair", "models", "best_single", *METHODS], "Kinds of strategy, merged in pairs")
+
+# %% [markdown]
+# **What to take away.** Read each chart from left to right as weaker models join. Which
+# methods stay at or above the anchor (the first point), and which fall with the models they
+# add? Which collapse when the decoders were trained apart, and why does averaging only the
+# early layers survive that? The ensemble is the reference that pays M forward passes for
+# its score (notebook 04 times it). In the pairs table, does mixing kinds of strategy gain
+# more than two of one kind, as the paper's Table 3 found? The findings (notebook 08, claims
+# 3, 4 and 5) measure these on the whole zoo, for both families.

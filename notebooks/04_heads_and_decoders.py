@@ -66,3 +66,11 @@ from lwmm_lab import Pool, make_plan
 
 plan = make_plan(Pool([anchor, *decoders], device="cpu"))
 Counter((row["kind"], row["name"].split(".")[0]) for row in plan.rows())
+
+# %% [markdown]
+# **What to take away.** Merging needs only *some* shared tensors: the merge is the anchor's
+# architecture, with the shared ones averaged and the rest its own, so it runs at the anchor's
+# speed (compare the bar labels, ms per image) while the ensemble runs every model. Then
+# compare the scores: how much of what the ensemble gains does a merge keep, when the models
+# share nothing but their encoder? What would they have to share for the merge to keep more?
+# The findings (notebook 08, claims 6, 7 and 11) measure this on the whole zoo.

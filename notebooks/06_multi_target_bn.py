@@ -48,3 +48,10 @@ table_figure(rows, ["name", "kind", "real", "foggy", "night", "mean"], "mIoU per
 # %% [markdown]
 # Questions to ask the table: does `gaussian` beat `linear`? Does any merge come close to the
 # union-trained model, which needed all the target data at once? Where is the night domain?
+
+# %% [markdown]
+# **What to take away.** Only the BN rule differs between the merged rows: the weights are
+# the same average each time. So any gap between them is what the running statistics alone
+# are worth, and the gap to the union-trained model is what merging costs against training
+# on all the target data at once. The findings (notebook 08, claim 10) measure it on the
+# whole zoo.
