@@ -101,6 +101,6 @@ task_vector_figure(cosines, suggest_start(cosines, pool.layout().n_depth))
 # only a little, and only in the head and the BN statistics (the paper's Fig. 2), the backbone
 # can be averaged and the anchor should keep the rest: that is what layer-wise merging does.
 # Where whole decoders are far apart (the middle panel), no average of them is safe unless
-# their channels are aligned first. The task-vector cosines point at where the anchor should
-# take over: compare that suggested start layer with the best one you find in notebook 05.
+# their channels are aligned first. The task-vector cosines suggest where the anchor should
+# take over: compare that start layer with what notebook 05's sweep finds for the same family.
 # The findings (notebook 08, claims 1, 2 and 12) measure all this on the whole zoo.
