@@ -352,6 +352,34 @@ def test_saved_merge_records_provenance_and_rebuilds_the_same_model(
     assert paths[0].read_bytes() == before
 
 
+def test_a_merge_is_stacked_in_the_widest_float_and_written_in_the_anchors_dtypes(
+    tmp_path: Path, make_models
+) -> None:
+    """float16 inputs are merged in float32 and saved as float16 (the anchor's), and a
+    float64 model anywhere in the pool, not only first, makes the stack float64."""
+    states = [m.state_dict() for m in make_models(2)]
+
+    def cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> Checkpoint:
+        return Checkpoint(
+            {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, spec=TINY
+        )
+
+    halves = [cast(s, torch.float16) for s in states]
+    half = Pool(halves, device="cpu")
+    assert half.flat.dtype == torch.float32
+    merged = load_checkpoint(save_merge(half, tmp_path / "half.safetensors", alpha=0.3)).tensors
+    wide = {k: v.float() if v.is_floating_point() else v.clone() for k, v in merged.items()}
+    in_float32 = merge(half, into=wide, alpha=0.3)
+    for name, value in merged.items():
+        assert value.dtype == halves[0].tensors[name].dtype, name
+        assert torch.equal(value, in_float32[name].to(value.dtype)), name
+    mixed = Pool([cast(states[0], torch.float32), cast(states[1], torch.float64)], device="cpu")
+    assert mixed.flat.dtype == torch.float64
+    out = merge(mixed, anchor=0)
+    assert all(out[k].dtype == v.dtype for k, v in states[0].items())
+    assert merge(mixed, anchor=1)["segmentation_head.0.weight"].dtype == torch.float64
+
+
 def test_bad_settings_are_named() -> None:
     models, _base = _vectors([1.0, 2.0], [3.0, 4.0])
     pool = Pool(models, device="cpu")

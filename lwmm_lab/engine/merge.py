@@ -249,7 +249,9 @@ class MergePlan:
     def run(self, into: nn.Module | MutableMapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Execute the plan; write into ``into`` (a model or state dict) when given.
 
-        Returns the merged state dict (the target's own tensors when ``into`` is given).
+        Returns the merged state dict: the target's own tensors when ``into`` is given, else
+        new tensors in the anchor's dtypes as stored (a float16 anchor gives float16 values,
+        merged in the stack's float32).
         """
         targets, joined = self._targets(into)
         pool, method = self.pool, METHODS[self.config.method]
@@ -433,9 +435,11 @@ class MergePlan:
         r = self.routes
         anchor_tensors = self.pool.checkpoints[self.anchor].tensors
         if into is None:
-            device = self.pool.device
+            device, stored = self.pool.device, self.pool.stored_dtypes[self.anchor]
             targets = {
-                e.name: torch.empty(e.shape, dtype=anchor_tensors[e.name].dtype, device=device)
+                e.name: torch.empty(
+                    e.shape, dtype=stored.get(e.name, anchor_tensors[e.name].dtype), device=device
+                )
                 for e in self.layout.entries
             }
             return targets, JoinedViews(None, (None,) * len(r.copied))

@@ -160,7 +160,10 @@ class Pool:
                 f"no tensor is shared by all {len(heads)} checkpoints "
                 f"(same name and shape, floating dtype): {names}"
             )
-        dtypes = {heads[0].tensors[name].dtype for name in self.columns}
+        #: Each model's dtype of each stacked tensor as stored: the stack is one dtype (float32,
+        #: or float64 if any input is), and a merge's values go back in the anchor's.
+        self.stored_dtypes = [{n: h.tensors[n].dtype for n in self.columns} for h in heads]
+        dtypes = {dtype for stored in self.stored_dtypes for dtype in stored.values()}
         dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         width = next(reversed(self.columns.values())).stop
         self.flat = torch.empty((len(heads), width), dtype=dtype, device=self.device)
