@@ -86,6 +86,36 @@ def test_alignment_follows_the_head_of_another_class_count() -> None:
         torch.testing.assert_close(twin(X), other(X), rtol=1e-4, atol=1e-5)
 
 
+def test_a_panoptic_models_instance_heads_follow_its_decoder_channels() -> None:
+    """The centre and offset heads read the decoder's output like the segmentation head: a
+    shuffled PanopticUnet computes all three outputs the same, and aligned beside a panoptic
+    or a semantic anchor it gets its own tensors back; a panoptic anchor aligns semantic
+    models, which lack those heads."""
+    panoptic = ModelSpec("PanopticUnet", TINY.encoder, TINY.classes, TINY.kwargs)
+    model = _trained_like(panoptic, 6).eval()
+    tensors = model.state_dict()
+    shuffled, _ = _shuffled(tensors, 2)
+    twin = panoptic.build().eval()
+
+    def computes_like_the_model(state: dict[str, torch.Tensor]) -> None:
+        twin.load_state_dict(state)
+        with torch.no_grad():
+            outputs = zip(twin.forward_panoptic(X), model.forward_panoptic(X), strict=True)
+            for mine, theirs in outputs:
+                torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+    computes_like_the_model(shuffled)
+    semantic = Checkpoint(dict(_trained_like(TINY, 8).state_dict()), spec=TINY)
+    for anchor in (Checkpoint(dict(tensors), spec=panoptic), semantic):
+        pool = Pool([anchor, Checkpoint(shuffled, spec=panoptic)], device="cpu", align=0)
+        aligned = pool.checkpoints[1].tensors
+        if anchor is not semantic:
+            assert all(torch.equal(aligned[k], tensors[k]) for k in tensors), "the original"
+        computes_like_the_model(dict(aligned))
+    pool = Pool([Checkpoint(dict(tensors), spec=panoptic), semantic], device="cpu", align=0)
+    assert pool.alignment.moved[1] > 0
+
+
 def test_alignment_is_recorded_and_the_anchor_must_match(tmp_path: Path, capsys) -> None:
     paths = []
     for seed in (1, 2):

@@ -12,11 +12,12 @@ Permuting hidden channels never changes what a model computes.
 
 What is permuted. The smp Unet decoder's hidden channels: each block's two conv outputs with
 their BatchNorm, through the concatenation with the skip connection (whose encoder channels
-stay where they are) and into the segmentation head. The encoder is not permuted: lwmm assumes,
-as the paper does (Sec. 3.1), that merged models share their pre-trained encoder, whose
-channels are then already aligned. The cost uses the parameters (conv weights and biases, the
-BatchNorm affine parameters), as the reference implementation does; BN running statistics are
-permuted with their channels but do not vote.
+stay where they are) and into every head that reads the decoder's output: the segmentation
+head, and a :class:`~lwmm_lab.engine.panoptic.PanopticUnet`'s centre and offset heads. The
+encoder is not permuted: lwmm assumes, as the paper does (Sec. 3.1), that merged models share
+their pre-trained encoder, whose channels are then already aligned. The cost uses the
+parameters (conv weights and biases, the BatchNorm affine parameters), as the reference
+implementation does; BN running statistics are permuted with their channels but do not vote.
 
 We evaluated the ``rebasin`` package (0.0.47, on PyPI) first: it traces the model with
 torchview, also permutes the timm encoder, and on the zoo's 1.4M-parameter Unet it was killed
@@ -36,6 +37,8 @@ from torch import Tensor
 from lwmm_lab.errors import LwmmError
 
 _HEAD = "segmentation_head.0.weight"
+#: The first convs of a PanopticUnet's instance heads, which read the decoder's output too.
+_INSTANCE_HEADS = ("center_head.0.weight", "offset_head.0.weight")
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
 #: Tensors that are permuted with their channels but do not enter the matching cost.
 _STATISTICS = ("running_mean", "running_var")
@@ -43,11 +46,14 @@ _STATISTICS = ("running_mean", "running_var")
 
 @dataclass(frozen=True)
 class Axis:
-    """Channels ``start .. start + size`` of ``tensor`` along ``axis`` belong to a group."""
+    """Channels ``start .. start + size`` of ``tensor`` along ``axis`` belong to a group.
+    An ``optional`` tensor is one only some models have (a panoptic model's instance heads):
+    permuted where it is, and voting where both models have it."""
 
     tensor: str
     axis: int
     start: int = 0
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ def unet_channel_groups(tensors: Mapping[str, Tensor], label: str = "anchor") ->
                 f"{label}: layer '{consumer}' does not take the {size} channels of {conv}"
             )
         axes.append(Axis(consumer, 1))
+        if consumer == _HEAD:
+            axes += [Axis(head, 1, optional=True) for head in _INSTANCE_HEADS]
         groups.append(ChannelGroup(conv, size, tuple(axes)))
     stray = _uncovered(groups, tensors)
     if stray is not None:
@@ -106,6 +114,8 @@ def check_matchable(groups: list[ChannelGroup], tensors: Mapping[str, Tensor], l
     for g in groups:
         for a in g.axes:
             t = tensors.get(a.tensor)
+            if t is None and a.optional:
+                continue
             fits = t is not None and t.dim() > a.axis
             if fits and a.axis == 0:
                 fits = t.shape[0] == g.size
@@ -230,11 +240,12 @@ class Alignment:
 
 
 def _votes(a: Axis, reference: Mapping[str, Tensor], other: Mapping[str, Tensor]) -> bool:
-    """Whether ``a``'s tensor enters its group's matching cost: not a BN statistic, and of one
-    shape in both models (another head, with its own class count, is permuted but does not
-    vote)."""
-    stat = a.tensor.rpartition(".")[2] in _STATISTICS
-    return not stat and reference[a.tensor].shape == other[a.tensor].shape
+    """Whether ``a``'s tensor enters its group's matching cost: not a BN statistic, in both
+    models and of one shape there (another head, with its own class count, is permuted but
+    does not vote; an instance head votes only between two panoptic models)."""
+    if a.tensor.rpartition(".")[2] in _STATISTICS or a.tensor not in reference:
+        return False
+    return a.tensor in other and reference[a.tensor].shape == other[a.tensor].shape
 
 
 def _uncovered(groups: list[ChannelGroup], tensors: Mapping[str, Tensor]) -> str | None:
