@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from lwmm_lab import Pool, load_checkpoint, load_model, make_plan, save_checkpoint
 from lwmm_lab.cli import main
 from lwmm_lab.engine.merge import merge_command
+from lwmm_lab.fixtures import daformer_checkpoint
 
 from .conftest import TINY, Payload, perturbed_model
 
@@ -262,6 +263,33 @@ def test_the_lab_s_merge_command_reproduces_its_merge(
     assert written.keys() == expected.keys()
     for name, value in expected.items():
         torch.testing.assert_close(written[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_sub_model_choice_applies_to_the_files_that_have_sub_models(
+    two: list[Path], tmp_path: Path, capsys
+) -> None:
+    """``--submodel ema_model`` reads the teacher of a DAFormer file beside a plain one (and a
+    plain base), is recorded per input and in the lab's command, and is refused where no file
+    has sub-models."""
+    daformer = daformer_checkpoint(tmp_path / "daformer.pth", two[1], teacher=two[0])
+    pool = Pool([two[1], daformer], device="cpu", submodel="ema_model", base=two[0])
+    assert [ck.submodel for ck in pool.checkpoints] == [None, "ema_model"]
+    teacher = load_checkpoint(two[0]).tensors
+    assert all(torch.equal(v, teacher[k]) for k, v in pool.checkpoints[1].tensors.items())
+    plan = make_plan(pool, alpha=0.3, start=2)
+    inputs = plan.provenance()["inputs"]
+    assert [record.get("submodel") for record in inputs] == [None, "ema_model"]
+    out = tmp_path / "from the command.safetensors"
+    rc, _, err = _run(shlex.split(merge_command(plan, out))[1:], capsys)
+    assert rc == 0, err
+    written = load_checkpoint(out).tensors
+    for name, value in plan.run().items():
+        assert torch.equal(written[name], value), name
+    rc, _, err = _run(
+        ["merge", *two, "--submodel", "ema_model", "-o", tmp_path / "x.safetensors"], capsys
+    )
+    assert rc == 1 and err.count("\n") == 1
+    assert "submodel='ema_model': no sub-model prefixes" in err and "m1.safetensors" in err
 
 
 def test_foreign_file_warns_on_one_line(two: list[Path], tmp_path: Path, capsys) -> None:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.datasets import SyntheticScenes, open_dataset
 from lwmm_lab.data.domains import DOMAINS
-from lwmm_lab.engine.checkpoints import load_checkpoint
+from lwmm_lab.engine.checkpoints import check_submodel, load_checkpoint
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import resolve_device
 from lwmm_lab.errors import check_count, first_line
@@ -368,6 +368,7 @@ def open_checkpoints(
         images = check_count("images", images)
     dev = resolve_device(device)
     checkpoints = [load_checkpoint(p, submodel) for p in paths]
+    check_submodel(checkpoints, submodel)
     models = [load_model(c, dev) for c in checkpoints]
     resolution = size
     if resolution is None and domain in DOMAINS:

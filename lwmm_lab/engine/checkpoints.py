@@ -55,7 +55,8 @@ class Checkpoint:
 
     ``spec`` rebuilds the model when known; ``provenance`` is what lwmm_lab recorded when it
     wrote the file (a merge's inputs and settings). Tensors on the ``meta`` device carry only
-    shapes and dtypes (see :func:`peek_checkpoint`).
+    shapes and dtypes (see :func:`peek_checkpoint`). ``submodel`` says which sub-model of an
+    mmseg/DAFormer file the tensors are (None for a file that has no sub-models).
     """
 
     tensors: Mapping[str, torch.Tensor]
@@ -63,6 +64,7 @@ class Checkpoint:
     spec: ModelSpec | None = None
     order_known: bool = True
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    submodel: str | None = None
 
     @property
     def label(self) -> str:
@@ -91,8 +93,10 @@ def load_checkpoint(
     ``torch.load(weights_only=True)``; one that needs code is refused. Nested
     ``{'state_dict': ...}`` / ``{'model': ...}`` layouts are unwrapped, ``module.`` prefixes
     stripped, and for mmseg/DAFormer files (or a Lightning module's ``model.`` attribute)
-    ``submodel`` picks ``model`` (the student, the default), ``ema_model`` or ``imnet_model``.
-    A floating tensor with NaN or Inf is refused, naming it.
+    ``submodel`` picks ``model`` (the student, the default), ``ema_model`` or ``imnet_model``;
+    a file without sub-models is read whole (:func:`check_submodel` refuses a choice that
+    applies to none of a command's files). A floating tensor with NaN or Inf is refused,
+    naming it.
     """
     ckpt = _read(Path(path), submodel, meta=False)
     if check_finite:
@@ -174,10 +178,10 @@ def _read(path: Path, submodel: str | None, meta: bool) -> Checkpoint:
     if suffix == ".safetensors":
         return _read_safetensors(path, submodel, meta)
     if suffix in PICKLE_SUFFIXES:
-        tensors = _select_submodel(_read_pickle(path), path, submodel)
+        tensors, picked = _select_submodel(_read_pickle(path), path, submodel)
         if meta:
             tensors = {k: v.to("meta") for k, v in tensors.items()}
-        return Checkpoint(tensors, path)
+        return Checkpoint(tensors, path, submodel=picked)
     raise LwmmError(
         f"{path}: unknown checkpoint format (expected .safetensors, .pt, .pth, .bin, .ckpt "
         "or a directory written by smp's save_pretrained)"
@@ -216,17 +220,17 @@ def _read_safetensors(
     if _META_SPEC in metadata:
         spec = ModelSpec.from_json(metadata[_META_SPEC], str(path))
     provenance = _json_meta(metadata, _META_PROVENANCE, path) or {}
-    tensors = _select_submodel(tensors, path, submodel)
+    tensors, picked = _select_submodel(tensors, path, submodel)
     order = _json_meta(metadata, _META_ORDER, path)
     if order is None and spec is not None:
         order = spec.key_order()
     if order is None:
         if not meta:  # the header-only peek stays quiet: the full load that follows warns
             _warn_unknown_order(path)
-        return Checkpoint(dict(sorted(tensors.items())), path, spec, False, provenance)
+        return Checkpoint(dict(sorted(tensors.items())), path, spec, False, provenance, picked)
     ordered = {k: tensors[k] for k in order if k in tensors}
     ordered.update(sorted((k, v) for k, v in tensors.items() if k not in ordered))
-    return Checkpoint(ordered, path, spec, True, provenance)
+    return Checkpoint(ordered, path, spec, True, provenance, picked)
 
 
 def _warn_unknown_order(path: Path) -> None:
@@ -288,8 +292,11 @@ def _pickle_protocol(path: Path) -> int | None:
     return None
 
 
-def _select_submodel(obj: Any, path: Path, submodel: str | None) -> dict[str, torch.Tensor]:
-    """The flat ``{name: tensor}`` of one model out of whatever layout the file has."""
+def _select_submodel(
+    obj: Any, path: Path, submodel: str | None
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The flat ``{name: tensor}`` of one model out of whatever layout the file has, and the
+    sub-model it is (None where the file has no sub-models: it is read whole)."""
     if not isinstance(obj, Mapping):
         raise LwmmError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     for key in NESTED_KEYS:
@@ -302,14 +309,24 @@ def _select_submodel(obj: Any, path: Path, submodel: str | None) -> dict[str, to
         keys = ", ".join(map(str, list(obj)[:8]))
         raise LwmmError(f"{path}: no tensors found (top-level keys: {keys})")
     found = [p for p in SUBMODELS if any(k.startswith(p + ".") for k in tensors)]
+    pick = None
     if found:
         pick = submodel or "model"
         if pick not in found:
             raise LwmmError(f"{path}: no sub-model '{pick}.' (it has: {', '.join(found)})")
         tensors = {k[len(pick) + 1 :]: v for k, v in tensors.items() if k.startswith(pick + ".")}
-    elif submodel is not None:
-        raise LwmmError(f"{path}: no sub-model prefixes, so submodel='{submodel}' cannot apply")
-    return {k.removeprefix("module."): v for k, v in tensors.items()}
+    return {k.removeprefix("module."): v for k, v in tensors.items()}, pick
+
+
+def check_submodel(checkpoints: Sequence[Checkpoint], submodel: str | None) -> None:
+    """Refuse a sub-model choice that none of ``checkpoints`` has sub-models for: it would
+    change nothing, and a silent no-op would let a user believe it had."""
+    if submodel is not None and not any(ck.submodel for ck in checkpoints):
+        names = ", ".join(str(ck.path or ck.label) for ck in checkpoints)
+        raise LwmmError(
+            f"submodel='{submodel}': no sub-model prefixes (model., ema_model., imnet_model.) "
+            f"in {names}, so it cannot apply"
+        )
 
 
 def _meta_tensor(view: Any, path: Path, name: str) -> torch.Tensor:

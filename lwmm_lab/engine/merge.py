@@ -226,7 +226,7 @@ class MergePlan:
             "schedule": self.schedule,
             "anchor": {"index": self.anchor, "label": pool.labels[self.anchor]},
             "inputs": [
-                _file_record(ck.path, label)
+                _file_record(ck.path, label, ck.submodel)
                 for ck, label in zip(pool.checkpoints, pool.labels, strict=True)
             ],
             "bn": c.bn,
@@ -537,6 +537,8 @@ def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
     words += ["--bn", c.bn, "--granularity", c.granularity]
     if pool.alignment is not None:
         words.append("--align")
+    if pool.submodel is not None:
+        words += ["--submodel", pool.submodel]
     if "base" in METHODS[c.method].needs:
         words += ["--base", str(pool.base_path), "--scale", repr(c.scale)]
     if c.method == "ties":
@@ -621,10 +623,14 @@ def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
     return registry[name]
 
 
-def _file_record(path: Path | None, label: str | None = None) -> dict[str, Any]:
+def _file_record(
+    path: Path | None, label: str | None = None, submodel: str | None = None
+) -> dict[str, Any]:
     record: dict[str, Any] = {"path": None if path is None else str(path), "sha256": None}
     if label is not None:
         record["label"] = label
+    if submodel is not None:
+        record["submodel"] = submodel
     if path is not None:
         file = path / "model.safetensors" if path.is_dir() else path
         if file.is_file():

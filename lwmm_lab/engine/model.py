@@ -14,7 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwmm_lab.engine.checkpoints import Checkpoint, check_compatible, load_checkpoint
+from lwmm_lab.engine.checkpoints import (
+    Checkpoint,
+    check_compatible,
+    check_submodel,
+    load_checkpoint,
+)
 from lwmm_lab.engine.merge import MergeConfig, make_plan
 from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.engine.spec import ModelSpec
@@ -29,6 +34,7 @@ def load_model(
 ) -> nn.Module:
     """The checkpoint's model with its weights, in eval mode, on ``device``."""
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, submodel)
+    check_submodel([ckpt], submodel)
     model = require_spec(ckpt).build(resolve_device(device), init=False)
     load_weights(model, ckpt.tensors, str(ckpt.path or ckpt.label))
     return model

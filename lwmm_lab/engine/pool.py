@@ -36,7 +36,13 @@ from lwmm_lab.engine.align import (
     permute,
     unet_channel_groups,
 )
-from lwmm_lab.engine.checkpoints import Checkpoint, load_checkpoint, peek_checkpoint, unique_labels
+from lwmm_lab.engine.checkpoints import (
+    Checkpoint,
+    check_submodel,
+    load_checkpoint,
+    peek_checkpoint,
+    unique_labels,
+)
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import same_file
 
@@ -151,6 +157,7 @@ class Pool:
         self.device = resolve_device(device)
         self.submodel = submodel
         heads = [_head(s, submodel) for s in sources]
+        check_submodel(heads, submodel)
         self.labels = unique_labels([h.label for h in heads])
         self.paths = [_path_of(s) for s in sources]
         self.columns = _shared_columns(heads)
