@@ -441,6 +441,10 @@ def test_pool_from_files_matches_pool_from_memory(tmp_path: Path, make_models) -
     assert all(torch.equal(from_files[k], from_memory[k]) for k in from_memory)
     assert Pool(paths, device="cpu").anchor_index(tmp_path / "m2.safetensors") == 2
     assert Pool(paths, device="cpu").anchor_index("m1") == 1
+    live = [Checkpoint(m.state_dict(keep_vars=True), spec=TINY) for m in models]
+    base = Checkpoint(models[0].state_dict(keep_vars=True))
+    pool = Pool(live, device="cpu", base=base, fisher=live)
+    assert not any(t.requires_grad for t in (pool.flat, pool.base, pool.fisher)), "no graph"
 
 
 @pytest.mark.cuda

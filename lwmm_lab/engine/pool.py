@@ -143,6 +143,7 @@ class Pool:
     diagonal Fisher per model, for Fisher merging) are aligned with the shared tensors.
     """
 
+    @torch.no_grad()  # the stack is data: a model's parameters given as sources stay outside
     def __init__(
         self,
         sources: Sequence[Source],
