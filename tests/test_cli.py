@@ -285,6 +285,8 @@ def test_a_sub_model_choice_applies_to_the_files_that_have_sub_models(
     written = load_checkpoint(out).tensors
     for name, value in plan.run().items():
         assert torch.equal(written[name], value), name
+    loaded_first = Pool([load_checkpoint(daformer, "ema_model"), two[1]], device="cpu")
+    assert "--submodel ema_model" in merge_command(make_plan(loaded_first), out)
     rc, _, err = _run(
         ["merge", *two, "--submodel", "ema_model", "-o", tmp_path / "x.safetensors"], capsys
     )

@@ -537,8 +537,16 @@ def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
     words += ["--bn", c.bn, "--granularity", c.granularity]
     if pool.alignment is not None:
         words.append("--align")
-    if pool.submodel is not None:
-        words += ["--submodel", pool.submodel]
+    # The sub-model each input was read as (a Checkpoint may have been loaded as one before
+    # the pool was built); the command line takes one choice for every file.
+    submodels = {ck.submodel for ck in pool.checkpoints} - {None, "model"}
+    if len(submodels) > 1:
+        raise LwmmError(
+            f"the inputs were read as different sub-models ({', '.join(sorted(submodels))}): "
+            "one lwmm merge command cannot say so"
+        )
+    if submodels:
+        words += ["--submodel", submodels.pop()]
     if "base" in METHODS[c.method].needs:
         words += ["--base", str(pool.base_path), "--scale", repr(c.scale)]
     if c.method == "ties":
