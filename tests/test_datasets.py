@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from lwmm_lab import LwmmError
@@ -83,13 +84,24 @@ def test_cityscapes_folder(tmp_path: Path) -> None:
     assert len(open_dataset(f"cityscapes:{tmp_path}", "val", resolution=None)) == 2
 
 
-def test_gta5_folder(tmp_path: Path) -> None:
+def test_gta5_folder_reads_palette_labels(tmp_path: Path) -> None:
+    """GTA5's labels are palette PNGs: the pixels are the ids, whatever colours the palette has."""
     _png(tmp_path / "images/00001.png", _image())
     ids = np.full((8, 16), 23, dtype=np.uint8)  # sky
     ids[4:] = 8  # sidewalk
-    _png(tmp_path / "labels/00001.png", ids)
+    (tmp_path / "labels").mkdir()
+    palette = Image.fromarray(ids, mode="P")
+    palette.putpalette([(37 * i) % 256 for i in range(768)])
+    palette.save(tmp_path / "labels/00001.png")
     _, label = gta5(tmp_path)[0]
     assert label[0].eq(L.SKY).all() and label[-1].eq(L.SIDEWALK).all()
+    for array, says in (
+        (np.full((8, 16), 300, np.uint16), "label id 300 is not a Cityscapes label id"),
+        (_image(), "an image of mode RGB; a label holds one id per pixel"),
+    ):
+        Image.fromarray(array).save(tmp_path / "labels/00001.png")
+        with pytest.raises(LwmmError, match=rf"00001.png: {says}"):
+            gta5(tmp_path)[0]
 
 
 def test_synthia_folder_reads_16_bit_labels(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from lwmm_lab.data import labels as L
@@ -219,15 +220,30 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 class _TableLabel:
-    """Reads an 8-bit label PNG and maps its ids through a lookup table (picklable)."""
+    """Reads a label PNG of ids and maps them through a lookup table (picklable).
+
+    Read with Pillow, not OpenCV: GTA5's labels are palette PNGs whose pixels are the ids, and
+    OpenCV expands a palette into its colours. Grey PNGs (Cityscapes' labelIds) read the same.
+    """
 
     def __init__(self, table: np.ndarray) -> None:
         self.table = table
 
     def __call__(self, path: Path) -> np.ndarray:
-        ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if ids is None or ids.ndim != 2:
-            raise LwmmError(f"{path}: not a single-channel label image")
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+                ids = np.asarray(image) if mode in ("L", "P", "I;16", "I") else None
+        except (OSError, ValueError) as error:
+            raise LwmmError(f"{path}: not a readable label image ({error})") from None
+        if ids is None:
+            raise LwmmError(
+                f"{path}: an image of mode {mode}; a label holds one id per pixel (a grey or "
+                "palette PNG such as *_labelIds.png, not the colour rendering)"
+            )
+        outside = ids[(ids < 0) | (ids >= len(self.table))]
+        if outside.size:
+            raise LwmmError(f"{path}: label id {int(outside[0])} is not a Cityscapes label id")
         return self.table[ids]
 
 
