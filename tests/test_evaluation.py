@@ -109,6 +109,38 @@ def test_tensor_datasets_are_scored_in_place_like_any_dataset() -> None:
     assert (sliced.miou, sliced.per_class_iou) == (loaded.miou, loaded.per_class_iou), "same counts"
 
 
+class _Sizes(torch.utils.data.Dataset):
+    """Images of mixed sizes, none a multiple of 8: GTA5's are 1052 x 1914, and a few differ."""
+
+    SIZES = ((20, 36), (20, 36), (28, 44), (20, 36))
+
+    def __len__(self) -> int:
+        return len(self.SIZES)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(i)
+        h, w = self.SIZES[i]
+        return torch.rand(3, h, w, generator=g), torch.randint(0, 19, (h, w), generator=g)
+
+
+def test_models_are_scored_on_images_of_any_size_and_of_mixed_sizes() -> None:
+    """An FPN needs sides divisible by its output stride: its inputs are padded and its logits
+    cropped back; images of different sizes are batched by runs of one size."""
+    torch.manual_seed(0)
+    fpn = ModelSpec("FPN", "tu-resnet10t", 19, {"encoder_depth": 3}).build().eval()
+    image, label = _Sizes()[2]
+    with pytest.raises(RuntimeError, match="divisible by 8"):
+        fpn(image[None])  # smp's own check: what the padding is for
+    assert predict(fpn, image[None]).shape == (1, *label.shape)
+    batched = evaluate(fpn, _Sizes(), batch_size=4)
+    one_by_one = evaluate(fpn, _Sizes(), batch_size=1)
+    assert batched.images == one_by_one.images == 4
+    assert batched.per_class_iou == one_by_one.per_class_iou
+    with torch.no_grad():
+        ensemble = predict([fpn, fpn], image[None])
+    assert torch.equal(ensemble, predict(fpn, image[None])), "the ensemble pads its members too"
+
+
 class _Slow(torch.utils.data.Dataset):
     """Samples that take a while to read, as a real dataset's full-size images do."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwmm_lab.analysis.evaluation import evaluate, normalize, val_set
+from lwmm_lab.analysis.evaluation import evaluate, forward, normalize, val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
 from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.engine.checkpoints import load_checkpoint, peek_checkpoint, unique_labels
@@ -224,11 +224,11 @@ def inference_ms(models: Sequence[nn.Module], images: torch.Tensor, repeats: int
     with torch.no_grad():
         x = normalize(images)
         for m in models:
-            m(x)  # warm up
+            forward(m, x)  # warm up
         for _ in range(repeats):
             started = time.perf_counter()
             for m in models:
-                m(x)
+                forward(m, x)
             times.append((time.perf_counter() - started) * 1000 / len(images))
     return sorted(times)[len(times) // 2]
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
 from lwmm_lab.data import labels as L
@@ -45,6 +46,29 @@ def normalize(images: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def forward(model: nn.Module, x: Tensor) -> Tensor:
+    """The model's logits on normalised inputs of any size. An smp architecture whose encoder
+    and decoder need sides divisible by its output stride (FPN, DeepLabV3+: 32 or 16; GTA5's
+    1052 x 1914 is neither) gets its inputs padded at the bottom and right with zeros (the mean
+    colour once normalised, as mmseg pads) and its logits cropped back; others run as they are.
+    """
+    stride = _input_stride(model)
+    h, w = x.shape[-2:]
+    pad = (0, -w % stride, 0, -h % stride)
+    if not any(pad):
+        return model(x)
+    padded = F.pad(x, pad).contiguous(memory_format=torch.channels_last)
+    return model(padded)[..., :h, :w]
+
+
+def _input_stride(model: nn.Module) -> int:
+    """What an input's sides must divide by: smp's ``requires_divisible_input_shape`` and
+    ``encoder.output_stride``, 1 for a model that takes any size."""
+    if not getattr(model, "requires_divisible_input_shape", False):
+        return 1
+    return int(getattr(getattr(model, "encoder", None), "output_stride", 1))
+
+
 def model_classes(model: nn.Module) -> tuple[int, ...]:
     """The trainIds of a model's output channels: 19 -> all, 16 -> SYNTHIA-16, else the first n."""
     n = _out_channels(model)
@@ -59,7 +83,7 @@ def class_probabilities(models: Sequence[nn.Module], images: Tensor) -> Tensor:
     x = normalize(images)
     total = torch.zeros(x.shape[0], len(L.CLASSES), *x.shape[2:], device=x.device)
     for model in models:
-        total[:, list(model_classes(model))] += model(x).softmax(1)
+        total[:, list(model_classes(model))] += forward(model, x).softmax(1)
     return total / len(models)
 
 
@@ -81,7 +105,7 @@ def predict(models: nn.Module | Sequence[nn.Module], images: Tensor) -> Tensor:
 
 def _classify(model: nn.Module, x: Tensor) -> Tensor:
     """trainIds of a model's predictions on normalised inputs ``x``."""
-    return int_constant(model_classes(model), x.device)[top_class(model(x))]
+    return int_constant(model_classes(model), x.device)[top_class(forward(model, x))]
 
 
 class BatchScorer:
@@ -405,7 +429,11 @@ def _batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[Tensor, ...]]:
         for k in range(0, n, batch_size):
             yield tuple(t[k : k + batch_size] for t in dataset.tensors)
         return
-    yield from DataLoader(dataset, batch_size=batch_size)
+    for samples in DataLoader(dataset, batch_size=batch_size, collate_fn=list):
+        # Real datasets may mix image sizes (kept without --size): each run of one size is
+        # stacked on its own.
+        for _, run in itertools.groupby(samples, key=lambda sample: sample[0].shape):
+            yield default_collate(list(run))
 
 
 def _out_channels(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
-from lwmm_lab.analysis.evaluation import model_classes, normalize
+from lwmm_lab.analysis.evaluation import forward, model_classes, normalize
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.checkpoints import Checkpoint, save_checkpoint
 from lwmm_lab.errors import check_count
@@ -37,7 +37,7 @@ def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dic
     model.eval()
     for i in tqdm(range(count), desc="fisher", leave=False, unit="image"):
         x, y = dataset[i][:2]
-        logits = model(normalize(x[None].to(device)))
+        logits = forward(model, normalize(x[None].to(device)))
         target = to_index[y[None].to(device)]
         if not bool((target != L.IGNORE).any()):
             continue
