@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from torchmetrics.detection import PanopticQuality
@@ -28,6 +30,7 @@ from lwmm_lab.analysis.panoptic import (
 from lwmm_lab.cli import main
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.datasets import SyntheticScenes
+from lwmm_lab.fixtures import cityscapes_folder
 from lwmm_lab.zoo import load_manifest, select
 from lwmm_lab.zoo.manifest import scenario_checkpoints
 
@@ -213,6 +216,26 @@ def test_panoptic_bad_input_is_one_line(quick_zoo: Path, args, message, capsys) 
     assert main(["eval", entry["path"], *args]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_split_without_labelled_pixels_is_refused_not_scored(
+    quick_zoo: Path, tmp_path: Path, capsys
+) -> None:
+    """Cityscapes' test split ships labels that are all void: no IoU or PQ is defined, and a
+    NaN in ``--json`` would not be JSON. Both tasks refuse it in one line."""
+    root = cityscapes_folder(tmp_path / "cs", images=2, size=(64, 128), split="test")
+    for label in root.glob("gtFine/test/*/*_labelIds.png"):
+        void = np.zeros((64, 128), np.uint8)
+        cv2.imwrite(str(label), void)
+        cv2.imwrite(str(label).replace("labelIds", "instanceIds"), void.astype(np.uint16))
+    (entry,) = select(load_manifest(quick_zoo), scenario="panoptic", fraction=1.0)
+    for task in ("semantic", "panoptic"):
+        args = ["eval", entry["path"], "--task", task, "--domain", f"cityscapes:{root}"]
+        assert main([*args, "--split", "test", "--json"]) == 1
+        out, err = capsys.readouterr()
+        assert not out and err.count("\n") == 1, (task, err)
+        assert "(test): no pixel of the 2 images is labelled" in err, (task, err)
+        assert "Cityscapes' test labels are all void: score on val" in err
 
 
 def test_a_semantic_checkpoint_is_refused_for_the_panoptic_task(quick_zoo: Path, capsys) -> None:

@@ -10,6 +10,7 @@ outputs, the output-ensemble baseline that costs M forward passes.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 import warnings
@@ -32,7 +33,7 @@ from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import check_submodel, load_checkpoint
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import resolve_device
-from lwmm_lab.errors import check_count, first_line
+from lwmm_lab.errors import LwmmError, check_count, first_line
 from lwmm_lab.heap import keep_freed_memory
 
 #: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
@@ -261,7 +262,7 @@ class Scores:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "miou": round(self.miou, 4),
+            "miou": None if math.isnan(self.miou) else round(self.miou, 4),
             "per_class_iou": {
                 k: None if v is None else round(v, 4) for k, v in self.per_class_iou.items()
             },
@@ -366,14 +367,27 @@ def evaluate_checkpoints(
     models, dataset = open_checkpoints(paths, domain, split, images, size, device, submodel)
     if ensemble:
         scores = evaluate(models, dataset, domain, progress=True)
+        require_labels(scores.miou, domain, split, scores.images)
         scores.extra["checkpoints"] = [str(p) for p in paths]
         return [scores]
     results = []
     for path, model in zip(paths, models, strict=True):
         scores = evaluate(model, dataset, domain, progress=True)
+        require_labels(scores.miou, domain, split, scores.images)
         scores.extra["checkpoint"] = str(path)
         results.append(scores)
     return results
+
+
+def require_labels(miou: float, domain: str, split: str, images: int) -> None:
+    """Refuse scores with no IoU (``miou`` NaN): no pixel was labelled with a scored class,
+    as in Cityscapes' test split, which ships labels that are all void."""
+    if math.isnan(miou):
+        hint = " (Cityscapes' test labels are all void: score on val)" if split == "test" else ""
+        raise LwmmError(
+            f"{domain} ({split}): no pixel of the {images} images is labelled with one of the "
+            f"model's classes, so there is nothing to score{hint}"
+        )
 
 
 def open_checkpoints(

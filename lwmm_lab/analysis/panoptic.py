@@ -39,6 +39,7 @@ from lwmm_lab.analysis.evaluation import (
     model_classes,
     normalize,
     open_checkpoints,
+    require_labels,
     scores_from_confusion,
     top_class,
 )
@@ -454,6 +455,7 @@ def evaluate_panoptic_checkpoints(
     results = []
     for path, model in zip(paths, models, strict=True):
         scores = evaluate_panoptic(model, dataset, progress=True)
+        require_labels(scores.extra["miou"], domain, split, scores.images)
         scores.extra.update(checkpoint=str(path), domain=domain)
         results.append(scores)
     return results
