@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 
 class LwmmError(Exception):
@@ -21,6 +22,16 @@ class DepthOrderWarning(UserWarning):
     The layer-wise schedule needs the model's ``state_dict`` order; a foreign safetensors file
     without a model spec only gives its keys sorted (``decoder.*`` before ``encoder.*``).
     """
+
+
+@contextmanager
+def naming(source: str) -> Iterator[None]:
+    """An :class:`LwmmError` raised inside is prefixed with ``source``: the file whose content
+    it is about, where the code that raised it (a model spec's build) knows of no file."""
+    try:
+        yield
+    except LwmmError as e:
+        raise LwmmError(f"{source}: {e}") from None
 
 
 def first_line(e: BaseException) -> str:

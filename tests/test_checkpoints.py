@@ -288,3 +288,20 @@ def test_spec_metadata_errors_are_one_line(tmp_path: Path) -> None:
         LwmmError, match=r"config\.json: not an smp config \(missing _model_class, encoder_name\)"
     ):
         load_checkpoint(tmp_path / "cfg")
+
+
+def test_a_spec_that_cannot_be_built_names_its_file(tmp_path: Path) -> None:
+    """An encoder this timm does not know (a config from a newer one) is refused naming the
+    file the spec came from, not with timm's bare RuntimeError."""
+    model = perturbed_model(TINY, 0)
+    model.save_pretrained(tmp_path / "smpdir")
+    config = tmp_path / "smpdir" / "config.json"
+    config.write_text(config.read_text().replace("tu-resnet10t", "tu-resnet10z"))
+    with pytest.raises(LwmmError, match=r"smpdir/config\.json: model spec .* Unknown model"):
+        load_checkpoint(tmp_path / "smpdir")
+    unknown = ModelSpec("Unet", "tu-resnet10z", TINY.classes, TINY.kwargs)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    metadata = {"lwmm.spec": unknown.to_json(), "lwmm.order": json.dumps(list(tensors))}
+    save_file(tensors, tmp_path / "m.safetensors", metadata=metadata)
+    with pytest.raises(LwmmError, match=r"m\.safetensors: model spec .* Unknown model"):
+        load_model(tmp_path / "m.safetensors", "cpu")

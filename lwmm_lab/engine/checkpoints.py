@@ -25,7 +25,7 @@ from torch.serialization import DEFAULT_PROTOCOL
 
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.spec import ModelSpec
-from lwmm_lab.errors import DepthOrderWarning, LwmmError, first_line
+from lwmm_lab.errors import DepthOrderWarning, LwmmError, first_line, naming
 from lwmm_lab.files import atomic_path, output_path
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -199,6 +199,8 @@ def _read_smp_dir(path: Path, submodel: str | None, meta: bool) -> Checkpoint:
         spec = ModelSpec.from_smp_config(json.loads(config.read_text()), str(config))
     except ValueError as e:
         raise LwmmError(f"{config}: not valid JSON ({e})") from None
+    with naming(str(config)):
+        spec.key_order()  # a spec smp cannot build is the config's fault (cached for the read)
     ckpt = _read_safetensors(weights, submodel, meta, spec=spec)
     return replace(ckpt, path=path)
 
@@ -223,7 +225,8 @@ def _read_safetensors(
     tensors, picked = _select_submodel(tensors, path, submodel)
     order = _json_meta(metadata, _META_ORDER, path)
     if order is None and spec is not None:
-        order = spec.key_order()
+        with naming(str(path)):
+            order = spec.key_order()
     if order is None:
         if not meta:  # the header-only peek stays quiet: the full load that follows warns
             _warn_unknown_order(path)

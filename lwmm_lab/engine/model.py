@@ -24,7 +24,7 @@ from lwmm_lab.engine.merge import MergeConfig, make_plan
 from lwmm_lab.engine.pool import Pool, resolve_device
 from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.engine.target import lay_out
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, naming
 
 
 def load_model(
@@ -35,7 +35,9 @@ def load_model(
     """The checkpoint's model with its weights, in eval mode, on ``device``."""
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, submodel)
     check_submodel([ckpt], submodel)
-    model = require_spec(ckpt).build(resolve_device(device), init=False)
+    spec = require_spec(ckpt)
+    with naming(str(ckpt.path or ckpt.label)):
+        model = spec.build(resolve_device(device), init=False)
     load_weights(model, ckpt.tensors, str(ckpt.path or ckpt.label))
     return model
 
@@ -56,11 +58,13 @@ def merge_target(pool: Pool, anchor: int) -> nn.Module:
     pool's device, left unfilled (a merge writes every entry of its state dict), its tensors
     laid out in the pool's column order (:func:`~lwmm_lab.engine.target.lay_out`) so that a
     merge writes whole rows into it."""
-    spec = require_spec(pool.checkpoints[anchor])
-    # Laid out from the meta device, the memory is allocated once, already in place.
-    model = lay_out(spec.build("meta", init=False), pool, anchor)
-    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-        model = lay_out(spec.build(pool.device, init=False), pool, anchor)
+    ckpt = pool.checkpoints[anchor]
+    spec = require_spec(ckpt)
+    with naming(str(ckpt.path or ckpt.label)):
+        # Laid out from the meta device, the memory is allocated once, already in place.
+        model = lay_out(spec.build("meta", init=False), pool, anchor)
+        if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+            model = lay_out(spec.build(pool.device, init=False), pool, anchor)
     return model
 
 

@@ -66,7 +66,7 @@ class ModelSpec:
                 kwargs = {"encoder_name": self.encoder, "encoder_weights": None}
                 kwargs.update(classes=self.classes, **self.kwargs)
                 model = create(**kwargs) if create else smp.create_model(self.arch, **kwargs)
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:  # timm: Unknown model
             raise LwmmError(f"model spec {self.to_json()} cannot be built: {e}") from None
         return model.to(memory_format=torch.channels_last).eval()
 
