@@ -589,6 +589,8 @@ def _discrepancy(args: argparse.Namespace) -> int:
             print(
                 f"  {model}: {c['total']} tensors above ({by_kind or 'none'}); by region: {regions}"
             )
+        for note in d.notes():
+            print(f"note: {note}")
         if "suggested_start" in payload:
             s = payload["suggested_start"]
             print(f"suggested start layer from task-vector agreement: s = {s}")

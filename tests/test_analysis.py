@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from plotly.serializers import custom_serializers
 
-from lwmm_lab import Checkpoint, Pool, make_plan, merged_model
+from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merged_model, save_checkpoint
 from lwmm_lab.analysis.comparison import add_one_at_a_time, fisher_file, heads_and_decoders
 from lwmm_lab.analysis.discrepancy import (
     bn_divergence,
@@ -60,6 +60,8 @@ from lwmm_lab.lab.figures import (
     update_schedule_figure,
 )
 from lwmm_lab.zoo import base_checkpoint, load_manifest, preset, select
+
+from .conftest import TINY, perturbed_model
 
 
 def test_tensor_kinds_of_an_smp_model(make_models) -> None:
@@ -101,6 +103,30 @@ def test_discrepancy_follows_the_papers_threshold() -> None:
     assert len(d.above(tau=100, kinds="weight")) == 2
     with pytest.raises(LwmmError, match=r"'weights'.*not kinds of tensor"):
         d.above(tau=10, kinds=["weights"])
+
+
+def test_a_discrepancy_says_which_tensors_it_does_not_compare(tmp_path: Path, capsys) -> None:
+    """Another head (16 classes) cannot be compared with the reference's: it is left out, and
+    the API, the JSON and the text say so, rather than count it as zero discrepant."""
+    sixteen = ModelSpec("Unet", TINY.encoder, 16, TINY.kwargs)
+    paths = [
+        save_checkpoint(
+            tmp_path / f"{name}.safetensors", perturbed_model(spec, i).state_dict(), spec
+        )
+        for i, (name, spec) in enumerate((("ref", TINY), ("other", sixteen)))
+    ]
+    d = discrepancy(Pool(paths, device="cpu"))
+    assert d.unshared == ["segmentation_head.0.weight", "segmentation_head.0.bias"]
+    assert not {r["name"] for r in d.rows} & set(d.unshared)
+    assert d.notes() == [
+        "2 of the reference's tensors are not compared, as [1] other lacks them or has another "
+        "shape: segmentation_head.0.weight, segmentation_head.0.bias"
+    ]
+    assert main(["discrepancy", *map(str, paths), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unshared"] == d.unshared
+    assert main(["discrepancy", *map(str, paths)]) == 0
+    assert f"note: {d.notes()[0]}" in capsys.readouterr().out
+    assert discrepancy(Pool([paths[0], paths[0]], device="cpu")).notes() == []
 
 
 def test_bn_divergence_is_the_symmetric_kl_of_gaussians() -> None:

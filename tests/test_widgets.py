@@ -23,7 +23,7 @@ from lwmm_lab.lab import DiscrepancyExplorer, MergeLab, SweepExplorer
 from lwmm_lab.lab.figures import COLUMNS, panel_uri
 from lwmm_lab.lab.panel import LatestOnly
 from lwmm_lab.zoo import load_manifest, select
-from lwmm_lab.zoo.manifest import base_checkpoint, scenario_checkpoints
+from lwmm_lab.zoo.manifest import base_checkpoint, final, scenario_checkpoints
 
 
 @pytest.fixture
@@ -332,6 +332,12 @@ def test_discrepancy_explorer_on_your_own_checkpoints(quick_zoo: Path, tmp_path:
     d.add_button.click()
     assert "missing.safetensors" in d.error.value and "traceback" not in d.error.value
     assert d.result.others == labels[1:]
+    assert "note:" not in d.status.value
+    d.path.value = final(manifest, "synthia16-minent")  # another head: it is not compared
+    d.add_button.click()
+    assert "2 of the reference's tensors are not compared, as [3] synthia16-minent@" in (
+        d.status.value
+    )
     with pytest.raises(LwmmError, match="at least two checkpoints"):
         DiscrepancyExplorer([mine[0]], background=False)
     zoo = DiscrepancyExplorer(zoo=quick_zoo, scenario="checkpoint", run="minent", background=False)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from lwmm_lab.engine.pool import Pool, is_bn_stat, module_of
+from lwmm_lab.engine.pool import Pool, is_bn_stat, module_of, unshared_note
 from lwmm_lab.errors import LwmmError, check_finite
 
 KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
@@ -71,6 +71,8 @@ class Discrepancy:
     """Per-tensor distances of ``others`` to ``reference`` (labels), one row per (model, tensor).
 
     ``boundary`` is the first depth index outside the encoder: the backbone/head line of Fig. 2.
+    ``unshared``: the reference's tensors left out, as ``lacking`` (``[i] label``) lack them
+    or have them in another shape (another head, another decoder).
     """
 
     reference: str
@@ -78,6 +80,14 @@ class Discrepancy:
     rows: list[dict[str, Any]]
     n_depth: int
     boundary: int | None
+    unshared: list[str] = field(default_factory=list)
+    lacking: list[str] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """Lines a reader should see beside the counts: the tensors that are not compared."""
+        if not self.unshared:
+            return []
+        return [unshared_note(self.unshared, self.lacking, "the reference's", "not compared")]
 
     @staticmethod
     def threshold(tau: float) -> float:
@@ -125,6 +135,7 @@ class Discrepancy:
             "others": self.others,
             "n_depth": self.n_depth,
             "boundary": self.boundary,
+            "unshared": self.unshared,
             "rows": self.rows,
         }
         if tau is not None:
@@ -167,7 +178,10 @@ def discrepancy(pool: Pool, reference: int = 0) -> Discrepancy:
                 }
             )
     others = [label for i, label in enumerate(pool.labels) if i != reference]
-    return Discrepancy(pool.labels[reference], others, rows, layout.n_depth, boundary)
+    unshared, lacking = pool.unshared(reference)
+    return Discrepancy(
+        pool.labels[reference], others, rows, layout.n_depth, boundary, unshared, lacking
+    )
 
 
 def bn_divergence(pool: Pool, reference: int = 0) -> list[dict[str, Any]]:

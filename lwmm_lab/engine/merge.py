@@ -45,6 +45,7 @@ from lwmm_lab.engine.pool import (
     is_bn_stat,
     module_of,
     row_view,
+    unshared_note,
 )
 from lwmm_lab.engine.routes import Routes, routes
 from lwmm_lab.engine.target import JoinedViews, joined_views
@@ -150,22 +151,9 @@ class MergePlan:
                 f"({alignment.channels} decoder channels in {len(alignment.groups)} groups; "
                 f"channels moved: {moved})"
             )
-        own = [e.name for e in self.layout.entries if e.kind == "anchor-only"]
+        own, lacking = self.pool.unshared(self.anchor)
         if own:
-            anchor = self.pool.checkpoints[self.anchor].tensors
-            pairs = zip(self.pool.checkpoints, self.pool.labels, strict=True)
-            others = [
-                f"[{i}] {label}"
-                for i, (ck, label) in enumerate(pairs)
-                if any(n not in ck.tensors or ck.tensors[n].shape != anchor[n].shape for n in own)
-            ]
-            verbs = "lack them or have" if len(others) > 1 else "lacks them or has"
-            more = f" and {len(own) - 3} more" if len(own) > 3 else ""
-            notes.append(
-                f"{len(own)} of the anchor's tensors are copied from it, not merged, as "
-                f"{', '.join(others) or 'a model'} {verbs} another shape: "
-                f"{', '.join(own[:3])}{more}"
-            )
+            notes.append(unshared_note(own, lacking, "the anchor's", "copied from it, not merged"))
         if not self.layout.order_known:
             notes.append(
                 "depth order unknown: the anchor gives neither a stored key order nor a model "

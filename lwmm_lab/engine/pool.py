@@ -237,6 +237,20 @@ class Pool:
             self._layouts[key] = self._make_layout(anchor, granularity)
         return self._layouts[key]
 
+    def unshared(self, anchor: int = 0) -> tuple[list[str], list[str]]:
+        """The anchor's float entries that are not shared (the ``anchor-only`` ones: a merge
+        copies them, a discrepancy leaves them out), and ``[i] label`` of each model that
+        lacks one of them or has it in another shape."""
+        layout = self.layout(anchor)
+        own = [e.name for e in layout.entries if e.kind == "anchor-only"]
+        mine = self.checkpoints[layout.anchor].tensors
+        lacking = [
+            f"[{i}] {label}"
+            for i, (ckpt, label) in enumerate(zip(self.checkpoints, self.labels, strict=True))
+            if any(n not in ckpt.tensors or ckpt.tensors[n].shape != mine[n].shape for n in own)
+        ]
+        return own, lacking
+
     def anchor_index(self, anchor: int | str | os.PathLike) -> int:
         """The index of ``anchor``: an index 0..M-1, a label, or one of the input paths."""
         if isinstance(anchor, int) or (isinstance(anchor, str) and anchor.lstrip("-").isdigit()):
@@ -348,6 +362,17 @@ class Pool:
             else:
                 entries.append(Entry(name, "anchor-only", shape, None))
         return Layout(anchor, granularity, tuple(entries), tuple(depth_names), ckpt.order_known)
+
+
+def unshared_note(own: Sequence[str], lacking: Sequence[str], whose: str, fate: str) -> str:
+    """One line on :meth:`Pool.unshared`'s entries: how many of ``whose`` tensors meet which
+    ``fate``, the models that cause it, and the first three names."""
+    verbs = "lack them or have" if len(lacking) > 1 else "lacks them or has"
+    more = f" and {len(own) - 3} more" if len(own) > 3 else ""
+    return (
+        f"{len(own)} of {whose} tensors are {fate}, as {', '.join(lacking) or 'a model'} "
+        f"{verbs} another shape: {', '.join(own[:3])}{more}"
+    )
 
 
 def _head(src: Source, submodel: str | None) -> Checkpoint:

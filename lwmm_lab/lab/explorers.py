@@ -28,6 +28,7 @@ from lwmm_lab.lab.panel import (
     add_checkpoint,
     choice_buttons,
     fit_width,
+    note_lines,
     shows_errors,
     sync_figure,
 )
@@ -190,9 +191,10 @@ class DiscrepancyExplorer(Panel):
         sync_figure(self.counts, counts_figure(self.result, tau, kinds))
         total, of = len(self.result.above(tau, kinds)), len(self.result.of_kinds(kinds))
         cut = self.result.threshold(tau)
+        notes = note_lines(self.result.notes())
         self.status.value = (
             f"tau = {tau:.3g}: <b>{total}</b> tensors with relative distance >= {cut:.3g} "
-            f"(of {of}{'' if len(kinds) == len(KINDS) else ' of the kinds picked'})"
+            f"(of {of}{'' if len(kinds) == len(KINDS) else ' of the kinds picked'}){notes}"
         )
 
 

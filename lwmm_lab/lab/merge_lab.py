@@ -55,6 +55,7 @@ from lwmm_lab.lab.panel import (
     add_checkpoint,
     choice_buttons,
     fit_width,
+    note_lines,
     shows_errors,
     sync_figure,
 )
@@ -624,9 +625,7 @@ class MergeLab(Panel):
                 f"{mp.pq:.2f}</b> (anchor {ap.pq:.2f}, {_signed(mp.pq - ap.pq)}), SQ {mp.sq:.2f} "
                 f"(anchor {ap.sq:.2f}), RQ {mp.rq:.2f} (anchor {ap.rq:.2f})"
             )
-        notes = "".join(
-            f"<br><small>note: {html.escape(n, quote=False)}</small>" for n in self.plan.notes()
-        )
+        notes = note_lines(self.plan.notes())
         return (
             f"<div style='font-size:15px'><b>{self.target}</b> mIoU: merged "
             f"<b class='lwmm-miou'>{m.miou:.2f}</b> (anchor {a.miou:.2f}, "

@@ -166,6 +166,11 @@ def add_checkpoint(path: str, *menus: W.Dropdown | W.SelectMultiple) -> None:
         menu.value = picked
 
 
+def note_lines(notes: Sequence[str]) -> str:
+    """Notes for a status line's HTML: each on a line of its own, small, as plain text."""
+    return "".join(f"<br><small>note: {html.escape(n, quote=False)}</small>" for n in notes)
+
+
 def sync_figure(widget: go.FigureWidget, figure: go.Figure) -> None:
     """Make ``widget`` show ``figure``: trace by trace when the traces match, else replace all."""
     with widget.batch_update():
