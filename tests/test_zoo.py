@@ -185,6 +185,20 @@ def test_a_zoo_seed_changes_the_runs_and_keeps_its_own_folder(
     assert "--seed -2" in capsys.readouterr().err
 
 
+def test_another_programs_manifest_is_refused_and_left_as_it_was(tmp_path: Path, capsys) -> None:
+    """A folder whose manifest.json is not a zoo's: a build would overwrite it, a listing
+    would fail deep inside; both refuse it in one line and write nothing."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"hello": 1}')
+    for args in (["zoo", "build", "--quick", "--out"], ["zoo", "list", "--zoo"]):
+        assert main([*args, str(folder)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "manifest.json: not a zoo's manifest" in err, err
+    assert [p.name for p in folder.iterdir()] == ["manifest.json"]
+    assert (folder / "manifest.json").read_text() == '{"hello": 1}'
+
+
 def test_eval_and_fisher_commands(quick_zoo: Path, tmp_path: Path, capsys) -> None:
     manifest = load_manifest(quick_zoo)
     finals = [e["path"] for e in select(manifest, scenario="strategies", fraction=1.0)][:2]

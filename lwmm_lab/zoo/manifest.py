@@ -153,11 +153,21 @@ def base_checkpoint(manifest: dict[str, Any]) -> str:
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
-    """The zoo's manifest in ``out`` (empty when there is none yet); bad JSON is one line."""
+    """The zoo's manifest in ``out`` (empty when there is none yet). Bad JSON, or another
+    program's ``manifest.json`` (which a build would overwrite), is refused in one line."""
     path = out / MANIFEST
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except ValueError as e:
         raise LwmmError(f"{path}: not valid JSON ({e})") from None
+    if not (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("config"), dict)
+        and isinstance(manifest.get("checkpoints"), list)
+    ):
+        raise LwmmError(
+            f"{path}: not a zoo's manifest (a zoo's has a build config and a checkpoint list)"
+        )
+    return manifest
