@@ -153,8 +153,18 @@ def test_gaussian_counts_with_zero_counts_is_uniform_not_nan() -> None:
         }
         for m in (0.0, 2.0)
     ]
-    out = merge(Pool([Checkpoint(s) for s in sds], device="cpu"), bn="gaussian-counts")
+    pool = Pool([Checkpoint(s) for s in sds], device="cpu")
+    out = merge(pool, bn="gaussian-counts")
     assert out["bn.running_mean"].item() == 1.0 and out["bn.running_var"].item() == 2.0
+    note = "1 of the 1 BN layers have no num_batches_tracked to weight by ({}), so "
+    note += "gaussian-counts weights them uniformly: bn"
+    assert note.format("they are all 0") in make_plan(pool, bn="gaussian-counts").notes()
+    uncounted = {k: v for k, v in sds[1].items() if k != "bn.num_batches_tracked"}
+    pool = Pool([Checkpoint(sds[0] | {"bn.num_batches_tracked": torch.tensor(5)}),
+                 Checkpoint(uncounted)], device="cpu")  # fmt: skip
+    assert note.format("[1] model#1 lacks them") in make_plan(pool, bn="gaussian-counts").notes()
+    assert merge(pool, bn="gaussian-counts")["bn.running_mean"].item() == 1.0, "uniform"
+    assert not make_plan(pool, bn="gaussian").notes(), "only a rule by counts needs them"
 
 
 def test_module_granularity_gives_one_depth_per_module(make_models) -> None:

@@ -42,6 +42,7 @@ from lwmm_lab.engine.pool import (
     Layout,
     Pool,
     as_row,
+    first_names,
     is_bn_stat,
     module_of,
     row_view,
@@ -154,12 +155,31 @@ class MergePlan:
         own, lacking = self.pool.unshared(self.anchor)
         if own:
             notes.append(unshared_note(own, lacking, "the anchor's", "copied from it, not merged"))
+        if BN_RULES[self.config.bn].by_counts and (uncounted := self._uncounted()):
+            notes.append(uncounted)
         if not self.layout.order_known:
             notes.append(
                 "depth order unknown: the anchor gives neither a stored key order nor a model "
                 "spec, so j follows sorted key names"
             )
         return notes
+
+    def _uncounted(self) -> str:
+        """A note on the BN layers a rule by counts weights uniformly (their counts unknown
+        or all 0), naming the models that lack counts; empty when there are none."""
+        r = self.routes
+        unknown = (r.counts.sum(1) == 0).tolist()
+        layers = [m for m, u in zip(r.bn_modules, unknown, strict=True) if u]
+        if not layers:
+            return ""
+        lacking = self.pool.lacking([f"{m}.num_batches_tracked" for m in layers])
+        verb = "lack" if len(lacking) > 1 else "lacks"
+        why = f"{', '.join(lacking)} {verb} them" if lacking else "they are all 0"
+        return (
+            f"{len(layers)} of the {len(r.bn_modules)} BN layers have no num_batches_tracked to "
+            f"weight by ({why}), so {self.config.bn} weights them uniformly: "
+            f"{first_names(layers)}"
+        )
 
     def format(self) -> str:
         """The plan as a text table, with a header that says what is merged and how."""
@@ -472,7 +492,7 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
     )
     r = routes(pool, layout)
     bn_table = rule.weights(weights[r.bn_rows], r.counts, anchor)
-    summed = frozenset(r.counted) if rule.sum_counts else frozenset()
+    summed = frozenset(r.counted) if rule.by_counts else frozenset()
     resolved = c.replace(
         anchor=anchor,
         start=start if schedule == "layerwise" else None,

@@ -254,14 +254,15 @@ class BnRule:
     ``weights(schedule_w, counts, anchor)`` gives the per-model weights of every BN layer at
     once: ``schedule_w`` is (K, M), each layer's schedule row; ``counts`` (K, M) the models'
     ``num_batches_tracked`` (a row of zeros where some model lacks it). ``gaussian`` adds the
-    spread of the means to the variance (the moment-matched Gaussian mixture); ``sum_counts``
+    spread of the means to the variance (the moment-matched Gaussian mixture); ``by_counts``
+    marks the rule whose weights are the counts (uniform where they are unknown), and which
     makes ``num_batches_tracked`` the sum over models instead of the anchor's.
     """
 
     name: str
     weights: Callable[[Tensor, Tensor, int], Tensor]
     gaussian: bool
-    sum_counts: bool
+    by_counts: bool
     summary: str
 
 

@@ -243,13 +243,21 @@ class Pool:
         lacks one of them or has it in another shape."""
         layout = self.layout(anchor)
         own = [e.name for e in layout.entries if e.kind == "anchor-only"]
-        mine = self.checkpoints[layout.anchor].tensors
-        lacking = [
+        return own, self.lacking(own, like=layout.anchor)
+
+    def lacking(self, names: Sequence[str], like: int | None = None) -> list[str]:
+        """``[i] label`` of each model that lacks one of ``names``, or has it in another shape
+        than model ``like`` has."""
+        shapes = {} if like is None else {n: self.checkpoints[like].tensors[n].shape for n in names}
+        return [
             f"[{i}] {label}"
             for i, (ckpt, label) in enumerate(zip(self.checkpoints, self.labels, strict=True))
-            if any(n not in ckpt.tensors or ckpt.tensors[n].shape != mine[n].shape for n in own)
+            if any(
+                n not in ckpt.tensors
+                or shapes.get(n, ckpt.tensors[n].shape) != ckpt.tensors[n].shape
+                for n in names
+            )
         ]
-        return own, lacking
 
     def anchor_index(self, anchor: int | str | os.PathLike) -> int:
         """The index of ``anchor``: an index 0..M-1, a label, or one of the input paths."""
@@ -368,11 +376,16 @@ def unshared_note(own: Sequence[str], lacking: Sequence[str], whose: str, fate: 
     """One line on :meth:`Pool.unshared`'s entries: how many of ``whose`` tensors meet which
     ``fate``, the models that cause it, and the first three names."""
     verbs = "lack them or have" if len(lacking) > 1 else "lacks them or has"
-    more = f" and {len(own) - 3} more" if len(own) > 3 else ""
     return (
         f"{len(own)} of {whose} tensors are {fate}, as {', '.join(lacking) or 'a model'} "
-        f"{verbs} another shape: {', '.join(own[:3])}{more}"
+        f"{verbs} another shape: {first_names(own)}"
     )
+
+
+def first_names(names: Sequence[str], shown: int = 3) -> str:
+    """The first ``shown`` names and how many more: what a one-line note lists."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{', '.join(names[:shown])}{more}"
 
 
 def _head(src: Source, submodel: str | None) -> Checkpoint:
