@@ -148,7 +148,7 @@ def test_task_vectors_and_the_suggested_start() -> None:
     rows = task_vector_cosine(Pool([a, b], device="cpu", base=base))
     assert rows[0]["cosine"] > 0.99 and rows[-1]["cosine"] < 0
     assert suggest_start(rows, 20, window=1) == 13, "agreement ends after the 12th layer"
-    with pytest.raises(ValueError, match="base"):
+    with pytest.raises(LwmmError, match="task vectors need the pool's base checkpoint"):
         task_vector_cosine(Pool([a, b], device="cpu"))
 
 

@@ -223,7 +223,7 @@ def task_vector_cosine(pool: Pool, reference: int = 0) -> list[dict[str, Any]]:
     they are not learned by gradient descent.
     """
     if pool.base is None:
-        raise ValueError("task vectors need the pool's base checkpoint (Pool(..., base=...))")
+        raise LwmmError("task vectors need the pool's base checkpoint (Pool(base=...), --base)")
     layout = pool.layout(reference)
     rows = []
     for e in layout.entries:

@@ -454,5 +454,5 @@ def _out_channels(model: nn.Module) -> int:
     head = getattr(model, "segmentation_head", None)
     convs = [m for m in (head or model).modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError("cannot tell the model's number of classes (no segmentation_head conv)")
+        raise LwmmError("cannot tell the model's number of classes (no segmentation_head conv)")
     return convs[-1].out_channels
