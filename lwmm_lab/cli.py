@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, overload
 
 from lwmm_lab._version import __version__
 from lwmm_lab.data.domains import DOMAINS
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_seed
 from lwmm_lab.files import refuse_overwrite
 from lwmm_lab.zoo.manifest import (
     PRESETS,
@@ -412,9 +412,7 @@ def _zoo_build(args: argparse.Namespace) -> int:
     from lwmm_lab.zoo.recipe import ZooConfig
 
     config = ZooConfig.quick_config() if args.quick else ZooConfig()
-    if args.seed < 0:
-        raise LwmmError(f"--seed {args.seed}: give 0 or a positive whole number")
-    config = replace(config, seed=args.seed)
+    config = replace(config, seed=check_seed(args.seed))
     build_zoo(args.out, config, device=args.device, workers=args.workers)
     return 0
 

@@ -58,6 +58,15 @@ def check_count(name: str, value: int) -> int:
     return count
 
 
+def check_seed(value: int) -> int:
+    """``value`` as an int when it is a whole number >= 0; else an :class:`LwmmError` naming it
+    (numpy's seed sequences take no negative entropy)."""
+    seed = check_whole("seed", value)
+    if seed < 0:
+        raise LwmmError(f"seed={value}: give 0 or a positive whole number")
+    return seed
+
+
 def check_image_size(size: Sequence[int]) -> tuple[int, int]:
     """``size`` as ``(height, width)`` when both are whole numbers >= 1; else an
     :class:`LwmmError` naming it (an empty image fails deep inside OpenCV otherwise)."""

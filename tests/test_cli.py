@@ -191,6 +191,10 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             "page.htm: the page is written as a .html file",
         ),
         "scenes": (["data", "gallery", "--scenes", "0", "-o", tmp_path / "g.png"], "scenes=0"),
+        "gallery seed": (
+            ["data", "gallery", "--seed", "-1", "-o", tmp_path / "g.png"],
+            "seed=-1: give 0 or a positive whole number",
+        ),
         "sweep images": (
             ["sweep", *two, "--images", "0", "--starts", "0.5", "--alphas", "0.5"],
             "images=0: give at least 1",

@@ -182,7 +182,7 @@ def test_a_zoo_seed_changes_the_runs_and_keeps_its_own_folder(
     assert len(err.splitlines()) == 1 and "zoo of seed 1" in err and str(folder) in err
     assert (folder / "manifest.json").read_text() == before
     assert main(["zoo", "build", "--quick", "--seed", "-2"]) == 1
-    assert "--seed -2" in capsys.readouterr().err
+    assert "seed=-2: give 0 or a positive whole number" in capsys.readouterr().err
 
 
 def test_another_programs_manifest_is_refused_and_left_as_it_was(tmp_path: Path, capsys) -> None:

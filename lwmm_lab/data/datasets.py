@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import DOMAIN_CLASSES, DOMAINS, check_domain, generate
-from lwmm_lab.errors import LwmmError, check_count, check_image_size
+from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_seed
 
 #: Default number of images per split of a synthetic domain.
 DEFAULT_SIZES = {"train": 2000, "val": 100, "test": 100}
@@ -58,7 +58,7 @@ class SyntheticScenes(Dataset):
         check_domain(domain)
         if split not in DEFAULT_SIZES:
             raise LwmmError(f"split '{split}' is not one of {', '.join(DEFAULT_SIZES)}")
-        self.domain, self.split, self.seed = domain, split, seed
+        self.domain, self.split, self.seed = domain, split, check_seed(seed)
         self.size = DEFAULT_SIZES[split] if size is None else check_count("images", size)
         self.resolution = check_image_size(resolution)
         self.instances = instances

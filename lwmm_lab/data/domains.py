@@ -29,7 +29,7 @@ from lwmm_lab.data import labels as L
 from lwmm_lab.data import raster as R
 from lwmm_lab.data.layout import Draw, Layout, sample_layout
 from lwmm_lab.data.street import draw
-from lwmm_lab.errors import LwmmError, check_count, check_image_size
+from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_seed
 from lwmm_lab.files import atomic_path, output_path
 
 DOMAINS = ("synthetic", "synthetic-16", "real", "foggy", "night")
@@ -74,7 +74,7 @@ def generate(
     check_domain(domain)
     if split not in SPLITS:
         raise LwmmError(f"split '{split}' is not one of {', '.join(SPLITS)}")
-    words = (seed, SPLITS.index(split), index, _SCENE_STREAM[domain])
+    words = (check_seed(seed), SPLITS.index(split), index, _SCENE_STREAM[domain])
     layout = sample_layout(Draw(*words, 0), DOMAIN_CLASSES[domain])
     drawing = draw(layout, *size)
     image = render(drawing, layout, domain, words)
@@ -124,6 +124,7 @@ def gallery(
     Returns an RGB uint8 array with the domain names in a left margin.
     """
     scenes, size = check_count("scenes", scenes), check_image_size(size)
+    seed = check_seed(seed)
     gap, margin = 2, 96
     layouts = [sample_layout(Draw(seed, 1, i, 99, 0)) for i in range(scenes)]
     drawings = [draw(layout, *size) for layout in layouts]
