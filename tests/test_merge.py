@@ -24,6 +24,7 @@ from lwmm_lab import (
 from lwmm_lab.engine.methods import ties_count
 from lwmm_lab.engine.model import load_weights, merge_target
 from lwmm_lab.engine.panoptic import ARCHS
+from lwmm_lab.engine.pool import resolve_device
 from lwmm_lab.files import sha256
 
 from .conftest import TINY, checkpoint_of
@@ -465,6 +466,23 @@ def test_cuda_merge_matches_cpu_merge(make_models) -> None:
     cuda = merge(Pool(checkpoints, device="cuda"), alpha=0.5, start=4, bn="gaussian")
     for name, value in cpu.items():
         torch.testing.assert_close(cuda[name].cpu(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_device_is_the_cpu_or_a_cuda_gpu_this_machine_has() -> None:
+    """The merges and evaluations are written for the CPU and CUDA: another kind of device,
+    or a GPU index beyond this machine's, is refused naming it (not deep inside torch)."""
+    assert resolve_device("cpu") == torch.device("cpu")
+    for other in ("mps", "meta", "tpu"):
+        with pytest.raises(LwmmError, match=rf"device '{other}' is not one of auto, cpu, cuda"):
+            resolve_device(other)
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == torch.device("cuda", torch.cuda.current_device())
+        beyond = f"cuda:{torch.cuda.device_count()}"
+        with pytest.raises(LwmmError, match=rf"device '{beyond}': this machine has \d CUDA"):
+            resolve_device(beyond)
+    else:
+        with pytest.raises(LwmmError, match="CUDA is not available here"):
+            resolve_device("cuda:0")
 
 
 def test_grouped_means_equal_the_plain_weighted_sum(make_models) -> None:

@@ -115,7 +115,9 @@ def lies_as_row(t: torch.Tensor) -> bool:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error.
+    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one (or for a
+    GPU index this machine lacks) is an error, as is another kind of device (``mps``, ``meta``:
+    the lab's merges and evaluations are written for these two).
 
     A CUDA device gets its index (``cuda`` -> ``cuda:0``), so it compares equal to the device
     of the tensors made on it.
@@ -125,12 +127,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise LwmmError(f"device '{device}' is not one of auto, cpu, cuda") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise LwmmError(f"device '{device}' is not one of auto, cpu, cuda (or cuda:N)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise LwmmError(f"device '{device}' requested but CUDA is not available here")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= torch.cuda.device_count():
+            raise LwmmError(
+                f"device '{device}': this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     return dev
 
 
