@@ -438,3 +438,24 @@ def test_the_lab_offers_a_schedule_for_methods_without_one(lab: MergeLab) -> Non
     assert lab.schedule.value == "uniform" and not lab.schedule.disabled, "the schedule stays"
     lab.method.value = "layerwise"
     assert lab.schedule.value == "layerwise" and not lab.alpha.disabled
+
+
+def test_the_panels_refuse_bad_settings_when_they_are_made(quick_zoo: Path) -> None:
+    """A count below 1, a sweep grid of one step, an unknown executor, a tau <= 0 or no
+    checkpoint at all: refused in one line where the panel is made, not in its error box
+    later (a ZeroDivisionError for steps=1) or silently clamped (tau=0 showed tau = 2)."""
+    two = [final(load_manifest(quick_zoo), run) for run in ("minent", "advent")]
+    bad = [
+        (lambda: MergeLab([], background=False), "give at least one checkpoint"),
+        (lambda: MergeLab(two, full=0, background=False), "full=0: give at least 1"),
+        (lambda: MergeLab(two, shown=0, background=False), "shown=0: give at least 1"),
+        (lambda: SweepExplorer(checkpoints=two, steps=1), "steps=1: give at least 2"),
+        (lambda: SweepExplorer(checkpoints=two, images=0), "images=0: give at least 1"),
+        (lambda: SweepExplorer(checkpoints=two, executor="gpu"), "executor 'gpu' is not one"),
+        (lambda: DiscrepancyExplorer(two, tau=0, background=False), "tau=0: give a number > 0"),
+    ]
+    for make, message in bad:
+        with pytest.raises(LwmmError, match=message):
+            make()
+    wide = DiscrepancyExplorer(two, tau=5000, background=False)
+    assert wide.tau.value == pytest.approx(5000) and "tau = 5e+03" in wide.status.value

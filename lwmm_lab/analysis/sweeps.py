@@ -178,6 +178,18 @@ def grid(
     ]
 
 
+def check_executor(executor: str, address: str | None = None) -> str:
+    """``executor`` when it is one of :data:`EXECUTORS` and has what it needs (Dask: the
+    scheduler's address); else an :class:`LwmmError` naming it, before any cell runs."""
+    if executor not in EXECUTORS:
+        raise LwmmError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
+    if executor == "dask" and not address:
+        raise LwmmError(
+            "the dask executor needs the scheduler's address (e.g. tcp://127.0.0.1:8786)"
+        )
+    return executor
+
+
 def run_sweep(
     cells: Sequence[Cell],
     executor: str = "serial",
@@ -195,12 +207,7 @@ def run_sweep(
     ``on_result(done, result)`` is called after each cell.
     ``cache`` is a folder, True for ``data/cache/sweeps``, or None/False for none.
     """
-    if executor not in EXECUTORS:
-        raise LwmmError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
-    if executor == "dask" and not address:
-        raise LwmmError(
-            "the dask executor needs the scheduler's address (e.g. tcp://127.0.0.1:8786)"
-        )
+    check_executor(executor, address)
     if workers is not None:
         check_count("workers", workers)
     cells = list(cells)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +17,18 @@ import plotly.graph_objects as go
 
 from lwmm_lab.analysis.comparison import fisher_file
 from lwmm_lab.analysis.discrepancy import KINDS, Discrepancy, discrepancy
-from lwmm_lab.analysis.sweeps import SWEEP_METHODS, Cell, Sweep, grid, run_sweep
+from lwmm_lab.analysis.sweeps import (
+    SWEEP_METHODS,
+    Cell,
+    Sweep,
+    check_executor,
+    grid,
+    run_sweep,
+)
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.methods import METHODS
 from lwmm_lab.engine.pool import Pool, resolve_device
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_count, check_whole
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options, panel_manifest
 from lwmm_lab.lab.panel import (
@@ -89,9 +97,11 @@ class DiscrepancyExplorer(Panel):
             self.reference.value, self.others.value = paths[0], tuple(paths[1:])
         self.path = W.Text(placeholder="add a checkpoint path", layout=W.Layout(width="240px"))
         self.add_button = W.Button(description="add", layout=W.Layout(width="60px"))
+        Discrepancy.threshold(tau)  # a tau <= 0 or not finite is refused here, in one line
+        power = math.log10(tau)  # the slider spans 2..1000, and reaches out to a tau beyond
         self.tau = W.FloatLogSlider(
-            value=tau, base=10, min=0.3, max=3, step=0.05, description="tau",
-            continuous_update=False, readout_format=".3g",
+            value=tau, base=10, min=min(0.3, power), max=max(3, power), step=0.05,
+            description="tau", continuous_update=False, readout_format=".3g",
         )  # fmt: skip
         self.kinds = W.SelectMultiple(
             options=list(KINDS), value=list(KINDS), rows=6, description="kinds"
@@ -226,7 +236,10 @@ class SweepExplorer(Panel):
             checkpoints = [final(manifest, run) for run in runs]
         #: The models swept; None: the MergeLab's, as they are when the sweep is run.
         self.checkpoints = None if checkpoints is None else [str(p) for p in checkpoints]
-        self.steps, self.images, self.executor = steps, images, executor
+        if check_whole("steps", steps) < 2:
+            raise LwmmError(f"steps={steps}: give at least 2 (s and alpha from 0 to 1)")
+        self.steps, self.images = steps, check_count("images", images)
+        self.executor = check_executor(executor)
         if self.checkpoints is None:
             self.resolution = merge_lab.resolution
         else:

@@ -39,7 +39,7 @@ from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_count
 from lwmm_lab.lab.figures import (
     COLUMNS,
     change_color,
@@ -168,9 +168,14 @@ class MergeLab(Panel):
         else:
             scenario = "custom"
         checkpoints = [str(p) for p in checkpoints]
+        if not checkpoints:
+            raise LwmmError("give at least one checkpoint to merge (or a zoo's scenario)")
         self.base = None if base is None else str(base)
         self.target, self.source = target, source
-        self.preview_size, self.full_size, self.shown = preview, full, shown
+        self.preview_size, self.full_size, self.shown = (
+            check_count(name, value)
+            for name, value in (("preview", preview), ("full", full), ("shown", shown))
+        )
         trained_at = peek_checkpoint(checkpoints[0]).provenance.get("resolution", (128, 256))
         self.resolution = tuple(trained_at)
         self.pool: Pool | None = None
