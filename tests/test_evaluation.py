@@ -9,9 +9,9 @@ import segmentation_models_pytorch as smp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
-from lwmm_lab import ModelSpec
+from lwmm_lab import LwmmError, ModelSpec
 from lwmm_lab.analysis.evaluation import (
     BatchScorer,
     class_probabilities,
@@ -107,6 +107,24 @@ def test_tensor_datasets_are_scored_in_place_like_any_dataset() -> None:
     loaded = evaluate(model, torch.utils.data.Subset(data, range(10)), batch_size=4)
     assert sliced.images == loaded.images == 10
     assert (sliced.miou, sliced.per_class_iou) == (loaded.miou, loaded.per_class_iou), "same counts"
+
+
+def test_labels_that_are_not_train_ids_are_refused_by_value() -> None:
+    """Cityscapes label ids taken for trainIds would be scored as other classes, and an
+    ignore of -1 failed deep inside the confusion: both are refused, naming the value, in a
+    TensorDataset and in any other dataset."""
+    model = ModelSpec(
+        "Unet", "tu-resnet10t", 19, {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}
+    ).build()
+    images = torch.rand(2, 3, 32, 64)
+    for bad in (-1, 26, 300):
+        labels = torch.full((2, 32, 64), L.IGNORE)
+        labels[1, 5, 7] = bad
+        for data in (TensorDataset(images, labels), Subset(TensorDataset(images, labels), [0, 1])):
+            with pytest.raises(LwmmError, match=rf"label {bad} is neither a trainId \(0..18\)"):
+                evaluate(model, data)
+    labels[1, 5, 7] = L.BICYCLE
+    assert evaluate(model, TensorDataset(images, labels)).per_class_iou["bicycle"] is not None
 
 
 class _Sizes(torch.utils.data.Dataset):

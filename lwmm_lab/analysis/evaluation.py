@@ -417,12 +417,34 @@ def open_checkpoints(
     return models, dataset
 
 
+def check_labels(labels: Tensor, source: str = "the dataset") -> None:
+    """Refuse label values that are neither a trainId (0..18) nor 255 (ignore): Cityscapes
+    label ids (7 road, 26 car) taken for trainIds would be scored as other classes without a
+    word, and -1 (another ignore convention) failed deep inside the confusion."""
+    bad = labels[((labels < 0) | (labels >= len(L.CLASSES))) & (labels != L.IGNORE)]
+    if bad.numel():
+        raise LwmmError(
+            f"{source}: label {int(bad[0])} is neither a trainId (0..18) nor 255 (ignore); "
+            "map Cityscapes label ids with lwmm_lab.data.labels.CITYSCAPES_TO_TRAIN, and an "
+            "ignore of -1 to 255"
+        )
+
+
+#: TensorDatasets whose labels were checked whole (a sweep scores one val set in every cell).
+_CHECKED: weakref.WeakSet[TensorDataset] = weakref.WeakSet()
+
+
 def batches(
     dataset: Dataset, batch_size: int, progress: str | None = None
 ) -> Iterator[tuple[Tensor, ...]]:
     """Batches of (images, labels, ...); a TensorDataset is sliced where it lies (no copies).
-    ``progress`` labels a bar that counts the images, shown once a pass has taken a second
-    (scoring a real dataset on a CPU takes minutes)."""
+    Labels are checked (:func:`check_labels`): a TensorDataset's once, whole, any other
+    dataset's batch by batch, on the CPU. ``progress`` labels a bar that counts the images,
+    shown once a pass has taken a second (scoring a real dataset on a CPU takes minutes)."""
+    source = getattr(dataset, "domain", "") or type(dataset).__name__
+    if isinstance(dataset, TensorDataset) and dataset not in _CHECKED:
+        check_labels(dataset.tensors[1], source)
+        _CHECKED.add(dataset)
     bar = tqdm(
         total=len(dataset),
         desc=progress,
@@ -433,6 +455,8 @@ def batches(
     )
     with bar:
         for batch in _batches(dataset, batch_size):
+            if not isinstance(dataset, TensorDataset):
+                check_labels(batch[1], source)
             yield batch
             bar.update(len(batch[0]))
 
