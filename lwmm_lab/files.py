@@ -22,6 +22,8 @@ def output_path(path: str | os.PathLike, what: str, *suffixes: str) -> Path:
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise LwmmError(f"{path}: {what} is written as a {' or '.join(suffixes)} file")
+    if path.is_dir():
+        raise LwmmError(f"{path}: a folder is there; {what} is written as a file")
     return path
 
 
@@ -42,14 +44,20 @@ def atomic_path(path: str | os.PathLike, protect: tuple[Path, ...] = ()) -> Iter
     """
     path = Path(path)
     refuse_overwrite(path, protect)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise LwmmError(f"{path}: cannot be written ({e.strerror or e})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as e:  # a folder made there meanwhile
+            raise LwmmError(f"{path}: cannot be written ({e.strerror or e})") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

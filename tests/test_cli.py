@@ -99,7 +99,16 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
         {"other.weight": torch.ones(3)}, unrelated, metadata={"lwmm.order": '["other.weight"]'}
     )
     merged = tmp_path / "out.safetensors"
+    (tmp_path / "folder.safetensors").mkdir()
     return {
+        "output folder": (
+            ["merge", *two, "-o", tmp_path / "folder.safetensors"],
+            "folder.safetensors: a folder is there; a checkpoint is written as a file",
+        ),
+        "output under a file": (
+            ["merge", *two, "-o", two[0] / "out.safetensors"],
+            "m0.safetensors/out.safetensors: cannot be written",
+        ),
         "missing": (["merge", tmp_path / "nope.pt", two[0], "-o", merged], "nope.pt: no such file"),
         "corrupt": (
             ["merge", garbage, two[0], "-o", merged],
