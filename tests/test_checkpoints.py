@@ -280,6 +280,17 @@ def test_spec_metadata_errors_are_one_line(tmp_path: Path) -> None:
     save_file({"a": torch.ones(1)}, tmp_path / "s.safetensors", metadata={"lwmm.spec": "{not json"})
     with pytest.raises(LwmmError, match=r"s\.safetensors: malformed model spec"):
         load_checkpoint(tmp_path / "s.safetensors")
+    two = {"a": torch.ones(1), "b": torch.ones(2)}
+    for key, value, message in (
+        ("lwmm.provenance", "[1, 2]", "metadata 'lwmm.provenance' is not a JSON object"),
+        ("lwmm.order", '{"a": 1}', "metadata 'lwmm.order' is not a JSON list"),
+        ("lwmm.order", '["a"]', "metadata 'lwmm.order' does not list tensor 'b'"),
+    ):
+        save_file(two, tmp_path / "m.safetensors", metadata={key: value})
+        with pytest.raises(LwmmError, match=rf"m\.safetensors: {message}"):
+            load_checkpoint(tmp_path / "m.safetensors")
+    save_file(two, tmp_path / "m.safetensors", metadata={"lwmm.order": '["b", "a"]'})
+    assert list(load_checkpoint(tmp_path / "m.safetensors").tensors) == ["b", "a"]
     assert ModelSpec.from_json(TINY.to_json()) == TINY
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.json").write_text(json.dumps({"classes": 3}))

@@ -221,9 +221,14 @@ def _read_safetensors(
         ) from None
     if _META_SPEC in metadata:
         spec = ModelSpec.from_json(metadata[_META_SPEC], str(path))
-    provenance = _json_meta(metadata, _META_PROVENANCE, path) or {}
+    provenance = _json_meta(metadata, _META_PROVENANCE, path, dict) or {}
+    order = _json_meta(metadata, _META_ORDER, path, list)
+    if order is not None and (unlisted := set(tensors) - {str(k) for k in order}):
+        raise LwmmError(
+            f"{path}: metadata '{_META_ORDER}' does not list tensor '{min(unlisted)}' (a file "
+            "lwmm_lab writes lists every tensor in the model's order)"
+        )
     tensors, picked = _select_submodel(tensors, path, submodel)
-    order = _json_meta(metadata, _META_ORDER, path)
     if order is None and spec is not None:
         with naming(str(path)):
             order = spec.key_order()
@@ -339,10 +344,16 @@ def _meta_tensor(view: Any, path: Path, name: str) -> torch.Tensor:
     return torch.empty(view.get_shape(), dtype=dtype, device="meta")
 
 
-def _json_meta(metadata: Mapping[str, str], key: str, path: Path) -> Any:
+def _json_meta(metadata: Mapping[str, str], key: str, path: Path, kind: type) -> Any:
+    """The JSON value of ``metadata[key]`` when it is a ``kind`` (list or dict), None when the
+    key is absent; else an :class:`LwmmError` naming the file and the key."""
     if key not in metadata:
         return None
     try:
-        return json.loads(metadata[key])
+        value = json.loads(metadata[key])
     except ValueError:
         raise LwmmError(f"{path}: metadata '{key}' is not valid JSON") from None
+    if not isinstance(value, kind):
+        what = "list" if kind is list else "object"
+        raise LwmmError(f"{path}: metadata '{key}' is not a JSON {what}")
+    return value
