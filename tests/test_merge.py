@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
@@ -413,10 +414,16 @@ def test_bad_settings_are_named() -> None:
         "alpha='half' is not a number": {"alpha": "half"},
         "scale=inf is not a finite number": {"method": "isotropic", "scale": float("inf")},
         "density=nan is not a finite number": {"density": float("nan")},
+        r"'alpah' is not a merge setting \(did you mean 'alpha'\? settings: method,": {
+            "alpah": 0.3
+        },
+        r"anchor=1\.5 is not a whole number": {"anchor": 1.5},
+        r"anchor=True is not a whole number": {"anchor": True},
     }
     for message, changes in cases.items():
         with pytest.raises(LwmmError, match=message):
             make_plan(pool, **changes)
+    assert make_plan(pool, anchor=1.0).anchor == make_plan(pool, anchor=np.int64(1)).anchor == 1
     with pytest.raises(LwmmError, match="no tensor is shared by all 2 checkpoints"):
         Pool([Checkpoint({"a": torch.ones(2)}), Checkpoint({"a": torch.ones(3)})], device="cpu")
     with pytest.raises(LwmmError, match=r"base .* lacks shared tensor 'w'"):

@@ -22,12 +22,13 @@ are worked out once per layout.
 
 from __future__ import annotations
 
+import difflib
 import html
 import json
 import os
 import shlex
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,18 @@ class MergeConfig:
     scale: float = 1.0
 
     def replace(self, **changes: Any) -> MergeConfig:
+        """This config with ``changes``; a name that is not a setting is refused, with the
+        setting it most resembles (``alpah`` -> ``alpha``)."""
+        if not changes.keys() <= _SETTINGS:  # a set test: a plan is made on every slider move
+            names = [f.name for f in fields(self)]
+            name = next(n for n in changes if n not in _SETTINGS)
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise LwmmError(f"'{name}' is not a merge setting ({hint}settings: {', '.join(names)})")
         return replace(self, **changes)
+
+
+_SETTINGS = frozenset(f.name for f in fields(MergeConfig))
 
 
 @dataclass(frozen=True)

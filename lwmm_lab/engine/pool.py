@@ -22,6 +22,7 @@ match that model's, which then has to be the anchor of every merge of the pool.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from lwmm_lab.engine.checkpoints import (
     peek_checkpoint,
     unique_labels,
 )
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_whole
 from lwmm_lab.files import same_file
 
 KINDS = ("shared", "anchor-only", "integer")
@@ -269,6 +270,8 @@ class Pool:
 
     def anchor_index(self, anchor: int | str | os.PathLike) -> int:
         """The index of ``anchor``: an index 0..M-1, a label, or one of the input paths."""
+        if isinstance(anchor, numbers.Number):
+            anchor = check_whole("anchor", anchor)  # 1.0 and numpy integers too, not 1.5
         if isinstance(anchor, int) or (isinstance(anchor, str) and anchor.lstrip("-").isdigit()):
             index = int(anchor)
             if 0 <= index < self.n_models:
