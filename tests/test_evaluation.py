@@ -17,12 +17,15 @@ from lwmm_lab.analysis.evaluation import (
     class_probabilities,
     confusion,
     evaluate,
+    forward,
     model_classes,
     predict,
     scores_from_confusion,
     top_class,
 )
 from lwmm_lab.data import labels as L
+
+from .conftest import TINY
 
 ALL = L.CLASS_SETS["cityscapes-19"]
 
@@ -157,6 +160,11 @@ def test_models_are_scored_on_images_of_any_size_and_of_mixed_sizes() -> None:
     with torch.no_grad():
         ensemble = predict([fpn, fpn], image[None])
     assert torch.equal(ensemble, predict(fpn, image[None])), "the ensemble pads its members too"
+    panoptic = ModelSpec("PanopticUnet", TINY.encoder, 19, TINY.kwargs).build()
+    panoptic.requires_divisible_input_shape = True  # as an smp whose Unet needs it would say
+    with torch.no_grad():
+        outputs = forward(panoptic, image[None], panoptic.forward_panoptic)
+    assert [tuple(o.shape) for o in outputs] == [(1, c, 28, 44) for c in (19, 1, 2)]
 
 
 class _Slow(torch.utils.data.Dataset):

@@ -16,7 +16,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -47,19 +47,23 @@ def normalize(images: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def forward(model: nn.Module, x: Tensor) -> Tensor:
-    """The model's logits on normalised inputs of any size. An smp architecture whose encoder
-    and decoder need sides divisible by its output stride (FPN, DeepLabV3+: 32 or 16; GTA5's
+def forward(model: nn.Module, x: Tensor, call: Callable[[Tensor], Any] | None = None) -> Any:
+    """The model's logits on normalised inputs of any size (or what ``call``, one of its
+    methods, returns: a tensor or a tuple of maps). An smp architecture whose encoder and
+    decoder need sides divisible by its output stride (FPN, DeepLabV3+: 32 or 16; GTA5's
     1052 x 1914 is neither) gets its inputs padded at the bottom and right with zeros (the mean
-    colour once normalised, as mmseg pads) and its logits cropped back; others run as they are.
+    colour once normalised, as mmseg pads) and its outputs cropped back; others run as they are.
     """
+    call = call or model
     stride = _input_stride(model)
     h, w = x.shape[-2:]
     pad = (0, -w % stride, 0, -h % stride)
     if not any(pad):
-        return model(x)
-    padded = F.pad(x, pad).contiguous(memory_format=torch.channels_last)
-    return model(padded)[..., :h, :w]
+        return call(x)
+    out = call(F.pad(x, pad).contiguous(memory_format=torch.channels_last))
+    if isinstance(out, tuple):
+        return tuple(t[..., :h, :w] for t in out)
+    return out[..., :h, :w]
 
 
 def _input_stride(model: nn.Module) -> int:

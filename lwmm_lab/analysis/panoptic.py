@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from lwmm_lab.analysis.evaluation import (
     batches,
     confusion,
+    forward,
     int_constant,
     model_classes,
     normalize,
@@ -164,7 +165,7 @@ def _predict(
     config = config or PanopticConfig()
     classes = model_classes(model)
     with torch.no_grad():
-        logits, center, offset = model.forward_panoptic(normalize(images))
+        logits, center, offset = forward(model, normalize(images), model.forward_panoptic)
     semantic = int_constant(classes, images.device)[top_class(logits)]
     out = [
         _group(s, c[0], o, classes, config)
