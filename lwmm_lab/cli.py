@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "layerwise",
     )
     _add_method_inputs(sweep)
+    _add_align(sweep)
     _add_choice(sweep, "--bn", BN_RULE_NAMES, "BN statistics rule (%(default)s)", "linear")
     _add_choice(sweep, "--executor", EXECUTOR_NAMES, "where the cells run (%(default)s)", "serial")
     sweep.add_argument(
@@ -295,6 +296,10 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_method_inputs(p)
     _add_choice(p, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
+    _add_align(p)
+
+
+def _add_align(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--align",
         action="store_true",
@@ -619,6 +624,7 @@ def _sweep(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)),
         base=args.base,
         fisher=args.fisher,
+        align=args.align,
         **_method_knobs(args),
     )
     result = run_sweep(

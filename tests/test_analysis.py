@@ -528,7 +528,10 @@ def test_discrepancy_and_sweep_commands(
     options = ["--starts", "0", "1", "--alphas", "0.5", "--images", "2", "--domains", "real"]
     assert main(["sweep", *two_finals, *options, "--no-cache", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert len(result["results"]) == 2
+    assert len(result["results"]) == 2 and not any(c["align"] for c in result["cells"])
+    assert main(["sweep", *two_finals, *options, "--no-cache", "--json", "--align"]) == 0
+    aligned = json.loads(capsys.readouterr().out)
+    assert len(aligned["results"]) == 2 and all(c["align"] for c in aligned["cells"])
     assert main(["discrepancy", two_finals[0]]) == 1
     assert "give at least two checkpoints" in capsys.readouterr().err
 
