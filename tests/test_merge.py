@@ -162,8 +162,8 @@ def test_gaussian_counts_with_zero_counts_is_uniform_not_nan() -> None:
     note += "gaussian-counts weights them uniformly: bn"
     assert note.format("they are all 0") in make_plan(pool, bn="gaussian-counts").notes()
     uncounted = {k: v for k, v in sds[1].items() if k != "bn.num_batches_tracked"}
-    pool = Pool([Checkpoint(sds[0] | {"bn.num_batches_tracked": torch.tensor(5)}),
-                 Checkpoint(uncounted)], device="cpu")  # fmt: skip
+    counted = Checkpoint(sds[0] | {"bn.num_batches_tracked": torch.tensor(5)})
+    pool = Pool([counted, Checkpoint(uncounted)], device="cpu")
     assert note.format("[1] model#1 lacks them") in make_plan(pool, bn="gaussian-counts").notes()
     assert merge(pool, bn="gaussian-counts")["bn.running_mean"].item() == 1.0, "uniform"
     assert not make_plan(pool, bn="gaussian").notes(), "only a rule by counts needs them"

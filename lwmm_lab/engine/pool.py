@@ -257,13 +257,13 @@ class Pool:
     def lacking(self, names: Sequence[str], like: int | None = None) -> list[str]:
         """``[i] label`` of each model that lacks one of ``names``, or has it in another shape
         than model ``like`` has."""
-        shapes = {} if like is None else {n: self.checkpoints[like].tensors[n].shape for n in names}
+        theirs = None if like is None else self.checkpoints[like].tensors
         return [
             f"[{i}] {label}"
             for i, (ckpt, label) in enumerate(zip(self.checkpoints, self.labels, strict=True))
             if any(
                 n not in ckpt.tensors
-                or shapes.get(n, ckpt.tensors[n].shape) != ckpt.tensors[n].shape
+                or (theirs is not None and ckpt.tensors[n].shape != theirs[n].shape)
                 for n in names
             )
         ]
