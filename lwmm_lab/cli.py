@@ -532,7 +532,7 @@ def _fisher(args: argparse.Namespace) -> int:
     refuse_overwrite(args.output, (args.checkpoint,))
     ckpt = load_checkpoint(args.checkpoint)
     model = load_model(ckpt, args.device)
-    size = tuple(args.size) if args.size else tuple(ckpt.provenance.get("resolution", (128, 256)))
+    size = tuple(args.size) if args.size else ckpt.resolution
     dataset = open_dataset(args.domain, "train", size, size=args.images)
     fisher = estimate_fisher(model, dataset, args.images)
     path = save_fisher(args.output, fisher, ckpt, args.domain, min(args.images, len(dataset)))
@@ -602,15 +602,13 @@ def _discrepancy(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from lwmm_lab.analysis.sweeps import grid, run_sweep
-    from lwmm_lab.engine.checkpoints import load_checkpoint
+    from lwmm_lab.engine.checkpoints import peek_checkpoint
     from lwmm_lab.engine.pool import resolve_device
     from lwmm_lab.lab.figures import sweep_curves, sweep_heatmap
 
     _check_outputs(args)
     _refuse_unused(args, {}, f"sweep (method {args.method})")
-    resolution = tuple(
-        load_checkpoint(args.checkpoints[0]).provenance.get("resolution", (128, 256))
-    )
+    resolution = peek_checkpoint(args.checkpoints[0]).resolution
     cells = grid(
         args.checkpoints,
         starts=args.starts or [k / 10 for k in range(11)],

@@ -70,12 +70,14 @@ def check_seed(value: int) -> int:
 def check_image_size(size: Sequence[int]) -> tuple[int, int]:
     """``size`` as ``(height, width)`` when both are whole numbers >= 1; else an
     :class:`LwmmError` naming it (an empty image fails deep inside OpenCV otherwise)."""
-    if len(size) != 2 or not all(_whole(v) and v >= 1 for v in size):
-        raise LwmmError(
-            f"image size {' x '.join(map(str, size))}: give a height and a width, whole "
-            "numbers >= 1"
-        )
-    return int(size[0]), int(size[1])
+    try:
+        values = [] if isinstance(size, str) else list(size)
+    except TypeError:  # a number, or None
+        values = []
+    if len(values) != 2 or not all(_whole(v) and v >= 1 for v in values):
+        shown = " x ".join(map(str, values)) if values else repr(size)
+        raise LwmmError(f"image size {shown}: give a height and a width, whole numbers >= 1")
+    return int(values[0]), int(values[1])
 
 
 def check_finite(name: str, value: float) -> float:

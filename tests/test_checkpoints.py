@@ -24,7 +24,7 @@ from lwmm_lab import (
     make_plan,
     save_checkpoint,
 )
-from lwmm_lab.engine.checkpoints import peek_checkpoint
+from lwmm_lab.engine.checkpoints import DEFAULT_RESOLUTION, peek_checkpoint
 from lwmm_lab.files import atomic_path
 
 from .conftest import TINY, Payload, perturbed_model
@@ -291,6 +291,23 @@ def test_spec_metadata_errors_are_one_line(tmp_path: Path) -> None:
             load_checkpoint(tmp_path / "m.safetensors")
     save_file(two, tmp_path / "m.safetensors", metadata={"lwmm.order": '["b", "a"]'})
     assert list(load_checkpoint(tmp_path / "m.safetensors").tensors) == ["b", "a"]
+
+
+def test_provenance_records_are_read_or_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.safetensors"
+    for provenance, resolution, label in (
+        ({}, DEFAULT_RESOLUTION, "p"),
+        ({"resolution": [96, 192], "zoo": {"run": "r", "step": 3}}, (96, 192), "r@3"),
+        ({"zoo": "not a record"}, DEFAULT_RESOLUTION, "p"),
+    ):
+        save_file({"a": torch.ones(1)}, path, metadata={"lwmm.provenance": json.dumps(provenance)})
+        ckpt = peek_checkpoint(path)
+        assert (ckpt.resolution, ckpt.label) == (resolution, label)
+    for resolution, shown in (("96x192", "'96x192'"), ([0, 10], "0 x 10"), ([96], "96")):
+        metadata = {"lwmm.provenance": json.dumps({"resolution": resolution})}
+        save_file({"a": torch.ones(1)}, path, metadata=metadata)
+        with pytest.raises(LwmmError, match=rf"p\.safetensors: .* resolution: image size {shown}:"):
+            _ = peek_checkpoint(path).resolution
     assert ModelSpec.from_json(TINY.to_json()) == TINY
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.json").write_text(json.dumps({"classes": 3}))

@@ -47,7 +47,7 @@ def fisher_file(
     if not path.is_file():
         ckpt = load_checkpoint(checkpoint)
         model = load_model(ckpt, "cpu")
-        resolution = tuple(ckpt.provenance.get("resolution", (128, 256)))
+        resolution = ckpt.resolution
         data = open_dataset(domain, "train", resolution, size=images)
         save_fisher(path, estimate_fisher(model, data, images), ckpt, domain, images)
     return path

@@ -414,7 +414,7 @@ def open_checkpoints(
     models = [load_model(c, dev) for c in checkpoints]
     resolution = size
     if resolution is None and domain in DOMAINS:
-        resolution = tuple(checkpoints[0].provenance.get("resolution", (128, 256)))
+        resolution = checkpoints[0].resolution
     dataset = open_dataset(domain, split, resolution, size=images, instances=instances)
     if images is not None and not isinstance(dataset, SyntheticScenes):
         dataset = Subset(dataset, range(min(images, len(dataset))))

@@ -25,7 +25,7 @@ from torch.serialization import DEFAULT_PROTOCOL
 
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.spec import ModelSpec
-from lwmm_lab.errors import DepthOrderWarning, LwmmError, first_line, naming
+from lwmm_lab.errors import DepthOrderWarning, LwmmError, check_image_size, first_line, naming
 from lwmm_lab.files import atomic_path, output_path
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -33,6 +33,10 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SUBMODELS = ("model", "ema_model", "imnet_model")
 #: Keys under which training scripts nest the state dict.
 NESTED_KEYS = ("state_dict", "model", "model_state_dict")
+
+#: The (height, width) a checkpoint is evaluated at when its provenance records none: the lab's
+#: default image size.
+DEFAULT_RESOLUTION = (128, 256)
 
 _META_ORDER, _META_SPEC, _META_PROVENANCE = "lwmm.order", "lwmm.spec", "lwmm.provenance"
 _SAFETENSORS_DTYPES = {
@@ -69,12 +73,30 @@ class Checkpoint:
     @property
     def label(self) -> str:
         """A short name for tables: ``run@step`` for zoo checkpoints, else the file's stem."""
-        zoo = self.provenance.get("zoo") if isinstance(self.provenance, Mapping) else None
-        if zoo:
+        zoo = self.zoo
+        if "run" in zoo and "step" in zoo:
             return f"{zoo['run']}@{zoo['step']}"
         if self.path is None:
             return "model"
         return self.path.stem if self.path.suffix else self.path.name
+
+    @property
+    def zoo(self) -> Mapping[str, Any]:
+        """What the zoo recorded of the run that wrote the file (run, step, fingerprint); empty
+        for a file the zoo did not write."""
+        zoo = self.provenance.get("zoo") if isinstance(self.provenance, Mapping) else None
+        return zoo if isinstance(zoo, Mapping) else {}
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """The (height, width) the model was trained at, as the zoo records it in the file;
+        :data:`DEFAULT_RESOLUTION` for a file that records none. A malformed record is refused
+        naming the file, where it would fail later as an image size from nowhere."""
+        value = self.provenance.get("resolution") if isinstance(self.provenance, Mapping) else None
+        if value is None:
+            return DEFAULT_RESOLUTION
+        with naming(f"{self.path or 'checkpoint'}: metadata '{_META_PROVENANCE}' resolution"):
+            return check_image_size(value)
 
     def with_tensors(self, tensors: Mapping[str, torch.Tensor]) -> Checkpoint:
         return replace(self, tensors=tensors)

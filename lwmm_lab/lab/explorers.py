@@ -243,8 +243,7 @@ class SweepExplorer(Panel):
         if self.checkpoints is None:
             self.resolution = merge_lab.resolution
         else:
-            trained_at = peek_checkpoint(self.checkpoints[0]).provenance.get("resolution")
-            self.resolution = tuple(trained_at or (128, 256))
+            self.resolution = peek_checkpoint(self.checkpoints[0]).resolution
         self.domain = choice_buttons(["real", "synthetic"], "real", "domain")
         self.run_button = W.Button(
             description=f"run the {steps} x {steps} sweep", icon="play", layout=fit_width()

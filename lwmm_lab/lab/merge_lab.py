@@ -176,8 +176,7 @@ class MergeLab(Panel):
             check_count(name, value)
             for name, value in (("preview", preview), ("full", full), ("shown", shown))
         )
-        trained_at = peek_checkpoint(checkpoints[0]).provenance.get("resolution", (128, 256))
-        self.resolution = tuple(trained_at)
+        self.resolution = peek_checkpoint(checkpoints[0]).resolution
         self.pool: Pool | None = None
         self.plan: MergePlan | None = None
         self.scores: dict[str, Scores | PanopticScores] = {}

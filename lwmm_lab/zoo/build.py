@@ -389,10 +389,9 @@ def _finished(path: Path, fingerprint: str) -> bool:
     if not path.is_file():
         return False
     try:
-        provenance = load_checkpoint(path).provenance
+        return load_checkpoint(path).zoo.get("fingerprint") == fingerprint
     except LwmmError:
         return False
-    return provenance.get("zoo", {}).get("fingerprint") == fingerprint
 
 
 def _write_manifest(
