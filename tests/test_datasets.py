@@ -104,6 +104,23 @@ def test_gta5_folder_reads_palette_labels(tmp_path: Path) -> None:
             gta5(tmp_path)[0]
 
 
+def test_a_label_a_few_pixels_off_its_image_is_fitted_and_one_far_off_refused(
+    tmp_path: Path,
+) -> None:
+    """Some GTA5 pairs differ by a few pixels: the label is resized to the image (nearest), so
+    the pair reads at its native size; a label of another size altogether is refused."""
+    _png(tmp_path / "images/00001.png", _image(40, 80))
+    ids = np.full((41, 80), 23, dtype=np.uint8)  # one row more than the image
+    ids[20:] = 8
+    _png(tmp_path / "labels/00001.png", ids)
+    image, label = gta5(tmp_path)[0]
+    assert label.shape == image.shape[1:] == (40, 80)
+    assert label[0].eq(L.SKY).all() and label[-1].eq(L.SIDEWALK).all()
+    _png(tmp_path / "labels/00001.png", np.full((20, 40), 23, dtype=np.uint8))
+    with pytest.raises(LwmmError, match=r"00001.png: label is 20 x 40, its image 40 x 80 \(mo"):
+        gta5(tmp_path)[0]
+
+
 def test_synthia_folder_reads_16_bit_labels(tmp_path: Path) -> None:
     _png(tmp_path / "RGB/0000000.png", _image())
     raw = np.zeros((8, 16, 3), dtype=np.uint16)  # RGB order: class id in the first channel

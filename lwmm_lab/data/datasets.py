@@ -30,6 +30,10 @@ DEFAULT_SIZES = {"train": 2000, "val": 100, "test": 100}
 
 Sample = tuple[torch.Tensor, ...]
 
+#: How far (a fraction of each side) a label may be from its image's size and still be read:
+#: some GTA5 labels are a few pixels off their image.
+SIZE_TOLERANCE = 0.05
+
 
 def _to_tensors(image: np.ndarray, label: np.ndarray, instances: np.ndarray | None) -> Sample:
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
@@ -107,12 +111,11 @@ class FolderDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         image_path, label_path = self.pairs[index]
         image = _read_image(image_path)
-        label = self.read_label(label_path)
-        if label.shape != image.shape[:2]:
-            raise LwmmError(f"{label_path}: label is {label.shape}, image is {image.shape[:2]}")
+        label = _fit_to_image(self.read_label(label_path), image, label_path, "label")
         instances = None
         if self.instance_files is not None:
-            instances = _cityscapes_instances(self.instance_files[index])
+            path = self.instance_files[index]
+            instances = _fit_to_image(_cityscapes_instances(path), image, path, "instance map")
         if self.resolution is not None:
             h, w = self.resolution
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
@@ -252,6 +255,22 @@ def _synthia_label(path: Path) -> np.ndarray:
     if raw is None or raw.ndim != 3:
         raise LwmmError(f"{path}: not a SYNTHIA label (a 16-bit RGB PNG with the class in red)")
     return L.SYNTHIA_TO_TRAIN[raw[..., 2]]  # OpenCV reads BGR: red, the first channel, is last
+
+
+def _fit_to_image(ids: np.ndarray, image: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """``ids`` (a label or instance map) at ``image``'s size. Some GTA5 pairs are a few pixels
+    apart: a map within :data:`SIZE_TOLERANCE` of each side is resized to the image (nearest
+    neighbour, as every training pipeline does when it resizes both). One further off is the
+    map of another picture, and is refused naming the file."""
+    (h, w), (mh, mw) = image.shape[:2], ids.shape[:2]
+    if (mh, mw) == (h, w):
+        return ids
+    if abs(mh - h) > SIZE_TOLERANCE * h or abs(mw - w) > SIZE_TOLERANCE * w:
+        raise LwmmError(
+            f"{path}: {what} is {mh} x {mw}, its image {h} x {w} (more than "
+            f"{SIZE_TOLERANCE:.0%} off: the {what} of another picture?)"
+        )
+    return cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 def _cityscapes_instances(path: Path) -> np.ndarray:
