@@ -252,6 +252,9 @@ def test_other_bad_inputs(tmp_path: Path) -> None:
     torch.save([torch.ones(1)], tmp_path / "list.pt")
     with pytest.raises(LwmmError, match=r"list\.pt: holds a list, not a state dict"):
         load_checkpoint(tmp_path / "list.pt")
+    torch.save({"w": torch.ones(2), "s": torch.eye(2).to_sparse()}, tmp_path / "sparse.pt")
+    with pytest.raises(LwmmError, match=r"sparse\.pt: tensor 's' is sparse_coo; a merge"):
+        load_checkpoint(tmp_path / "sparse.pt")
     with pytest.raises(LwmmError, match=r"a checkpoint is written as a \.safetensors file"):
         save_checkpoint(tmp_path / "out.pt", {"a": torch.ones(1)})
 

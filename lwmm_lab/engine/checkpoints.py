@@ -275,10 +275,12 @@ def _warn_unknown_order(path: Path) -> None:
 def _read_pickle(path: Path) -> Any:
     """``torch.load(weights_only=True)``, every failure one :class:`LwmmError` line. Torch's
     note on a pickle protocol other than its default is not passed on: the file is read, or
-    the error says which protocol its weights-only reader could not follow."""
+    the error says which protocol its weights-only reader could not follow; nor is its note
+    on checking a sparse tensor, which the reader refuses anyway."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            warnings.filterwarnings("ignore", "Validating sparse tensor", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
@@ -338,6 +340,12 @@ def _select_submodel(
     if not tensors:
         keys = ", ".join(map(str, list(obj)[:8]))
         raise LwmmError(f"{path}: no tensors found (top-level keys: {keys})")
+    sparse = next((k for k, v in tensors.items() if v.layout != torch.strided), None)
+    if sparse is not None:
+        raise LwmmError(
+            f"{path}: tensor '{sparse}' is {str(tensors[sparse].layout).removeprefix('torch.')}; "
+            "a merge takes dense tensors (re-save it with .to_dense())"
+        )
     found = [p for p in SUBMODELS if any(k.startswith(p + ".") for k in tensors)]
     pick = None
     if found:
