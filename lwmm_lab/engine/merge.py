@@ -510,7 +510,7 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
         start=start if schedule == "layerwise" else None,
         start_frac=None,
         alpha=alpha,
-        weights=tuple(c.weights) if c.weights is not None and schedule == "weights" else None,
+        weights=tuple(float(w) for w in c.weights) if schedule == "weights" else None,
     )
     return MergePlan(pool, resolved, schedule, layout, weights, bn_table, summed)
 
@@ -639,10 +639,13 @@ def _resolve_start(start: int | None, start_frac: float | None, n_depth: int) ->
     if start is not None and start_frac is not None:
         raise LwmmError("give start or start_frac, not both")
     if start_frac is not None:
-        if not 0.0 <= start_frac <= 1.0:
+        if not 0.0 <= check_finite("start_frac", start_frac) <= 1.0:
             raise LwmmError(f"start_frac={start_frac} is outside [0, 1]")
-        return 1 + round(start_frac * (n_depth - 1))
-    return 1 if start is None else check_whole("start", start)
+        return 1 + round(float(start_frac) * (n_depth - 1))
+    try:
+        return 1 if start is None else check_whole("start", start)
+    except LwmmError as e:
+        raise LwmmError(f"{e} (a depth index 1..Np; give start_frac for a fraction)") from None
 
 
 def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:

@@ -276,7 +276,7 @@ class Pool:
             index = int(anchor)
             if 0 <= index < self.n_models:
                 return index
-        else:
+        elif isinstance(anchor, str | os.PathLike):
             for i, path in enumerate(self.paths):
                 if str(anchor) == self.labels[i] or (path is not None and same_file(path, anchor)):
                     return i
