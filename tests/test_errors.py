@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lwmm_lab import Checkpoint, Pool
+from lwmm_lab.analysis.comparison import compare
+from lwmm_lab.analysis.evaluation import evaluate_checkpoints
+from lwmm_lab.analysis.sweeps import grid
 from lwmm_lab.data.domains import generate
 from lwmm_lab.errors import LwmmError, check_count, check_finite, check_image_size, check_seed
+from lwmm_lab.lab.merge_lab import MergeLab
 
 
 @given(st.integers(-10, 10) | st.floats(allow_nan=True, allow_infinity=True))
@@ -62,3 +69,38 @@ def test_a_knob_is_a_finite_number(value: float) -> None:
     else:
         with pytest.raises(LwmmError, match=r"^scale=.* is not a finite number"):
             check_finite("scale", value)
+
+
+def test_an_image_size_given_as_one_string_or_number_is_named_whole() -> None:
+    for bad, shown in (("96x192", "'96x192'"), (96, "96"), (None, "None")):
+        with pytest.raises(LwmmError, match=f"^image size {shown}: give a height and a width"):
+            check_image_size(bad)
+    assert check_image_size(np.array([4, 8])) == (4, 8)
+
+
+def test_a_lone_path_where_a_list_of_files_goes_is_refused_everywhere(tmp_path: Path) -> None:
+    """A string is a sequence of characters, each of which was taken for a file ("/: not an
+    smp save_pretrained directory"); the API's entry points take it as what it is."""
+    path = str(tmp_path / "m.safetensors")
+    calls = {
+        "checkpoints": (
+            lambda: Pool(path, device="cpu"),
+            lambda: evaluate_checkpoints(path),
+            lambda: grid(path),
+            lambda: MergeLab(path),
+        ),
+        "each group": (lambda: compare([path]),),
+        "fisher": (lambda: Pool([path], device="cpu", fisher=path),),
+    }
+    for what, entries in calls.items():
+        for call in entries:
+            with pytest.raises(LwmmError, match=rf"^{what}: give a list of checkpoint files, not"):
+                call()
+    for item, says in (
+        (None, "got a NoneType where a checkpoint or a path goes"),
+        ({"w": torch.ones(1)}, r"got a dict .* \(wrap a state dict as Checkpoint\(state_dict\)\)"),
+    ):
+        with pytest.raises(LwmmError, match=f"^checkpoints: {says}"):
+            Pool([Checkpoint({"w": torch.ones(1)}), item], device="cpu")
+    with pytest.raises(LwmmError, match=r"^checkpoints: got a Checkpoint where a path goes"):
+        evaluate_checkpoints([Checkpoint({"w": torch.ones(1)})])

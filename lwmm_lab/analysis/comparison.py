@@ -27,7 +27,7 @@ from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
 from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.engine.checkpoints import load_checkpoint, peek_checkpoint, unique_labels
 from lwmm_lab.engine.model import load_model, merged_model
-from lwmm_lab.engine.pool import Pool
+from lwmm_lab.engine.pool import Pool, path_list
 from lwmm_lab.files import data_dir, sha256
 from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
 
@@ -69,7 +69,7 @@ def compare(
     group's decoders to its anchor's first (weight matching).
     """
     settings = (domain, methods, images, resolution, fisher_domain, align, val_seed)
-    return _compare(groups, *settings)[0]
+    return _compare([path_list(g, "each group") for g in groups], *settings)[0]
 
 
 def _compare(
@@ -133,7 +133,7 @@ def add_one_at_a_time(
 
     ``checkpoints`` must be in the order to add them (best first: it is the anchor).
     """
-    paths = [str(p) for p in checkpoints]
+    paths = path_list(checkpoints)
     groups = [paths[:k] for k in range(1, len(paths) + 1)]
     settings = (domain, methods, images, resolution, fisher_domain, align, val_seed)
     rows, alone = _compare(groups, *settings)
@@ -166,7 +166,8 @@ def multi_target(
         miou = {d: evaluate(model, data[d], d).miou for d in domains}
         return {"name": name, "kind": kind, **miou, "mean": sum(miou.values()) / len(miou)}
 
-    pool = Pool([str(p) for p in adapted], device="cpu")
+    adapted = path_list(adapted, "adapted")
+    pool = Pool(adapted, device="cpu")
     for label, path in zip(pool.labels, adapted, strict=True):
         rows.append(row(label, "adapted", load_model(path, "cpu")))
     for rule in bn_rules:
@@ -194,7 +195,7 @@ def heads_and_decoders(
     architecture, the ensemble runs every model.
     """
     data = val_set(domain, images, resolution, val_seed)
-    paths = [str(anchor), *map(str, others)]
+    paths = [str(anchor), *path_list(others, "others")]
     models = [load_model(p, "cpu") for p in paths]
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
     pool = Pool(paths, device="cpu", fisher=fishers)
@@ -255,7 +256,7 @@ def semantic_into_panoptic(
     ``sq``, ``rq``, ``things``, ``stuff`` (PQ over those classes) and ``miou`` (0-100).
     """
     data = val_set(domain, images, resolution, val_seed, instances=True)
-    paths = [str(anchor), *map(str, others)]
+    paths = [str(anchor), *path_list(others, "others")]
     anchor_model = load_model(paths[0], "cpu")
     require_panoptic(anchor_model, paths[0])
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None

@@ -32,7 +32,7 @@ from lwmm_lab.data.datasets import SyntheticScenes, open_dataset
 from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import check_submodel, load_checkpoint
 from lwmm_lab.engine.model import load_model
-from lwmm_lab.engine.pool import resolve_device
+from lwmm_lab.engine.pool import path_list, resolve_device
 from lwmm_lab.errors import LwmmError, check_count, first_line
 from lwmm_lab.heap import keep_freed_memory
 
@@ -368,6 +368,7 @@ def evaluate_checkpoints(
     Synthetic domains are rendered at ``size``, else at the resolution a zoo checkpoint was
     trained at (128 x 256 for others); real datasets keep their size unless ``size`` is given.
     """
+    paths = path_list(paths)
     models, dataset = open_checkpoints(paths, domain, split, images, size, device, submodel)
     if ensemble:
         scores = evaluate(models, dataset, domain, progress=True)
@@ -409,7 +410,7 @@ def open_checkpoints(
     if images is not None:
         images = check_count("images", images)
     dev = resolve_device(device)
-    checkpoints = [load_checkpoint(p, submodel) for p in paths]
+    checkpoints = [load_checkpoint(p, submodel) for p in path_list(paths)]
     check_submodel(checkpoints, submodel)
     models = [load_model(c, dev) for c in checkpoints]
     resolution = size

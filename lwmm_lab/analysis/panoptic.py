@@ -46,6 +46,7 @@ from lwmm_lab.analysis.evaluation import (
 )
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
+from lwmm_lab.engine.pool import path_list
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.heap import keep_freed_memory
 
@@ -450,6 +451,7 @@ def evaluate_panoptic_checkpoints(
 
     Every checkpoint must be panoptic: a semantic one is refused by name, before any scoring.
     """
+    paths = path_list(paths)
     models, dataset = open_checkpoints(paths, domain, split, images, size, device, instances=True)
     for path, model in zip(paths, models, strict=True):
         require_panoptic(model, str(path))

@@ -33,7 +33,7 @@ from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
 from lwmm_lab.engine.methods import METHODS
 from lwmm_lab.engine.model import merge_target
-from lwmm_lab.engine.pool import Pool
+from lwmm_lab.engine.pool import Pool, path_list
 from lwmm_lab.errors import LwmmError, check_count, check_image_size
 from lwmm_lab.files import atomic_write_text, data_dir, sha256
 
@@ -169,7 +169,7 @@ def grid(
     **cell: Any,
 ) -> list[Cell]:
     """The cells of a (start fraction x alpha x anchor) grid; ``cell`` sets the other fields."""
-    paths = tuple(str(p) for p in checkpoints)
+    paths = tuple(path_list(checkpoints))
     return [
         Cell(paths, anchor=a, start_frac=float(s), alpha=float(al), **cell)
         for a in anchors

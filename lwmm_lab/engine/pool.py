@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,8 +162,13 @@ class Pool:
         submodel: str | None = None,
         align: int | str | os.PathLike | None = None,
     ) -> None:
+        sources = source_list(sources, "checkpoints")
         if not sources:
             raise LwmmError("no checkpoints given")
+        if base is not None:
+            _check_source(base, "base")
+        if fisher is not None:
+            fisher = source_list(fisher, "fisher")
         self.device = resolve_device(device)
         self.submodel = submodel
         heads = [_head(s, submodel) for s in sources]
@@ -397,6 +402,29 @@ def first_names(names: Sequence[str], shown: int = 3) -> str:
     """The first ``shown`` names and how many more: what a one-line note lists."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return f"{', '.join(names[:shown])}{more}"
+
+
+def source_list(sources: Iterable[Source], what: str, paths_only: bool = False) -> list[Source]:
+    """``sources`` as a list of checkpoints or paths (only paths with ``paths_only``). A lone
+    path is refused (a string is a sequence of characters, each taken for a file), and so is
+    anything else in the list."""
+    if isinstance(sources, Source) or not isinstance(sources, Iterable):
+        raise LwmmError(f"{what}: give a list of checkpoint files, not {sources!r}")
+    return [_check_source(s, what, paths_only) for s in sources]
+
+
+def path_list(paths: Iterable[str | os.PathLike], what: str = "checkpoints") -> list[str]:
+    """``paths`` as a list of strings, checked as :func:`source_list` checks files: where the
+    analyses and panels take checkpoint files by path."""
+    return [str(p) for p in source_list(paths, what, paths_only=True)]
+
+
+def _check_source(src: object, what: str, paths_only: bool = False) -> Source:
+    if not isinstance(src, str | os.PathLike if paths_only else Source):
+        goes = "a path" if paths_only else "a checkpoint or a path"
+        hint = " (wrap a state dict as Checkpoint(state_dict))" if isinstance(src, dict) else ""
+        raise LwmmError(f"{what}: got a {type(src).__name__} where {goes} goes{hint}")
+    return src
 
 
 def _head(src: Source, submodel: str | None) -> Checkpoint:

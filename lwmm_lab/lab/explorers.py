@@ -27,7 +27,7 @@ from lwmm_lab.analysis.sweeps import (
 )
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.methods import METHODS
-from lwmm_lab.engine.pool import Pool, resolve_device
+from lwmm_lab.engine.pool import Pool, path_list, resolve_device
 from lwmm_lab.errors import LwmmError, check_count, check_whole
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options, panel_manifest
@@ -73,7 +73,7 @@ class DiscrepancyExplorer(Panel):
     ) -> None:
         super().__init__(background)
         self.manifest = panel_manifest(checkpoints, zoo)
-        paths = [str(p) for p in checkpoints or ()]
+        paths = [] if checkpoints is None else path_list(checkpoints)
         if checkpoints is not None:
             scenario = "custom"
             if len(paths) < 2:
@@ -235,7 +235,7 @@ class SweepExplorer(Panel):
             runs = (family_run("independent", s) for s in ("advent", "minent"))
             checkpoints = [final(manifest, run) for run in runs]
         #: The models swept; None: the MergeLab's, as they are when the sweep is run.
-        self.checkpoints = None if checkpoints is None else [str(p) for p in checkpoints]
+        self.checkpoints = None if checkpoints is None else path_list(checkpoints)
         if check_whole("steps", steps) < 2:
             raise LwmmError(f"steps={steps}: give at least 2 (s and alpha from 0 to 1)")
         self.steps, self.images = steps, check_count("images", images)

@@ -38,7 +38,7 @@ from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_comma
 from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
-from lwmm_lab.engine.pool import GRANULARITIES, Pool, resolve_device
+from lwmm_lab.engine.pool import GRANULARITIES, Pool, path_list, resolve_device
 from lwmm_lab.errors import LwmmError, check_count
 from lwmm_lab.lab.figures import (
     COLUMNS,
@@ -167,7 +167,7 @@ class MergeLab(Panel):
             checkpoints = scenario_checkpoints(self.manifest, scenario, target)
         else:
             scenario = "custom"
-        checkpoints = [str(p) for p in checkpoints]
+        checkpoints = path_list(checkpoints)
         if not checkpoints:
             raise LwmmError("give at least one checkpoint to merge (or a zoo's scenario)")
         self.base = None if base is None else str(base)
