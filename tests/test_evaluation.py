@@ -24,6 +24,7 @@ from lwmm_lab.analysis.evaluation import (
     top_class,
 )
 from lwmm_lab.data import labels as L
+from lwmm_lab.zoo.fisher import estimate_fisher
 
 from .conftest import TINY
 
@@ -128,6 +129,41 @@ def test_labels_that_are_not_train_ids_are_refused_by_value() -> None:
                 evaluate(model, data)
     labels[1, 5, 7] = L.BICYCLE
     assert evaluate(model, TensorDataset(images, labels)).per_class_iou["bicycle"] is not None
+
+
+def test_batches_that_would_be_scored_as_garbage_are_refused_by_what_is_wrong() -> None:
+    """uint8 or 0..255 images, images normalised already or channels last, labels of another
+    size, a DataLoader, a tuple of tensors, an empty set: each scored garbage without a word
+    or failed deep inside torch; each is refused in one line, in evaluation and in Fisher."""
+    model = ModelSpec(
+        "Unet", "tu-resnet10t", 19, {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}
+    ).build()
+    images, labels = torch.rand(2, 3, 32, 64), torch.full((2, 32, 64), L.ROAD)
+    cases = {
+        "images are uint8; give floats in": TensorDataset((images * 255).byte(), labels),
+        r"image values span .*\.\.255; give floats in \[0, 1\]": TensorDataset(
+            images * 255, labels
+        ),
+        r"image values span -2.*normalised": TensorDataset((images - 0.45) / 0.225, labels),
+        r"images of shape \(\d, 32, 64, 3\); give \(N, 3, H, W\)": TensorDataset(
+            images.permute(0, 2, 3, 1), labels
+        ),
+        r"labels of shape \(\d, 16, 64\) for images of shape": TensorDataset(
+            images, labels[:, :16]
+        ),
+        "the dataset is empty": TensorDataset(images[:0], labels[:0]),
+        r"a sample is a Tensor, not \(image, label\)": (images, labels),
+        "not a DataLoader": torch.utils.data.DataLoader(TensorDataset(images, labels)),
+    }
+    for says, data in cases.items():
+        with pytest.raises(LwmmError, match=says):
+            evaluate(model, data)
+        if isinstance(data, TensorDataset) and len(data):
+            with pytest.raises(LwmmError, match=says):
+                evaluate(model, Subset(data, [0, 1]))
+            with pytest.raises(LwmmError, match=says):
+                estimate_fisher(model, data, images=2)
+    assert evaluate(model, TensorDataset(images, labels)).images == 2
 
 
 class _Sizes(torch.utils.data.Dataset):

@@ -422,6 +422,39 @@ def open_checkpoints(
     return models, dataset
 
 
+def check_batch(images: Tensor, labels: Tensor, source: str = "the dataset") -> None:
+    """Refuse a batch that would be scored as garbage, or fail deep inside, without a word:
+    images that are not ``(N, 3, H, W)`` floats in [0, 1] (uint8, 0..255 floats, channels last,
+    images normalised already: the lab normalises them itself), labels not ``(N, H, W)`` at
+    the images' size, label values neither a trainId (0..18) nor 255 (ignore)."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise LwmmError(
+            f"{source}: images of shape {tuple(images.shape)}; give (N, 3, H, W), channels first"
+        )
+    if not images.is_floating_point():
+        raise LwmmError(
+            f"{source}: images are {str(images.dtype).removeprefix('torch.')}; give floats in "
+            "[0, 1] (divide 0..255 values by 255)"
+        )
+    if labels.shape != (images.shape[0], *images.shape[2:]):
+        raise LwmmError(
+            f"{source}: labels of shape {tuple(labels.shape)} for images of shape "
+            f"{tuple(images.shape)}; give one (H, W) label per image"
+        )
+    if images.numel():
+        low, high = (float(v) for v in torch.aminmax(images))
+        if low < -IMAGE_SLACK or high > 1 + IMAGE_SLACK:
+            raise LwmmError(
+                f"{source}: image values span {low:.3g}..{high:.3g}; give floats in [0, 1] "
+                "(0..255 values divided by 255, not normalised: the lab normalises them)"
+            )
+    check_labels(labels, source)
+
+
+#: How far outside [0, 1] an image value may stray (rounding in a resize) and still be taken.
+IMAGE_SLACK = 0.01
+
+
 def check_labels(labels: Tensor, source: str = "the dataset") -> None:
     """Refuse label values that are neither a trainId (0..18) nor 255 (ignore): Cityscapes
     label ids (7 road, 26 car) taken for trainIds would be scored as other classes without a
@@ -443,12 +476,12 @@ def batches(
     dataset: Dataset, batch_size: int, progress: str | None = None
 ) -> Iterator[tuple[Tensor, ...]]:
     """Batches of (images, labels, ...); a TensorDataset is sliced where it lies (no copies).
-    Labels are checked (:func:`check_labels`): a TensorDataset's once, whole, any other
+    Batches are checked (:func:`check_batch`): a TensorDataset's once, whole, any other
     dataset's batch by batch, on the CPU. ``progress`` labels a bar that counts the images,
     shown once a pass has taken a second (scoring a real dataset on a CPU takes minutes)."""
-    source = getattr(dataset, "domain", "") or type(dataset).__name__
+    source = check_dataset(dataset)
     if isinstance(dataset, TensorDataset) and dataset not in _CHECKED:
-        check_labels(dataset.tensors[1], source)
+        check_batch(*dataset.tensors[:2], source)
         _CHECKED.add(dataset)
     bar = tqdm(
         total=len(dataset),
@@ -461,9 +494,27 @@ def batches(
     with bar:
         for batch in _batches(dataset, batch_size):
             if not isinstance(dataset, TensorDataset):
-                check_labels(batch[1], source)
+                check_batch(batch[0], batch[1], source)
             yield batch
             bar.update(len(batch[0]))
+
+
+def check_dataset(dataset: Dataset) -> str:
+    """The dataset's name for messages, once it is one that can be scored: a dataset of
+    ``(image, label[, instances])`` samples with at least one, not a DataLoader or a tuple of
+    tensors (which failed deep inside with an IndexError)."""
+    if isinstance(dataset, DataLoader):
+        raise LwmmError("give the dataset itself, not a DataLoader: evaluation batches it")
+    source = getattr(dataset, "domain", "") or type(dataset).__name__
+    if len(dataset) == 0:
+        raise LwmmError(f"{source}: the dataset is empty, so there is nothing to score")
+    sample = dataset[0]
+    if not isinstance(sample, tuple | list) or len(sample) < 2:
+        raise LwmmError(
+            f"{source}: a sample is a {type(sample).__name__}, not (image, label); give a "
+            "dataset of pairs, e.g. TensorDataset(images, labels)"
+        )
+    return source
 
 
 def _batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[Tensor, ...]]:

@@ -20,7 +20,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
-from lwmm_lab.analysis.evaluation import forward, model_classes, normalize
+from lwmm_lab.analysis.evaluation import (
+    check_batch,
+    check_dataset,
+    forward,
+    model_classes,
+    normalize,
+)
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.checkpoints import Checkpoint, save_checkpoint
 from lwmm_lab.errors import check_count
@@ -29,6 +35,7 @@ from lwmm_lab.errors import check_count
 def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dict[str, Tensor]:
     """The mean squared per-image gradient of each parameter, over ``images`` images."""
     images = check_count("images", images)
+    source = check_dataset(dataset)
     device = next(model.parameters()).device
     to_index = torch.from_numpy(L.to_model_index(model_classes(model)).astype(np.int64)).to(device)
     params = dict(model.named_parameters())
@@ -37,6 +44,7 @@ def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dic
     model.eval()
     for i in tqdm(range(count), desc="fisher", leave=False, unit="image"):
         x, y = dataset[i][:2]
+        check_batch(x[None], y[None], source)
         logits = forward(model, normalize(x[None].to(device)))
         target = to_index[y[None].to(device)]
         if not bool((target != L.IGNORE).any()):
