@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     bars = zoo_commands.add_parser("bars", help="measure the zoo against its bars (regimes)")
     bars.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
     bars.add_argument("--images", type=int, default=100, help="real val images (100)")
-    bars.add_argument("--json", action="store_true", help="the bars as JSON")
-    bars.add_argument("--markdown", action="store_true", help="the README's table")
+    bars_format = bars.add_mutually_exclusive_group()
+    bars_format.add_argument("--json", action="store_true", help="the bars as JSON")
+    bars_format.add_argument("--markdown", action="store_true", help="the README's table")
     bars.set_defaults(handler=_zoo_bars)
 
     ev = commands.add_parser("eval", help="mIoU and per-class IoU, or PQ (Cityscapes convention)")
@@ -249,8 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     found.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
     found.add_argument("--only", type=int, nargs="+", metavar="N", help="claim numbers (all)")
     found.add_argument("--images", type=int, default=100, help="val images per domain (100)")
-    found.add_argument("--json", action="store_true", help="the findings as JSON")
-    found.add_argument("--markdown", action="store_true", help="the findings as a Markdown table")
+    found_format = found.add_mutually_exclusive_group()
+    found_format.add_argument("--json", action="store_true", help="the findings as JSON")
+    found_format.add_argument(
+        "--markdown", action="store_true", help="the findings as a Markdown table"
+    )
     found.add_argument(
         "--seeds",
         type=int,

@@ -222,6 +222,10 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             ["zoo", "build", "--quick", "--workers", "0", "--out", tmp_path / "zoo"],
             "workers=0: give at least 1",
         ),
+        "zoo into a file": (
+            ["zoo", "build", "--quick", "--out", two[0]],
+            "m0.safetensors: is a file, not a folder to build the zoo in",
+        ),
     }
 
 

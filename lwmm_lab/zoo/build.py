@@ -106,8 +106,11 @@ def build_zoo(
 
 
 def _check_folder(out: Path, config: ZooConfig) -> None:
-    """Refuse, in one line and before anything is written, a folder that holds a zoo of
-    another seed or size (building there would retrain it into this one)."""
+    """Refuse, in one line and before anything is written, a path that is not a folder, and a
+    folder that holds a zoo of another seed or size (building there would retrain it into
+    this one)."""
+    if out.exists() and not out.is_dir():
+        raise LwmmError(f"{out}: is a file, not a folder to build the zoo in (--out)")
     held = read_manifest(out).get("config")
     if held is None:
         return
