@@ -81,9 +81,12 @@ def check_image_size(size: Sequence[int]) -> tuple[int, int]:
 
 
 def check_finite(name: str, value: float) -> float:
-    """``value`` as a float when it is a finite number; else an :class:`LwmmError` naming it
-    (a NaN knob would write a file of NaNs without a word)."""
+    """``value`` as a float when it is a finite number (not a string or a bool, which would
+    travel on as they are); else an :class:`LwmmError` naming it (a NaN knob would write a
+    file of NaNs without a word)."""
     try:
+        if isinstance(value, str | bytes | bool):  # float() reads "0.5" and True
+            raise TypeError
         number = float(value)
     except (TypeError, ValueError):
         raise LwmmError(f"{name}={value!r} is not a number") from None

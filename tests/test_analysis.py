@@ -103,6 +103,30 @@ def test_discrepancy_follows_the_papers_threshold() -> None:
     assert len(d.above(tau=100, kinds="weight")) == 2
     with pytest.raises(LwmmError, match=r"'weights'.*not kinds of tensor"):
         d.above(tau=10, kinds=["weights"])
+    with pytest.raises(LwmmError, match=r"tau='10' is not a number"):
+        d.above(tau="10")
+
+
+def test_a_reference_is_named_as_an_anchor_is_and_needs_another_model() -> None:
+    """A label or path names the reference, as it names an anchor (a path was a TypeError);
+    a pool of one model is refused (its tables came out empty, without a word)."""
+    models = [
+        Checkpoint(
+            {
+                "encoder.bn.running_mean": torch.full((3,), float(i)),
+                "encoder.bn.running_var": torch.ones(3),
+            }
+        )
+        for i in range(2)
+    ]
+    pool = Pool(models, device="cpu")
+    assert discrepancy(pool, "model#1").reference == "model#1"
+    assert bn_divergence(pool, "model#1")[0]["model"] == "model#0"
+    with pytest.raises(LwmmError, match=r"^reference '2' is not among the inputs"):
+        discrepancy(pool, 2)
+    for analysis in (discrepancy, bn_divergence):
+        with pytest.raises(LwmmError, match="needs at least two checkpoints"):
+            analysis(Pool(models[:1], device="cpu"))
 
 
 def test_a_discrepancy_says_which_tensors_it_does_not_compare(tmp_path: Path, capsys) -> None:

@@ -412,6 +412,8 @@ def test_bad_settings_are_named() -> None:
         "give start or start_frac, not both": {"start": 1, "start_frac": 0.5},
         r"start=1\.5 is not a whole number": {"start": 1.5},
         "alpha='half' is not a number": {"alpha": "half"},
+        "alpha='0.5' is not a number": {"alpha": "0.5"},
+        "alpha=True is not a number": {"alpha": True},
         "scale=inf is not a finite number": {"method": "isotropic", "scale": float("inf")},
         "density=nan is not a finite number": {"density": float("nan")},
         r"'alpah' is not a merge setting \(did you mean 'alpha'\? settings: method,": {

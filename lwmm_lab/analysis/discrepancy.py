@@ -15,6 +15,7 @@ low, they pulled apart and the anchor should keep its own.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -92,9 +93,10 @@ class Discrepancy:
     @staticmethod
     def threshold(tau: float) -> float:
         """The paper's threshold ``1 / tau`` on the relative distance, for a finite tau > 0."""
-        if check_finite("tau", tau) <= 0:
+        value = check_finite("tau", tau)
+        if value <= 0:
             raise LwmmError(f"tau={tau}: give a number > 0 (discrepant: relative L2 >= 1/tau)")
-        return 1.0 / tau
+        return 1.0 / value
 
     def of_kinds(self, kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
         """The rows of these kinds (all of them by default)."""
@@ -144,8 +146,9 @@ class Discrepancy:
         return payload
 
 
-def discrepancy(pool: Pool, reference: int = 0) -> Discrepancy:
+def discrepancy(pool: Pool, reference: int | str | os.PathLike = 0) -> Discrepancy:
     """Distances of every model of ``pool`` to model ``reference``, per shared tensor."""
+    reference = _reference(pool, reference)
     layout = pool.layout(reference)
     shapes = {n: tuple(t.shape) for n, t in pool.checkpoints[reference].tensors.items()}
     ref = pool.flat[reference]
@@ -184,13 +187,14 @@ def discrepancy(pool: Pool, reference: int = 0) -> Discrepancy:
     )
 
 
-def bn_divergence(pool: Pool, reference: int = 0) -> list[dict[str, Any]]:
+def bn_divergence(pool: Pool, reference: int | str | os.PathLike = 0) -> list[dict[str, Any]]:
     """Per BN layer and other model, the mean over channels of the symmetric KL divergence.
 
     Each channel's statistics are a Gaussian N(running_mean, running_var);
     ``KL(p||q) + KL(q||p) = (s_p + d^2) / (2 s_q) + (s_q + d^2) / (2 s_p) - 1`` with ``s`` the
     variances and ``d`` the difference of means.
     """
+    reference = _reference(pool, reference)
     layout = pool.layout(reference)
     rows = []
     for e in layout.entries:
@@ -216,7 +220,7 @@ def bn_divergence(pool: Pool, reference: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def task_vector_cosine(pool: Pool, reference: int = 0) -> list[dict[str, Any]]:
+def task_vector_cosine(pool: Pool, reference: int | str | os.PathLike = 0) -> list[dict[str, Any]]:
     """Per shared parameter tensor and other model, cos(theta_ref - base, theta_other - base).
 
     Needs the pool's ``base`` (the zoo's shared pre-trained model). BN statistics are left out:
@@ -224,6 +228,7 @@ def task_vector_cosine(pool: Pool, reference: int = 0) -> list[dict[str, Any]]:
     """
     if pool.base is None:
         raise LwmmError("task vectors need the pool's base checkpoint (Pool(base=...), --base)")
+    reference = _reference(pool, reference)
     layout = pool.layout(reference)
     rows = []
     for e in layout.entries:
@@ -266,6 +271,17 @@ def suggest_start(
             break
         start = j
     return start
+
+
+def _reference(pool: Pool, reference: int | str | os.PathLike) -> int:
+    """The reference's index (an index, label or path, as an anchor is given). A pool of one
+    model is refused: it has nothing to compare, and its tables came out empty."""
+    if pool.n_models < 2:
+        raise LwmmError(
+            "a comparison needs at least two checkpoints (a reference and another); the pool "
+            f"holds {pool.n_models}"
+        )
+    return pool.anchor_index(reference, "reference")
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

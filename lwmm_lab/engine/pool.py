@@ -273,10 +273,11 @@ class Pool:
             )
         ]
 
-    def anchor_index(self, anchor: int | str | os.PathLike) -> int:
-        """The index of ``anchor``: an index 0..M-1, a label, or one of the input paths."""
+    def anchor_index(self, anchor: int | str | os.PathLike, what: str = "anchor") -> int:
+        """The index of ``anchor``: an index 0..M-1, a label, or one of the input paths.
+        ``what`` names it in the error (an analysis's ``reference``)."""
         if isinstance(anchor, numbers.Number):
-            anchor = check_whole("anchor", anchor)  # 1.0 and numpy integers too, not 1.5
+            anchor = check_whole(what, anchor)  # 1.0 and numpy integers too, not 1.5
         if isinstance(anchor, int) or (isinstance(anchor, str) and anchor.lstrip("-").isdigit()):
             index = int(anchor)
             if 0 <= index < self.n_models:
@@ -286,7 +287,7 @@ class Pool:
                 if str(anchor) == self.labels[i] or (path is not None and same_file(path, anchor)):
                     return i
         raise LwmmError(
-            f"anchor '{anchor}' is not among the inputs "
+            f"{what} '{anchor}' is not among the inputs "
             f"(give one of the {self.n_models} paths or an index 0..{self.n_models - 1})"
         )
 
