@@ -172,6 +172,10 @@ def test_task_vectors_and_the_suggested_start() -> None:
     rows = task_vector_cosine(Pool([a, b], device="cpu", base=base))
     assert rows[0]["cosine"] > 0.99 and rows[-1]["cosine"] < 0
     assert suggest_start(rows, 20, window=1) == 13, "agreement ends after the 12th layer"
+    for window in (2, 4, 9, 40):  # an even window was a ValueError (one value too many)
+        assert 1 <= suggest_start(rows, 20, window=window) <= 20
+    with pytest.raises(LwmmError, match="window=0: give at least 1"):
+        suggest_start(rows, 20, window=0)
     with pytest.raises(LwmmError, match="task vectors need the pool's base checkpoint"):
         task_vector_cosine(Pool([a, b], device="cpu"))
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from lwmm_lab.engine.pool import Pool, is_bn_stat, module_of, unshared_note
-from lwmm_lab.errors import LwmmError, check_finite
+from lwmm_lab.errors import LwmmError, check_count, check_finite
 
 KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
 #: The kinds that are learned by gradient descent (all but the BN running statistics).
@@ -253,6 +253,7 @@ def suggest_start(
     suggestion is the first j from which the smoothed curve stays below ``threshold``
     (``n_depth`` if it never drops). Averaging is safe where task vectors agree.
     """
+    window, threshold = check_count("window", window), check_finite("threshold", threshold)
     per_j: dict[int, list[float]] = {}
     for r in rows:
         per_j.setdefault(r["j"], []).append(r["cosine"])
@@ -262,7 +263,7 @@ def suggest_start(
     values = torch.tensor([sum(per_j[j]) / len(per_j[j]) for j in js], dtype=torch.float64)
     kernel = torch.ones(1, 1, window, dtype=torch.float64) / window
     padded = torch.nn.functional.pad(
-        values[None, None], (window // 2, window // 2), mode="replicate"
+        values[None, None], (window // 2, (window - 1) // 2), mode="replicate"
     )
     smooth = torch.nn.functional.conv1d(padded, kernel)[0, 0]
     start = n_depth
