@@ -73,8 +73,9 @@ def require_spec(ckpt: Checkpoint) -> ModelSpec:
     if ckpt.spec is None:
         raise LwmmError(
             f"{ckpt.path or ckpt.label}: no model spec (smp arch, encoder, classes) in this "
-            "checkpoint, so its model cannot be rebuilt; load it as an smp save_pretrained "
-            "directory or re-save it with lwmm_lab"
+            "checkpoint, so its model cannot be rebuilt; attach one with "
+            "load_checkpoint(path).with_spec(ModelSpec(...)) and save_checkpoint (notebook 07), "
+            "or give an smp save_pretrained directory"
         )
     return ckpt.spec
 
