@@ -104,6 +104,11 @@ def test_scenarios_put_the_anchor_first(quick_zoo: Path) -> None:
     assert len(scenario_checkpoints(manifest, "multi-target")) == 3
     with pytest.raises(LwmmError, match="scenario 'nope' is not one of independent, strategies"):
         scenario_checkpoints(manifest, "nope")
+    with pytest.raises(LwmmError, match="domain 'Real' is not one of"):  # was a KeyError
+        scenario_checkpoints(manifest, "strategies", target="Real")
+    assert select(manifest, run="nope") == [], "a value no entry has: nothing, as asked"
+    with pytest.raises(LwmmError, match=r"'strategie' is not a field of the zoo's entries \("):
+        select(manifest, strategie="advent")
 
 
 def test_zoo_list_command(quick_zoo: Path, capsys) -> None:

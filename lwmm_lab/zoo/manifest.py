@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lwmm_lab.data.domains import check_domain
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.files import data_dir
 from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
@@ -46,7 +47,13 @@ def load_manifest(zoo: str | os.PathLike) -> dict[str, Any]:
 
 
 def select(manifest: dict[str, Any], **where: Any) -> list[dict[str, Any]]:
-    """Manifest entries matching every ``key=value`` (``scenario=`` tests membership)."""
+    """Manifest entries matching every ``key=value`` (``scenario=`` tests membership). A key
+    no entry has is refused, naming the fields: a misspelt one matched nothing, silently."""
+    fields = {"scenario"}.union(*(entry.keys() for entry in manifest["checkpoints"]))
+    if unknown := sorted(set(where) - fields):
+        raise LwmmError(
+            f"'{unknown[0]}' is not a field of the zoo's entries ({', '.join(sorted(fields))})"
+        )
     picked = []
     for entry in manifest["checkpoints"]:
         if all(
@@ -117,6 +124,7 @@ def scenario_checkpoints(
     """
     if name not in SCENARIOS:
         raise LwmmError(f"scenario '{name}' is not one of {', '.join(SCENARIOS)}")
+    check_domain(target)
     if name in FAMILIES:
         finals = select(manifest, scenario=name, fraction=1.0)
         return [e["path"] for e in sorted(finals, key=lambda e: -e["miou"][target])]
