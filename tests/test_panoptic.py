@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchmetrics.detection import PanopticQuality
 
-from lwmm_lab import ModelSpec, Pool, load_checkpoint, load_model, merged_model
+from lwmm_lab import LwmmError, ModelSpec, Pool, load_checkpoint, load_model, merged_model
 from lwmm_lab.analysis.comparison import semantic_into_panoptic
 from lwmm_lab.analysis.evaluation import val_set
 from lwmm_lab.analysis.panoptic import (
@@ -138,6 +138,20 @@ def test_perfect_outputs_give_pq_100_and_inference_inverts_the_targets() -> None
     assert scores.things["rq"] > 80 and scores.things["sq"] > 95, scores.things
     assert scores.stuff["pq"] == pytest.approx(100.0)
     _compare(pc, pi, tc, ti, CLASSES)
+
+
+def test_grouping_knobs_it_cannot_use_are_refused_by_name() -> None:
+    """An even NMS kernel shifted the pooled heatmap by a pixel: a shape error deep inside."""
+    for knobs, says in (
+        ({"nms_kernel": 6}, "nms_kernel=6: give an odd size"),
+        ({"nms_kernel": 0}, "nms_kernel=0: give at least 1"),
+        ({"top_k": -1}, "top_k=-1: give 0 or more"),
+        ({"threshold": float("nan")}, "threshold=nan is not a finite number"),
+        ({"min_area": 2.0}, r"min_area=2.0: give a fraction of the image, in \[0, 1\]"),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            PanopticConfig(**knobs)
+    assert PanopticConfig(nms_kernel=1, top_k=0).nms_kernel == 1
 
 
 def test_the_panoptic_model_shares_the_semantic_unets_names() -> None:

@@ -47,7 +47,7 @@ from lwmm_lab.analysis.evaluation import (
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import path_list
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_count, check_finite, check_whole
 from lwmm_lab.heap import keep_freed_memory
 
 #: What ``lwmm eval --task`` scores.
@@ -73,6 +73,17 @@ class PanopticConfig:
     nms_kernel: int = 7
     top_k: int = 50
     min_area: float = 2048 / (1024 * 2048)
+
+    def __post_init__(self) -> None:
+        """Refuse knobs the grouping cannot use, by name: an even NMS kernel shifted the
+        pooled map by a pixel (a shape error deep inside), a NaN threshold found no centre."""
+        check_finite("threshold", self.threshold)
+        if check_count("nms_kernel", self.nms_kernel) % 2 == 0:
+            raise LwmmError(f"nms_kernel={self.nms_kernel}: give an odd size (centred on a pixel)")
+        if check_whole("top_k", self.top_k) < 0:
+            raise LwmmError(f"top_k={self.top_k}: give 0 or more")
+        if not 0.0 <= check_finite("min_area", self.min_area) <= 1.0:
+            raise LwmmError(f"min_area={self.min_area}: give a fraction of the image, in [0, 1]")
 
 
 def require_panoptic(model: nn.Module, source: str = "the model") -> None:
