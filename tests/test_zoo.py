@@ -17,7 +17,7 @@ from lwmm_lab.data.domains import TARGET_DOMAINS
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.zoo import DEFAULT_RUNS, ZooConfig, build_zoo, load_manifest, select
 from lwmm_lab.zoo.manifest import scenario_checkpoints
-from lwmm_lab.zoo.recipe import SCENARIOS, STRATEGY_RUNS
+from lwmm_lab.zoo.recipe import SCENARIOS, STRATEGY_RUNS, Run
 
 KEYS = {"path", "run", "strategy", "scenarios", "arch", "encoder", "classes", "num_classes",
         "source", "targets", "seed", "init", "step", "fraction", "miou", "fingerprint"}  # fmt: skip
@@ -109,6 +109,29 @@ def test_scenarios_put_the_anchor_first(quick_zoo: Path) -> None:
     assert select(manifest, run="nope") == [], "a value no entry has: nothing, as asked"
     with pytest.raises(LwmmError, match=r"'strategie' is not a field of the zoo's entries \("):
         select(manifest, strategie="advent")
+
+
+def test_a_zoo_recipe_it_cannot_train_is_refused_before_any_training(tmp_path: Path) -> None:
+    """0 steps or a batch of 0 built a zoo of untrained models without a word; an unknown
+    strategy failed once the base had trained. Each is refused by name, up front."""
+    quick = ZooConfig.quick_config()
+    for make, says in (
+        (lambda: replace(quick, steps=0), "steps=0: give at least 1"),
+        (lambda: replace(quick, batch=0), "batch=0: give at least 1"),
+        (lambda: replace(quick, lr=0.0), "lr=0.0: give a number > 0"),
+        (lambda: replace(quick, resolution=(0, 8)), "image size 0 x 8"),
+        (lambda: Run("r", "minent", (), source="mars"), "run 'r': domain 'mars' is not one of"),
+        (lambda: Run("r", "minent", (), init="all"), "run 'r': init 'all' is not one of"),
+        (lambda: Run("r", "minent", (), fractions=(0.0,)), r"run 'r': fractions \(0.0,\)"),
+        (lambda: replace(quick, runs=(Run("r", "minent", ()),) * 2), "run 'r' is named twice"),
+        (
+            lambda: build_zoo(tmp_path, replace(quick, runs=(Run("r", "mean-teacher", ()),))),
+            "run 'r': strategy 'mean-teacher' is not one of source_only, minent",
+        ),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            make()
+    assert not any(tmp_path.iterdir()), "nothing was written"
 
 
 def test_zoo_list_command(quick_zoo: Path, capsys) -> None:

@@ -41,7 +41,13 @@ from lwmm_lab.errors import LwmmError, check_count
 from lwmm_lab.files import atomic_path, atomic_write_text
 from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, read_manifest
 from lwmm_lab.zoo.recipe import BASE, Run, ZooConfig, run_fingerprint
-from lwmm_lab.zoo.training import ImagePool, TrainConfig, balanced_class_weights, train
+from lwmm_lab.zoo.training import (
+    STRATEGIES,
+    ImagePool,
+    TrainConfig,
+    balanced_class_weights,
+    train,
+)
 
 
 def build_zoo(
@@ -62,6 +68,11 @@ def build_zoo(
         workers = min(2 if device.type == "cpu" else 4, os.cpu_count() or 1)
     workers = check_count("workers", workers)
     config = config or ZooConfig()
+    for run in config.runs:
+        if run.strategy not in STRATEGIES:
+            raise LwmmError(
+                f"run '{run.name}': strategy '{run.strategy}' is not one of {', '.join(STRATEGIES)}"
+            )
     out = Path(out) if out is not None else default_zoo_dir(config.quick, config.seed)
     _check_folder(out, config)
     started = time.perf_counter()

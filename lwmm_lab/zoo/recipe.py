@@ -39,8 +39,16 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from lwmm_lab.data import labels as L
-from lwmm_lab.data.domains import TARGET_DOMAINS
+from lwmm_lab.data.domains import TARGET_DOMAINS, check_domain
 from lwmm_lab.engine.spec import ModelSpec
+from lwmm_lab.errors import (
+    LwmmError,
+    check_count,
+    check_finite,
+    check_image_size,
+    check_seed,
+    naming,
+)
 
 #: Bump when training changes what a run produces, so existing zoos are retrained, not reused.
 RECIPE = 3
@@ -91,6 +99,24 @@ class Run:
     init: str = "base"
     fractions: tuple[float, ...] = (1.0,)
 
+    def __post_init__(self) -> None:
+        """Refuse, naming the run, what a build would trip on after minutes of training: an
+        unknown domain, class set or init, steps that are not a positive factor, checkpoint
+        fractions outside (0, 1]."""
+        with naming(f"run '{self.name}'"):
+            for domain in (self.source, *self.targets):
+                check_domain(domain)
+            if self.classes not in L.CLASS_SETS:
+                raise LwmmError(f"classes '{self.classes}' is not one of {', '.join(L.CLASS_SETS)}")
+            if self.init not in INITS:
+                raise LwmmError(f"init '{self.init}' is not one of {', '.join(INITS)}")
+            if check_finite("steps_factor", self.steps_factor) <= 0:
+                raise LwmmError(f"steps_factor={self.steps_factor}: give a number > 0")
+            if not self.fractions or not all(
+                0 < check_finite("fraction", f) <= 1 for f in self.fractions
+            ):
+                raise LwmmError(f"fractions {self.fractions}: give points in (0, 1]")
+
 
 @dataclass(frozen=True)
 class ZooConfig:
@@ -110,6 +136,20 @@ class ZooConfig:
     quick: bool = False
     seed: int = 0
     runs: tuple[Run, ...] = field(default_factory=lambda: DEFAULT_RUNS)
+
+    def __post_init__(self) -> None:
+        """Refuse sizes and schedules a build cannot train with, by name (0 steps or a batch
+        of 0 built a zoo of untrained models without a word), and runs of one name."""
+        check_image_size(self.resolution)
+        for name in ("base_steps", "base_batch", "steps", "batch", "train_images", "val_images"):
+            check_count(name, getattr(self, name))
+        for name in ("base_lr", "lr"):
+            if check_finite(name, getattr(self, name)) <= 0:
+                raise LwmmError(f"{name}={getattr(self, name)}: give a number > 0")
+        check_seed(self.seed)
+        names = [run.name for run in self.runs]
+        if twice := sorted({n for n in names if names.count(n) > 1 or n == "base"}):
+            raise LwmmError(f"run '{twice[0]}' is named twice (the base is 'base')")
 
     def run_seed(self, run: Run) -> int:
         """The seed a run trains with: its own, moved by the zoo's ``seed`` (0 is the published

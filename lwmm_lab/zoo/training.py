@@ -38,6 +38,7 @@ from lwmm_lab.analysis.evaluation import normalize
 from lwmm_lab.analysis.panoptic import panoptic_loss
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
+from lwmm_lab.errors import LwmmError
 
 #: Target-term weights for our short schedules, and the originals' for reference.
 DEFAULT_WEIGHTS = {
@@ -404,14 +405,14 @@ def train(
     side by side each have their own).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+        raise LwmmError(f"strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
     device = next(model.parameters()).device
     unit = STRATEGIES[strategy](model, config, classes)
     if unit.uses_target and target is None:
-        raise ValueError(f"strategy '{strategy}' needs target images")
+        raise LwmmError(f"strategy '{strategy}' needs target images")
     panoptic = is_panoptic(model)
     if panoptic and source.instances is None:
-        raise ValueError("a panoptic model needs source instance ids to train its heads")
+        raise LwmmError("a panoptic model needs source instance ids to train its heads")
     groups = parameter_groups(model, config.lr, config.head_lr_mult, config.weight_decay)
     optimizer = torch.optim.AdamW(groups)
     start = 0
