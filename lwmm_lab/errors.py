@@ -3,6 +3,7 @@ where it enters, and the warning for an unknown depth order."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,14 @@ def naming(source: str) -> Iterator[None]:
         yield
     except LwmmError as e:
         raise LwmmError(f"{source}: {e}") from None
+
+
+def unknown_name(name: str, known: Sequence[str], what: str, listed: str) -> LwmmError:
+    """The error for ``name``, which is not among ``known``: it says which it most resembles
+    (``'alpah'`` -> ``alpha``) and lists them all under ``listed``."""
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return LwmmError(f"'{name}' is not {what} ({hint}{listed}: {', '.join(known)})")
 
 
 def first_line(e: BaseException) -> str:

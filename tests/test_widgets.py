@@ -183,6 +183,31 @@ def test_set_moves_controls_as_by_hand(lab: MergeLab) -> None:
     assert (lab.plan.config.granularity, lab.plan.config.start) == ("module", 3)
 
 
+def test_set_and_load_refuse_what_no_hand_could_do(lab: MergeLab) -> None:
+    """A slider clamped an out-of-range value without a word (alpha=2 merged at 1); a name
+    that is no control, or a choice a menu lacks, was an AttributeError or a TraitError. Each
+    is refused in one line, and the views still follow the controls moved before it."""
+    for values, says in (
+        ({"alpah": 0.3}, r"'alpah' is not a control of this panel \(did you mean 'alpha'\?"),
+        ({"alpha": 2.0}, r"alpha=2.0 is outside 0.0..1.0"),
+        ({"start": 10**6}, r"start=1000000 is outside 1\.\."),
+        ({"method": "mean"}, r"method='mean' is not one of its choices \(isotropic,"),
+        ({"anchor": 9}, r"anchor=9 is not one of its choices \(0: "),
+        ({"align": "yes"}, r"align='yes': The 'value' trait of a Checkbox"),
+        ({"_deferred": True}, "'_deferred' is not a control"),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            lab.set(**values)
+    with pytest.raises(LwmmError, match="is outside"):
+        lab.set(alpha=0.4, start=0)
+    assert lab.plan.config.alpha == 0.4, "the move before the refused one is merged"
+    paths = list(lab.models.value)
+    with pytest.raises(LwmmError, match=r"anchor 'other\.pt' is not one of the checkpoints"):
+        lab.load(paths, "other.pt")
+    with pytest.raises(LwmmError, match="give a list of checkpoint files"):
+        lab.load(paths[0], paths[0])
+
+
 def test_a_panoptic_anchor_shows_pq_and_panoptic_outputs(lab: MergeLab) -> None:
     """Fig. 6 in the lab: with the panoptic model as the anchor, the readout gives PQ, SQ and
     RQ beside mIoU, and the grid shows panoptic maps (instances outlined) that follow alpha."""

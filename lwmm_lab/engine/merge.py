@@ -22,7 +22,6 @@ are worked out once per layout.
 
 from __future__ import annotations
 
-import difflib
 import html
 import json
 import os
@@ -51,7 +50,7 @@ from lwmm_lab.engine.pool import (
 )
 from lwmm_lab.engine.routes import Routes, routes
 from lwmm_lab.engine.target import JoinedViews, joined_views
-from lwmm_lab.errors import LwmmError, check_finite, check_whole
+from lwmm_lab.errors import LwmmError, check_finite, check_whole, unknown_name
 from lwmm_lab.files import sha256
 
 
@@ -82,11 +81,9 @@ class MergeConfig:
         """This config with ``changes``; a name that is not a setting is refused, with the
         setting it most resembles (``alpah`` -> ``alpha``)."""
         if not changes.keys() <= _SETTINGS:  # a set test: a plan is made on every slider move
-            names = [f.name for f in fields(self)]
             name = next(n for n in changes if n not in _SETTINGS)
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise LwmmError(f"'{name}' is not a merge setting ({hint}settings: {', '.join(names)})")
+            names = [f.name for f in fields(self)]
+            raise unknown_name(name, names, "a merge setting", "settings")
         return replace(self, **changes)
 
 

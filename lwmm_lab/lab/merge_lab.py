@@ -39,7 +39,7 @@ from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, path_list, resolve_device
-from lwmm_lab.errors import LwmmError, check_count
+from lwmm_lab.errors import LwmmError, check_count, check_whole
 from lwmm_lab.lab.figures import (
     COLUMNS,
     change_color,
@@ -55,6 +55,7 @@ from lwmm_lab.lab.panel import (
     add_checkpoint,
     choice_buttons,
     fit_width,
+    move_control,
     note_lines,
     shows_errors,
     sync_figure,
@@ -141,6 +142,12 @@ class MergeLab(Panel):
     the lab has a zoo). Preview mIoU is on ``preview`` images of the target and source val; a
     button scores the full val (``full`` images).
     """
+
+    #: The controls :meth:`set` and :meth:`load` move, by name.
+    CONTROLS = (
+        "scenario", "models", "anchor", "method", "schedule", "start", "alpha", "bn",
+        "granularity", "device", "align", "output",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -328,17 +335,21 @@ class MergeLab(Panel):
         self._deferred = True
         try:
             for name, value in values.items():
-                getattr(self, name).value = value
-        finally:
+                move_control(self, name, value, self.CONTROLS)
+        finally:  # the views follow the controls moved, also those before a refused one
             self._deferred = False
-        self.refresh()
+            self.refresh()
 
     def load(self, checkpoints: Sequence[str], anchor: str, **values: Any) -> None:
         """Show the merge of ``checkpoints`` with the anchor at path ``anchor`` and the
         controls in ``values`` (as :meth:`set`; ``start`` may exceed the depth of the models
         shown now): what a sweep's clicked cell loads. One re-merge, at the end."""
-        paths = [str(p) for p in checkpoints]
+        paths = path_list(checkpoints)
+        if str(anchor) not in paths:
+            raise LwmmError(f"anchor '{anchor}' is not one of the checkpoints to load")
         start = values.pop("start", None)
+        if start is not None and check_whole("start", start) < 1:
+            raise LwmmError(f"start={start}: give a depth index >= 1")
         self._deferred = True
         try:
             for path in paths:
@@ -349,13 +360,13 @@ class MergeLab(Panel):
                 self._anchor_path = str(anchor)
                 self.models.value = tuple(paths)
             for name, value in values.items():
-                getattr(self, name).value = value
+                move_control(self, name, value, self.CONTROLS)
             if start is not None:
                 self.start.max = max(self.start.max, start)
                 self.start.value = start
         finally:
             self._deferred = False
-        self.refresh()
+            self.refresh()
 
     # ------------------------------------------------------------------- pool and models
 

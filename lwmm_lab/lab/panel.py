@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 import ipywidgets as W
 import plotly.graph_objects as go
+from traitlets import TraitError
 
 from lwmm_lab.engine.checkpoints import peek_checkpoint
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_finite, check_whole, first_line, unknown_name
 
 P = TypeVar("P", bound="Panel")
 
@@ -164,6 +165,30 @@ def add_checkpoint(path: str, *menus: W.Dropdown | W.SelectMultiple) -> None:
         picked = menu.value
         menu.options = [*menu.options, (label, path)]
         menu.value = picked
+
+
+def move_control(panel: object, name: str, value: Any, controls: Sequence[str]) -> None:
+    """Move ``panel``'s control ``name`` (one of ``controls``) to ``value``, as a hand would;
+    or refuse in one line: another name (with the one it most resembles), a value outside a
+    slider's range (the slider would clamp it without a word), a choice the control lacks."""
+    if name not in controls:
+        raise unknown_name(name, controls, "a control of this panel", "controls")
+    control = getattr(panel, name)
+    if isinstance(control, W.IntSlider | W.FloatSlider):
+        check = check_whole if isinstance(control, W.IntSlider) else check_finite
+        value = check(name, value)
+        if not control.min <= value <= control.max:
+            raise LwmmError(f"{name}={value} is outside {control.min}..{control.max}, its range")
+    try:
+        control.value = value
+    except TraitError as e:
+        options = getattr(control, "options", ())
+        if not options:
+            raise LwmmError(f"{name}={value!r}: {first_line(e)}") from None
+        choices = [f"{o[1]}: {o[0]}" if isinstance(o, tuple) else str(o) for o in options]
+        raise LwmmError(
+            f"{name}={value!r} is not one of its choices ({', '.join(choices)})"
+        ) from None
 
 
 def note_lines(notes: Sequence[str]) -> str:
