@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 
@@ -87,6 +87,14 @@ def check_image_size(size: Sequence[int]) -> tuple[int, int]:
         shown = " x ".join(map(str, values)) if values else repr(size)
         raise LwmmError(f"image size {shown}: give a height and a width, whole numbers >= 1")
     return int(values[0]), int(values[1])
+
+
+def check_numbers(name: str, values: Iterable[float]) -> list[float]:
+    """``values`` as a list of floats when it is a list of finite numbers; else an
+    :class:`LwmmError` naming it (a string is a sequence of characters, each taken for one)."""
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise LwmmError(f"{name}={values!r}: give a list of numbers")
+    return [check_finite(name, v) for v in values]
 
 
 def check_finite(name: str, value: float) -> float:

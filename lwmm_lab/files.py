@@ -27,6 +27,15 @@ def output_path(path: str | os.PathLike, what: str, *suffixes: str) -> Path:
     return path
 
 
+def output_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a :class:`Path` when it is a folder or nothing yet; a file there is refused,
+    naming it, before the work that would fill the folder fails on it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LwmmError(f"{path}: is a file, not a folder for {what}")
+    return path
+
+
 def refuse_overwrite(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...]) -> None:
     """Raise :class:`LwmmError` when ``path`` is one of the input files ``protect``: checked by
     every write, and by commands up front, before minutes of work that could not be saved."""

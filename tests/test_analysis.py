@@ -357,6 +357,29 @@ def test_a_sweep_refuses_a_method_with_a_schedule_of_its_own(two_finals: list[st
         main(["sweep", *two_finals, "--method", "weighted"])
 
 
+def test_a_sweep_refuses_a_grid_it_cannot_run_before_any_cell(
+    two_finals: list[str], tmp_path: Path
+) -> None:
+    """A misspelt setting was a TypeError, starts given as a string a ValueError from its
+    characters, an unknown method was said to have "a schedule of its own", a cache path
+    that is a file failed once the first cell was computed, no cells made an empty sweep."""
+    (tmp_path / "cache").write_text("a file")
+    for make, says in (
+        (lambda: grid(two_finals, imgs=2), r"'imgs' is not a sweep cell setting \(did you mean"),
+        (lambda: grid(two_finals, starts="0.5"), r"starts='0.5': give a list of numbers"),
+        (lambda: grid(two_finals, method="mean"), "method 'mean' is not one of isotropic"),
+        (
+            lambda: run_sweep(
+                grid(two_finals, starts=[0.5], alphas=[0.5]), cache=tmp_path / "cache"
+            ),
+            "cache: is a file, not a folder for the sweep cache",
+        ),
+        (lambda: run_sweep(grid(two_finals, starts=[])), "no cells to sweep"),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            make()
+
+
 def test_the_sweep_command_refuses_inputs_its_method_ignores(
     quick_zoo: Path, two_finals: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

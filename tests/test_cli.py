@@ -224,7 +224,7 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
         ),
         "zoo into a file": (
             ["zoo", "build", "--quick", "--out", two[0]],
-            "m0.safetensors: is a file, not a folder to build the zoo in",
+            r"m0.safetensors: is a file, not a folder for the zoo (--out)",
         ),
     }
 

@@ -424,12 +424,12 @@ def test_bad_settings_are_named() -> None:
         "anchor 'None' is not among the inputs": {"anchor": None},
         r"start=0\.5 is not a whole number \(a depth index 1..Np; give start_frac": {"start": 0.5},
         "start_frac='half' is not a number": {"start_frac": "half"},
-        r"weights='1,2': give one number per model, as a list": {
+        r"weights='1,2': give a list of numbers": {
             "method": "weighted",
             "weights": "1,2",
         },
-        "weights=5: give one number per model": {"method": "weighted", "weights": 5},
-        "weight='two' is not a number": {"method": "weighted", "weights": (1.0, "two")},
+        "weights=5: give a list of numbers": {"method": "weighted", "weights": 5},
+        "weights='two' is not a number": {"method": "weighted", "weights": (1.0, "two")},
     }
     for message, changes in cases.items():
         with pytest.raises(LwmmError, match=message):

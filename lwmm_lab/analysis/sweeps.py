@@ -18,7 +18,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,14 @@ from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
 from lwmm_lab.engine.methods import METHODS
 from lwmm_lab.engine.model import merge_target
 from lwmm_lab.engine.pool import Pool, path_list
-from lwmm_lab.errors import LwmmError, check_count, check_image_size
-from lwmm_lab.files import atomic_write_text, data_dir, sha256
+from lwmm_lab.errors import (
+    LwmmError,
+    check_count,
+    check_image_size,
+    check_numbers,
+    unknown_name,
+)
+from lwmm_lab.files import atomic_write_text, data_dir, output_folder, sha256
 
 EXECUTORS = ("serial", "process", "dask", "ray")
 #: The methods a sweep runs: each under the layer-wise schedule, which s and alpha define
@@ -77,6 +83,8 @@ class Cell:
 
     def __post_init__(self) -> None:
         """Refuse a bad setting here, not in a worker halfway through a sweep."""
+        if self.method not in METHODS:
+            raise LwmmError(f"method '{self.method}' is not one of {', '.join(METHODS)}")
         if self.method not in SWEEP_METHODS:
             raise LwmmError(
                 f"method '{self.method}' has a schedule of its own, on which s and alpha have "
@@ -142,6 +150,11 @@ def _result(cell: Cell, plan: MergePlan, miou: dict[str, float]) -> dict[str, An
     }
 
 
+#: The settings of a cell that :func:`grid` takes beside the grid's own axes.
+_AXES = {"checkpoints", "anchor", "start", "start_frac", "alpha"}
+_CELL_SETTINGS = frozenset(f.name for f in fields(Cell)) - _AXES
+
+
 @dataclass
 class Sweep:
     """The results of a sweep, in the order of its cells."""
@@ -169,7 +182,10 @@ def grid(
     **cell: Any,
 ) -> list[Cell]:
     """The cells of a (start fraction x alpha x anchor) grid; ``cell`` sets the other fields."""
+    if unknown := set(cell) - _CELL_SETTINGS:
+        raise unknown_name(min(unknown), sorted(_CELL_SETTINGS), "a sweep cell setting", "settings")
     paths = tuple(path_list(checkpoints))
+    starts, alphas = check_numbers("starts", starts), check_numbers("alphas", alphas)
     return [
         Cell(paths, anchor=a, start_frac=float(s), alpha=float(al), **cell)
         for a in anchors
@@ -213,7 +229,9 @@ def run_sweep(
     cells = list(cells)
     if cache is True:
         cache = data_dir() / "cache" / "sweeps"
-    store = _Store(Path(cache)) if cache else None
+    if not cells:
+        raise LwmmError("no cells to sweep (give at least one start, alpha and anchor)")
+    store = _Store(output_folder(cache, "the sweep cache")) if cache else None
     keys = [c.key() for c in cells]
     results: dict[int, dict[str, Any]] = {}
     todo = []

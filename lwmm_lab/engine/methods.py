@@ -20,14 +20,14 @@ begin and end, for the methods whose definition is per tensor (the TIES trim).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lwmm_lab.errors import LwmmError, check_finite
+from lwmm_lab.errors import LwmmError, check_numbers
 
 #: Added to every Fisher value, so that where all models' Fisher is 0 the result is the
 #: schedule-weighted mean instead of 0/0.
@@ -205,9 +205,7 @@ def user_weights(
     """The user's per-model weights, normalised to sum to 1, at every depth."""
     if weights is None:
         raise LwmmError("the 'weights' schedule needs one weight per model (--weights)")
-    if isinstance(weights, str) or not isinstance(weights, Iterable):
-        raise LwmmError(f"weights={weights!r}: give one number per model, as a list")
-    values = [check_finite("weight", w) for w in weights]
+    values = check_numbers("weights", weights)
     if len(values) != n_models:
         raise LwmmError(f"{len(values)} weights given for {n_models} models")
     w = torch.tensor(values, dtype=torch.float64)

@@ -38,7 +38,7 @@ from lwmm_lab.engine.model import load_weights
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import resolve_device
 from lwmm_lab.errors import LwmmError, check_count
-from lwmm_lab.files import atomic_path, atomic_write_text
+from lwmm_lab.files import atomic_path, atomic_write_text, output_folder
 from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, read_manifest
 from lwmm_lab.zoo.recipe import BASE, Run, ZooConfig, run_fingerprint
 from lwmm_lab.zoo.training import (
@@ -120,8 +120,7 @@ def _check_folder(out: Path, config: ZooConfig) -> None:
     """Refuse, in one line and before anything is written, a path that is not a folder, and a
     folder that holds a zoo of another seed or size (building there would retrain it into
     this one)."""
-    if out.exists() and not out.is_dir():
-        raise LwmmError(f"{out}: is a file, not a folder to build the zoo in (--out)")
+    output_folder(out, "the zoo (--out)")
     held = read_manifest(out).get("config")
     if held is None:
         return
