@@ -281,6 +281,27 @@ def test_the_start_layer_curve_is_at_alpha_half_not_the_best_alpha(
     assert f"alpha = {shown:.2f}" in fig.layout.title.text
 
 
+def test_a_sweep_figure_of_a_domain_or_anchor_it_lacks_is_refused(tmp_path: Path) -> None:
+    """A domain the sweep did not score was a KeyError (a single name given to the curves, a
+    KeyError on its first letter), an anchor it did not merge into an IndexError."""
+    results = [
+        {"anchor": 1, "start": s, "alpha": a, "miou": {"real": 20.0 + s, "synthetic": 30.0}}
+        for s in (1, 5)
+        for a in (0.3, 0.6)
+    ]
+    sweep = Sweep([], results)
+    assert "anchor 1" in sweep_heatmap(sweep, "real").layout.title.text, "the first anchor"
+    assert len(sweep_curves(sweep, "real", anchor=1).data) == 2, "one domain, two panels"
+    for draw, says in (
+        (lambda: sweep_heatmap(sweep, "night"), r"domain 'night' was not scored by this sweep"),
+        (lambda: sweep_curves(sweep, "night", anchor=1), "domain 'night' was not scored"),
+        (lambda: sweep_heatmap(sweep, "real", anchor=0), r"anchor 0 is not one this sweep merged"),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            draw()
+    assert save_html(sweep_heatmap(sweep, "real"), tmp_path / "one.html").is_file(), "one figure"
+
+
 def test_sweep_executors_agree_and_cache(two_finals: list[str], tmp_path: Path) -> None:
     cells = grid(
         two_finals,

@@ -166,6 +166,25 @@ class Sweep:
     #: merge as another, are not scored again.
     scored: int = 0
 
+    def of(self, domains: Sequence[str], anchor: int | None = None) -> list[dict[str, Any]]:
+        """The results of one anchor (by default the first merged into), for a figure of
+        ``domains``. A domain the sweep did not score, or an anchor it did not merge into, is
+        refused by name (a KeyError and an IndexError inside the figure before)."""
+        scored = list(self.results[0]["miou"]) if self.results else []
+        for domain in domains:
+            if domain not in scored:
+                raise LwmmError(
+                    f"domain '{domain}' was not scored by this sweep (it scored "
+                    f"{', '.join(scored) or 'nothing'})"
+                )
+        anchors = sorted({r["anchor"] for r in self.results})
+        if anchor is None and anchors:
+            anchor = anchors[0]
+        elif anchor not in anchors:
+            merged = ", ".join(map(str, anchors))
+            raise LwmmError(f"anchor {anchor} is not one this sweep merged into ({merged})")
+        return [r for r in self.results if r["anchor"] == anchor]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "labels": self.labels,

@@ -365,10 +365,10 @@ def task_vector_figure(rows: Sequence[dict[str, Any]], suggestion: int | None = 
 
 
 def sweep_heatmap(sweep: Sweep, domain: str, anchor: int | None = None) -> go.Figure:
-    """mIoU over (start, alpha) for one anchor (the paper's Fig. 5b/5c as one picture)."""
-    results = [r for r in sweep.results if anchor is None or r["anchor"] == anchor]
+    """mIoU over (start, alpha) for one anchor (the paper's Fig. 5b/5c as one picture); the
+    first anchor merged into by default."""
+    results = sweep.of([domain], anchor)
     anchor = results[0]["anchor"] if results else anchor
-    results = [r for r in results if r["anchor"] == anchor]
     starts = sorted({r["start"] for r in results})
     alphas = sorted({round(r["alpha"], 6) for r in results})
     z = np.full((len(starts), len(alphas)), np.nan)
@@ -407,12 +407,14 @@ def sweep_heatmap(sweep: Sweep, domain: str, anchor: int | None = None) -> go.Fi
 
 
 def sweep_curves(
-    sweep: Sweep, domains: Sequence[str], anchor: int = 0, alpha: float = 0.5
+    sweep: Sweep, domains: Sequence[str] | str, anchor: int = 0, alpha: float = 0.5
 ) -> go.Figure:
     """mIoU against the start layer at ``alpha`` (the grid's nearest; 0.5 as in the paper's
     Fig. 5b) and against alpha at s = 1 (Fig. 5c). Not at the best alpha: where that is 1,
-    the merge is the anchor at every s and the curve is flat by construction."""
-    results = [r for r in sweep.results if r["anchor"] == anchor]
+    the merge is the anchor at every s and the curve is flat by construction. ``domains`` is
+    a list of domain names, or one."""
+    domains = [domains] if isinstance(domains, str) else list(domains)
+    results = sweep.of(domains, anchor)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("by start layer s", "by alpha at s = 1"))
     shown = min({r["alpha"] for r in results}, key=lambda a: abs(a - alpha)) if results else None
     for d, domain in enumerate(domains):
@@ -697,8 +699,9 @@ def qualitative_figure(
 # ----------------------------------------------------------------------------------- export
 
 
-def save_html(figures: Sequence[go.Figure], path: str | os.PathLike) -> Path:
-    """Write several figures to one self-contained HTML page, atomically."""
+def save_html(figures: Sequence[go.Figure] | go.Figure, path: str | os.PathLike) -> Path:
+    """Write several figures (or one) to one self-contained HTML page, atomically."""
+    figures = [figures] if isinstance(figures, go.Figure) else figures
     path = page_path(path)
     parts = [fig.to_html(full_html=False, include_plotlyjs=k == 0) for k, fig in enumerate(figures)]
     page = "<html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
