@@ -494,6 +494,14 @@ def test_every_figure_is_a_plotly_figure(quick_zoo: Path, tmp_path: Path) -> Non
     anchor = merged_model(pool, alpha=1.0)
     data = val_set("real", 3, (64, 128))
     shown = examples(anchor, merged, data, [0, 2])
+    assert [e.index for e in examples(anchor, merged, data, 1)] == [1], "one index"
+    for indices, says in (
+        ([3], r"index 3 is outside 0\.\.2"),
+        ([-1], "index -1"),
+        ([], "at least"),
+    ):
+        with pytest.raises(LwmmError, match=says):  # -1 was shown as image -1, [] failed in torch
+            examples(anchor, merged, data, indices)
     delta = iou_delta(evaluate(anchor, data), evaluate(merged, data))
     cells = grid(
         [reference, others[0]],

@@ -7,8 +7,10 @@ before), broke it (wrong now, right before), and where both are right or both wr
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from torch.utils.data import Dataset
 from lwmm_lab.analysis.evaluation import Scores, predict
 from lwmm_lab.analysis.panoptic import panoptic_predict
 from lwmm_lab.data import labels as L
+from lwmm_lab.errors import LwmmError, check_whole
 
 #: Change-map codes and their colours.
 CHANGES = {
@@ -54,10 +57,11 @@ class Example:
 
 
 def examples(
-    anchor: nn.Module, merged: nn.Module, dataset: Dataset, indices: Sequence[int]
+    anchor: nn.Module, merged: nn.Module, dataset: Dataset, indices: Sequence[int] | int
 ) -> list[Example]:
-    """The anchor's and the merged model's predictions on ``dataset[indices]``."""
-    items = [dataset[i] for i in indices]
+    """The anchor's and the merged model's predictions on ``dataset[indices]`` (a list of
+    indices, or one)."""
+    indices, items = _items(dataset, indices)
     images = torch.stack([x for x, *_ in items])
     labels = torch.stack([y for _, y, *_ in items])
     return examples_from_predictions(
@@ -66,17 +70,30 @@ def examples(
 
 
 def panoptic_examples(
-    anchor: nn.Module, merged: nn.Module, dataset: Dataset, indices: Sequence[int]
+    anchor: nn.Module, merged: nn.Module, dataset: Dataset, indices: Sequence[int] | int
 ) -> list[Example]:
     """The anchor's and the merged model's panoptic outputs on ``dataset[indices]`` (samples
     with instance ids), beside the panoptic ground truth (the paper's Fig. 6)."""
-    items = [dataset[i] for i in indices]
+    indices, items = _items(dataset, indices)
     images, labels, instances = (torch.stack([item[k] for item in items]) for k in range(3))
     a_category, a_instance = panoptic_predict(anchor, images)
     m_category, m_instance = panoptic_predict(merged, images)
     return examples_from_predictions(
         images, labels, a_category, m_category, indices, (instances, a_instance, m_instance)
     )
+
+
+def _items(dataset: Dataset, indices: Sequence[int] | int) -> tuple[list[int], list[Any]]:
+    """The indices as a list and the samples they pick, once each is a whole number in
+    0..len - 1 and there is one at least (-1 was shown as "image -1", an empty list failed
+    inside torch.stack)."""
+    indices = [indices] if isinstance(indices, numbers.Integral) else list(indices)
+    if not indices:
+        raise LwmmError("give at least one image index to show")
+    for i in indices:
+        if not 0 <= check_whole("index", i) < len(dataset):
+            raise LwmmError(f"index {i} is outside 0..{len(dataset) - 1}, the dataset's images")
+    return [int(i) for i in indices], [dataset[int(i)] for i in indices]
 
 
 def examples_from_predictions(
