@@ -243,6 +243,9 @@ def test_nan_is_refused_naming_the_tensor(tmp_path: Path) -> None:
 def test_other_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(LwmmError, match=r"nope\.pt: no such file"):
         load_checkpoint(tmp_path / "nope.pt")
+    for bad, says in ((None, "a NoneType$"), ({"w": torch.ones(1)}, r"a dict \(wrap a state")):
+        with pytest.raises(LwmmError, match=f"a checkpoint is read from a path, not {says}"):
+            load_model(bad)  # was pathlib's TypeError, naming no argument
     (tmp_path / "x.onnx").write_bytes(b"1")
     with pytest.raises(LwmmError, match=r"x\.onnx: unknown checkpoint format"):
         load_checkpoint(tmp_path / "x.onnx")

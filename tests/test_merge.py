@@ -457,6 +457,16 @@ def test_target_model_must_match_the_anchor(make_models) -> None:
     good["segmentation_head.0.bias"] = torch.zeros(2)
     with pytest.raises(LwmmError, match=r"another shape for 'segmentation_head\.0\.bias'"):
         merge(pool, into=good)
+    good["segmentation_head.0.bias"] = 0  # was a TypeError from data_ptr, naming no key
+    with pytest.raises(LwmmError, match=r"'segmentation_head\.0\.bias' is a int, not a tensor"):
+        merge(pool, into=good)
+    for into in ([], "model"):
+        with pytest.raises(LwmmError, match=r"into: a .* is not a model or a state dict"):
+            merge(pool, into=into)
+    with pytest.raises(LwmmError, match=r"config: a dict is not a MergeConfig \(give the"):
+        merge(pool, {"alpha": 0.3})  # was an AttributeError ('dict' has no 'replace')
+    with pytest.raises(LwmmError, match="anchor '5' is not among the inputs"):
+        merge_target(pool, 5)  # was an IndexError
 
 
 def test_pool_from_files_matches_pool_from_memory(tmp_path: Path, make_models) -> None:

@@ -120,7 +120,7 @@ def load_checkpoint(
     applies to none of a command's files). A floating tensor with NaN or Inf is refused,
     naming it.
     """
-    ckpt = _read(Path(path), submodel, meta=False)
+    ckpt = _read(_file(path), submodel, meta=False)
     if check_finite:
         for name, t in ckpt.tensors.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -133,7 +133,7 @@ def peek_checkpoint(path: str | os.PathLike, submodel: str | None = None) -> Che
 
     For safetensors only the header is read, so a pool can plan its memory before loading.
     """
-    return _read(Path(path), submodel, meta=True)
+    return _read(_file(path), submodel, meta=True)
 
 
 def checkpoint_path(path: str | os.PathLike, what: str = "a checkpoint") -> Path:
@@ -189,6 +189,21 @@ def check_compatible(
         if keys:
             more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
             raise LwmmError(f"{what} {problem} '{keys[0]}'{more}{hint}")
+
+
+def _file(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path`; anything else (None, a state dict) is refused in one line,
+    where pathlib's TypeError named no argument."""
+    if not isinstance(path, str | os.PathLike):
+        raise LwmmError(
+            f"a checkpoint is read from a path, not a {type(path).__name__}{state_dict_hint(path)}"
+        )
+    return Path(path)
+
+
+def state_dict_hint(value: object) -> str:
+    """What to do with a state dict given where a checkpoint file goes."""
+    return " (wrap a state dict as Checkpoint(state_dict))" if isinstance(value, Mapping) else ""
 
 
 def _read(path: Path, submodel: str | None, meta: bool) -> Checkpoint:

@@ -460,6 +460,8 @@ class MergePlan:
                 for e in self.layout.entries
             }
             return targets, JoinedViews(None, (None,) * len(r.copied))
+        if not isinstance(into, nn.Module | Mapping):
+            raise LwmmError(f"into: a {type(into).__name__} is not a model or a state dict")
         targets = into.state_dict() if isinstance(into, nn.Module) else into
         return targets, joined_views(targets, self.pool, self.layout)
 
@@ -472,6 +474,11 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
     1..Np or not whole; weights of the wrong length; a density outside (0, 1] or a scale that
     is not a finite number; a method's missing base or Fisher.
     """
+    if config is not None and not isinstance(config, MergeConfig):
+        raise LwmmError(
+            f"config: a {type(config).__name__} is not a MergeConfig (give the settings as "
+            "keywords, make_plan(pool, alpha=0.3), or MergeConfig(**settings))"
+        )
     c = (config or MergeConfig()).replace(**changes)
     method = _lookup(METHODS, c.method, "method")
     rule = _lookup(BN_RULES, c.bn, "BN rule")

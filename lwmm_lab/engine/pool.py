@@ -42,6 +42,7 @@ from lwmm_lab.engine.checkpoints import (
     check_submodel,
     load_checkpoint,
     peek_checkpoint,
+    state_dict_hint,
     unique_labels,
 )
 from lwmm_lab.errors import LwmmError, check_whole
@@ -423,7 +424,7 @@ def path_list(paths: Iterable[str | os.PathLike], what: str = "checkpoints") -> 
 def _check_source(src: object, what: str, paths_only: bool = False) -> Source:
     if not isinstance(src, str | os.PathLike if paths_only else Source):
         goes = "a path" if paths_only else "a checkpoint or a path"
-        hint = " (wrap a state dict as Checkpoint(state_dict))" if isinstance(src, dict) else ""
+        hint = state_dict_hint(src)
         raise LwmmError(f"{what}: got a {type(src).__name__} where {goes} goes{hint}")
     return src
 

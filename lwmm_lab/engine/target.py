@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lwmm_lab.engine.checkpoints import check_compatible
 from lwmm_lab.engine.pool import Layout, Pool, lies_as_row, row_view
 from lwmm_lab.engine.routes import routes
+from lwmm_lab.errors import LwmmError
 
 Target = TypeVar("Target", nn.Module, MutableMapping[str, Tensor])
 
@@ -74,7 +75,14 @@ def joined_views(targets: Mapping[str, Tensor], pool: Pool, layout: Layout) -> J
     # are known by where their memory is, not by their Python objects: a tensor given other
     # memory (``set_``) stays the same object, and a new object may reuse a freed one's
     # id. What is remembered holds no tensor, so a target let go is freed.
-    seen = tuple(map(Tensor.data_ptr, targets.values()))
+    try:
+        seen = tuple(map(Tensor.data_ptr, targets.values()))
+    except TypeError:  # a value that is no tensor: named, where data_ptr's message names none
+        name, value = next((k, v) for k, v in targets.items() if not isinstance(v, Tensor))
+        raise LwmmError(
+            f"the target model: '{name}' is a {type(value).__name__}, not a tensor (give a model "
+            "or its state_dict())"
+        ) from None
     checked: dict[tuple[int, ...], Joined] = r.kept("checked targets", dict)
     if seen not in checked:
         expected = {e.name: e.shape for e in layout.entries}
