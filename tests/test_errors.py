@@ -51,6 +51,11 @@ def test_a_negative_seed_is_refused_where_scenes_are_drawn() -> None:
     """numpy's seed sequences take no negative entropy: refused by name, not deep in numpy."""
     with pytest.raises(LwmmError, match=r"^seed=-1: give 0 or a positive whole number"):
         generate("real", "val", 0, seed=-1, size=(8, 16))
+    for index, says in ((-1, "index=-1: give 0 or"), (1.5, r"index=1\.5 is not a whole")):
+        with pytest.raises(LwmmError, match=f"^{says}"):  # were numpy's ValueError, TypeError
+            generate("real", "val", index, size=(8, 16))
+    with pytest.raises(LwmmError, match=r"^image size 0 x 16"):
+        generate("real", "val", 0, size=(0, 16))
 
 
 @given(st.lists(st.integers(-3, 40), min_size=1, max_size=3))

@@ -72,8 +72,8 @@ class SyntheticScenes(Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < self.size:
-            raise IndexError(index)
+        if not 0 <= index < self.size:  # an IndexError: iteration by index stops on it
+            raise IndexError(f"scene {index} is outside 0..{self.size - 1} of {self!r}")
         scene = generate(self.domain, self.split, index, self.seed, self.resolution)
         return _to_tensors(scene.image, scene.label, scene.instances if self.instances else None)
 

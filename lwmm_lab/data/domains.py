@@ -29,7 +29,7 @@ from lwmm_lab.data import labels as L
 from lwmm_lab.data import raster as R
 from lwmm_lab.data.layout import Draw, Layout, sample_layout
 from lwmm_lab.data.street import draw
-from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_seed
+from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_seed, check_whole
 from lwmm_lab.files import atomic_path, output_path
 
 DOMAINS = ("synthetic", "synthetic-16", "real", "foggy", "night")
@@ -74,9 +74,11 @@ def generate(
     check_domain(domain)
     if split not in SPLITS:
         raise LwmmError(f"split '{split}' is not one of {', '.join(SPLITS)}")
-    words = (check_seed(seed), SPLITS.index(split), index, _SCENE_STREAM[domain])
+    if check_whole("index", index) < 0:  # numpy's seed sequences take no negative entropy
+        raise LwmmError(f"index={index}: give 0 or a positive whole number")
+    words = (check_seed(seed), SPLITS.index(split), int(index), _SCENE_STREAM[domain])
     layout = sample_layout(Draw(*words, 0), DOMAIN_CLASSES[domain])
-    drawing = draw(layout, *size)
+    drawing = draw(layout, *check_image_size(size))
     image = render(drawing, layout, domain, words)
     return Scene(image, drawing.label, drawing.instances, drawing.depth, domain)
 
