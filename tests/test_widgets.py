@@ -478,6 +478,11 @@ def test_the_panels_refuse_bad_settings_when_they_are_made(quick_zoo: Path) -> N
         (lambda: SweepExplorer(checkpoints=two, images=0), "images=0: give at least 1"),
         (lambda: SweepExplorer(checkpoints=two, executor="gpu"), "executor 'gpu' is not one"),
         (lambda: DiscrepancyExplorer(two, tau=0, background=False), "tau=0: give a number > 0"),
+        # a TraitError, a TraitError, a silent fall back to another run, an AttributeError:
+        (lambda: DiscrepancyExplorer(zoo=quick_zoo, scenario="all"), "scenario 'all' is not"),
+        (lambda: DiscrepancyExplorer(zoo=quick_zoo, family="own"), "family 'own' is not one"),
+        (lambda: DiscrepancyExplorer(zoo=quick_zoo, run="avdent"), "run 'avdent' is not in"),
+        (lambda: SweepExplorer("lab", checkpoints=two), "merge_lab: a str is not a MergeLab"),
     ]
     for make, message in bad:
         with pytest.raises(LwmmError, match=message):

@@ -43,6 +43,7 @@ from lwmm_lab.lab.panel import (
 from lwmm_lab.zoo.manifest import (
     PRESETS,
     SCENARIO_LABELS,
+    check_family,
     family_run,
     final,
     find_zoo,
@@ -56,9 +57,10 @@ class DiscrepancyExplorer(Panel):
     """The per-layer discrepancy between a reference and other checkpoints, with a tau slider.
 
     ``checkpoints`` (paths, the first the reference) or a zoo preset give the models: the
-    checkpoints of one ``run``, or the strategies of one ``family`` (one source model, or
-    independent decoders) against the best of them. The zoo (default: :func:`find_zoo`) is
-    needed only for its presets; a path box adds any checkpoint file or smp directory.
+    checkpoints of one ``run`` (``advent`` by default, where the zoo has it), or the
+    strategies of one ``family`` (one source model, or independent decoders) against the best
+    of them. The zoo (default: :func:`find_zoo`) is needed only for its presets; a path box
+    adds any checkpoint file or smp directory.
     """
 
     def __init__(
@@ -66,7 +68,7 @@ class DiscrepancyExplorer(Panel):
         checkpoints: Sequence[str | os.PathLike] | None = None,
         zoo: str | os.PathLike | None = None,
         scenario: str = "heterogeneous",
-        run: str = "advent",
+        run: str | None = None,
         tau: float = 20.0,
         family: str = "strategies",
         background: bool = True,
@@ -82,12 +84,18 @@ class DiscrepancyExplorer(Panel):
         runs = sorted({e["run"] for e in entries if e["run"] != "base"})
         options = checkpoint_options(self.manifest, paths)
         presets = list(PRESETS) if self.manifest else []
+        if scenario not in ("custom", *presets):
+            raise LwmmError(
+                f"scenario '{scenario}' is not one of {', '.join(['custom', *presets])}"
+            )
+        if run is not None and self.manifest and run not in runs:
+            raise LwmmError(f"run '{run}' is not in this zoo (its runs: {', '.join(runs)})")
+        check_family(family)
         self.scenario = W.Dropdown(
             options=["custom", *presets], value=scenario, description="scenario"
         )
-        self.run = W.Dropdown(
-            options=runs, value=run if run in runs else next(iter(runs), None), description="run"
-        )
+        default_run = "advent" if "advent" in runs else next(iter(runs), None)
+        self.run = W.Dropdown(options=runs, value=run or default_run, description="run")
         self.family = W.Dropdown(
             options=[(SCENARIO_LABELS[f], f) for f in FAMILIES], value=family, description="family"
         )
@@ -229,6 +237,8 @@ class SweepExplorer(Panel):
         background: bool = True,
     ) -> None:
         super().__init__(background)
+        if merge_lab is not None and not isinstance(merge_lab, MergeLab):
+            raise LwmmError(f"merge_lab: a {type(merge_lab).__name__} is not a MergeLab")
         self.merge_lab = merge_lab
         if checkpoints is None and merge_lab is None:
             manifest = load_manifest(zoo or find_zoo())

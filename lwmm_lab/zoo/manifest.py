@@ -97,7 +97,7 @@ def preset(
             raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
         return entries[0]["path"], [e["path"] for e in entries[1:]]
     if name == "heterogeneous":
-        reference, *others = scenario_checkpoints(manifest, _family(family), domain)
+        reference, *others = scenario_checkpoints(manifest, check_family(family), domain)
         return reference, others
     raise LwmmError(f"preset '{name}' is not one of {', '.join(PRESETS)}")
 
@@ -145,10 +145,11 @@ def scenario_checkpoints(
 
 def family_run(family: str, strategy: str) -> str:
     """The run name of ``strategy`` in ``family`` (``strategies`` or ``independent``)."""
-    return FAMILIES[_family(family)].format(strategy)
+    return FAMILIES[check_family(family)].format(strategy)
 
 
-def _family(name: str) -> str:
+def check_family(name: str) -> str:
+    """``name`` when it is one of :data:`FAMILIES`; else an :class:`LwmmError` naming it."""
     if name not in FAMILIES:
         raise LwmmError(f"family '{name}' is not one of {', '.join(FAMILIES)}")
     return name
