@@ -91,6 +91,9 @@ def test_fisher_weights_elementwise_and_falls_back_where_all_zero(device: str) -
         Pool(models, device=device, fisher=fisher), method="fisher", weights=(3.0, 1.0)
     )
     torch.testing.assert_close(weighted["w"].cpu(), torch.tensor([2.0, 8.0, 12.5]))
+    fisher[1] = Checkpoint({"w": torch.tensor([3.0, -5.0, 0.0])})  # weights that sum below 0
+    with pytest.raises(LwmmError, match="Fisher 1: tensor 'w' has negative values"):
+        Pool(models, device=device, fisher=fisher)
 
 
 def test_layerwise_ties_follows_the_depth_schedule() -> None:
@@ -482,7 +485,8 @@ def test_pool_from_files_matches_pool_from_memory(tmp_path: Path, make_models) -
     assert Pool(paths, device="cpu").anchor_index("m1") == 1
     live = [Checkpoint(m.state_dict(keep_vars=True), spec=TINY) for m in models]
     base = Checkpoint(models[0].state_dict(keep_vars=True))
-    pool = Pool(live, device="cpu", base=base, fisher=live)
+    fisher = [Checkpoint({k: v.square() for k, v in c.tensors.items()}) for c in live]
+    pool = Pool(live, device="cpu", base=base, fisher=fisher)
     assert not any(t.requires_grad for t in (pool.flat, pool.base, pool.fisher)), "no graph"
 
 

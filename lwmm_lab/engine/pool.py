@@ -209,6 +209,7 @@ class Pool:
                 [self._column_vector(f, "Fisher", 0.0, model=i) for i, f in enumerate(fisher)]
             )
             self.fisher_paths = [_path_of(f) for f in fisher]
+            self._check_fisher()
         self._layouts: dict[tuple[int, str], Layout] = {}
         self._rows = self.flat.unbind(0)
         self._mean: torch.Tensor | None = None
@@ -372,6 +373,19 @@ class Pool:
             shape = self.checkpoints[0].tensors[name].shape
             row_view(out[cols], shape).copy_(t.reshape(shape))
         return out
+
+    def _check_fisher(self) -> None:
+        """Refuse a negative Fisher value, naming the file and tensor: a diagonal Fisher is a
+        mean of squared gradients, and a negative weight would push a merge beyond the models."""
+        negative = (self.fisher < 0).any(1)
+        if not bool(negative.any()):
+            return
+        i = int(negative.nonzero()[0])
+        name = next(n for n, cols in self.columns.items() if bool((self.fisher[i, cols] < 0).any()))
+        raise LwmmError(
+            f"Fisher {self.fisher_paths[i] or i}: tensor '{name}' has negative values (a Fisher "
+            "estimate is a mean of squared gradients, >= 0)"
+        )
 
     def _make_layout(self, anchor: int, granularity: str) -> Layout:
         ckpt = self.checkpoints[anchor]
