@@ -492,7 +492,7 @@ def batches(
         leave=False,
     )
     with bar:
-        for batch in _batches(dataset, batch_size):
+        for batch in _batches(dataset, batch_size, source):
             if not isinstance(dataset, TensorDataset):
                 check_batch(batch[0], batch[1], source)
             yield batch
@@ -500,30 +500,38 @@ def batches(
 
 
 def check_dataset(dataset: Dataset) -> str:
-    """The dataset's name for messages, once it is one that can be scored: a dataset of
-    ``(image, label[, instances])`` samples with at least one, not a DataLoader or a tuple of
-    tensors (which failed deep inside with an IndexError)."""
+    """The dataset's name for messages, once it is one that can be scored: not a DataLoader,
+    not empty, and (a TensorDataset, whose samples cost nothing to look at) of pairs. Other
+    datasets' samples are checked as they are read (:func:`check_sample`), not read twice."""
     if isinstance(dataset, DataLoader):
         raise LwmmError("give the dataset itself, not a DataLoader: evaluation batches it")
     source = getattr(dataset, "domain", "") or type(dataset).__name__
     if len(dataset) == 0:
         raise LwmmError(f"{source}: the dataset is empty, so there is nothing to score")
-    sample = dataset[0]
+    if isinstance(dataset, TensorDataset):
+        check_sample(dataset[0], source)
+    return source
+
+
+def check_sample(sample: Any, source: str) -> None:
+    """Refuse a sample that is not ``(image, label[, instances])``: a tuple of tensors given
+    as the dataset failed deep inside with an IndexError."""
     if not isinstance(sample, tuple | list) or len(sample) < 2:
         raise LwmmError(
             f"{source}: a sample is a {type(sample).__name__}, not (image, label); give a "
             "dataset of pairs, e.g. TensorDataset(images, labels)"
         )
-    return source
 
 
-def _batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[Tensor, ...]]:
+def _batches(dataset: Dataset, batch_size: int, source: str) -> Iterator[tuple[Tensor, ...]]:
     if isinstance(dataset, TensorDataset):
         n = len(dataset.tensors[0])
         for k in range(0, n, batch_size):
             yield tuple(t[k : k + batch_size] for t in dataset.tensors)
         return
     for samples in DataLoader(dataset, batch_size=batch_size, collate_fn=list):
+        for sample in samples:
+            check_sample(sample, source)
         # Real datasets may mix image sizes (kept without --size): each run of one size is
         # stacked on its own.
         for _, run in itertools.groupby(samples, key=lambda sample: sample[0].shape):

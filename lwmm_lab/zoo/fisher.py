@@ -23,6 +23,7 @@ from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import (
     check_batch,
     check_dataset,
+    check_sample,
     forward,
     model_classes,
     normalize,
@@ -43,7 +44,9 @@ def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dic
     count = min(images, len(dataset))
     model.eval()
     for i in tqdm(range(count), desc="fisher", leave=False, unit="image"):
-        x, y = dataset[i][:2]
+        sample = dataset[i]
+        check_sample(sample, source)
+        x, y = sample[:2]
         check_batch(x[None], y[None], source)
         logits = forward(model, normalize(x[None].to(device)))
         target = to_index[y[None].to(device)]
