@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, overload
 
 from lwmm_lab._version import __version__
 from lwmm_lab.data.domains import DOMAINS
-from lwmm_lab.errors import LwmmError, check_seed
+from lwmm_lab.errors import LwmmError, check_name, check_seed
 from lwmm_lab.files import refuse_overwrite
 from lwmm_lab.zoo.manifest import (
     PRESETS,
@@ -469,8 +469,7 @@ def _eval(args: argparse.Namespace) -> int:
     from lwmm_lab.analysis.panoptic import TASKS
 
     size = tuple(args.size) if args.size else None
-    if args.task not in TASKS:
-        raise LwmmError(f"task '{args.task}' is not one of {', '.join(TASKS)}")
+    check_name(args.task, TASKS, "task")
     if args.task == "panoptic":
         return _eval_panoptic(args, size)
     results = evaluate_checkpoints(

@@ -43,6 +43,33 @@ def unknown_name(name: str, known: Sequence[str], what: str, listed: str) -> Lwm
     return LwmmError(f"'{name}' is not {what} ({hint}{listed}: {', '.join(known)})")
 
 
+def check_name(name: str, known: Iterable[str], what: str) -> str:
+    """``name`` when it is one of ``known``; else an :class:`LwmmError`: ``what 'name' is not
+    one of a, b, c``, with the one it most resembles (``'minet'`` -> ``minent``)."""
+    known = list(known)
+    if isinstance(name, str) and name in known:
+        return name
+    close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    shown = f"'{name}'" if isinstance(name, str) else repr(name)
+    raise LwmmError(f"{what} {shown} is not one of {', '.join(known)}{hint}")
+
+
+def check_names(names: str | Iterable[str], known: Iterable[str], what: str) -> list[str]:
+    """One name or a list of them (``methods="layerwise"`` or ``["isotropic", "layerwise"]``),
+    each checked by :func:`check_name`, before any work; a string is one name, not a list of
+    letters. None of them is an :class:`LwmmError` too: there would be nothing to compute."""
+    known = list(known)
+    if isinstance(names, str):
+        names = [names]
+    elif not isinstance(names, Iterable):
+        raise LwmmError(f"{what}: give a name or a list of names, not {names!r}")
+    checked = [check_name(n, known, what) for n in names]
+    if not checked:
+        raise LwmmError(f"no {what} given (pick from {', '.join(known)})")
+    return checked
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): what a
     one-line report quotes of an error raised deep inside a library."""

@@ -90,9 +90,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (cached by path, size and modification time)."""
-    st = os.stat(path)
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    """Hex sha256 of a file's bytes (cached by path, size and modification time); of a folder
+    (an smp ``save_pretrained`` checkpoint), of its files' names and digests, so that a cache
+    keyed by content serves folders as it serves files. A missing path is an
+    :class:`LwmmError` naming it."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise LwmmError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        text = "".join(f"{f.relative_to(path).as_posix()}:{sha256(f)}\n" for f in files)
+        return hashlib.sha256(text.encode()).hexdigest()
+    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 @lru_cache(maxsize=256)

@@ -21,7 +21,13 @@ from PIL import Image
 from plotly.serializers import custom_serializers
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merged_model, save_checkpoint
-from lwmm_lab.analysis.comparison import add_one_at_a_time, fisher_file, heads_and_decoders
+from lwmm_lab.analysis.comparison import (
+    add_one_at_a_time,
+    compare,
+    fisher_file,
+    heads_and_decoders,
+    multi_target,
+)
 from lwmm_lab.analysis.discrepancy import (
     bn_divergence,
     discrepancy,
@@ -38,6 +44,7 @@ from lwmm_lab.analysis.qualitative import (
 )
 from lwmm_lab.analysis.sweeps import SWEEP_METHODS, Sweep, grid, run_sweep
 from lwmm_lab.cli import main
+from lwmm_lab.engine.model import load_model
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import (
     COLUMNS,
@@ -101,7 +108,7 @@ def test_discrepancy_follows_the_papers_threshold() -> None:
         "total": 0,
     }, "only the kinds asked for are counted"
     assert len(d.above(tau=100, kinds="weight")) == 2
-    with pytest.raises(LwmmError, match=r"'weights'.*not kinds of tensor"):
+    with pytest.raises(LwmmError, match=r"kind of tensor 'weights' is not one of weight, bias"):
         d.above(tau=10, kinds=["weights"])
     with pytest.raises(LwmmError, match=r"tau='10' is not a number"):
         d.above(tau="10")
@@ -383,7 +390,9 @@ def test_a_sweep_refuses_a_grid_it_cannot_run_before_any_cell(
 ) -> None:
     """A misspelt setting was a TypeError, starts given as a string a ValueError from its
     characters, an unknown method was said to have "a schedule of its own", a cache path
-    that is a file failed once the first cell was computed, no cells made an empty sweep."""
+    that is a file failed once the first cell was computed, no cells made an empty sweep.
+    One anchor was a TypeError, a domain or a Fisher file given as a string was read letter
+    by letter, a missing base file was a FileNotFoundError from the cache key."""
     (tmp_path / "cache").write_text("a file")
     for make, says in (
         (lambda: grid(two_finals, imgs=2), r"'imgs' is not a sweep cell setting \(did you mean"),
@@ -396,9 +405,30 @@ def test_a_sweep_refuses_a_grid_it_cannot_run_before_any_cell(
             "cache: is a file, not a folder for the sweep cache",
         ),
         (lambda: run_sweep(grid(two_finals, starts=[])), "no cells to sweep"),
+        (lambda: grid(two_finals, anchors=0), r"anchors=0: give a list of indices"),
+        (lambda: grid(two_finals, domains="fogy"), r"domain 'fogy' is not one of .*'foggy'"),
+        (lambda: grid(two_finals, fisher="f.safetensors"), "fisher: give a list of checkpoint"),
+        (
+            lambda: run_sweep(grid(two_finals, starts=[0.5], alphas=[0.5], base="b.pt")),
+            r"b\.pt: cannot read it",
+        ),
     ):
         with pytest.raises(LwmmError, match=says):
             make()
+
+
+def test_a_sweep_and_a_fisher_file_take_a_save_pretrained_folder(
+    two_finals: list[str], tmp_path: Path
+) -> None:
+    """Their caches are keyed by content: a folder checkpoint was an IsADirectoryError."""
+    folder = tmp_path / "advent"
+    load_model(two_finals[0], "cpu").save_pretrained(folder)
+    cells = grid([folder, two_finals[1]], starts=[0.5], alphas=[0.5], images=2, domains="real")
+    first = run_sweep(cells, cache=tmp_path / "cache", progress=False)
+    again = run_sweep(cells, cache=tmp_path / "cache", progress=False)
+    assert first.scored == 1 and again.scored == 0, "the second sweep reads the cache"
+    assert list(again.results[0]["miou"]) == ["real"] == list(first.results[0]["miou"])
+    assert fisher_file(folder, images=2, cache=tmp_path).is_file()
 
 
 def test_the_sweep_command_refuses_inputs_its_method_ignores(
@@ -481,6 +511,14 @@ def test_comparisons_on_the_quick_zoo(quick_zoo: Path) -> None:
     layerwise = next(r for r in table if r["name"] == "layerwise")
     assert ensemble["models"] == 4 and layerwise["models"] == 1, "the ensemble runs four models"
     assert all(r["ms_per_image"] > 0 for r in table)
+    small = {"images": 2, "resolution": (64, 128)}
+    (row,) = compare([paths[:2]], methods="layerwise", **small)  # was "method 'l' is not ..."
+    assert "layerwise" in row and "isotropic" not in row
+    rows = multi_target(paths[:2], None, domains="night", bn_rules="anchor", **small)
+    assert [r["name"] for r in rows][-1] == "merge, BN anchor"
+    assert all(r["mean"] == r["night"] for r in rows), "one domain: its mIoU is the mean"
+    with pytest.raises(LwmmError, match=r"method 'ensembel' is not one of ensemble, isotropic"):
+        compare([paths[:2]], methods=["layerwise", "ensembel"], **small)
 
 
 def test_every_figure_is_a_plotly_figure(quick_zoo: Path, tmp_path: Path) -> None:
@@ -604,7 +642,7 @@ def test_discrepancy_and_sweep_commands(
     (counts,) = json.loads(capsys.readouterr().out)["counts"].values()
     assert list(counts["kind"]) == ["BN running_var"] and counts["total"] > 0
     assert main(["discrepancy", *two_finals, "--kinds", "weights"]) == 1
-    assert "kinds ['weights']: not kinds of tensor" in capsys.readouterr().err
+    assert "kind of tensor 'weights' is not one of" in capsys.readouterr().err
     options = ["--starts", "0", "1", "--alphas", "0.5", "--images", "2", "--domains", "real"]
     assert main(["sweep", *two_finals, *options, "--no-cache", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

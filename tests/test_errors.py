@@ -16,7 +16,16 @@ from lwmm_lab.analysis.comparison import compare
 from lwmm_lab.analysis.evaluation import evaluate_checkpoints
 from lwmm_lab.analysis.sweeps import grid
 from lwmm_lab.data.domains import generate
-from lwmm_lab.errors import LwmmError, check_count, check_finite, check_image_size, check_seed
+from lwmm_lab.errors import (
+    LwmmError,
+    check_count,
+    check_finite,
+    check_image_size,
+    check_name,
+    check_names,
+    check_seed,
+)
+from lwmm_lab.files import sha256
 from lwmm_lab.lab.merge_lab import MergeLab
 
 
@@ -109,3 +118,52 @@ def test_a_lone_path_where_a_list_of_files_goes_is_refused_everywhere(tmp_path: 
             Pool([Checkpoint({"w": torch.ones(1)}), item], device="cpu")
     with pytest.raises(LwmmError, match=r"^checkpoints: got a Checkpoint where a path goes"):
         evaluate_checkpoints([Checkpoint({"w": torch.ones(1)})])
+
+
+def test_a_name_is_checked_against_its_choices_with_the_closest_named() -> None:
+    known = ("isotropic", "layerwise", "ties")
+    assert check_name("ties", known, "method") == "ties"
+    with pytest.raises(
+        LwmmError,
+        match=r"^method 'isotropc' is not one of isotropic, layerwise, ties "
+        r"\(did you mean 'isotropic'\?\)$",
+    ):
+        check_name("isotropc", known, "method")
+    with pytest.raises(
+        LwmmError, match=r"^method 'mean' is not one of isotropic, layerwise, ties$"
+    ):
+        check_name("mean", known, "method")
+    with pytest.raises(LwmmError, match=r"^method \['ties'\] is not one of"):  # was unhashable
+        check_name(["ties"], dict.fromkeys(known), "method")
+
+
+def test_a_list_of_names_takes_one_name_as_itself_not_its_letters() -> None:
+    """``methods="isotropic"`` was read letter by letter: "method 'i' is not one of ..."."""
+    known = ("real", "foggy", "night")
+    assert check_names("real", known, "domain") == ["real"]
+    assert check_names(("night", "real"), known, "domain") == ["night", "real"]
+    for bad, says in (
+        (
+            ["real", "fogy"],
+            r"^domain 'fogy' is not one of real, foggy, night \(did you mean 'foggy'",
+        ),
+        ([], r"^no domain given \(pick from real, foggy, night\)"),
+        (3, r"^domain: give a name or a list of names, not 3"),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            check_names(bad, known, "domain")
+
+
+def test_a_content_hash_reads_a_folder_checkpoint_and_names_a_missing_file(tmp_path: Path) -> None:
+    """Sweep and Fisher caches are keyed by content: an smp save_pretrained folder gave an
+    IsADirectoryError, a missing file a FileNotFoundError."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"1")
+    before = sha256(folder)
+    assert before == sha256(folder) and len(before) == 64
+    (folder / "model.safetensors").write_bytes(b"2")
+    assert sha256(folder) != before, "a folder's hash follows its files' content"
+    with pytest.raises(LwmmError, match=r"missing\.safetensors: cannot read it \(No such file"):
+        sha256(tmp_path / "missing.safetensors")

@@ -25,13 +25,19 @@ from torch import nn
 from lwmm_lab.analysis.evaluation import evaluate, forward, normalize, val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
 from lwmm_lab.data.datasets import open_dataset
+from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import load_checkpoint, peek_checkpoint, unique_labels
+from lwmm_lab.engine.methods import BN_RULES
+from lwmm_lab.engine.methods import METHODS as MERGE_METHODS
 from lwmm_lab.engine.model import load_model, merged_model
 from lwmm_lab.engine.pool import Pool, path_list
+from lwmm_lab.errors import check_names
 from lwmm_lab.files import data_dir, sha256
 from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
 
 METHODS = ("isotropic", "fisher", "ensemble", "layerwise")
+#: What a comparison can run: every merge method, and the output ensemble.
+RUNNABLE = ("ensemble", *MERGE_METHODS)
 
 
 def fisher_file(
@@ -68,6 +74,7 @@ def compare(
     Rows also give the group's labels and its best single model's mIoU. ``align`` matches each
     group's decoders to its anchor's first (weight matching).
     """
+    methods = check_names(methods, RUNNABLE, "method")
     settings = (domain, methods, images, resolution, fisher_domain, align, val_seed)
     return _compare([path_list(g, "each group") for g in groups], *settings)[0]
 
@@ -134,6 +141,7 @@ def add_one_at_a_time(
     ``checkpoints`` must be in the order to add them (best first: it is the anchor).
     """
     paths = path_list(checkpoints)
+    methods = check_names(methods, RUNNABLE, "method")
     groups = [paths[:k] for k in range(1, len(paths) + 1)]
     settings = (domain, methods, images, resolution, fisher_domain, align, val_seed)
     rows, alone = _compare(groups, *settings)
@@ -160,10 +168,13 @@ def multi_target(
     their mean.
     """
     rows = []
+    bn_rules = check_names(bn_rules, BN_RULES, "BN rule")
+    data = {
+        d: val_set(d, images, resolution, val_seed) for d in check_names(domains, DOMAINS, "domain")
+    }
 
     def row(name: str, kind: str, model: nn.Module) -> dict[str, Any]:
-        data = {d: val_set(d, images, resolution, val_seed) for d in domains}
-        miou = {d: evaluate(model, data[d], d).miou for d in domains}
+        miou = {d: evaluate(model, data[d], d).miou for d in data}
         return {"name": name, "kind": kind, **miou, "mean": sum(miou.values()) / len(miou)}
 
     adapted = path_list(adapted, "adapted")
@@ -194,6 +205,7 @@ def heads_and_decoders(
     Every row has the mIoU and the inference time per image (ms); merges run the anchor's
     architecture, the ensemble runs every model.
     """
+    methods = check_names(methods, RUNNABLE, "method")
     data = val_set(domain, images, resolution, val_seed)
     paths = [str(anchor), *path_list(others, "others")]
     models = [load_model(p, "cpu") for p in paths]
@@ -255,6 +267,7 @@ def semantic_into_panoptic(
     run's folder, else the file's stem), ``pq``,
     ``sq``, ``rq``, ``things``, ``stuff`` (PQ over those classes) and ``miou`` (0-100).
     """
+    methods = check_names(methods, MERGE_METHODS, "method")
     data = val_set(domain, images, resolution, val_seed, instances=True)
     paths = [str(anchor), *path_list(others, "others")]
     anchor_model = load_model(paths[0], "cpu")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from lwmm_lab.engine.pool import Pool, is_bn_stat, module_of, unshared_note
-from lwmm_lab.errors import LwmmError, check_count, check_finite
+from lwmm_lab.errors import LwmmError, check_count, check_finite, check_names
 
 KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
 #: The kinds that are learned by gradient descent (all but the BN running statistics).
@@ -37,9 +37,7 @@ _ENCODER_PREFIXES = ("encoder.", "backbone.")
 
 def check_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
     """``kinds`` (one kind or several) in the order of :data:`KINDS`, each checked."""
-    chosen = {kinds} if isinstance(kinds, str) else set(kinds)
-    if unknown := chosen - set(KINDS):
-        raise LwmmError(f"kinds {sorted(unknown)}: not kinds of tensor; pick from {list(KINDS)}")
+    chosen = set(check_names(kinds, KINDS, "kind of tensor"))
     return tuple(k for k in KINDS if k in chosen)
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import evaluate, val_set
-from lwmm_lab.data.domains import check_domain
+from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
 from lwmm_lab.engine.methods import METHODS
@@ -38,6 +38,8 @@ from lwmm_lab.errors import (
     LwmmError,
     check_count,
     check_image_size,
+    check_name,
+    check_names,
     check_numbers,
     unknown_name,
 )
@@ -83,8 +85,7 @@ class Cell:
 
     def __post_init__(self) -> None:
         """Refuse a bad setting here, not in a worker halfway through a sweep."""
-        if self.method not in METHODS:
-            raise LwmmError(f"method '{self.method}' is not one of {', '.join(METHODS)}")
+        check_name(self.method, METHODS, "method")
         if self.method not in SWEEP_METHODS:
             raise LwmmError(
                 f"method '{self.method}' has a schedule of its own, on which s and alpha have "
@@ -93,13 +94,10 @@ class Cell:
         if self.base is not None:
             object.__setattr__(self, "base", str(self.base))
         if self.fisher is not None:
-            object.__setattr__(self, "fisher", tuple(str(f) for f in self.fisher))
+            object.__setattr__(self, "fisher", tuple(path_list(self.fisher, "fisher")))
         check_count("images", self.images)
         check_image_size(self.resolution)
-        if not self.domains:
-            raise LwmmError("a sweep cell needs at least one domain to score on")
-        for domain in self.domains:
-            check_domain(domain)
+        object.__setattr__(self, "domains", tuple(check_names(self.domains, DOMAINS, "domain")))
 
     def config(self) -> MergeConfig:
         """The merge this cell makes."""
@@ -166,12 +164,13 @@ class Sweep:
     #: merge as another, are not scored again.
     scored: int = 0
 
-    def of(self, domains: Sequence[str], anchor: int | None = None) -> list[dict[str, Any]]:
+    def of(self, domains: Sequence[str] | str, anchor: int | None = None) -> list[dict[str, Any]]:
         """The results of one anchor (by default the first merged into), for a figure of
-        ``domains``. A domain the sweep did not score, or an anchor it did not merge into, is
-        refused by name (a KeyError and an IndexError inside the figure before)."""
+        ``domains`` (a list of names, or one). A domain the sweep did not score, or an anchor
+        it did not merge into, is refused by name (a KeyError and an IndexError inside the
+        figure before)."""
         scored = list(self.results[0]["miou"]) if self.results else []
-        for domain in domains:
+        for domain in [domains] if isinstance(domains, str) else domains:
             if domain not in scored:
                 raise LwmmError(
                     f"domain '{domain}' was not scored by this sweep (it scored "
@@ -205,6 +204,8 @@ def grid(
         raise unknown_name(min(unknown), sorted(_CELL_SETTINGS), "a sweep cell setting", "settings")
     paths = tuple(path_list(checkpoints))
     starts, alphas = check_numbers("starts", starts), check_numbers("alphas", alphas)
+    if isinstance(anchors, str) or not isinstance(anchors, Iterable):
+        raise LwmmError(f"anchors={anchors!r}: give a list of indices into the checkpoints")
     return [
         Cell(paths, anchor=a, start_frac=float(s), alpha=float(al), **cell)
         for a in anchors
@@ -216,8 +217,7 @@ def grid(
 def check_executor(executor: str, address: str | None = None) -> str:
     """``executor`` when it is one of :data:`EXECUTORS` and has what it needs (Dask: the
     scheduler's address); else an :class:`LwmmError` naming it, before any cell runs."""
-    if executor not in EXECUTORS:
-        raise LwmmError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
+    check_name(executor, EXECUTORS, "executor")
     if executor == "dask" and not address:
         raise LwmmError(
             "the dask executor needs the scheduler's address (e.g. tcp://127.0.0.1:8786)"

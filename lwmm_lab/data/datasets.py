@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import DOMAIN_CLASSES, DOMAINS, check_domain, generate
-from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_seed
+from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_name, check_seed
 
 #: Default number of images per split of a synthetic domain.
 DEFAULT_SIZES = {"train": 2000, "val": 100, "test": 100}
@@ -60,8 +60,7 @@ class SyntheticScenes(Dataset):
         instances: bool = False,
     ) -> None:
         check_domain(domain)
-        if split not in DEFAULT_SIZES:
-            raise LwmmError(f"split '{split}' is not one of {', '.join(DEFAULT_SIZES)}")
+        check_name(split, DEFAULT_SIZES, "split")
         self.domain, self.split, self.seed = domain, split, check_seed(seed)
         self.size = DEFAULT_SIZES[split] if size is None else check_count("images", size)
         self.resolution = check_image_size(resolution)

@@ -29,7 +29,14 @@ from lwmm_lab.data import labels as L
 from lwmm_lab.data import raster as R
 from lwmm_lab.data.layout import Draw, Layout, sample_layout
 from lwmm_lab.data.street import draw
-from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_seed, check_whole
+from lwmm_lab.errors import (
+    LwmmError,
+    check_count,
+    check_image_size,
+    check_name,
+    check_seed,
+    check_whole,
+)
 from lwmm_lab.files import atomic_path, output_path
 
 DOMAINS = ("synthetic", "synthetic-16", "real", "foggy", "night")
@@ -58,9 +65,7 @@ class Scene:
 
 def check_domain(domain: str) -> str:
     """``domain`` when it is one of :data:`DOMAINS`; else an :class:`LwmmError` naming it."""
-    if domain not in DOMAINS:
-        raise LwmmError(f"domain '{domain}' is not one of {', '.join(DOMAINS)}")
-    return domain
+    return check_name(domain, DOMAINS, "domain")
 
 
 def generate(
@@ -72,8 +77,7 @@ def generate(
 ) -> Scene:
     """The scene ``index`` of ``domain``'s ``split`` at ``size`` = (height, width)."""
     check_domain(domain)
-    if split not in SPLITS:
-        raise LwmmError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+    check_name(split, SPLITS, "split")
     if check_whole("index", index) < 0:  # numpy's seed sequences take no negative entropy
         raise LwmmError(f"index={index}: give 0 or a positive whole number")
     words = (check_seed(seed), SPLITS.index(split), int(index), _SCENE_STREAM[domain])

@@ -50,7 +50,7 @@ from lwmm_lab.engine.pool import (
 )
 from lwmm_lab.engine.routes import Routes, routes
 from lwmm_lab.engine.target import JoinedViews, joined_views
-from lwmm_lab.errors import LwmmError, check_finite, check_whole, unknown_name
+from lwmm_lab.errors import LwmmError, check_finite, check_name, check_whole, unknown_name
 from lwmm_lab.files import sha256
 
 
@@ -653,9 +653,7 @@ def _resolve_start(start: int | None, start_frac: float | None, n_depth: int) ->
 
 
 def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
-    if name not in registry:
-        raise LwmmError(f"{what} '{name}' is not one of {', '.join(registry)}")
-    return registry[name]
+    return registry[check_name(name, registry, what)]
 
 
 def _file_record(

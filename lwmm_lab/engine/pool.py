@@ -45,7 +45,7 @@ from lwmm_lab.engine.checkpoints import (
     state_dict_hint,
     unique_labels,
 )
-from lwmm_lab.errors import LwmmError, check_whole
+from lwmm_lab.errors import LwmmError, check_name, check_whole
 from lwmm_lab.files import same_file
 
 KINDS = ("shared", "anchor-only", "integer")
@@ -245,8 +245,7 @@ class Pool:
 
     def layout(self, anchor: int = 0, granularity: str = "tensor") -> Layout:
         """The anchor's entries, classified, with depth indices at ``granularity``."""
-        if granularity not in GRANULARITIES:
-            raise LwmmError(f"granularity '{granularity}' is not one of {', '.join(GRANULARITIES)}")
+        check_name(granularity, GRANULARITIES, "granularity")
         anchor = self.anchor_index(anchor)
         key = (anchor, granularity)
         if key not in self._layouts:

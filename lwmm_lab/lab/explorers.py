@@ -28,7 +28,7 @@ from lwmm_lab.analysis.sweeps import (
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.methods import METHODS
 from lwmm_lab.engine.pool import Pool, path_list, resolve_device
-from lwmm_lab.errors import LwmmError, check_count, check_whole
+from lwmm_lab.errors import LwmmError, check_count, check_name, check_whole
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options, panel_manifest
 from lwmm_lab.lab.panel import (
@@ -84,10 +84,7 @@ class DiscrepancyExplorer(Panel):
         runs = sorted({e["run"] for e in entries if e["run"] != "base"})
         options = checkpoint_options(self.manifest, paths)
         presets = list(PRESETS) if self.manifest else []
-        if scenario not in ("custom", *presets):
-            raise LwmmError(
-                f"scenario '{scenario}' is not one of {', '.join(['custom', *presets])}"
-            )
+        check_name(scenario, ["custom", *presets], "scenario")
         if run is not None and self.manifest and run not in runs:
             raise LwmmError(f"run '{run}' is not in this zoo (its runs: {', '.join(runs)})")
         check_family(family)

@@ -37,7 +37,7 @@ from lwmm_lab.engine.checkpoints import load_checkpoint, save_checkpoint
 from lwmm_lab.engine.model import load_weights
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import resolve_device
-from lwmm_lab.errors import LwmmError, check_count
+from lwmm_lab.errors import LwmmError, check_count, check_name, naming
 from lwmm_lab.files import atomic_path, atomic_write_text, output_folder
 from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, read_manifest
 from lwmm_lab.zoo.recipe import BASE, Run, ZooConfig, run_fingerprint
@@ -69,10 +69,8 @@ def build_zoo(
     workers = check_count("workers", workers)
     config = config or ZooConfig()
     for run in config.runs:
-        if run.strategy not in STRATEGIES:
-            raise LwmmError(
-                f"run '{run.name}': strategy '{run.strategy}' is not one of {', '.join(STRATEGIES)}"
-            )
+        with naming(f"run '{run.name}'"):
+            check_name(run.strategy, STRATEGIES, "strategy")
     out = Path(out) if out is not None else default_zoo_dir(config.quick, config.seed)
     _check_folder(out, config)
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lwmm_lab.data.domains import check_domain
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_name
 from lwmm_lab.files import data_dir
 from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 
@@ -91,15 +91,13 @@ def preset(
     ``heterogeneous``: the best final strategy of ``family`` (``strategies``, from one source
     model, or ``independent``) on ``domain`` against each other one (Fig. 2b).
     """
-    if name == "checkpoint":
+    if check_name(name, PRESETS, "preset") == "checkpoint":
         entries = sorted(select(manifest, run=run), key=lambda e: e["step"])
         if len(entries) < 2:
             raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
         return entries[0]["path"], [e["path"] for e in entries[1:]]
-    if name == "heterogeneous":
-        reference, *others = scenario_checkpoints(manifest, check_family(family), domain)
-        return reference, others
-    raise LwmmError(f"preset '{name}' is not one of {', '.join(PRESETS)}")
+    reference, *others = scenario_checkpoints(manifest, check_family(family), domain)
+    return reference, others
 
 
 def final(manifest: dict[str, Any], run: str) -> str:
@@ -122,8 +120,7 @@ def scenario_checkpoints(
     night; ``seeds``: MinEnt and its second seed; ``panoptic``: the panoptic model, then the
     16-class semantic model and the independent 19-class MinEnt (Table 6's cross-task merge).
     """
-    if name not in SCENARIOS:
-        raise LwmmError(f"scenario '{name}' is not one of {', '.join(SCENARIOS)}")
+    check_name(name, SCENARIOS, "scenario")
     check_domain(target)
     if name in FAMILIES:
         finals = select(manifest, scenario=name, fraction=1.0)
@@ -150,9 +147,7 @@ def family_run(family: str, strategy: str) -> str:
 
 def check_family(name: str) -> str:
     """``name`` when it is one of :data:`FAMILIES`; else an :class:`LwmmError` naming it."""
-    if name not in FAMILIES:
-        raise LwmmError(f"family '{name}' is not one of {', '.join(FAMILIES)}")
-    return name
+    return check_name(name, FAMILIES, "family")
 
 
 def base_checkpoint(manifest: dict[str, Any]) -> str:

@@ -46,6 +46,7 @@ from lwmm_lab.errors import (
     check_count,
     check_finite,
     check_image_size,
+    check_name,
     check_seed,
     naming,
 )
@@ -106,10 +107,8 @@ class Run:
         with naming(f"run '{self.name}'"):
             for domain in (self.source, *self.targets):
                 check_domain(domain)
-            if self.classes not in L.CLASS_SETS:
-                raise LwmmError(f"classes '{self.classes}' is not one of {', '.join(L.CLASS_SETS)}")
-            if self.init not in INITS:
-                raise LwmmError(f"init '{self.init}' is not one of {', '.join(INITS)}")
+            check_name(self.classes, L.CLASS_SETS, "classes")
+            check_name(self.init, INITS, "init")
             if check_finite("steps_factor", self.steps_factor) <= 0:
                 raise LwmmError(f"steps_factor={self.steps_factor}: give a number > 0")
             if not self.fractions or not all(

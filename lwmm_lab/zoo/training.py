@@ -38,7 +38,7 @@ from lwmm_lab.analysis.evaluation import normalize
 from lwmm_lab.analysis.panoptic import panoptic_loss
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_name
 
 #: Target-term weights for our short schedules, and the originals' for reference.
 DEFAULT_WEIGHTS = {
@@ -404,8 +404,7 @@ def train(
     step with ``resume=state``. ``position`` is the row of the progress bar (runs training
     side by side each have their own).
     """
-    if strategy not in STRATEGIES:
-        raise LwmmError(f"strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+    check_name(strategy, STRATEGIES, "strategy")
     device = next(model.parameters()).device
     unit = STRATEGIES[strategy](model, config, classes)
     if unit.uses_target and target is None:
