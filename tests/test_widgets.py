@@ -14,6 +14,7 @@ import torch
 from lwmm_lab import load_checkpoint
 from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
+from lwmm_lab.analysis.sweeps import grid, run_sweep
 from lwmm_lab.cli import main
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import merge_command
@@ -413,6 +414,29 @@ def test_sweep_explorer_loads_a_cell_into_the_lab(lab: MergeLab, quick_zoo: Path
     assert lab.scores["merged"].miou == pytest.approx(best["miou"]["real"], abs=1e-6), (
         "the lab shows the merge the cell scored"
     )
+
+
+def test_the_sweep_explorer_shows_the_domains_a_loaded_sweep_scored(
+    quick_zoo: Path, tmp_path: Path
+) -> None:
+    """A sweep scored on foggy and night showed "domain 'real' was not scored" and nothing
+    else (the buttons offered only real and synthetic); something else than a sweep was an
+    AttributeError in the error box."""
+    two = [final(load_manifest(quick_zoo), run) for run in ("minent", "advent")]
+    cells = grid(two, starts=[0, 1], alphas=[0.5], domains=["foggy", "night"], images=2)
+    foggy = run_sweep(cells, cache=tmp_path, progress=False)
+    explorer = SweepExplorer(checkpoints=two, steps=2, images=2, background=False)
+    explorer.load(foggy)
+    assert explorer.domain.options == ("foggy", "night") and not explorer.error.value
+    assert "best foggy mIoU" in explorer.status.value
+    explorer.domain.value = "night"
+    assert "best night mIoU" in explorer.status.value
+    explorer.run_button.click()
+    assert explorer.domain.options == ("real", "synthetic") and explorer.sweep is not foggy
+    assert "best real mIoU" in explorer.status.value, "its own run scores real and synthetic"
+    for bad, says in ((foggy.to_json(), "a dict is not a Sweep"), (grid, "a function is")):
+        with pytest.raises(LwmmError, match=f"^sweep: {says}"):
+            explorer.load(bad)
 
 
 def test_the_sweep_explorer_sweeps_the_merge_the_lab_shows(lab: MergeLab) -> None:

@@ -260,7 +260,7 @@ class SweepExplorer(Panel):
         self._run_asked = False  # the run button was pressed and the sweep has not started
         self.figure = go.FigureWidget()
         self.run_button.on_click(self._ask_run)
-        self.domain.observe(lambda _: self.submit(self._sync), names="value")
+        self.domain.observe(self._domain_moved, names="value")
         header = W.HBox([self.run_button, self.progress, self.domain])
         self.widget = W.VBox([header, self.status, self.error, self.figure])
 
@@ -292,6 +292,9 @@ class SweepExplorer(Panel):
         self._run_asked = True
         self.submit(self._sync)
 
+    def _domain_moved(self, _: Any) -> None:
+        self.submit(self._sync)
+
     def _sync(self) -> None:
         """The one job of every change: the sweep run when asked for, then drawn for the
         domain shown (a domain switched while a run waits does not drop the run)."""
@@ -316,13 +319,32 @@ class SweepExplorer(Panel):
         self.progress.value = len(cells)
 
     def load(self, sweep: Sweep) -> None:
-        """Show an already computed sweep."""
+        """Show an already computed sweep; the domain buttons become the domains it scored
+        (a run here scores real and synthetic, a sweep made elsewhere may score others)."""
+        if not isinstance(sweep, Sweep):
+            raise LwmmError(f"sweep: a {type(sweep).__name__} is not a Sweep (run_sweep's result)")
+        if not sweep.results:
+            raise LwmmError("sweep: it has no results to show")
         self.sweep = sweep
         self.submit(self._sync)
+
+    def _offer_domains(self, sweep: Sweep) -> None:
+        """The domain buttons as the domains ``sweep`` scored, the one shown kept where it
+        can be, without a redraw of their own (the caller draws)."""
+        scored = list(sweep.results[0]["miou"])
+        if list(self.domain.options) == scored:
+            return
+        shown = self.domain.value if self.domain.value in scored else scored[0]
+        self.domain.unobserve(self._domain_moved, names="value")
+        try:
+            self.domain.options, self.domain.value = scored, shown
+        finally:
+            self.domain.observe(self._domain_moved, names="value")
 
     def _draw(self) -> None:
         if self.sweep is None:
             return
+        self._offer_domains(self.sweep)
         domain = self.domain.value
         sync_figure(self.figure, sweep_heatmap(self.sweep, domain))
         self.figure.data[0].on_click(self._clicked)
