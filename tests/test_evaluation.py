@@ -26,7 +26,7 @@ from lwmm_lab.analysis.evaluation import (
 from lwmm_lab.data import labels as L
 from lwmm_lab.zoo.fisher import estimate_fisher
 
-from .conftest import TINY
+from .conftest import TINY, perturbed_model
 
 ALL = L.CLASS_SETS["cityscapes-19"]
 
@@ -111,6 +111,40 @@ def test_tensor_datasets_are_scored_in_place_like_any_dataset() -> None:
     loaded = evaluate(model, torch.utils.data.Subset(data, range(10)), batch_size=4)
     assert sliced.images == loaded.images == 10
     assert (sliced.miou, sliced.per_class_iou) == (loaded.miou, loaded.per_class_iou), "same counts"
+
+
+def test_scoring_a_model_in_training_leaves_it_as_it_was() -> None:
+    """In training mode BatchNorm normalises by the batch and updates its running statistics:
+    ``predict`` changed 132 buffers of a zoo model (and 9% of its predictions), ``evaluate``
+    and ``estimate_fisher`` left a model mid-training in eval mode. Every score is the eval
+    mode's, and the model comes back as it went in, each module in its own mode."""
+    spec = ModelSpec("Unet", "tu-resnet10t", 19, {"encoder_depth": 2, "decoder_channels": [8, 8]})
+    model = perturbed_model(spec, 0)
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(4, 3, 32, 64, generator=g)
+    labels = torch.randint(0, 19, (4, 32, 64), generator=g)
+    data = TensorDataset(images, labels)
+
+    def scores() -> tuple:  # in this order: estimate_fisher put the model in eval mode
+        pred = predict(model, images)
+        return (
+            pred,
+            evaluate(model, data).miou,
+            estimate_fisher(model, data, 2),
+            BatchScorer(images, labels, (4,))(model),
+        )
+
+    expected = scores()
+    model.train()
+    next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).eval()  # frozen
+    modes = {name: m.training for name, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pred, miou, fisher, (scored, counts) = scores()
+    assert torch.equal(pred, expected[0]) and miou == expected[1]
+    assert all(torch.allclose(fisher[k], expected[2][k]) for k in fisher)
+    assert torch.equal(scored, expected[3][0]) and torch.equal(counts, expected[3][1])
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "BN stats kept"
+    assert {name: m.training for name, m in model.named_modules()} == modes
 
 
 def test_labels_that_are_not_train_ids_are_refused_by_value() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwmm_lab.analysis.evaluation import evaluate, forward, normalize, val_set
+from lwmm_lab.analysis.evaluation import eval_mode, evaluate, forward, normalize, val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
 from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.data.domains import DOMAINS
@@ -234,7 +234,7 @@ def _row(name: str, kind: str, models: list[nn.Module], data: Any, domain: str) 
 def inference_ms(models: Sequence[nn.Module], images: torch.Tensor, repeats: int = 3) -> float:
     """Median milliseconds per image of running every model (the ensemble's cost)."""
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(models):
         x = normalize(images)
         for m in models:
             forward(m, x)  # warm up

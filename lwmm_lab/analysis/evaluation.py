@@ -17,6 +17,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -99,10 +100,27 @@ def top_class(scores: Tensor) -> Tensor:
     return scores.max(1).indices
 
 
+@contextmanager
+def eval_mode(models: nn.Module | Sequence[nn.Module]) -> Iterator[None]:
+    """The models in eval mode for the block, each module back in its own mode after. In
+    training mode BatchNorm normalises by the batch and updates its running statistics: a
+    model scored mid-training was changed by the scoring, and left in eval mode after it."""
+    models = [models] if isinstance(models, nn.Module) else models
+    training = [m for model in models for m in model.modules() if m.training]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
 def predict(models: nn.Module | Sequence[nn.Module], images: Tensor) -> Tensor:
-    """trainId predictions (N, H, W) of a model, or of the ensemble of several."""
+    """trainId predictions (N, H, W) of a model, or of the ensemble of several (in eval
+    mode, see :func:`eval_mode`)."""
     models = [models] if isinstance(models, nn.Module) else list(models)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(models):
         if len(models) == 1:
             return _classify(models[0], normalize(images))
         return top_class(class_probabilities(models, images))
@@ -147,7 +165,10 @@ class BatchScorer:
 
     def __call__(self, model: nn.Module) -> tuple[Tensor, Tensor]:
         """The model's predictions (N, H, W) and each part's confusion (parts, 19, 19)."""
-        if not self.graphs or model.training:
+        if model.training:
+            with eval_mode(model):
+                return self._score(model)
+        if not self.graphs:
             return self._score(model)
         seen = self._seen.pop(id(model), None)
         if seen is None or seen.model() is not model or seen.memory != _memory(seen.modules):
@@ -317,15 +338,15 @@ def evaluate(
     if device.type == "cpu":
         keep_freed_memory()
     classes = tuple(sorted(set().union(*(model_classes(m) for m in models))))
-    for m in models:
-        m.eval()
     conf = torch.zeros(len(L.CLASSES), len(L.CLASSES), dtype=torch.int64, device=device)
     started, count = time.perf_counter(), 0
     domain = domain or getattr(dataset, "domain", "")
-    for images, labels, *_ in batches(dataset, batch_size, f"eval {domain}" if progress else None):
-        images, labels = images.to(device), labels.to(device)
-        conf += confusion(predict(models, images), labels, classes)
-        count += images.shape[0]
+    bar = f"eval {domain}" if progress else None
+    with eval_mode(models):
+        for images, labels, *_ in batches(dataset, batch_size, bar):
+            images, labels = images.to(device), labels.to(device)
+            conf += confusion(predict(models, images), labels, classes)
+            count += images.shape[0]
     scores = scores_from_confusion(conf, classes, domain, count)
     scores.seconds = time.perf_counter() - started
     scores.models = len(models)

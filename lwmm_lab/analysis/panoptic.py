@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from lwmm_lab.analysis.evaluation import (
     batches,
     confusion,
+    eval_mode,
     forward,
     int_constant,
     model_classes,
@@ -176,7 +177,7 @@ def _predict(
     require_panoptic(model)
     config = config or PanopticConfig()
     classes = model_classes(model)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         logits, center, offset = forward(model, normalize(images), model.forward_panoptic)
     semantic = int_constant(classes, images.device)[top_class(logits)]
     out = [

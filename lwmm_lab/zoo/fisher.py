@@ -24,6 +24,7 @@ from lwmm_lab.analysis.evaluation import (
     check_batch,
     check_dataset,
     check_sample,
+    eval_mode,
     forward,
     model_classes,
     normalize,
@@ -34,7 +35,8 @@ from lwmm_lab.errors import check_count
 
 
 def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dict[str, Tensor]:
-    """The mean squared per-image gradient of each parameter, over ``images`` images."""
+    """The mean squared per-image gradient of each parameter, over ``images`` images, in eval
+    mode (see :func:`~lwmm_lab.analysis.evaluation.eval_mode`)."""
     images = check_count("images", images)
     source = check_dataset(dataset)
     device = next(model.parameters()).device
@@ -42,21 +44,21 @@ def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dic
     params = dict(model.named_parameters())
     fisher = {name: torch.zeros_like(p) for name, p in params.items()}
     count = min(images, len(dataset))
-    model.eval()
-    for i in tqdm(range(count), desc="fisher", leave=False, unit="image"):
-        sample = dataset[i]
-        check_sample(sample, source)
-        x, y = sample[:2]
-        check_batch(x[None], y[None], source)
-        logits = forward(model, normalize(x[None].to(device)))
-        target = to_index[y[None].to(device)]
-        if not bool((target != L.IGNORE).any()):
-            continue
-        loss = F.cross_entropy(logits, target, ignore_index=L.IGNORE)
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for (name, _), g in zip(params.items(), grads, strict=True):
-            if g is not None:
-                fisher[name] += g.detach().square()
+    with eval_mode(model):
+        for i in tqdm(range(count), desc="fisher", leave=False, unit="image"):
+            sample = dataset[i]
+            check_sample(sample, source)
+            x, y = sample[:2]
+            check_batch(x[None], y[None], source)
+            logits = forward(model, normalize(x[None].to(device)))
+            target = to_index[y[None].to(device)]
+            if not bool((target != L.IGNORE).any()):
+                continue
+            loss = F.cross_entropy(logits, target, ignore_index=L.IGNORE)
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for (name, _), g in zip(params.items(), grads, strict=True):
+                if g is not None:
+                    fisher[name] += g.detach().square()
     return {name: f / max(count, 1) for name, f in fisher.items()}
 
 
