@@ -37,11 +37,15 @@ def output_folder(path: str | os.PathLike, what: str) -> Path:
 
 
 def refuse_overwrite(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...]) -> None:
-    """Raise :class:`LwmmError` when ``path`` is one of the input files ``protect``: checked by
-    every write, and by commands up front, before minutes of work that could not be saved."""
+    """Raise :class:`LwmmError` when ``path`` is one of the input files ``protect``, or a file
+    of an input folder (an smp ``save_pretrained`` checkpoint's weights): checked by every
+    write, and by commands up front, before minutes of work that could not be saved."""
     for p in protect:
         if same_file(path, p):
             raise LwmmError(f"{path}: output is one of the inputs; refusing to overwrite it")
+        inside = Path(path).resolve().is_relative_to(Path(p).resolve())
+        if inside and Path(p).is_dir() and Path(path).exists():
+            raise LwmmError(f"{path}: output is a file of the input {p}; refusing to overwrite it")
 
 
 @contextlib.contextmanager

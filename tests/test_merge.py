@@ -365,6 +365,14 @@ def test_saved_merge_records_provenance_and_rebuilds_the_same_model(
     with pytest.raises(LwmmError, match="output is one of the inputs"):
         save_merge(pool, paths[0])
     assert paths[0].read_bytes() == before
+    folder = tmp_path / "smp"  # an smp save_pretrained input: its weights were overwritten
+    load_model(paths[0], device="cpu").save_pretrained(folder)
+    weights = (folder / "model.safetensors").read_bytes()
+    pool = Pool([folder, paths[1]], device="cpu")
+    with pytest.raises(LwmmError, match=r"model\.safetensors: output is a file of the input "):
+        save_merge(pool, folder / "model.safetensors")
+    assert (folder / "model.safetensors").read_bytes() == weights
+    assert save_merge(pool, folder / "merged.safetensors").is_file(), "a new file beside it"
 
 
 def test_a_merge_is_stacked_in_the_widest_float_and_written_in_the_anchors_dtypes(
