@@ -8,6 +8,9 @@ and the tests use them. Each is written in the exact layout of the real thing:
 - :func:`daformer_checkpoint`: an mmseg/DAFormer ``.pth`` with ``meta``, ``state_dict``
   (``model.`` / ``ema_model.`` / ``imnet_model.`` prefixes) and ``optimizer``;
 - :func:`smp_directory`: what smp's ``save_pretrained`` writes (config.json, model.safetensors).
+
+Each is written only where nothing is yet (a missing path or an empty folder): a stand-in
+never replaces the user's files.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import generate
 from lwmm_lab.engine.checkpoints import load_checkpoint
 from lwmm_lab.engine.model import load_model
+from lwmm_lab.errors import LwmmError
+from lwmm_lab.files import atomic_path
 
 _CITYSCAPES_IDS = np.array(
     [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
@@ -37,7 +42,7 @@ def cityscapes_folder(
     seed: int = 0,
 ) -> Path:
     """A Cityscapes-layout folder of ``real`` scenes (two cities), labels as label ids."""
-    root = Path(root)
+    root = _nothing_at(root)
     to_ids = np.zeros(256, dtype=np.uint8)  # trainId -> Cityscapes label id; ignore -> 0
     to_ids[: len(_CITYSCAPES_IDS)] = _CITYSCAPES_IDS
     for i in range(images):
@@ -61,7 +66,7 @@ def daformer_checkpoint(
     path: str | os.PathLike, student: str | os.PathLike, teacher: str | os.PathLike | None = None
 ) -> Path:
     """An mmseg/DAFormer-style ``.pth``: ``model.`` (student), ``ema_model.``, ``imnet_model.``."""
-    path = Path(path)
+    path = _nothing_at(path)
     subs = {"model": student, "ema_model": teacher or student, "imnet_model": student}
     state = {}
     for prefix, source in subs.items():
@@ -69,13 +74,22 @@ def daformer_checkpoint(
             state[f"{prefix}.{name}"] = tensor.clone()
     meta = {"iter": 40000, "mmseg_version": "0.16.0", "CLASSES": L.CLASSES}
     optimizer = {"state": {}, "param_groups": [{"lr": 6e-05, "weight_decay": 0.01}]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"meta": meta, "state_dict": state, "optimizer": optimizer}, path)
+    with atomic_path(path) as tmp:
+        torch.save({"meta": meta, "state_dict": state, "optimizer": optimizer}, tmp)
     return path
 
 
 def smp_directory(path: str | os.PathLike, checkpoint: str | os.PathLike) -> Path:
     """The checkpoint's model written by smp's ``save_pretrained`` into a directory."""
-    model = load_model(checkpoint, "cpu")
-    model.save_pretrained(str(path))
-    return Path(path)
+    path = _nothing_at(path)
+    load_model(checkpoint, "cpu").save_pretrained(str(path))
+    return path
+
+
+def _nothing_at(path: str | os.PathLike) -> Path:
+    """``path`` when nothing is there yet (or an empty folder); else an :class:`LwmmError`
+    naming it, before a stand-in is written over what is there."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise LwmmError(f"{path}: already exists; a stand-in is written only where nothing is")
+    return path

@@ -26,6 +26,7 @@ from lwmm_lab import (
 )
 from lwmm_lab.engine.checkpoints import DEFAULT_RESOLUTION, peek_checkpoint
 from lwmm_lab.files import atomic_path
+from lwmm_lab.fixtures import cityscapes_folder, daformer_checkpoint, smp_directory
 
 from .conftest import TINY, Payload, perturbed_model
 
@@ -274,6 +275,29 @@ def test_writes_are_atomic_and_protect_inputs(tmp_path: Path) -> None:
     with pytest.raises(LwmmError, match="output is one of the inputs"):
         save_checkpoint(tmp_path / "." / "m.safetensors", {"a": torch.zeros(3)}, protect=(target,))
     assert target.read_bytes() == before
+
+
+def test_the_stand_ins_never_replace_what_is_there(tmp_path: Path) -> None:
+    """07_bring_your_own's stand-ins wrote over a file, or into a folder, given by mistake."""
+    source = save_checkpoint(
+        tmp_path / "m.safetensors", perturbed_model(TINY, 0).state_dict(), TINY
+    )
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (tmp_path / "mine.pth").write_text("mine")
+    for write in (
+        lambda: daformer_checkpoint(tmp_path / "mine.pth", source),
+        lambda: smp_directory(mine, source),
+        lambda: cityscapes_folder(mine, images=1, size=(8, 16)),
+    ):
+        with pytest.raises(LwmmError, match=r"mine(\.pth)?: already exists; a stand-in is written"):
+            write()
+    assert (tmp_path / "mine.pth").read_text() == "mine" and os.listdir(mine) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert (smp_directory(tmp_path / "empty", source) / "model.safetensors").is_file()
+    student = load_checkpoint(daformer_checkpoint(tmp_path / "new" / "d.pth", source))
+    assert set(student.tensors) == set(load_checkpoint(source).tensors), "the model. student"
 
 
 def _umask() -> int:
