@@ -417,20 +417,29 @@ def test_sweep_explorer_loads_a_cell_into_the_lab(lab: MergeLab, quick_zoo: Path
 
 
 def test_the_sweep_explorer_shows_the_domains_a_loaded_sweep_scored(
-    quick_zoo: Path, tmp_path: Path
+    lab: MergeLab, quick_zoo: Path, tmp_path: Path
 ) -> None:
     """A sweep scored on foggy and night showed "domain 'real' was not scored" and nothing
     else (the buttons offered only real and synthetic); something else than a sweep was an
-    AttributeError in the error box."""
+    AttributeError in the error box. With two anchors, the best cell named and the merge a
+    click loads are the heat map's anchor's (they were the whole sweep's, and the first
+    cell's anchor)."""
     two = [final(load_manifest(quick_zoo), run) for run in ("minent", "advent")]
-    cells = grid(two, starts=[0, 1], alphas=[0.5], domains=["foggy", "night"], images=2)
+    cells = grid(
+        two, starts=[0, 1], alphas=[0.5], anchors=[1, 0], domains=["foggy", "night"], images=2
+    )
     foggy = run_sweep(cells, cache=tmp_path, progress=False)
-    explorer = SweepExplorer(checkpoints=two, steps=2, images=2, background=False)
+    explorer = SweepExplorer(lab, checkpoints=two, steps=2, images=2, background=False)
     explorer.load(foggy)
     assert explorer.domain.options == ("foggy", "night") and not explorer.error.value
-    assert "best foggy mIoU" in explorer.status.value
     explorer.domain.value = "night"
-    assert "best night mIoU" in explorer.status.value
+    shown = [r for r in foggy.results if r["anchor"] == 0]  # the heat map's: the first anchor
+    best = max(shown, key=lambda r: r["miou"]["night"])
+    assert f"best night mIoU {best['miou']['night']:.2f} at s = {best['start']}," in (
+        explorer.status.value
+    )
+    explorer.pick(best["start"], best["alpha"])
+    assert lab._anchor_path == two[0] and lab.start.value == best["start"]
     explorer.run_button.click()
     assert explorer.domain.options == ("real", "synthetic") and explorer.sweep is not foggy
     assert "best real mIoU" in explorer.status.value, "its own run scores real and synthetic"

@@ -348,7 +348,7 @@ class SweepExplorer(Panel):
         domain = self.domain.value
         sync_figure(self.figure, sweep_heatmap(self.sweep, domain))
         self.figure.data[0].on_click(self._clicked)
-        best = max(self.sweep.results, key=lambda r: r["miou"][domain])
+        best = max(self.sweep.of(domain), key=lambda r: r["miou"][domain])  # the anchor shown
         self.status.value = (
             f"best {domain} mIoU {best['miou'][domain]:.2f} at s = {best['start']}, "
             f"alpha = {best['alpha']:.2f}; click a cell to load that merge into the MergeLab"
@@ -363,7 +363,11 @@ class SweepExplorer(Panel):
         method under the layer-wise schedule and BN rule too."""
         if self.merge_lab is None or self.sweep is None:
             return
-        cell = self.sweep.cells[0]
+        shown = self.sweep.of(self.domain.value)[0]["anchor"]  # the heat map's anchor
+        sweep = self.sweep
+        cell = next(
+            c for c, r in zip(sweep.cells, sweep.results, strict=True) if r["anchor"] == shown
+        )
         self.merge_lab.load(
             cell.checkpoints, cell.checkpoints[cell.anchor], method=cell.method,
             schedule="layerwise", bn=cell.bn, granularity="tensor", align=cell.align,
