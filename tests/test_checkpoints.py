@@ -7,6 +7,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -321,6 +322,25 @@ def test_spec_metadata_errors_are_one_line(tmp_path: Path) -> None:
             load_checkpoint(tmp_path / "m.safetensors")
     save_file(two, tmp_path / "m.safetensors", metadata={"lwmm.order": '["b", "a"]'})
     assert list(load_checkpoint(tmp_path / "m.safetensors").tensors) == ["b", "a"]
+    spec = '{"arch": "Unet", "encoder": "tu-resnet10t", "classes": 0}'  # built, predicted nothing
+    save_file(two, tmp_path / "z.safetensors", metadata={"lwmm.spec": spec})
+    with pytest.raises(LwmmError, match=r"z\.safetensors: model spec: classes=0: give at least 1"):
+        load_checkpoint(tmp_path / "z.safetensors")
+
+
+def test_a_model_spec_describes_a_model_or_is_refused_by_field() -> None:
+    """A class count of "5" failed in smp's string formatting, kwargs of None in dict.update,
+    kwargs that are not JSON data only when the spec was written into a file."""
+    assert ModelSpec("Unet", "tu-resnet10t", np.int64(5)).classes == 5
+    for make, says in (
+        (lambda: ModelSpec("Unet", "tu-resnet10t", "5"), r"classes='5' is not a whole number"),
+        (lambda: ModelSpec("Unet", "tu-resnet10t", 0), "classes=0: give at least 1"),
+        (lambda: ModelSpec("Unet", None, 5), "encoder=None is not a name"),
+        (lambda: ModelSpec("Unet", "tu-resnet10t", 5, None), "kwargs=None: give a dict"),
+        (lambda: ModelSpec("Unet", "tu-resnet10t", 5, {"x": object()}), "kwargs: not JSON data"),
+    ):
+        with pytest.raises(LwmmError, match=f"^model spec: {says}"):
+            make()
 
 
 def test_provenance_records_are_read_or_refused_naming_the_file(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_count, naming
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +38,25 @@ class ModelSpec:
     encoder: str
     classes: int
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse what describes no model, by name: a class count of ``"5"`` failed inside
+        smp's string formatting, 0 classes built a model that predicts nothing, kwargs of
+        None failed in ``dict.update`` and ones that are not JSON data when the spec was
+        written into a file."""
+        with naming("model spec"):
+            for name in ("arch", "encoder"):
+                if not isinstance(getattr(self, name), str):
+                    raise LwmmError(f"{name}={getattr(self, name)!r} is not a name")
+            object.__setattr__(self, "classes", check_count("classes", self.classes))
+            if not isinstance(self.kwargs, dict):
+                raise LwmmError(f"kwargs={self.kwargs!r}: give a dict of smp arguments")
+            try:
+                json.dumps(self.kwargs)
+            except (TypeError, ValueError) as e:
+                raise LwmmError(
+                    f"kwargs: not JSON data, which a file's metadata holds ({e})"
+                ) from None
 
     def build(self, device: str | torch.device | None = None, *, init: bool = True) -> nn.Module:
         """A freshly initialised model of this spec, in eval mode, in ``channels_last`` layout.
@@ -82,7 +101,8 @@ class ModelSpec:
         """Parse :meth:`to_json` output; ``source`` names the file in the error message."""
         try:
             d = json.loads(text)
-            return cls(d["arch"], d["encoder"], int(d["classes"]), dict(d.get("kwargs") or {}))
+            with naming(source):
+                return cls(d["arch"], d["encoder"], int(d["classes"]), dict(d.get("kwargs") or {}))
         except (ValueError, KeyError, TypeError) as e:
             raise LwmmError(f"{source}: malformed model spec in metadata ({e})") from None
 
@@ -93,7 +113,8 @@ class ModelSpec:
         if missing:
             raise LwmmError(f"{source}: not an smp config (missing {', '.join(missing)})")
         kwargs = {k: v for k, v in config.items() if k not in _SMP_CONFIG_KEYS}
-        return cls(config["_model_class"], config["encoder_name"], int(config["classes"]), kwargs)
+        with naming(source):
+            return cls(config["_model_class"], config["encoder_name"], config["classes"], kwargs)
 
 
 @lru_cache(maxsize=32)
