@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import Subset, TensorDataset
 
-from lwmm_lab import LwmmError, ModelSpec
+from lwmm_lab import Checkpoint, LwmmError, ModelSpec
 from lwmm_lab.analysis.evaluation import (
     BatchScorer,
     class_probabilities,
@@ -23,6 +23,7 @@ from lwmm_lab.analysis.evaluation import (
     scores_from_confusion,
     top_class,
 )
+from lwmm_lab.analysis.qualitative import examples
 from lwmm_lab.data import labels as L
 from lwmm_lab.zoo.fisher import estimate_fisher
 
@@ -145,6 +146,25 @@ def test_scoring_a_model_in_training_leaves_it_as_it_was() -> None:
     assert torch.equal(scored, expected[3][0]) and torch.equal(counts, expected[3][1])
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "BN stats kept"
     assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_a_checkpoint_where_a_model_goes_is_refused_saying_how_to_load_one(tmp_path) -> None:
+    """A path, a Checkpoint or a state dict given to evaluate, predict, estimate_fisher or
+    examples failed on ``.parameters`` or ``.modules`` (an AttributeError, a TypeError)."""
+    model = perturbed_model(TINY, 0)
+    data = TensorDataset(torch.rand(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long))
+    state = model.state_dict()
+    for bad in ("m.safetensors", tmp_path, Checkpoint(state, spec=TINY), state, [model, "m"]):
+        for call, args in (
+            (evaluate, (bad, data)),
+            (predict, (bad, data.tensors[0])),
+            (estimate_fisher, (bad, data, 1)),
+            (examples, (model, bad, data, [0])),
+        ):
+            with pytest.raises(LwmmError, match=r"^a \w+ is given where a model \(an nn\.Module"):
+                call(*args)
+    with pytest.raises(LwmmError, match=r"^no model given"):
+        evaluate([], data)
 
 
 def test_labels_that_are_not_train_ids_are_refused_by_value() -> None:

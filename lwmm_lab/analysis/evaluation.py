@@ -100,12 +100,31 @@ def top_class(scores: Tensor) -> Tensor:
     return scores.max(1).indices
 
 
+def model_list(models: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    """A model, or several (an ensemble), as a list of modules; a path, a checkpoint or a
+    state dict where a model goes is refused in one line that says how to load one (an
+    AttributeError on ``parameters`` before), as is an empty list."""
+    listed = [models] if isinstance(models, nn.Module) else models
+    if isinstance(listed, str | os.PathLike | dict) or not isinstance(listed, Iterable):
+        listed = [listed]
+    listed = list(listed)
+    for m in listed:
+        if not isinstance(m, nn.Module):
+            raise LwmmError(
+                f"a {type(m).__name__} is given where a model (an nn.Module) goes; "
+                "load_model(checkpoint) builds one from a file or a Checkpoint"
+            )
+    if not listed:
+        raise LwmmError("no model given")
+    return listed
+
+
 @contextmanager
 def eval_mode(models: nn.Module | Sequence[nn.Module]) -> Iterator[None]:
     """The models in eval mode for the block, each module back in its own mode after. In
     training mode BatchNorm normalises by the batch and updates its running statistics: a
     model scored mid-training was changed by the scoring, and left in eval mode after it."""
-    models = [models] if isinstance(models, nn.Module) else models
+    models = model_list(models)
     training = [m for model in models for m in model.modules() if m.training]
     for model in models:
         model.eval()
@@ -119,7 +138,7 @@ def eval_mode(models: nn.Module | Sequence[nn.Module]) -> Iterator[None]:
 def predict(models: nn.Module | Sequence[nn.Module], images: Tensor) -> Tensor:
     """trainId predictions (N, H, W) of a model, or of the ensemble of several (in eval
     mode, see :func:`eval_mode`)."""
-    models = [models] if isinstance(models, nn.Module) else list(models)
+    models = model_list(models)
     with torch.no_grad(), eval_mode(models):
         if len(models) == 1:
             return _classify(models[0], normalize(images))
@@ -333,7 +352,7 @@ def evaluate(
     the freed batches' memory is kept for the next (:func:`~lwmm_lab.heap.keep_freed_memory`).
     ``progress`` shows a bar over the images when the pass takes more than a second.
     """
-    models = [models] if isinstance(models, nn.Module) else list(models)
+    models = model_list(models)
     device = torch.device(device) if device else next(models[0].parameters()).device
     if device.type == "cpu":
         keep_freed_memory()

@@ -27,6 +27,7 @@ from lwmm_lab.analysis.evaluation import (
     eval_mode,
     forward,
     model_classes,
+    model_list,
     normalize,
 )
 from lwmm_lab.data import labels as L
@@ -38,6 +39,7 @@ def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dic
     """The mean squared per-image gradient of each parameter, over ``images`` images, in eval
     mode (see :func:`~lwmm_lab.analysis.evaluation.eval_mode`)."""
     images = check_count("images", images)
+    (model,) = model_list(model)  # a path or a checkpoint is refused, saying how to load one
     source = check_dataset(dataset)
     device = next(model.parameters()).device
     to_index = torch.from_numpy(L.to_model_index(model_classes(model)).astype(np.int64)).to(device)
