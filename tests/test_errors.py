@@ -11,8 +11,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lwmm_lab import Checkpoint, Pool
+from lwmm_lab import Checkpoint, Pool, make_plan, merge, merged_model, save_merge
 from lwmm_lab.analysis.comparison import compare
+from lwmm_lab.analysis.discrepancy import bn_divergence, discrepancy, task_vector_cosine
 from lwmm_lab.analysis.evaluation import evaluate_checkpoints
 from lwmm_lab.analysis.sweeps import grid
 from lwmm_lab.data.domains import generate
@@ -167,3 +168,20 @@ def test_a_content_hash_reads_a_folder_checkpoint_and_names_a_missing_file(tmp_p
     assert sha256(folder) != before, "a folder's hash follows its files' content"
     with pytest.raises(LwmmError, match=r"missing\.safetensors: cannot read it \(No such file"):
         sha256(tmp_path / "missing.safetensors")
+
+
+def test_files_where_a_pool_goes_are_refused_saying_how_to_make_one(tmp_path: Path) -> None:
+    """``merged_model(["a.pt", "b.pt"])`` and the analyses of a pool failed on a pool's field
+    (``'list' object has no attribute 'anchor_index'``)."""
+    files = [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    for call, args in (
+        (make_plan, (files,)),
+        (merge, (files,)),
+        (merged_model, (files,)),
+        (save_merge, (files, tmp_path / "m.safetensors")),
+        (discrepancy, (files,)),
+        (bn_divergence, (files,)),
+        (task_vector_cosine, (files,)),
+    ):
+        with pytest.raises(LwmmError, match=r"^a list is given where a Pool goes; Pool\(checkp"):
+            call(*args)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from lwmm_lab.engine.pool import Pool, is_bn_stat, module_of, unshared_note
+from lwmm_lab.engine.pool import Pool, check_pool, is_bn_stat, module_of, unshared_note
 from lwmm_lab.errors import LwmmError, check_count, check_finite, check_names
 
 KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
@@ -224,9 +224,9 @@ def task_vector_cosine(pool: Pool, reference: int | str | os.PathLike = 0) -> li
     Needs the pool's ``base`` (the zoo's shared pre-trained model). BN statistics are left out:
     they are not learned by gradient descent.
     """
+    reference = _reference(pool, reference)
     if pool.base is None:
         raise LwmmError("task vectors need the pool's base checkpoint (Pool(base=...), --base)")
-    reference = _reference(pool, reference)
     layout = pool.layout(reference)
     rows = []
     for e in layout.entries:
@@ -275,7 +275,7 @@ def suggest_start(
 def _reference(pool: Pool, reference: int | str | os.PathLike) -> int:
     """The reference's index (an index, label or path, as an anchor is given). A pool of one
     model is refused: it has nothing to compare, and its tables came out empty."""
-    if pool.n_models < 2:
+    if check_pool(pool).n_models < 2:
         raise LwmmError(
             "a comparison needs at least two checkpoints (a reference and another); the pool "
             f"holds {pool.n_models}"

@@ -42,6 +42,7 @@ from lwmm_lab.engine.pool import (
     Layout,
     Pool,
     as_row,
+    check_pool,
     first_names,
     is_bn_stat,
     module_of,
@@ -474,6 +475,7 @@ def make_plan(pool: Pool, config: MergeConfig | None = None, **changes: Any) -> 
     1..Np or not whole; weights of the wrong length; a density outside (0, 1] or a scale that
     is not a finite number; a method's missing base or Fisher.
     """
+    check_pool(pool)
     if config is not None and not isinstance(config, MergeConfig):
         raise LwmmError(
             f"config: a {type(config).__name__} is not a MergeConfig (give the settings as "

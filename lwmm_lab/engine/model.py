@@ -21,7 +21,7 @@ from lwmm_lab.engine.checkpoints import (
     load_checkpoint,
 )
 from lwmm_lab.engine.merge import MergeConfig, make_plan
-from lwmm_lab.engine.pool import Pool, resolve_device
+from lwmm_lab.engine.pool import Pool, check_pool, resolve_device
 from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.engine.target import lay_out
 from lwmm_lab.errors import LwmmError, naming
@@ -58,7 +58,7 @@ def merge_target(pool: Pool, anchor: int) -> nn.Module:
     pool's device, left unfilled (a merge writes every entry of its state dict), its tensors
     laid out in the pool's column order (:func:`~lwmm_lab.engine.target.lay_out`) so that a
     merge writes whole rows into it."""
-    ckpt = pool.checkpoints[pool.anchor_index(anchor)]
+    ckpt = pool.checkpoints[check_pool(pool).anchor_index(anchor)]
     spec = require_spec(ckpt)
     with naming(str(ckpt.path or ckpt.label)):
         # Laid out from the meta device, the memory is allocated once, already in place.

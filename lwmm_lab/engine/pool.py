@@ -428,6 +428,17 @@ def source_list(sources: Iterable[Source], what: str, paths_only: bool = False) 
     return [_check_source(s, what, paths_only) for s in sources]
 
 
+def check_pool(pool: Pool) -> Pool:
+    """``pool`` when it is a :class:`Pool`; else an :class:`LwmmError` that says how to make
+    one (a list of checkpoint files gave an AttributeError on a pool's field)."""
+    if not isinstance(pool, Pool):
+        raise LwmmError(
+            f"a {type(pool).__name__} is given where a Pool goes; Pool(checkpoints) stacks "
+            "checkpoint files (or Checkpoints) into one"
+        )
+    return pool
+
+
 def path_list(paths: Iterable[str | os.PathLike], what: str = "checkpoints") -> list[str]:
     """``paths`` as a list of strings, checked as :func:`source_list` checks files: where the
     analyses and panels take checkpoint files by path."""
