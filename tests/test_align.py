@@ -68,6 +68,8 @@ def test_aligned_average_of_a_permuted_twin_is_the_model(tmp_path: Path) -> None
     sources = [Checkpoint(dict(tensors), spec=TINY), Checkpoint(shuffled, spec=TINY)]
     plain = merge(Pool(sources, device="cpu"), method="isotropic")
     aligned = merge(Pool(sources, device="cpu", align=0), method="isotropic")
+    with pytest.raises(LwmmError, match=r"^align=True: give the model to align to \(its index"):
+        Pool(sources, device="cpu", align=True)  # was "anchor=True is not a whole number"
     weight = "decoder.blocks.0.conv1.0.weight"
     assert not torch.allclose(plain[weight], tensors[weight]), "unaligned: channels mix"
     for name, value in tensors.items():

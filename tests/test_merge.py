@@ -515,6 +515,9 @@ def test_a_device_is_the_cpu_or_a_cuda_gpu_this_machine_has() -> None:
     for other in ("mps", "meta", "tpu"):
         with pytest.raises(LwmmError, match=rf"device '{other}' is not one of auto, cpu, cuda"):
             resolve_device(other)
+    for bad in (None, True, 1.5):  # None was torch's TypeError
+        with pytest.raises(LwmmError, match=rf"^device={bad!r}: give auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
     if torch.cuda.is_available():
         assert resolve_device("cuda") == torch.device("cuda", torch.cuda.current_device())
         beyond = f"cuda:{torch.cuda.device_count()}"

@@ -124,6 +124,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     A CUDA device gets its index (``cuda`` -> ``cuda:0``), so it compares equal to the device
     of the tensors made on it.
     """
+    if isinstance(device, bool) or not isinstance(device, str | torch.device | int):
+        raise LwmmError(f"device={device!r}: give auto, cpu, cuda or cuda:N")  # None: TypeError
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -196,8 +198,15 @@ class Pool:
                 self._stack(i, self._load(src, head))
                 for i, (src, head) in enumerate(zip(sources, heads, strict=True))
             ]
+        elif isinstance(align, bool):  # not an index: True would be model 1
+            raise LwmmError(
+                f"align={align}: give the model to align to (its index, label or path; "
+                "0 for the first), or None not to align"
+            )
         else:
-            self.checkpoints = self._aligned_stack(sources, heads, self.anchor_index(align))
+            self.checkpoints = self._aligned_stack(
+                sources, heads, self.anchor_index(align, "align")
+            )
         self.base = None if base is None else self._column_vector(base, "base", None)
         self.base_path = None if base is None else _path_of(base)
         self.fisher = None
