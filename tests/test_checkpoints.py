@@ -278,6 +278,40 @@ def test_writes_are_atomic_and_protect_inputs(tmp_path: Path) -> None:
     assert target.read_bytes() == before
 
 
+def test_a_checkpoint_holds_tensors_and_is_written_with_tied_ones(tmp_path: Path) -> None:
+    """A list for a tensor, None for the tensors or a string for the spec failed deep inside a
+    merge or a write (AttributeErrors); tied weights (two names, one memory) were refused by
+    safetensors, and provenance that is not JSON data was a TypeError."""
+    for make, says in (
+        (lambda: Checkpoint({"w": [1.0, 2.0]}), r"^Checkpoint: 'w' holds a list, not a tensor"),
+        (lambda: Checkpoint(None), r"^Checkpoint: tensors are a NoneType, not names -> tensors"),
+        (lambda: Checkpoint({}, spec="Unet"), r"^Checkpoint: spec='Unet' is not a ModelSpec"),
+        (lambda: Checkpoint({}, path=3), r"^Checkpoint: path=3 is not a path"),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            make()
+    assert Checkpoint({}, path="runs/a.pt").label == "a", "a path given as a string"
+    out = tmp_path / "t.safetensors"
+    for bad, says in (
+        ({"tensors": {"w": 1.0}}, "'w' holds a float, not a tensor"),
+        ({"tensors": {}, "spec": "Unet"}, "spec='Unet' is not a ModelSpec"),
+        ({"tensors": {}, "provenance": {"x": object()}}, "provenance is not JSON data"),
+    ):
+        with pytest.raises(LwmmError, match=rf"t\.safetensors: {says}"):
+            save_checkpoint(out, **bad)
+    assert not out.exists()
+    embedding = torch.arange(6.0).view(2, 3)
+    tied = {
+        "encoder.w": embedding,
+        "head.w": embedding,
+        "head.row": embedding[1],
+        "b": torch.ones(2),
+    }
+    back = load_checkpoint(save_checkpoint(out, tied)).tensors
+    assert list(back) == list(tied) and all(torch.equal(back[k], tied[k]) for k in tied)
+    assert tied["head.w"] is embedding, "the caller's tensors are left as they are"
+
+
 def test_the_stand_ins_never_replace_what_is_there(tmp_path: Path) -> None:
     """07_bring_your_own's stand-ins wrote over a file, or into a folder, given by mistake."""
     source = save_checkpoint(

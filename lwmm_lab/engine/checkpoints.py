@@ -70,6 +70,21 @@ class Checkpoint:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     submodel: str | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse what is no checkpoint where it is made, by name (a list for a tensor, None
+        for the tensors or a string for the spec failed later, deep inside a merge); a path
+        given as a string becomes a :class:`Path`."""
+        if self.path is not None:
+            if not isinstance(self.path, str | os.PathLike):
+                raise LwmmError(f"Checkpoint: path={self.path!r} is not a path")
+            object.__setattr__(self, "path", Path(self.path))
+        check_tensors(self.tensors, str(self.path or "Checkpoint"))
+        if self.spec is not None and not isinstance(self.spec, ModelSpec):
+            raise LwmmError(
+                f"{self.path or 'Checkpoint'}: spec={self.spec!r} is not a ModelSpec "
+                "(ModelSpec(arch, encoder, classes, kwargs))"
+            )
+
     @property
     def label(self) -> str:
         """A short name for tables: ``run@step`` for zoo checkpoints, else the file's stem."""
@@ -154,15 +169,34 @@ def save_checkpoint(
     ``protect`` lists input files; writing over one of them is refused.
     """
     path = checkpoint_path(path)
+    check_tensors(tensors, str(path))
     metadata = {"format": "pt", "lwmm.version": __version__, _META_ORDER: json.dumps(list(tensors))}
     if spec is not None:
+        if not isinstance(spec, ModelSpec):
+            raise LwmmError(f"{path}: spec={spec!r} is not a ModelSpec")
         metadata[_META_SPEC] = spec.to_json()
     if provenance:
-        metadata[_META_PROVENANCE] = json.dumps(provenance)
-    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        try:
+            metadata[_META_PROVENANCE] = json.dumps(provenance)
+        except (TypeError, ValueError) as e:
+            raise LwmmError(f"{path}: provenance is not JSON data ({e})") from None
+    data = _unshared({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
     with atomic_path(path, protect) as tmp:
         save_file(data, tmp, metadata=metadata)
     return path
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with a copy of each one whose memory overlaps an earlier one's (tied
+    weights: safetensors refuses to write shared memory, and a state dict holds both names)."""
+    end = -1  # of the memory seen so far, in the order of addresses
+    for name in sorted(tensors, key=lambda n: tensors[n].data_ptr()):
+        t = tensors[name]
+        if t.numel() and t.data_ptr() < end:
+            tensors[name] = t.clone()  # new memory, apart from every tensor here
+        else:
+            end = max(end, t.data_ptr() + t.numel() * t.element_size())
+    return tensors
 
 
 def unique_labels(labels: Sequence[str]) -> list[str]:
@@ -199,6 +233,16 @@ def _file(path: str | os.PathLike) -> Path:
             f"a checkpoint is read from a path, not a {type(path).__name__}{state_dict_hint(path)}"
         )
     return Path(path)
+
+
+def check_tensors(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise one line naming ``source`` and the entry when ``tensors`` is not a mapping of
+    names to tensors."""
+    if not isinstance(tensors, Mapping):
+        raise LwmmError(f"{source}: tensors are a {type(tensors).__name__}, not names -> tensors")
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise LwmmError(f"{source}: '{name}' holds a {type(t).__name__}, not a tensor")
 
 
 def state_dict_hint(value: object) -> str:
