@@ -514,7 +514,7 @@ def test_the_panels_refuse_bad_settings_when_they_are_made(quick_zoo: Path) -> N
         # a TraitError, a TraitError, a silent fall back to another run, an AttributeError:
         (lambda: DiscrepancyExplorer(zoo=quick_zoo, scenario="all"), "scenario 'all' is not"),
         (lambda: DiscrepancyExplorer(zoo=quick_zoo, family="own"), "family 'own' is not one"),
-        (lambda: DiscrepancyExplorer(zoo=quick_zoo, run="avdent"), "run 'avdent' is not in"),
+        (lambda: DiscrepancyExplorer(zoo=quick_zoo, run="avdent"), "run 'avdent' is not one of"),
         (lambda: SweepExplorer("lab", checkpoints=two), "merge_lab: a str is not a MergeLab"),
     ]
     for make, message in bad:

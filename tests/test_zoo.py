@@ -16,7 +16,7 @@ from lwmm_lab.cli import main
 from lwmm_lab.data.domains import TARGET_DOMAINS
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.zoo import DEFAULT_RUNS, ZooConfig, build_zoo, load_manifest, select
-from lwmm_lab.zoo.manifest import scenario_checkpoints
+from lwmm_lab.zoo.manifest import final, preset, scenario_checkpoints
 from lwmm_lab.zoo.recipe import SCENARIOS, STRATEGY_RUNS, Run
 
 KEYS = {"path", "run", "strategy", "scenarios", "arch", "encoder", "classes", "num_classes",
@@ -109,6 +109,16 @@ def test_scenarios_put_the_anchor_first(quick_zoo: Path) -> None:
     assert select(manifest, run="nope") == [], "a value no entry has: nothing, as asked"
     with pytest.raises(LwmmError, match=r"'strategie' is not a field of the zoo's entries \("):
         select(manifest, strategie="advent")
+    for call in (  # said "not in this zoo" without its runs, and "fewer than two checkpoints"
+        lambda: final(manifest, "advnet"),
+        lambda: preset(manifest, "checkpoint", run="advnet"),
+        lambda: scenario_checkpoints(manifest, "checkpoints", run="advnet"),
+    ):
+        with pytest.raises(LwmmError, match=r"^run 'advnet' is not one of .*did you mean 'advent'"):
+            call()
+    with pytest.raises(LwmmError, match=r"^manifest: a PosixPath is not a zoo's manifest; load_"):
+        select(quick_zoo, run="advent")  # was a TypeError from indexing a path
+    assert load_manifest(quick_zoo / "manifest.json") == manifest, "its file names the zoo too"
 
 
 def test_a_zoo_recipe_it_cannot_train_is_refused_before_any_training(tmp_path: Path) -> None:

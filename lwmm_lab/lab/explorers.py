@@ -85,8 +85,8 @@ class DiscrepancyExplorer(Panel):
         options = checkpoint_options(self.manifest, paths)
         presets = list(PRESETS) if self.manifest else []
         check_name(scenario, ["custom", *presets], "scenario")
-        if run is not None and self.manifest and run not in runs:
-            raise LwmmError(f"run '{run}' is not in this zoo (its runs: {', '.join(runs)})")
+        if run is not None and self.manifest:
+            check_name(run, runs, "run")
         check_family(family)
         self.scenario = W.Dropdown(
             options=["custom", *presets], value=scenario, description="scenario"

@@ -36,8 +36,11 @@ def find_zoo() -> Path:
 
 
 def load_manifest(zoo: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a built zoo, with each entry's path made absolute."""
+    """The manifest of a built zoo (its folder, or its manifest.json), with each entry's path
+    made absolute."""
     zoo = Path(zoo)
+    if zoo.name == MANIFEST and zoo.is_file():
+        zoo = zoo.parent
     manifest = read_manifest(zoo)
     if not manifest:
         raise LwmmError(f"{zoo / MANIFEST}: no zoo manifest (build one with: lwmm zoo build)")
@@ -49,6 +52,11 @@ def load_manifest(zoo: str | os.PathLike) -> dict[str, Any]:
 def select(manifest: dict[str, Any], **where: Any) -> list[dict[str, Any]]:
     """Manifest entries matching every ``key=value`` (``scenario=`` tests membership). A key
     no entry has is refused, naming the fields: a misspelt one matched nothing, silently."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("checkpoints"), list):
+        raise LwmmError(
+            f"manifest: a {type(manifest).__name__} is not a zoo's manifest; "
+            "load_manifest(zoo) reads one"
+        )
     fields = {"scenario"}.union(*(entry.keys() for entry in manifest["checkpoints"]))
     if unknown := sorted(set(where) - fields):
         raise LwmmError(
@@ -92,7 +100,7 @@ def preset(
     model, or ``independent``) on ``domain`` against each other one (Fig. 2b).
     """
     if check_name(name, PRESETS, "preset") == "checkpoint":
-        entries = sorted(select(manifest, run=run), key=lambda e: e["step"])
+        entries = sorted(select(manifest, run=check_run(manifest, run)), key=lambda e: e["step"])
         if len(entries) < 2:
             raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
         return entries[0]["path"], [e["path"] for e in entries[1:]]
@@ -102,10 +110,17 @@ def preset(
 
 def final(manifest: dict[str, Any], run: str) -> str:
     """The path of ``run``'s final checkpoint."""
-    entries = select(manifest, run=run, fraction=1.0)
-    if not entries:
-        raise LwmmError(f"run '{run}' is not in this zoo (its manifest has no such run)")
-    return entries[0]["path"]
+    return select(manifest, run=check_run(manifest, run), fraction=1.0)[0]["path"]
+
+
+def zoo_runs(manifest: dict[str, Any]) -> list[str]:
+    """The zoo's runs, sorted (the shared base among them)."""
+    return sorted({e["run"] for e in select(manifest)})
+
+
+def check_run(manifest: dict[str, Any], run: str) -> str:
+    """``run`` when the zoo has it; else an :class:`LwmmError` naming the closest of its runs."""
+    return check_name(run, zoo_runs(manifest), "run")
 
 
 def scenario_checkpoints(
@@ -126,7 +141,7 @@ def scenario_checkpoints(
         finals = select(manifest, scenario=name, fraction=1.0)
         return [e["path"] for e in sorted(finals, key=lambda e: -e["miou"][target])]
     if name == "checkpoints":
-        entries = sorted(select(manifest, run=run), key=lambda e: -e["step"])
+        entries = sorted(select(manifest, run=check_run(manifest, run)), key=lambda e: -e["step"])
         if len(entries) < 2:
             raise LwmmError(f"run '{run}' has fewer than two checkpoints in this zoo")
         return [e["path"] for e in entries]
