@@ -38,8 +38,8 @@ def naming(source: str) -> Iterator[None]:
 def unknown_name(name: str, known: Sequence[str], what: str, listed: str) -> LwmmError:
     """The error for ``name``, which is not among ``known``: it says which it most resembles
     (``'alpah'`` -> ``alpha``) and lists them all under ``listed``."""
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
+    close = _closest(name, known)
+    hint = f"did you mean '{close}'? " if close else ""
     return LwmmError(f"'{name}' is not {what} ({hint}{listed}: {', '.join(known)})")
 
 
@@ -49,16 +49,22 @@ def check_name(name: str, known: Iterable[str], what: str) -> str:
     known = list(known)
     if isinstance(name, str) and name in known:
         return name
-    close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    close = _closest(name, known)
+    hint = f" (did you mean '{close}'?)" if close else ""
     shown = f"'{name}'" if isinstance(name, str) else repr(name)
     raise LwmmError(f"{what} {shown} is not one of {', '.join(known)}{hint}")
+
+
+def _closest(name: object, known: Sequence[str]) -> str | None:
+    """The one of ``known`` that ``name`` most resembles, if any is close (difflib)."""
+    close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
+    return close[0] if close else None
 
 
 def check_names(names: str | Iterable[str], known: Iterable[str], what: str) -> list[str]:
     """One name or a list of them (``methods="layerwise"`` or ``["isotropic", "layerwise"]``),
     each checked by :func:`check_name`, before any work; a string is one name, not a list of
-    letters. None of them is an :class:`LwmmError` too: there would be nothing to compute."""
+    letters. An empty list is refused too: there would be nothing to compute."""
     known = list(known)
     if isinstance(names, str):
         names = [names]
