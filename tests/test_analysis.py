@@ -650,6 +650,18 @@ def test_discrepancy_and_sweep_commands(
     assert main(["sweep", *two_finals, *options, "--no-cache", "--json", "--align"]) == 0
     aligned = json.loads(capsys.readouterr().out)
     assert len(aligned["results"]) == 2 and all(c["align"] for c in aligned["cells"])
+    (tmp_path / "sweep.json").write_text(json.dumps(aligned))
+    back = Sweep.from_json(tmp_path / "sweep.json")  # a sweep run elsewhere, read back here
+    assert json.loads(json.dumps(back.to_json())) == aligned and back.cells[0].align
+    assert isinstance(hash(back.cells[0]), int), "hashable, as the cells a sweep runs (lists)"
+    for bad, says in (
+        (tmp_path / "none.json", r"none\.json: cannot read a sweep from it"),
+        ({"cells": aligned["cells"], "results": []}, r"^sweep: 2 cells for 0 results"),
+        ({"cells": [{"imgs": 2}], "results": [{}]}, r"^sweep: a cell is not a sweep cell"),
+        ([aligned], r"^sweep: not a sweep"),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            Sweep.from_json(bad)
     assert main(["discrepancy", two_finals[0]]) == 1
     assert "give at least two checkpoints" in capsys.readouterr().err
 

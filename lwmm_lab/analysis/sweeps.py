@@ -41,6 +41,8 @@ from lwmm_lab.errors import (
     check_name,
     check_names,
     check_numbers,
+    first_line,
+    naming,
     unknown_name,
 )
 from lwmm_lab.files import atomic_write_text, data_dir, output_folder, sha256
@@ -148,6 +150,12 @@ def _result(cell: Cell, plan: MergePlan, miou: dict[str, float]) -> dict[str, An
     }
 
 
+def _tuples(cell: dict[str, Any]) -> dict[str, Any]:
+    """A cell's fields as JSON gives them back, with its lists made tuples again (a cell is
+    hashable: it keys the pools and models kept between cells)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cell.items()}
+
+
 #: The settings of a cell that :func:`grid` takes beside the grid's own axes.
 _AXES = {"checkpoints", "anchor", "start", "start_frac", "alpha"}
 _CELL_SETTINGS = frozenset(f.name for f in fields(Cell)) - _AXES
@@ -190,6 +198,32 @@ class Sweep:
             "cells": [asdict(c) for c in self.cells],
             "results": self.results,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str | os.PathLike) -> Sweep:
+        """The sweep :meth:`to_json` wrote, or the path of its file (``lwmm sweep --json >
+        sweep.json``): a sweep run elsewhere (on a GPU, a cluster) shown by the figures and
+        :class:`~lwmm_lab.lab.SweepExplorer` here. What is not such a sweep is refused in one
+        line naming the file."""
+        source = "sweep"
+        if isinstance(data, str | os.PathLike):
+            source = str(data)
+            try:
+                data = json.loads(Path(data).read_text())
+            except (OSError, ValueError) as e:
+                raise LwmmError(
+                    f"{source}: cannot read a sweep from it ({first_line(e)})"
+                ) from None
+        with naming(source):
+            if not isinstance(data, dict) or not {"cells", "results"} <= data.keys():
+                raise LwmmError("not a sweep (to_json's cells and results)")
+            if len(data["cells"]) != len(data["results"]):
+                raise LwmmError(f"{len(data['cells'])} cells for {len(data['results'])} results")
+            try:
+                cells = [Cell(**_tuples(c)) for c in data["cells"]]
+            except TypeError as e:
+                raise LwmmError(f"a cell is not a sweep cell ({e})") from None
+        return cls(cells, list(data["results"]), list(data.get("labels", [])))
 
 
 def grid(
