@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from plotly.serializers import custom_serializers
+from torch.utils.data import DataLoader
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merged_model, save_checkpoint
 from lwmm_lab.analysis.comparison import (
@@ -571,6 +572,37 @@ def test_every_figure_is_a_plotly_figure(quick_zoo: Path, tmp_path: Path) -> Non
     page = save_html(figures, tmp_path / "all.html")
     assert page.read_text().count("plotly-graph-div") >= len(figures)
     assert not math.isnan(sum(v for v in delta.values() if v is not None))
+
+
+class _MixedSizes(torch.utils.data.Dataset):
+    """A real dataset at its own size: image 1 is taller and narrower than the others."""
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(i)
+        h, w = (48, 32) if i == 1 else (32, 64)
+        return torch.rand(3, h, w, generator=g), torch.randint(0, 19, (h, w), generator=g)
+
+
+def test_examples_of_images_of_several_sizes_each_as_it_is_alone() -> None:
+    """GTA5 at its own size mixes image sizes: torch.stack failed on them. uint8 images were
+    shown as garbage, a DataLoader failed on indexing."""
+    spec = ModelSpec("Unet", "tu-resnet10t", 19, {"encoder_depth": 2, "decoder_channels": [8, 8]})
+    anchor, merged = perturbed_model(spec, 0), perturbed_model(spec, 1)
+    data = _MixedSizes()
+    shown = examples(anchor, merged, data, [2, 1, 0])
+    assert [e.index for e in shown] == [2, 1, 0] and shown[1].label.shape == (48, 32)
+    for e in shown:
+        (alone,) = examples(anchor, merged, data, e.index)
+        assert np.array_equal(e.merged, alone.merged) and np.array_equal(e.changes, alone.changes)
+    uint8 = torch.utils.data.TensorDataset(
+        torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 8, 8, dtype=torch.long)
+    )
+    for bad, says in ((uint8, "images are uint8; give floats"), (DataLoader(data), "DataLoader")):
+        with pytest.raises(LwmmError, match=says):
+            examples(anchor, merged, bad, [0])
 
 
 @settings(max_examples=25, deadline=None)

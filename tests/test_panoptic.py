@@ -27,6 +27,7 @@ from lwmm_lab.analysis.panoptic import (
     stuff_of,
     things_of,
 )
+from lwmm_lab.analysis.qualitative import panoptic_examples
 from lwmm_lab.cli import main
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.datasets import SyntheticScenes
@@ -152,6 +153,22 @@ def test_grouping_knobs_it_cannot_use_are_refused_by_name() -> None:
         with pytest.raises(LwmmError, match=says):
             PanopticConfig(**knobs)
     assert PanopticConfig(nms_kernel=1, top_k=0).nms_kernel == 1
+
+
+def test_panoptic_examples_are_of_samples_with_instance_ids() -> None:
+    """Each example as it is alone, in the order asked; samples without instance ids (a
+    semantic val set) are refused in one line (an IndexError before)."""
+    kwargs = {"encoder_depth": 2, "decoder_channels": [8, 8]}
+    model = ModelSpec("PanopticUnet", "tu-resnet10t", 19, kwargs).build()
+    data = val_set("real", 2, (32, 64), instances=True)
+    both = panoptic_examples(model, model, data, [1, 0])
+    assert [e.index for e in both] == [1, 0] and both[0].instances is not None
+    (alone,) = panoptic_examples(model, model, data, 1)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(alone.instances, both[0].instances, strict=True)
+    )
+    with pytest.raises(LwmmError, match="a panoptic example needs samples with instance ids"):
+        panoptic_examples(model, model, val_set("real", 2, (32, 64)), [0])
 
 
 def test_the_panoptic_model_shares_the_semantic_unets_names() -> None:

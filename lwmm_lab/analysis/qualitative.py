@@ -8,16 +8,22 @@ before), broke it (wrong now, right before), and where both are right or both wr
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from lwmm_lab.analysis.evaluation import Scores, predict
+from lwmm_lab.analysis.evaluation import (
+    Scores,
+    check_batch,
+    check_dataset,
+    check_sample,
+    predict,
+)
 from lwmm_lab.analysis.panoptic import panoptic_predict
 from lwmm_lab.data import labels as L
 from lwmm_lab.errors import LwmmError, check_whole
@@ -61,12 +67,12 @@ def examples(
 ) -> list[Example]:
     """The anchor's and the merged model's predictions on ``dataset[indices]`` (a list of
     indices, or one)."""
-    indices, items = _items(dataset, indices)
-    images = torch.stack([x for x, *_ in items])
-    labels = torch.stack([y for _, y, *_ in items])
-    return examples_from_predictions(
-        images, labels, predict(anchor, images), predict(merged, images), indices
-    )
+
+    def show(images: Tensor, labels: Tensor, *_: Tensor, shown: list[int]) -> list[Example]:
+        a, m = predict(anchor, images), predict(merged, images)
+        return examples_from_predictions(images, labels, a, m, shown)
+
+    return _by_size(dataset, indices, show)
 
 
 def panoptic_examples(
@@ -74,13 +80,37 @@ def panoptic_examples(
 ) -> list[Example]:
     """The anchor's and the merged model's panoptic outputs on ``dataset[indices]`` (samples
     with instance ids), beside the panoptic ground truth (the paper's Fig. 6)."""
+
+    def show(images: Tensor, labels: Tensor, *ids: Tensor, shown: list[int]) -> list[Example]:
+        if not ids:
+            raise LwmmError("a panoptic example needs samples with instance ids")
+        a_category, a_instance = panoptic_predict(anchor, images)
+        m_category, m_instance = panoptic_predict(merged, images)
+        instances = (ids[0], a_instance, m_instance)
+        return examples_from_predictions(images, labels, a_category, m_category, shown, instances)
+
+    return _by_size(dataset, indices, show)
+
+
+def _by_size(
+    dataset: Dataset, indices: Sequence[int] | int, show: Callable[..., list[Example]]
+) -> list[Example]:
+    """``show(images, labels, *more, shown=indices)`` of the samples ``indices`` picks, each
+    size of image stacked on its own (a real dataset at its own size mixes them: torch.stack
+    failed), the examples in the order asked. Samples are checked as :func:`evaluate` checks
+    them (uint8 images were shown as garbage)."""
+    source = check_dataset(dataset)
     indices, items = _items(dataset, indices)
-    images, labels, instances = (torch.stack([item[k] for item in items]) for k in range(3))
-    a_category, a_instance = panoptic_predict(anchor, images)
-    m_category, m_instance = panoptic_predict(merged, images)
-    return examples_from_predictions(
-        images, labels, a_category, m_category, indices, (instances, a_instance, m_instance)
-    )
+    sizes: dict[tuple[int, ...], list[int]] = {}
+    for k, item in enumerate(items):
+        check_sample(item, source)
+        sizes.setdefault(tuple(item[0].shape), []).append(k)
+    made: dict[int, Example] = {}
+    for ks in sizes.values():
+        tensors = [torch.stack([items[k][j] for k in ks]) for j in range(len(items[ks[0]]))]
+        check_batch(tensors[0], tensors[1], source)
+        made.update(zip(ks, show(*tensors, shown=[indices[k] for k in ks]), strict=True))
+    return [made[k] for k in range(len(items))]
 
 
 def _items(dataset: Dataset, indices: Sequence[int] | int) -> tuple[list[int], list[Any]]:
