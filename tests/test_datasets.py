@@ -44,6 +44,8 @@ def test_open_dataset_names() -> None:
         open_dataset("mars")
     with pytest.raises(LwmmError, match="domain 'mars' is not one of"):
         SyntheticScenes("mars")
+    with pytest.raises(LwmmError, match=r"^dataset None: give a domain's name or cityscapes:PATH"):
+        open_dataset(None)  # was an AttributeError on .partition
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -82,6 +84,11 @@ def test_cityscapes_folder(tmp_path: Path) -> None:
     _, small = cityscapes(tmp_path, "val", resolution=(4, 8))[1]
     assert small.shape == (4, 8) and small[0, 0] == L.ROAD
     assert len(open_dataset(f"cityscapes:{tmp_path}", "val", resolution=None)) == 2
+    with pytest.raises(IndexError, match=r"^image 2 is outside 0\.\.1 of the dataset"):
+        ds[2]  # "list index out of range"; an IndexError still, which ends iteration by index
+    assert len(list(ds)) == 2
+    with pytest.raises(LwmmError, match=r"leftImg8bit/vla' is missing .*; its splits: val\)"):
+        cityscapes(tmp_path, "vla")
 
 
 def test_gta5_folder_reads_palette_labels(tmp_path: Path) -> None:

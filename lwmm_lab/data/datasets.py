@@ -108,6 +108,8 @@ class FolderDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self.pairs):  # an IndexError, as iteration by index expects
+            raise IndexError(f"image {index} is outside 0..{len(self.pairs) - 1} of the dataset")
         image_path, label_path = self.pairs[index]
         image = _read_image(image_path)
         label = _fit_to_image(self.read_label(label_path), image, label_path, "label")
@@ -196,6 +198,8 @@ def open_dataset(
     Real datasets are resized to ``resolution`` when given (None keeps their size); ``size``
     and ``seed`` apply to synthetic domains only.
     """
+    if not isinstance(name, str):
+        raise LwmmError(f"dataset {name!r}: give a domain's name or cityscapes:PATH")
     kind, _, path = name.partition(":")
     if path and kind in _READERS:
         if kind == "cityscapes":
@@ -288,9 +292,17 @@ def _root(root: str | os.PathLike, name: str) -> Path:
 
 
 def _subdir(root: Path, sub: str, layout: str) -> Path:
+    """``root / sub``, a folder; else an error naming it and, for a split's folder, the
+    splits there are (a misspelt ``vla``, or a ``train`` split not downloaded)."""
     path = root / sub
     if not path.is_dir():
-        raise LwmmError(f"'{path}' is missing (expected {layout} under {root})")
+        there = (
+            sorted(p.name for p in path.parent.iterdir() if p.is_dir())
+            if path.parent.is_dir()
+            else []
+        )
+        splits = f"; its splits: {', '.join(there)}" if there and path.parent != root else ""
+        raise LwmmError(f"'{path}' is missing (expected {layout} under {root}{splits})")
     return path
 
 
