@@ -407,6 +407,7 @@ def test_a_sweep_refuses_a_grid_it_cannot_run_before_any_cell(
         ),
         (lambda: run_sweep(grid(two_finals, starts=[])), "no cells to sweep"),
         (lambda: grid(two_finals, anchors=0), r"anchors=0: give a list of indices"),
+        (lambda: grid(two_finals, align="yes"), r"align='yes': give True or False"),
         (lambda: grid(two_finals, domains="fogy"), r"domain 'fogy' is not one of .*'foggy'"),
         (lambda: grid(two_finals, fisher="f.safetensors"), "fisher: give a list of checkpoint"),
         (

@@ -507,6 +507,7 @@ def test_the_panels_refuse_bad_settings_when_they_are_made(quick_zoo: Path) -> N
         (lambda: MergeLab([], background=False), "give at least one checkpoint"),
         (lambda: MergeLab(two, full=0, background=False), "full=0: give at least 1"),
         (lambda: MergeLab(two, shown=0, background=False), "shown=0: give at least 1"),
+        (lambda: MergeLab(two, align="yes", background=False), "align='yes': give True or"),
         (lambda: SweepExplorer(checkpoints=two, steps=1), "steps=1: give at least 2"),
         (lambda: SweepExplorer(checkpoints=two, images=0), "images=0: give at least 1"),
         (lambda: SweepExplorer(checkpoints=two, executor="gpu"), "executor 'gpu' is not one"),

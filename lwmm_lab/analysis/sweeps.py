@@ -99,6 +99,8 @@ class Cell:
             object.__setattr__(self, "fisher", tuple(path_list(self.fisher, "fisher")))
         check_count("images", self.images)
         check_image_size(self.resolution)
+        if not isinstance(self.align, bool):  # "yes" aligned, and 0 did not, without a word
+            raise LwmmError(f"align={self.align!r}: give True or False")
         object.__setattr__(self, "domains", tuple(check_names(self.domains, DOMAINS, "domain")))
 
     def config(self) -> MergeConfig:

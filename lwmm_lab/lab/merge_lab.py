@@ -178,6 +178,8 @@ class MergeLab(Panel):
         if not checkpoints:
             raise LwmmError("give at least one checkpoint to merge (or a zoo's scenario)")
         self.base = None if base is None else str(base)
+        if not isinstance(align, bool):  # a TraitError from the checkbox before
+            raise LwmmError(f"align={align!r}: give True or False")
         self.target, self.source = target, source
         self.preview_size, self.full_size, self.shown = (
             check_count(name, value)
