@@ -567,6 +567,9 @@ def test_every_figure_is_a_plotly_figure(quick_zoo: Path, tmp_path: Path) -> Non
         qualitative_figure(shown),
     ]
     assert all(isinstance(f, go.Figure) and f.data for f in figures)
+    assert [t.name for t in comparison_figure(rows).data][1:] == ["layerwise", "isotropic"]
+    with pytest.raises(LwmmError, match=r"^method 'ties' is not one of layerwise, isotropic$"):
+        comparison_figure(rows, ["isotropic", "ties"])  # was a KeyError
     assert len(figures[0].data) == 4, "one weight curve per model"
     images = [t for t in figures[-1].data if isinstance(t, go.Image)]
     assert len(images) == 2 * 5 and images[0].source.startswith("data:image/png;base64,")

@@ -26,7 +26,7 @@ from lwmm_lab.analysis.qualitative import CHANGE_PALETTE, CHANGES, Example
 from lwmm_lab.analysis.sweeps import Sweep
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.merge import MergePlan
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import LwmmError, check_names
 from lwmm_lab.files import atomic_path, output_path
 
 KIND_COLORS = dict(
@@ -450,11 +450,15 @@ def sweep_curves(
 
 def comparison_figure(
     rows: Sequence[dict[str, Any]],
-    methods: Sequence[str],
+    methods: Sequence[str] | str | None = None,
     domain: str = "real",
     title: str = "Merging more and more models",
 ) -> go.Figure:
-    """mIoU of each method as models are added (the paper's Table 2 as a chart)."""
+    """mIoU of each method as models are added (the paper's Table 2 as a chart): ``rows`` of
+    :func:`~lwmm_lab.analysis.comparison.add_one_at_a_time`, ``methods`` some of theirs (by
+    default all; one that they lack is refused by name, a KeyError before)."""
+    scored = [key for key in rows[0] if key not in _ADDED_KEYS] if rows else []
+    methods = scored if methods is None else check_names(methods, scored, "method")
     fig = go.Figure()
     k = [r["models"] for r in rows]
     fig.add_trace(
@@ -484,6 +488,11 @@ def comparison_figure(
     fig.update_xaxes(title="number of models merged (best first; the first is the anchor)", dtick=1)
     fig.update_yaxes(title=f"{domain} mIoU")
     return _base_layout(fig, title)
+
+
+#: What :func:`~lwmm_lab.analysis.comparison.add_one_at_a_time`'s rows hold beside each
+#: method's mIoU.
+_ADDED_KEYS = frozenset({"models", "anchor", "best_single", "added", "added_miou"})
 
 
 def spread_figure(findings: Sequence[SeededFinding], title: str = "How sure are we?") -> go.Figure:
