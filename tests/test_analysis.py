@@ -63,6 +63,7 @@ from lwmm_lab.lab.figures import (
     schedule_figure,
     sweep_curves,
     sweep_heatmap,
+    table_figure,
     task_vector_figure,
     update_iou_delta_figure,
     update_schedule_figure,
@@ -570,6 +571,11 @@ def test_every_figure_is_a_plotly_figure(quick_zoo: Path, tmp_path: Path) -> Non
     assert [t.name for t in comparison_figure(rows).data][1:] == ["layerwise", "isotropic"]
     with pytest.raises(LwmmError, match=r"^method 'ties' is not one of layerwise, isotropic$"):
         comparison_figure(rows, ["isotropic", "ties"])  # was a KeyError
+    (table,) = table_figure(rows, "added_miou").data  # one column, not its letters
+    assert table.header.values == ("<b>added_miou</b>",) and table.cells.values == (["10.00"],)
+    assert len(table_figure(rows).data[0].header.values) == len(rows[0]), "every column"
+    with pytest.raises(LwmmError, match=r"^column 'add' is not one of models, added, "):
+        table_figure(rows, ["models", "add"])  # was an empty column
     assert len(figures[0].data) == 4, "one weight curve per model"
     images = [t for t in figures[-1].data if isinstance(t, go.Image)]
     assert len(images) == 2 * 5 and images[0].source.startswith("data:image/png;base64,")

@@ -592,9 +592,15 @@ def table_figure(
     """Rows of results as a plotly table; numbers are shown with two decimals.
 
     Each column is as wide as its longest text (relative to the others), so a long name does
-    not wrap onto a second line, and the figure is as tall as its rows.
+    not wrap onto a second line, and the figure is as tall as its rows. ``columns`` (one name
+    or several; by default the first row's) are checked against the rows' (a misspelt one was
+    an empty column).
     """
-    columns = list(columns or (rows[0].keys() if rows else []))
+    present = list(dict.fromkeys(key for r in rows for key in r))
+    if columns is None:
+        columns = list(rows[0]) if rows else []
+    else:
+        columns = check_names(columns, present, "column")
 
     def show(value: Any) -> str:
         if isinstance(value, float):
