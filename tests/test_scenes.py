@@ -15,6 +15,7 @@ from PIL import Image
 from lwmm_lab.cli import main
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import DOMAINS, apply_fog, gallery, generate
+from lwmm_lab.errors import LwmmError
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -128,6 +129,9 @@ def test_fog_follows_koschmieders_law() -> None:
 
 def test_gallery_has_a_row_per_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = gallery(scenes=2, size=(64, 128))
+    assert gallery(1, size=(8, 16), domains="night").shape[0] == 8, "one domain, not its letters"
+    with pytest.raises(LwmmError, match=r"^domain 'fogy' is not one of .*did you mean 'foggy'"):
+        gallery(1, size=(8, 16), domains=["real", "fogy"])  # was a KeyError
     assert image.shape[0] == 5 * 64 + 4 * 2
     assert image.shape[1] == 96 + 4 * 128 + 3 * 2
     assert (

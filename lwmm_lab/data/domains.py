@@ -34,6 +34,7 @@ from lwmm_lab.errors import (
     check_count,
     check_image_size,
     check_name,
+    check_names,
     check_seed,
     check_whole,
 )
@@ -127,10 +128,11 @@ def gallery(
     """One row per domain: the same ``scenes`` in each domain's style, image then label overlay.
 
     Labels are those the domain keeps (SYNTHIA-16 drops terrain, truck and train: black).
-    Returns an RGB uint8 array with the domain names in a left margin.
+    Returns an RGB uint8 array with the domain names in a left margin. ``domains`` is a list
+    of names, or one.
     """
     scenes, size = check_count("scenes", scenes), check_image_size(size)
-    seed = check_seed(seed)
+    seed, domains = check_seed(seed), check_names(domains, DOMAINS, "domain")
     gap, margin = 2, 96
     layouts = [sample_layout(Draw(seed, 1, i, 99, 0)) for i in range(scenes)]
     drawings = [draw(layout, *size) for layout in layouts]
