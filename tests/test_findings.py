@@ -11,6 +11,7 @@ import pytest
 
 from lwmm_lab.analysis.findings import CLAIMS, measure, measure_seeds, seeded_table
 from lwmm_lab.cli import main
+from lwmm_lab.errors import LwmmError
 from lwmm_lab.zoo import ZooConfig, build_zoo
 
 KEYS = {"number", "claim", "source", "paper", "results", "command"}
@@ -57,7 +58,9 @@ def test_findings_over_several_builds_give_a_spread_and_agreeing_verdicts(
     zoos = {0: quick_zoo, 1: seeded}
     results, facts = measure_seeds([0, 1], images=4, only=[9, 13], build=zoos.__getitem__)
     assert [f.number for f in results] == [9, 13] and facts["seeds"] == [0, 1]
-    alone = measure(quick_zoo, images=4, only=[9])[0].results
+    alone = measure(quick_zoo, images=4, only=9)[0].results  # one claim (a TypeError before)
+    with pytest.raises(LwmmError, match=r"^no claim given \(the claims are 1\.\.13\)"):
+        measure(quick_zoo, images=4, only=[])  # measured nothing without a word
     for family, spread in results[0].spreads.items():
         assert spread.name and len(spread.values) == len(spread.verdicts) == 2
         assert spread.values[0] == pytest.approx(alone[family].key[1]), "build 0 is the zoo's"

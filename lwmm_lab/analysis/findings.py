@@ -64,12 +64,13 @@ class Finding:
 def measure(
     zoo: str | os.PathLike | None = None,
     images: int = 100,
-    only: list[int] | None = None,
+    only: list[int] | int | None = None,
     val_seed: int = 0,
 ) -> list[Finding]:
-    """Measure the claims (all, or the numbers in ``only``) on every family they apply to;
-    ``val_seed`` picks the val sets (another seed: other scenes of the same size)."""
-    _check_request(images, only)
+    """Measure the claims (all, or the numbers in ``only``: a list, or one) on every family
+    they apply to; ``val_seed`` picks the val sets (another seed: other scenes of the same
+    size)."""
+    only = _check_request(images, only)
     manifest = load_manifest(zoo or find_zoo())
     context = Context(manifest, images, tuple(manifest["config"]["resolution"]), val_seed)
     numbers = [n for n in sorted(CLAIMS) if only is None or n in only]
@@ -83,14 +84,22 @@ def measure(
     return findings
 
 
-def _check_request(images: int, only: list[int] | None) -> None:
-    """Refuse a bad image count or an unknown claim number before any zoo is read or built."""
+def _check_request(images: int, only: list[int] | int | None) -> list[int] | None:
+    """``only`` as a list (one claim number may be given alone), once the image count and
+    every claim number are good: refused before any zoo is read or built, as is an empty
+    list (it measured nothing, without a word)."""
     check_count("images", images)
-    unknown = sorted(set(only or ()) - set(CLAIMS))
+    if only is None:
+        return None
+    only = [only] if isinstance(only, int) else list(only)
+    if not only:
+        raise LwmmError(f"no claim given (the claims are {min(CLAIMS)}..{max(CLAIMS)})")
+    unknown = sorted(set(only) - set(CLAIMS), key=str)
     if unknown:
         raise LwmmError(
             f"claim {', '.join(map(str, unknown))} is not one of {min(CLAIMS)}..{max(CLAIMS)}"
         )
+    return only
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -205,7 +214,7 @@ class SeededFinding:
 def measure_seeds(
     seeds: list[int],
     images: int = 100,
-    only: list[int] | None = None,
+    only: list[int] | int | None = None,
     device: str = "auto",
     build: Callable[[int], os.PathLike] | None = None,
 ) -> tuple[list[SeededFinding], dict[str, Any]]:
@@ -215,7 +224,7 @@ def measure_seeds(
     header facts (seeds, folders, images)."""
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise LwmmError(f"--seeds {' '.join(map(str, seeds))}: give distinct whole numbers >= 0")
-    _check_request(images, only)
+    only = _check_request(images, only)
     build = build or (lambda seed: _built_zoo(seed, device))
     folders = [build(seed) for seed in seeds]
     runs = [measure(folder, images, only) for folder in folders]
