@@ -22,10 +22,10 @@ from lwmm_lab import (
     save_checkpoint,
     save_merge,
 )
-from lwmm_lab.engine.methods import ties_count
+from lwmm_lab.engine.methods import METHODS, register_method, ties_count
 from lwmm_lab.engine.model import load_weights, merge_target
 from lwmm_lab.engine.panoptic import ARCHS
-from lwmm_lab.engine.pool import resolve_device
+from lwmm_lab.engine.pool import is_bn_stat, resolve_device
 from lwmm_lab.files import sha256
 
 from .conftest import TINY, checkpoint_of
@@ -540,3 +540,30 @@ def test_grouped_means_equal_the_plain_weighted_sum(make_models) -> None:
                 expected = sum(w[i] * checkpoints[i].tensors[e.name] for i in range(4))
                 torch.testing.assert_close(out[e.name], expected, rtol=1e-5, atol=1e-6)
     assert pool._mean_key == (0, 1, 2, 3), "isotropic averages every model once and keeps it"
+
+
+def test_a_method_of_ones_own_is_a_short_function_and_a_name_is_taken_once(make_models) -> None:
+    """The registry is the one place a method is added: an elementwise median, registered,
+    merges a pool like the built-in methods. A name taken already (it replaced the built-in
+    without a word) and a need the engine lacks (misspelt, the method failed in its merge)
+    are refused where they are registered."""
+
+    def median(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ctx: object) -> None:
+        """Elementwise median of the models' values."""
+        out.copy_(x.median(0).values)
+
+    try:
+        register_method("median", schedule="uniform")(median)
+        checkpoints = [checkpoint_of(m) for m in make_models(3)]
+        merged = merge(Pool(checkpoints, device="cpu"), method="median")
+        for name, value in merged.items():
+            if value.is_floating_point() and not is_bn_stat(name):  # BN stats: the BN rule
+                stack = torch.stack([c.tensors[name] for c in checkpoints])
+                torch.testing.assert_close(value, stack.median(0).values.to(value.dtype))
+        assert METHODS["median"].summary == "Elementwise median of the models' values."
+    finally:
+        METHODS.pop("median", None)
+    with pytest.raises(LwmmError, match=r"^method 'ties' is registered already"):
+        register_method("ties")
+    with pytest.raises(LwmmError, match=r"^method 'm': need 'fishr' is not one of base, fisher"):
+        register_method("m", needs=("fishr",))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lwmm_lab.errors import LwmmError, check_numbers
+from lwmm_lab.errors import LwmmError, check_name, check_numbers
 
 #: Added to every Fisher value, so that where all models' Fisher is 0 the result is the
 #: schedule-weighted mean instead of 0/0.
@@ -71,6 +71,8 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+#: What a method may need beside the models: the pool's base, or its Fisher estimates.
+NEEDS = ("base", "fisher")
 
 
 def register_method(
@@ -80,7 +82,15 @@ def register_method(
     linear: bool = False,
     rebased: bool = False,
 ) -> Callable[[Combine], Combine]:
-    """Register ``combine`` under ``name``; its docstring's first line is the summary."""
+    """Register ``combine`` under ``name``; its docstring's first line is the summary.
+
+    A name taken already is refused (a second ``ties`` would replace the first without a
+    word), as is a need the engine does not provide (a misspelt one left the method without
+    it, to fail inside its first merge)."""
+    if name in METHODS:
+        raise LwmmError(f"method '{name}' is registered already; give yours another name")
+    for need in needs:
+        check_name(need, NEEDS, f"method '{name}': need")
 
     def add(fn: Combine) -> Combine:
         summary = (fn.__doc__ or name).strip().splitlines()[0]
