@@ -205,6 +205,8 @@ def test_set_and_load_refuse_what_no_hand_could_do(lab: MergeLab) -> None:
     paths = list(lab.models.value)
     with pytest.raises(LwmmError, match=r"anchor 'other\.pt' is not one of the checkpoints"):
         lab.load(paths, "other.pt")
+    lab.load(paths, 1)  # an index into them, as an anchor is given elsewhere ('1' before)
+    assert lab.plan.anchor == 1 and lab._anchor_path == paths[1]
     with pytest.raises(LwmmError, match="give a list of checkpoint files"):
         lab.load(paths[0], paths[0])
 

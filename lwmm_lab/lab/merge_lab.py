@@ -342,11 +342,14 @@ class MergeLab(Panel):
             self._deferred = False
             self.refresh()
 
-    def load(self, checkpoints: Sequence[str], anchor: str, **values: Any) -> None:
-        """Show the merge of ``checkpoints`` with the anchor at path ``anchor`` and the
-        controls in ``values`` (as :meth:`set`; ``start`` may exceed the depth of the models
-        shown now): what a sweep's clicked cell loads. One re-merge, at the end."""
+    def load(self, checkpoints: Sequence[str], anchor: str | int = 0, **values: Any) -> None:
+        """Show the merge of ``checkpoints`` with the anchor at path ``anchor`` (or at that
+        index of ``checkpoints``) and the controls in ``values`` (as :meth:`set`; ``start``
+        may exceed the depth of the models shown now): what a sweep's clicked cell loads. One
+        re-merge, at the end."""
         paths = path_list(checkpoints)
+        if isinstance(anchor, int) and not isinstance(anchor, bool) and 0 <= anchor < len(paths):
+            anchor = paths[anchor]
         if str(anchor) not in paths:
             raise LwmmError(f"anchor '{anchor}' is not one of the checkpoints to load")
         start = values.pop("start", None)
