@@ -218,6 +218,13 @@ def test_batches_that_would_be_scored_as_garbage_are_refused_by_what_is_wrong() 
             with pytest.raises(LwmmError, match=says):
                 estimate_fisher(model, data, images=2)
     assert evaluate(model, TensorDataset(images, labels)).images == 2
+    for knobs, says in (  # batch_size=-1 scored no image (NaN), "gpu" failed inside torch
+        ({"batch_size": -1}, r"^batch_size=-1: give at least 1"),
+        ({"batch_size": 0}, r"^batch_size=0: give at least 1"),
+        ({"device": "gpu"}, r"^device 'gpu' is not one of auto, cpu, cuda"),
+    ):
+        with pytest.raises(LwmmError, match=says):
+            evaluate(model, TensorDataset(images, labels), **knobs)
 
 
 class _Sizes(torch.utils.data.Dataset):

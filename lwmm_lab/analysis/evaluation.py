@@ -352,8 +352,8 @@ def evaluate(
     the freed batches' memory is kept for the next (:func:`~lwmm_lab.heap.keep_freed_memory`).
     ``progress`` shows a bar over the images when the pass takes more than a second.
     """
-    models = model_list(models)
-    device = torch.device(device) if device else next(models[0].parameters()).device
+    models, batch_size = model_list(models), check_count("batch_size", batch_size)
+    device = resolve_device(device) if device else next(models[0].parameters()).device
     if device.type == "cpu":
         keep_freed_memory()
     classes = tuple(sorted(set().union(*(model_classes(m) for m in models))))
