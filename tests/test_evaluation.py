@@ -22,6 +22,7 @@ from lwmm_lab.analysis.evaluation import (
     predict,
     scores_from_confusion,
     top_class,
+    val_set,
 )
 from lwmm_lab.analysis.qualitative import examples
 from lwmm_lab.data import labels as L
@@ -225,6 +226,15 @@ def test_batches_that_would_be_scored_as_garbage_are_refused_by_what_is_wrong() 
     ):
         with pytest.raises(LwmmError, match=says):
             evaluate(model, TensorDataset(images, labels), **knobs)
+
+
+def test_a_val_set_takes_its_size_as_a_list_and_is_made_once() -> None:
+    """A resolution given as a list was unhashable for the cache (a TypeError)."""
+    listed = val_set("night", 2, [16, 32])
+    assert listed is val_set("night", 2, (16, 32)), "one val set per settings, cached"
+    assert listed.tensors[0].shape == (2, 3, 16, 32)
+    with pytest.raises(LwmmError, match=r"^device 'gpu' is not one of"):
+        val_set("night", 2, (16, 32), device="gpu")
 
 
 class _Sizes(torch.utils.data.Dataset):

@@ -34,7 +34,7 @@ from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import check_submodel, load_checkpoint
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import path_list, resolve_device
-from lwmm_lab.errors import LwmmError, check_count, first_line
+from lwmm_lab.errors import LwmmError, check_count, check_image_size, first_line
 from lwmm_lab.heap import keep_freed_memory
 
 #: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
@@ -372,20 +372,32 @@ def evaluate(
     return scores
 
 
-@lru_cache(maxsize=16)
 def val_set(
     domain: str,
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
     seed: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     instances: bool = False,
 ) -> TensorDataset:
     """A synthetic domain's val split held in memory on ``device`` (generated once per process;
     a sweep on the GPU keeps its val sets there): images and labels, and with ``instances``
-    the instance ids (what panoptic scores need)."""
+    the instance ids (what panoptic scores need). The settings are checked, and made the
+    cache's keys, here: a resolution given as a list was unhashable (a TypeError)."""
+    size, count, where = (
+        check_image_size(resolution),
+        check_count("images", images),
+        resolve_device(device),
+    )
+    return _val_set(domain, count, size, seed, str(where), bool(instances))
+
+
+@lru_cache(maxsize=16)
+def _val_set(
+    domain: str, images: int, resolution: tuple[int, int], seed: int, device: str, instances: bool
+) -> TensorDataset:
     if device != "cpu":
-        tensors = val_set(domain, images, resolution, seed, instances=instances).tensors
+        tensors = _val_set(domain, images, resolution, seed, "cpu", instances).tensors
         return TensorDataset(*(t.to(device) for t in tensors))
     scenes = SyntheticScenes(domain, "val", images, resolution, seed, instances)
     samples = zip(*(scenes[i] for i in range(len(scenes))), strict=True)
