@@ -49,6 +49,7 @@ from lwmm_lab.zoo.manifest import (
     find_zoo,
     load_manifest,
     preset,
+    zoo_runs,
 )
 from lwmm_lab.zoo.recipe import FAMILIES
 
@@ -80,8 +81,7 @@ class DiscrepancyExplorer(Panel):
             scenario = "custom"
             if len(paths) < 2:
                 raise LwmmError("give at least two checkpoints (the first is the reference)")
-        entries = self.manifest["checkpoints"] if self.manifest else []
-        runs = sorted({e["run"] for e in entries if e["run"] != "base"})
+        runs = [r for r in zoo_runs(self.manifest) if r != "base"] if self.manifest else []
         options = checkpoint_options(self.manifest, paths)
         presets = list(PRESETS) if self.manifest else []
         check_name(scenario, ["custom", *presets], "scenario")
