@@ -38,6 +38,8 @@ from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
 METHODS = ("isotropic", "fisher", "ensemble", "layerwise")
 #: What a comparison can run: every merge method, and the output ensemble.
 RUNNABLE = ("ensemble", *MERGE_METHODS)
+#: What a row of :func:`add_one_at_a_time` holds beside each method's mIoU.
+ADDED_FIELDS = ("models", "anchor", "best_single", "added", "added_miou")
 
 
 def fisher_file(

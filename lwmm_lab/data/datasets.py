@@ -296,12 +296,10 @@ def _subdir(root: Path, sub: str, layout: str) -> Path:
     splits there are (a misspelt ``vla``, or a ``train`` split not downloaded)."""
     path = root / sub
     if not path.is_dir():
-        there = (
-            sorted(p.name for p in path.parent.iterdir() if p.is_dir())
-            if path.parent.is_dir()
-            else []
-        )
-        splits = f"; its splits: {', '.join(there)}" if there and path.parent != root else ""
+        splits = ""
+        if path.parent != root and path.parent.is_dir():  # a split's folder: name those there
+            there = sorted(p.name for p in path.parent.iterdir() if p.is_dir())
+            splits = f"; its splits: {', '.join(there)}" if there else ""
         raise LwmmError(f"'{path}' is missing (expected {layout} under {root}{splits})")
     return path
 

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from lwmm_lab.analysis.comparison import ADDED_FIELDS
 from lwmm_lab.analysis.discrepancy import KINDS, Discrepancy, region_of
 from lwmm_lab.analysis.findings import FAMILIES as FAMILY_ORDER
 from lwmm_lab.analysis.findings import SeededFinding
@@ -457,7 +458,7 @@ def comparison_figure(
     """mIoU of each method as models are added (the paper's Table 2 as a chart): ``rows`` of
     :func:`~lwmm_lab.analysis.comparison.add_one_at_a_time`, ``methods`` some of theirs (by
     default all; one that they lack is refused by name, a KeyError before)."""
-    scored = [key for key in rows[0] if key not in _ADDED_KEYS] if rows else []
+    scored = [key for key in rows[0] if key not in ADDED_FIELDS] if rows else []
     methods = scored if methods is None else check_names(methods, scored, "method")
     fig = go.Figure()
     k = [r["models"] for r in rows]
@@ -488,11 +489,6 @@ def comparison_figure(
     fig.update_xaxes(title="number of models merged (best first; the first is the anchor)", dtick=1)
     fig.update_yaxes(title=f"{domain} mIoU")
     return _base_layout(fig, title)
-
-
-#: What :func:`~lwmm_lab.analysis.comparison.add_one_at_a_time`'s rows hold beside each
-#: method's mIoU.
-_ADDED_KEYS = frozenset({"models", "anchor", "best_single", "added", "added_miou"})
 
 
 def spread_figure(findings: Sequence[SeededFinding], title: str = "How sure are we?") -> go.Figure:
