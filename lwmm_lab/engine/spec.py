@@ -85,7 +85,9 @@ class ModelSpec:
                 kwargs = {"encoder_name": self.encoder, "encoder_weights": None}
                 kwargs.update(classes=self.classes, **self.kwargs)
                 model = create(**kwargs) if create else smp.create_model(self.arch, **kwargs)
-        except (KeyError, ValueError, TypeError, RuntimeError) as e:  # timm: Unknown model
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, AssertionError) as e:
+            # timm: "Unknown model"; smp 0.6 fails with an AttributeError on a norm it cannot
+            # initialise (decoder_use_norm="instancenorm", which has no affine weight)
             raise LwmmError(f"model spec {self.to_json()} cannot be built: {e}") from None
         return model.to(memory_format=torch.channels_last).eval()
 
