@@ -221,8 +221,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--anchors", type=int, nargs="+", default=[0], help="anchor indices (0)")
     sweep.add_argument("--starts", type=float, nargs="+", help="start fractions (11 from 0 to 1)")
     sweep.add_argument("--alphas", type=float, nargs="+", help="alphas (11 from 0 to 1)")
-    sweep.add_argument("--domains", nargs="+", default=["real", "synthetic"], help="target first")
+    sweep.add_argument(
+        "--domains",
+        nargs="+",
+        default=["real", "synthetic"],
+        help="target first: synthetic domains or cityscapes:PATH, gta5:PATH, synthia:PATH "
+        "(real synthetic)",
+    )
     sweep.add_argument("--images", type=int, default=100, help="val images per domain (100)")
+    sweep.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="score at H x W (the resolution the first checkpoint records, else 96 192)",
+    )
     _add_choice(
         sweep,
         "--method",
@@ -611,7 +624,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     _check_outputs(args)
     _refuse_unused(args, {}, f"sweep (method {args.method})")
-    resolution = peek_checkpoint(args.checkpoints[0]).resolution
+    resolution = args.size or peek_checkpoint(args.checkpoints[0]).resolution
     cells = grid(
         args.checkpoints,
         starts=args.starts or [k / 10 for k in range(11)],

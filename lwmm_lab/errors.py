@@ -38,7 +38,7 @@ def naming(source: str) -> Iterator[None]:
 def unknown_name(name: str, known: Sequence[str], what: str, listed: str) -> LwmmError:
     """The error for ``name``, which is not among ``known``: it says which it most resembles
     (``'alpah'`` -> ``alpha``) and lists them all under ``listed``."""
-    close = _closest(name, known)
+    close = did_you_mean(name, known)
     hint = f"did you mean '{close}'? " if close else ""
     return LwmmError(f"'{name}' is not {what} ({hint}{listed}: {', '.join(known)})")
 
@@ -49,13 +49,13 @@ def check_name(name: str, known: Iterable[str], what: str) -> str:
     known = list(known)
     if isinstance(name, str) and name in known:
         return name
-    close = _closest(name, known)
+    close = did_you_mean(name, known)
     hint = f" (did you mean '{close}'?)" if close else ""
     shown = f"'{name}'" if isinstance(name, str) else repr(name)
     raise LwmmError(f"{what} {shown} is not one of {', '.join(known)}{hint}")
 
 
-def _closest(name: object, known: Sequence[str]) -> str | None:
+def did_you_mean(name: object, known: Sequence[str]) -> str | None:
     """The one of ``known`` that ``name`` most resembles, if any is close (difflib)."""
     close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
     return close[0] if close else None
@@ -63,17 +63,22 @@ def _closest(name: object, known: Sequence[str]) -> str | None:
 
 def check_names(names: str | Iterable[str], known: Iterable[str], what: str) -> list[str]:
     """One name or a list of them (``methods="layerwise"`` or ``["isotropic", "layerwise"]``),
-    each checked by :func:`check_name`, before any work; a string is one name, not a list of
-    letters. An empty list is refused too: there would be nothing to compute."""
+    each checked by :func:`check_name`, before any work (see :func:`name_list`)."""
     known = list(known)
+    return [check_name(n, known, what) for n in name_list(names, what, ", ".join(known))]
+
+
+def name_list(names: str | Iterable[str], what: str, choices: str) -> list[str]:
+    """``names`` as a list: a string is one name, not a list of letters, and an empty list is
+    refused, naming the ``choices``: there would be nothing to compute."""
     if isinstance(names, str):
-        names = [names]
-    elif not isinstance(names, Iterable):
+        return [names]
+    if not isinstance(names, Iterable):
         raise LwmmError(f"{what}: give a name or a list of names, not {names!r}")
-    checked = [check_name(n, known, what) for n in names]
-    if not checked:
-        raise LwmmError(f"no {what} given (pick from {', '.join(known)})")
-    return checked
+    names = list(names)
+    if not names:
+        raise LwmmError(f"no {what} given (pick from {choices})")
+    return names
 
 
 def first_line(e: BaseException) -> str:

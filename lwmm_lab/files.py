@@ -110,7 +110,7 @@ def sha256(path: str | os.PathLike) -> str:
     return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)  # the files of a sweep's val sets on disk too
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -47,6 +47,7 @@ from lwmm_lab.analysis.sweeps import SWEEP_METHODS, Sweep, grid, run_sweep
 from lwmm_lab.cli import main
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.errors import LwmmError
+from lwmm_lab.fixtures import cityscapes_folder
 from lwmm_lab.lab.figures import (
     COLUMNS,
     bn_divergence_figure,
@@ -409,7 +410,7 @@ def test_a_sweep_refuses_a_grid_it_cannot_run_before_any_cell(
         (lambda: run_sweep(grid(two_finals, starts=[])), "no cells to sweep"),
         (lambda: grid(two_finals, anchors=0), r"anchors=0: give a list of indices"),
         (lambda: grid(two_finals, align="yes"), r"align='yes': give True or False"),
-        (lambda: grid(two_finals, domains="fogy"), r"domain 'fogy' is not one of .*'foggy'"),
+        (lambda: grid(two_finals, domains="fogy"), r"dataset 'fogy' is not a .*'foggy'"),
         (lambda: grid(two_finals, fisher="f.safetensors"), "fisher: give a list of checkpoint"),
         (
             lambda: run_sweep(grid(two_finals, starts=[0.5], alphas=[0.5], base="b.pt")),
@@ -706,6 +707,31 @@ def test_discrepancy_and_sweep_commands(
             Sweep.from_json(bad)
     assert main(["discrepancy", two_finals[0]]) == 1
     assert "give at least two checkpoints" in capsys.readouterr().err
+
+
+def test_a_sweep_scores_your_dataset_on_disk_and_again_when_it_changes(
+    two_finals: list[str], tmp_path: Path, capsys
+) -> None:
+    """``lwmm sweep --domains cityscapes:PATH --size H W`` scores the folder's val images at
+    that size (what the merge scores there alone); a second run reads the cache, and a run
+    after a label file changed scores again: the cache keys the files' contents."""
+    root = cityscapes_folder(tmp_path / "cs", images=3, size=(64, 128))
+    target = f"cityscapes:{root}"
+    options = ["--starts", "0", "1", "--alphas", "0.5", "--images", "2", "--domains", target]
+    options += ["--size", "32", "64"]
+    assert main(["sweep", *two_finals, *options, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    cell = first["cells"][1]
+    assert cell["domains"] == [target] and cell["resolution"] == [32, 64]
+    merge = merged_model(Pool(two_finals, device="cpu"), start_frac=1.0, alpha=0.5)
+    expected = evaluate(merge, val_set(target, 2, (32, 64)), target).miou
+    assert first["results"][1]["miou"][target] == pytest.approx(expected, abs=1e-6)
+    assert main(["sweep", *two_finals, *options]) == 0
+    assert "(0 merges scored" in capsys.readouterr().out
+    label = sorted(root.glob("gtFine/val/*/*_labelIds.png"))[0]
+    label.write_bytes(sorted(root.glob("gtFine/val/*/*_labelIds.png"))[1].read_bytes())
+    assert main(["sweep", *two_finals, *options]) == 0
+    assert "(2 merges scored" in capsys.readouterr().out
 
 
 @pytest.mark.cuda

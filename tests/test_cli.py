@@ -210,7 +210,11 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
         ),
         "sweep domain": (
             ["sweep", *two, "--domains", "mars", "--starts", "0.5", "--alphas", "0.5"],
-            "domain 'mars' is not one of",
+            "dataset 'mars' is not a synthetic domain",
+        ),
+        "sweep dataset": (
+            ["sweep", *two, "--domains", f"cityscapes:{tmp_path / 'cs'}", "--alphas", "0.5"],
+            "Cityscapes root",
         ),
         "sweep workers": (
             ["sweep", *two, "--executor", "process", "--workers", "0", "--no-cache"],

@@ -12,8 +12,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from lwmm_lab import LwmmError
+from lwmm_lab.analysis.evaluation import val_set
 from lwmm_lab.data import labels as L
-from lwmm_lab.data.datasets import SyntheticScenes, cityscapes, gta5, open_dataset, synthia
+from lwmm_lab.data.datasets import (
+    SyntheticScenes,
+    check_dataset_names,
+    cityscapes,
+    data_key,
+    gta5,
+    open_dataset,
+    synthia,
+)
+from lwmm_lab.fixtures import cityscapes_folder
 
 
 def test_synthetic_dataset_items() -> None:
@@ -89,6 +99,50 @@ def test_cityscapes_folder(tmp_path: Path) -> None:
     assert len(list(ds)) == 2
     with pytest.raises(LwmmError, match=r"leftImg8bit/vla' is missing .*; its splits: val\)"):
         cityscapes(tmp_path, "vla")
+
+
+def test_a_val_set_on_disk_is_read_at_the_resolution_asked(tmp_path: Path) -> None:
+    """The panels and sweeps score a dataset on disk as they score a synthetic domain: its
+    first images, resized, in memory; all of them where it has fewer than asked."""
+    root = cityscapes_folder(tmp_path / "cs", images=3, size=(64, 128))
+    name = f"cityscapes:{root}"
+    images, labels = val_set(name, 16, (32, 64)).tensors
+    assert images.shape == (3, 3, 32, 64) and labels.shape == (3, 32, 64)
+    for i, (image, label) in enumerate(open_dataset(name, "val", (32, 64))):
+        assert torch.equal(images[i], image) and torch.equal(labels[i], label)
+    assert len(val_set(name, 2, (32, 64))) == 2
+    assert check_dataset_names(["real", name]) == ["real", name]
+    with pytest.raises(LwmmError, match=r"^dataset 'reel' is not a synthetic domain .*'real'\?"):
+        val_set("reel")
+    with pytest.raises(LwmmError, match=r"^Cityscapes root '.*nowhere' is not a directory"):
+        check_dataset_names(["real", f"cityscapes:{tmp_path / 'nowhere'}"])
+    with pytest.raises(LwmmError, match=r"^no domain given \(pick from synthetic, .*PATH\)"):
+        check_dataset_names([])
+
+
+def test_a_dataset_on_disk_is_keyed_by_its_files_contents(tmp_path: Path) -> None:
+    """A cache of scores keys a dataset on disk by the contents of the files it scores: a
+    label changed (or another image among the first ones) is read and scored again; a copy
+    elsewhere is the same data."""
+    root = cityscapes_folder(tmp_path / "cs", images=3, size=(16, 32))
+    name = f"cityscapes:{root}"
+    key = data_key(name, 2)
+    assert data_key("real", 2) == "real" and data_key(name, 2) == key
+    assert data_key(name, 3) != key, "a third image is other data"
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in root.rglob("*.png"):
+        (copy / f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        (copy / f.relative_to(root)).write_bytes(f.read_bytes())
+    assert data_key(f"cityscapes:{copy}", 2) == key
+    before = val_set(name, 2, (16, 32)).tensors[1]
+    label = sorted(root.glob("gtFine/val/*/*_labelIds.png"))[0]
+    ids = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
+    ids[:4] = 7  # road
+    _png(label, ids)
+    assert data_key(name, 2) != key
+    after = val_set(name, 2, (16, 32)).tensors[1]
+    assert after[0, :4].eq(L.ROAD).all() and not torch.equal(after, before), "read again"
 
 
 def test_gta5_folder_reads_palette_labels(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import ipywidgets as W
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -16,10 +17,12 @@ from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
 from lwmm_lab.analysis.sweeps import grid, run_sweep
 from lwmm_lab.cli import main
+from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import merge_command
 from lwmm_lab.engine.model import merged_model
 from lwmm_lab.errors import LwmmError
+from lwmm_lab.fixtures import cityscapes_folder
 from lwmm_lab.lab import DiscrepancyExplorer, MergeLab, SweepExplorer
 from lwmm_lab.lab.figures import COLUMNS, panel_uri
 from lwmm_lab.lab.panel import LatestOnly
@@ -30,6 +33,10 @@ from lwmm_lab.zoo.manifest import base_checkpoint, final, scenario_checkpoints
 @pytest.fixture
 def lab(quick_zoo: Path) -> MergeLab:
     return MergeLab(zoo=quick_zoo, preview=4, full=6, background=False)
+
+
+def _values(buttons: W.ToggleButtons) -> list[str]:
+    return [value for _, value in buttons.options]
 
 
 def _images(fig: go.FigureWidget) -> list[str]:
@@ -433,7 +440,7 @@ def test_the_sweep_explorer_shows_the_domains_a_loaded_sweep_scored(
     foggy = run_sweep(cells, cache=tmp_path, progress=False)
     explorer = SweepExplorer(lab, checkpoints=two, steps=2, images=2, background=False)
     explorer.load(foggy)
-    assert explorer.domain.options == ("foggy", "night") and not explorer.error.value
+    assert _values(explorer.domain) == ["foggy", "night"] and not explorer.error.value
     explorer.domain.value = "night"
     shown = [r for r in foggy.results if r["anchor"] == 0]  # the heat map's: the first anchor
     best = max(shown, key=lambda r: r["miou"]["night"])
@@ -443,7 +450,7 @@ def test_the_sweep_explorer_shows_the_domains_a_loaded_sweep_scored(
     explorer.pick(best["start"], best["alpha"])
     assert lab._anchor_path == two[0] and lab.start.value == best["start"]
     explorer.run_button.click()
-    assert explorer.domain.options == ("real", "synthetic") and explorer.sweep is not foggy
+    assert _values(explorer.domain) == ["real", "synthetic"] and explorer.sweep is not foggy
     assert "best real mIoU" in explorer.status.value, "its own run scores real and synthetic"
     for bad, says in ((foggy.to_json(), "a dict is not a Sweep"), (grid, "a function is")):
         with pytest.raises(LwmmError, match=f"^sweep: {says}"):
@@ -474,6 +481,33 @@ def test_the_sweep_explorer_sweeps_the_merge_the_lab_shows(lab: MergeLab) -> Non
     )
     assert (c.start, c.alpha) == (scored["start"], scored["alpha"])
     assert lab.scores["merged"].miou == pytest.approx(scored["miou"]["real"], abs=1e-6)
+
+
+def test_the_lab_and_its_sweep_score_your_dataset_on_disk(quick_zoo: Path, tmp_path: Path) -> None:
+    """Real checkpoints are judged on real data: the MergeLab previews and the sweeps score a
+    Cityscapes folder (here a stand-in of 3 images, fewer than the preview asks for), at the
+    resolution given, and name it by its folder."""
+    root = cityscapes_folder(tmp_path / "my_cityscapes", images=3, size=(64, 128))
+    target = f"cityscapes:{root}"
+    two = [final(load_manifest(quick_zoo), run) for run in ("minent", "advent")]
+    lab = MergeLab(two, target=target, resolution=(32, 64), preview=4, background=False)
+    lab.set(alpha=0.3)
+    model = merged_model(lab.pool, lab.config())
+    expected = evaluate(model, open_dataset(target, "val", (32, 64)), target)
+    assert lab.scores["merged"].miou == pytest.approx(expected.miou)
+    assert lab.scores["merged"].images == 3 and lab.scores["synthetic"].images == 4
+    assert "<b>cityscapes (my_cityscapes)</b> mIoU" in lab.readout.value
+    assert "(preview: 3 and 4 images)" in lab.readout.value
+    sweep = SweepExplorer(lab, steps=2, images=2, background=False)
+    assert _values(sweep.domain) == [target, "synthetic"], "the lab's target and source"
+    sweep.run_button.click()
+    assert "best cityscapes (my_cityscapes) mIoU" in sweep.status.value, sweep.error.value
+    scored = sweep.sweep.results[1]
+    data = val_set(target, 2, (32, 64))
+    expected = evaluate(merged_model(lab.pool, sweep.sweep.cells[1].config()), data, target)
+    assert scored["miou"][target] == pytest.approx(expected.miou, abs=1e-6)
+    with pytest.raises(LwmmError, match=r"^Cityscapes root '.*elsewhere' is not a directory"):
+        MergeLab(two, target=f"cityscapes:{tmp_path / 'elsewhere'}", background=False)
 
 
 def test_the_lab_offers_a_schedule_for_methods_without_one(lab: MergeLab) -> None:

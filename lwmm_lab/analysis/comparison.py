@@ -24,8 +24,7 @@ from torch import nn
 
 from lwmm_lab.analysis.evaluation import eval_mode, evaluate, forward, normalize, val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
-from lwmm_lab.data.datasets import open_dataset
-from lwmm_lab.data.domains import DOMAINS
+from lwmm_lab.data.datasets import check_dataset_names, open_dataset
 from lwmm_lab.engine.checkpoints import load_checkpoint, peek_checkpoint, unique_labels
 from lwmm_lab.engine.methods import BN_RULES
 from lwmm_lab.engine.methods import METHODS as MERGE_METHODS
@@ -171,9 +170,7 @@ def multi_target(
     """
     rows = []
     bn_rules = check_names(bn_rules, BN_RULES, "BN rule")
-    data = {
-        d: val_set(d, images, resolution, val_seed) for d in check_names(domains, DOMAINS, "domain")
-    }
+    data = {d: val_set(d, images, resolution, val_seed) for d in check_dataset_names(domains)}
 
     def row(name: str, kind: str, model: nn.Module) -> dict[str, Any]:
         miou = {d: evaluate(model, data[d], d).miou for d in data}

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 from tqdm.auto import tqdm
 
 from lwmm_lab.data import labels as L
-from lwmm_lab.data.datasets import SyntheticScenes, open_dataset
+from lwmm_lab.data.datasets import SyntheticScenes, data_key, dataset_label, open_dataset
 from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import check_submodel, load_checkpoint
 from lwmm_lab.engine.model import load_model
@@ -387,27 +387,40 @@ def val_set(
     device: str | torch.device = "cpu",
     instances: bool = False,
 ) -> TensorDataset:
-    """A synthetic domain's val split held in memory on ``device`` (generated once per process;
-    a sweep on the GPU keeps its val sets there): images and labels, and with ``instances``
-    the instance ids (what panoptic scores need). The settings are checked, and made the
-    cache's keys, here: a resolution given as a list was unhashable (a TypeError)."""
+    """The first ``images`` of a val split held in memory on ``device``, at ``resolution``:
+    a synthetic domain's (rendered once per process; ``seed`` picks other scenes), or one of a
+    dataset on disk, ``cityscapes:PATH`` (its val split), ``gta5:PATH`` or ``synthia:PATH``
+    (all of their images are one split), which has all its images when it has fewer. Images
+    and labels, and with ``instances`` the instance ids (what panoptic scores need). A sweep on
+    the GPU keeps its val sets there. The settings are checked, and made the cache's keys, here:
+    a resolution given as a list was unhashable (a TypeError). A dataset on disk is read once
+    per process, and again when its files change (the cache's key holds their digest)."""
     size, count, where = (
         check_image_size(resolution),
         check_count("images", images),
         resolve_device(device),
     )
-    return _val_set(domain, count, size, seed, str(where), bool(instances))
+    files = data_key(domain, count, instances=bool(instances))
+    return _val_set(domain, count, size, seed, str(where), bool(instances), files)
 
 
 @lru_cache(maxsize=16)
 def _val_set(
-    domain: str, images: int, resolution: tuple[int, int], seed: int, device: str, instances: bool
+    domain: str,
+    images: int,
+    resolution: tuple[int, int],
+    seed: int,
+    device: str,
+    instances: bool,
+    files: str,
 ) -> TensorDataset:
     if device != "cpu":
-        tensors = _val_set(domain, images, resolution, seed, "cpu", instances).tensors
+        tensors = _val_set(domain, images, resolution, seed, "cpu", instances, files).tensors
         return TensorDataset(*(t.to(device) for t in tensors))
-    scenes = SyntheticScenes(domain, "val", images, resolution, seed, instances)
-    samples = zip(*(scenes[i] for i in range(len(scenes))), strict=True)
+    dataset = open_dataset(domain, "val", resolution, images, seed, instances)
+    count = min(images, len(dataset))
+    read = tqdm(range(count), f"reading {dataset_label(domain)}", delay=2, leave=False)
+    samples = zip(*(dataset[i] for i in read), strict=True)
     return TensorDataset(*(torch.stack(t) for t in samples))
 
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import evaluate, val_set
-from lwmm_lab.data.domains import DOMAINS
+from lwmm_lab.data.datasets import check_dataset_names, data_key, on_disk
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
 from lwmm_lab.engine.methods import METHODS
@@ -39,7 +39,6 @@ from lwmm_lab.errors import (
     check_count,
     check_image_size,
     check_name,
-    check_names,
     check_numbers,
     first_line,
     naming,
@@ -73,11 +72,12 @@ class Cell:
     alpha: float | None = None
     method: str = "layerwise"
     bn: str = "linear"
+    #: Where the merge is scored: synthetic domains or datasets on disk (``cityscapes:PATH``).
     domains: tuple[str, ...] = ("real", "synthetic")
     images: int = 100
     resolution: tuple[int, int] = (96, 192)
     device: str = "cpu"
-    #: Which val set of each domain (another seed gives other scenes of the same size).
+    #: Which val set of each synthetic domain (another seed gives other scenes of that size).
     val_seed: int = 0
     base: str | None = None
     fisher: tuple[str, ...] | None = None
@@ -98,10 +98,10 @@ class Cell:
         if self.fisher is not None:
             object.__setattr__(self, "fisher", tuple(path_list(self.fisher, "fisher")))
         check_count("images", self.images)
-        check_image_size(self.resolution)
+        object.__setattr__(self, "resolution", check_image_size(self.resolution))  # hashable
         if not isinstance(self.align, bool):  # "yes" aligned, and 0 did not, without a word
             raise LwmmError(f"align={self.align!r}: give True or False")
-        object.__setattr__(self, "domains", tuple(check_names(self.domains, DOMAINS, "domain")))
+        object.__setattr__(self, "domains", tuple(check_dataset_names(self.domains)))
 
     def config(self) -> MergeConfig:
         """The merge this cell makes."""
@@ -113,12 +113,15 @@ class Cell:
 
     def key(self) -> str:
         """A content key: the sha256 of the checkpoints, base and Fisher files (not their
-        paths) and the settings."""
+        paths), of the val images and labels of a dataset on disk, and the settings."""
         fields = asdict(self) | {
             "checkpoints": [sha256(p) for p in self.checkpoints],
             "base": self.base and sha256(self.base),
             "fisher": self.fisher and [sha256(p) for p in self.fisher],
         }
+        files = {d: data_key(d, self.images) for d in self.domains if on_disk(d)}
+        if files:  # only then: the keys of sweeps on synthetic domains stay as they were
+            fields["data"] = files
         text = json.dumps({"cell": fields, "lwmm_lab": __version__}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 

@@ -11,8 +11,9 @@ tensor (0: no instance). All are plain picklable objects, so ``DataLoader`` work
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,16 @@ from torch.utils.data import Dataset
 
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import DOMAIN_CLASSES, DOMAINS, check_domain, generate
-from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_name, check_seed
+from lwmm_lab.errors import (
+    LwmmError,
+    check_count,
+    check_image_size,
+    check_name,
+    check_seed,
+    did_you_mean,
+    name_list,
+)
+from lwmm_lab.files import sha256
 
 #: Default number of images per split of a synthetic domain.
 DEFAULT_SIZES = {"train": 2000, "val": 100, "test": 100}
@@ -107,6 +117,11 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def files(self, count: int) -> list[Path]:
+        """The files the first ``count`` samples are read from: image, label (, instances)."""
+        files = [f for pair in self.pairs[:count] for f in pair]
+        return files + (self.instance_files or [])[:count]
+
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self.pairs):  # an IndexError, as iteration by index expects
             raise IndexError(f"image {index} is outside 0..{len(self.pairs) - 1} of the dataset")
@@ -183,6 +198,61 @@ def synthia(root: str | os.PathLike, resolution: tuple[int, int] | None = None) 
 
 
 _READERS = {"cityscapes": cityscapes, "gta5": gta5, "synthia": synthia}
+_TITLES = {"cityscapes": "Cityscapes", "gta5": "GTA5", "synthia": "SYNTHIA"}
+#: How the names of datasets on disk are written, for messages and help texts.
+ON_DISK = "cityscapes:PATH, gta5:PATH or synthia:PATH"
+
+
+def on_disk(name: str) -> bool:
+    """Whether ``name`` names a dataset on disk (``cityscapes:PATH`` ...), not a synthetic
+    domain."""
+    kind, _, path = name.partition(":")
+    return bool(path) and kind in _READERS
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` when :func:`open_dataset` can open it: a synthetic domain, or ``cityscapes:``,
+    ``gta5:`` or ``synthia:PATH`` of a folder that is there; else one line naming it, before
+    any work (a sweep checks its domains when its cells are made, not in a worker)."""
+    if not isinstance(name, str):
+        raise LwmmError(f"dataset {name!r}: give a domain's name or {ON_DISK}")
+    if on_disk(name):
+        kind, _, path = name.partition(":")
+        _root(path, _TITLES[kind])
+        return name
+    if name in DOMAINS:
+        return name
+    close = did_you_mean(name, DOMAINS)
+    hint = f" (did you mean '{close}'?)" if close else ""
+    raise LwmmError(
+        f"dataset '{name}' is not a synthetic domain ({', '.join(DOMAINS)}) nor {ON_DISK}{hint}"
+    )
+
+
+def check_dataset_names(names: str | Sequence[str]) -> list[str]:
+    """One dataset name or a list of them, each checked by :func:`check_dataset_name`."""
+    choices = f"{', '.join(DOMAINS)}, {ON_DISK}"
+    return [check_dataset_name(n) for n in name_list(names, "domain", choices)]
+
+
+def data_key(name: str, images: int, split: str = "val", instances: bool = False) -> str:
+    """What a cache keys the first ``images`` samples of a dataset by: a synthetic domain's
+    name (its scenes are a function of the name, seed and code), or for a dataset on disk the
+    sha256 of its files' names and contents, so that a changed label is scored again."""
+    if not on_disk(check_dataset_name(name)):
+        return name
+    dataset = open_dataset(name, split, None, instances=instances)
+    text = "".join(f"{f.name}:{sha256(f)}\n" for f in dataset.files(images))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dataset_label(name: str) -> str:
+    """A short name for a dataset in titles and buttons: the domain, or the kind of a dataset
+    on disk and its folder's name (``cityscapes (val_2024)``)."""
+    if not on_disk(name):
+        return name
+    kind, _, path = name.partition(":")
+    return f"{kind} ({Path(path).name or path})"
 
 
 def open_dataset(
@@ -198,24 +268,17 @@ def open_dataset(
     Real datasets are resized to ``resolution`` when given (None keeps their size); ``size``
     and ``seed`` apply to synthetic domains only.
     """
-    if not isinstance(name, str):
-        raise LwmmError(f"dataset {name!r}: give a domain's name or cityscapes:PATH")
-    kind, _, path = name.partition(":")
-    if path and kind in _READERS:
-        if kind == "cityscapes":
-            return cityscapes(path, split, resolution, instances)
-        if instances:
-            raise LwmmError(
-                f"dataset '{name}': {kind} labels have no instance ids; a panoptic task needs "
-                "cityscapes:PATH (its gtFine instanceIds) or a synthetic domain"
-            )
-        return _READERS[kind](path, resolution)
-    if name in DOMAINS:
+    kind, _, path = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if instances and kind in ("gta5", "synthia"):
+        raise LwmmError(
+            f"dataset '{name}': {kind} labels have no instance ids; a panoptic task needs "
+            "cityscapes:PATH (its gtFine instanceIds) or a synthetic domain"
+        )
+    if not on_disk(check_dataset_name(name)):
         return SyntheticScenes(name, split, size, resolution or (128, 256), seed, instances)
-    raise LwmmError(
-        f"dataset '{name}' is not a synthetic domain ({', '.join(DOMAINS)}) "
-        "nor cityscapes:PATH, gta5:PATH or synthia:PATH"
-    )
+    if kind == "cityscapes":
+        return cityscapes(path, split, resolution, instances)
+    return _READERS[kind](path, resolution)
 
 
 def _read_image(path: Path) -> np.ndarray:

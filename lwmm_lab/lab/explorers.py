@@ -25,10 +25,11 @@ from lwmm_lab.analysis.sweeps import (
     grid,
     run_sweep,
 )
+from lwmm_lab.data.datasets import check_dataset_names, dataset_label
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.methods import METHODS
 from lwmm_lab.engine.pool import Pool, path_list, resolve_device
-from lwmm_lab.errors import LwmmError, check_count, check_name, check_whole
+from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_name, check_whole
 from lwmm_lab.lab.figures import counts_figure, discrepancy_figure, sweep_heatmap
 from lwmm_lab.lab.merge_lab import MergeLab, checkpoint_options, panel_manifest
 from lwmm_lab.lab.panel import (
@@ -221,6 +222,10 @@ class SweepExplorer(Panel):
     and alpha matter). With a MergeLab the sweep also takes its method (layer-wise when the
     lab's has a schedule of its own: isotropic), BN rule, base and alignment, and a cell
     clicked loads all of that into the lab, so the lab shows the merge the cell scored.
+    The cells are scored on ``domains`` (synthetic domains or datasets on disk, as
+    :func:`~lwmm_lab.analysis.evaluation.val_set` takes them), else on the MergeLab's target
+    and source, else on real and synthetic; at ``resolution``, else the MergeLab's, else the
+    one the first model records.
     """
 
     def __init__(
@@ -231,6 +236,8 @@ class SweepExplorer(Panel):
         steps: int = 11,
         images: int = 50,
         executor: str = "serial",
+        domains: Sequence[str] | None = None,
+        resolution: tuple[int, int] | None = None,
         background: bool = True,
     ) -> None:
         super().__init__(background)
@@ -247,11 +254,15 @@ class SweepExplorer(Panel):
             raise LwmmError(f"steps={steps}: give at least 2 (s and alpha from 0 to 1)")
         self.steps, self.images = steps, check_count("images", images)
         self.executor = check_executor(executor)
-        if self.checkpoints is None:
-            self.resolution = merge_lab.resolution
-        else:
-            self.resolution = peek_checkpoint(self.checkpoints[0]).resolution
-        self.domain = choice_buttons(["real", "synthetic"], "real", "domain")
+        if domains is None:
+            domains = (merge_lab.target, merge_lab.source) if merge_lab else ("real", "synthetic")
+        self.domains = tuple(dict.fromkeys(check_dataset_names(domains)))
+        if resolution is None and self.checkpoints is None:
+            resolution = merge_lab.resolution
+        elif resolution is None:
+            resolution = peek_checkpoint(self.checkpoints[0]).resolution
+        self.resolution = check_image_size(resolution)
+        self.domain = choice_buttons(_labelled(self.domains), self.domains[0], "domain")
         self.run_button = W.Button(
             description=f"run the {steps} x {steps} sweep", icon="play", layout=fit_width()
         )
@@ -284,7 +295,7 @@ class SweepExplorer(Panel):
         device = lab.pool.device if lab else resolve_device("auto")
         return grid(
             checkpoints, starts=fractions, alphas=fractions, anchors=anchors,
-            domains=("real", "synthetic"), images=self.images,
+            domains=self.domains, images=self.images,
             resolution=tuple(self.resolution), device=str(device), **settings,
         )  # fmt: skip
 
@@ -320,7 +331,7 @@ class SweepExplorer(Panel):
 
     def load(self, sweep: Sweep) -> None:
         """Show an already computed sweep; the domain buttons become the domains it scored
-        (a run here scores real and synthetic, a sweep made elsewhere may score others)."""
+        (a sweep made elsewhere may score others than a run here)."""
         if not isinstance(sweep, Sweep):
             raise LwmmError(f"sweep: a {type(sweep).__name__} is not a Sweep (run_sweep's result)")
         if not sweep.results:
@@ -332,12 +343,12 @@ class SweepExplorer(Panel):
         """The domain buttons as the domains ``sweep`` scored, the one shown kept where it
         can be, without a redraw of their own (the caller draws)."""
         scored = list(sweep.results[0]["miou"])
-        if list(self.domain.options) == scored:
+        if list(self.domain.options) == _labelled(scored):
             return
         shown = self.domain.value if self.domain.value in scored else scored[0]
         self.domain.unobserve(self._domain_moved, names="value")
         try:
-            self.domain.options, self.domain.value = scored, shown
+            self.domain.options, self.domain.value = _labelled(scored), shown
         finally:
             self.domain.observe(self._domain_moved, names="value")
 
@@ -350,7 +361,7 @@ class SweepExplorer(Panel):
         self.figure.data[0].on_click(self._clicked)
         best = max(self.sweep.of(domain), key=lambda r: r["miou"][domain])  # the anchor shown
         self.status.value = (
-            f"best {domain} mIoU {best['miou'][domain]:.2f} at s = {best['start']}, "
+            f"best {dataset_label(domain)} mIoU {best['miou'][domain]:.2f} at s = {best['start']}, "
             f"alpha = {best['alpha']:.2f}; click a cell to load that merge into the MergeLab"
         )
 
@@ -373,3 +384,8 @@ class SweepExplorer(Panel):
             schedule="layerwise", bn=cell.bn, granularity="tensor", align=cell.align,
             start=int(start), alpha=float(alpha),
         )  # fmt: skip
+
+
+def _labelled(domains: Sequence[str]) -> list[tuple[str, str]]:
+    """The domain buttons' options: (a short label, the dataset's name)."""
+    return [(dataset_label(d), d) for d in domains]

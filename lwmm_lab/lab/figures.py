@@ -26,6 +26,7 @@ from lwmm_lab.analysis.findings import SeededFinding
 from lwmm_lab.analysis.qualitative import CHANGE_PALETTE, CHANGES, Example
 from lwmm_lab.analysis.sweeps import Sweep
 from lwmm_lab.data import labels as L
+from lwmm_lab.data.datasets import dataset_label
 from lwmm_lab.engine.merge import MergePlan
 from lwmm_lab.errors import LwmmError, check_names
 from lwmm_lab.files import atomic_path, output_path
@@ -404,7 +405,7 @@ def sweep_heatmap(sweep: Sweep, domain: str, anchor: int | None = None) -> go.Fi
     fig.update_xaxes(title="alpha (the anchor's share before the decay)")
     fig.update_yaxes(title="start layer s")
     label = sweep.labels[anchor] if sweep.labels else anchor
-    return _base_layout(fig, f"{domain} mIoU over start and alpha (anchor {label})")
+    return _base_layout(fig, f"{dataset_label(domain)} mIoU over start and alpha (anchor {label})")
 
 
 def sweep_curves(
@@ -430,7 +431,7 @@ def sweep_curves(
                         x=xs,
                         y=ys,
                         mode="lines+markers",
-                        name=domain,
+                        name=dataset_label(domain),
                         legendgroup=domain,
                         showlegend=col == 1,
                         line={"color": color},

@@ -33,13 +33,15 @@ from lwmm_lab.analysis.evaluation import (
 )
 from lwmm_lab.analysis.panoptic import PanopticScores, panoptic_outputs
 from lwmm_lab.analysis.qualitative import Example, examples_from_predictions, iou_delta
+from lwmm_lab.data.datasets import check_dataset_name, dataset_label
+from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_command, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import GRANULARITIES, Pool, path_list, resolve_device
-from lwmm_lab.errors import LwmmError, check_count, check_whole
+from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_whole
 from lwmm_lab.lab.figures import (
     COLUMNS,
     change_color,
@@ -124,6 +126,11 @@ def _drawn_from(example: Example) -> dict[int, bytes]:
     }
 
 
+def _images(target: int, source: int) -> str:
+    """How many preview images the readout's scores are on."""
+    return f"{target} images each" if target == source else f"{target} and {source} images"
+
+
 def _signed(diff: float) -> str:
     """A difference in green (up) or red (down)."""
     return f"<span style='color:{change_color(diff)}'>{diff:+.2f}</span>"
@@ -139,8 +146,12 @@ class MergeLab(Panel):
     multi-target. ``align`` matches the other models' decoder channels to the anchor's first
     (weight matching). ``base``, the model the others were fine-tuned from, is what task
     arithmetic and TIES take task vectors against (default: the zoo's pre-trained base when
-    the lab has a zoo). Preview mIoU is on ``preview`` images of the target and source val; a
-    button scores the full val (``full`` images).
+    the lab has a zoo). Preview mIoU is on ``preview`` images of the ``target`` and ``source``
+    val; a button scores the full val (``full`` images). Both are synthetic domains or your
+    datasets on disk (``target="cityscapes:/data/cityscapes"``, ``source="gta5:/data/gta5"``),
+    read at ``resolution`` (default: the one the anchor records, else 96 x 192; a real model
+    wants its own, ``(512, 1024)`` say). A zoo's scenarios then rank their models on ``real``,
+    its Cityscapes-like domain.
     """
 
     #: The controls :meth:`set` and :meth:`load` move, by name.
@@ -158,6 +169,7 @@ class MergeLab(Panel):
         base: str | os.PathLike | None = None,
         target: str = "real",
         source: str = "synthetic",
+        resolution: tuple[int, int] | None = None,
         preview: int = 16,
         full: int = 100,
         shown: int = 3,
@@ -165,13 +177,15 @@ class MergeLab(Panel):
         background: bool = True,
     ) -> None:
         super().__init__(background)
+        self.target, self.source = check_dataset_name(target), check_dataset_name(source)
+        self._ranked_on = target if target in DOMAINS else "real"  # what the zoo records
         self.manifest = panel_manifest(checkpoints, zoo)
         scenarios = [("custom", "custom")]
         if self.manifest is not None:
             present = {s for e in self.manifest["checkpoints"] for s in e["scenarios"]}
             scenarios += [(SCENARIO_LABELS[s], s) for s in SCENARIOS if s in present]
         if checkpoints is None:
-            checkpoints = scenario_checkpoints(self.manifest, scenario, target)
+            checkpoints = scenario_checkpoints(self.manifest, scenario, self._ranked_on)
         else:
             scenario = "custom"
         checkpoints = path_list(checkpoints)
@@ -180,12 +194,13 @@ class MergeLab(Panel):
         self.base = None if base is None else str(base)
         if not isinstance(align, bool):  # a TraitError from the checkbox before
             raise LwmmError(f"align={align!r}: give True or False")
-        self.target, self.source = target, source
         self.preview_size, self.full_size, self.shown = (
             check_count(name, value)
             for name, value in (("preview", preview), ("full", full), ("shown", shown))
         )
-        self.resolution = peek_checkpoint(checkpoints[0]).resolution
+        if resolution is None:
+            resolution = peek_checkpoint(checkpoints[0]).resolution
+        self.resolution = check_image_size(resolution)
         self.pool: Pool | None = None
         self.plan: MergePlan | None = None
         self.scores: dict[str, Scores | PanopticScores] = {}
@@ -194,6 +209,7 @@ class MergeLab(Panel):
         self._models: dict[int, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
         self._anchor_cache: dict[int, Outputs] = {}
         self._scorers: dict[tuple[str, int], BatchScorer] = {}
+        self._held: dict[tuple[str, int, str, bool], TensorDataset] = {}  # see _data
         self._panel_keys: dict[int, bytes] = {}
         self._depth_names: tuple[str, ...] = ()
         self._moving = threading.local()  # .quiet: this thread moves controls (see _quietly)
@@ -212,7 +228,7 @@ class MergeLab(Panel):
             layout=fit_width(),
         )
         self.models = W.SelectMultiple(
-            options=checkpoint_options(self.manifest, checkpoints, target),
+            options=checkpoint_options(self.manifest, checkpoints, self._ranked_on),
             value=tuple(checkpoints),
             rows=7,
             description="models",
@@ -256,7 +272,7 @@ class MergeLab(Panel):
         self.plan = make_plan(self.pool, self.config())
         self.plan.run(into=self._built(self.plan.anchor)[1])
         self.schedule_fig = go.FigureWidget(schedule_figure(self.plan))
-        title = f"Per-class IoU on {target}: merged minus anchor"
+        title = f"Per-class IoU on {dataset_label(target)}: merged minus anchor"
         self.delta_fig = go.FigureWidget(iou_delta_figure({}, title))
         merged = self._outputs(self._model(self.plan.anchor))
         self.grid_fig = go.FigureWidget(
@@ -448,9 +464,16 @@ class MergeLab(Panel):
     def _data(
         self, domain: str, images: int, on_device: bool = False, instances: bool = False
     ) -> TensorDataset:
-        """A preview val set; ``on_device``: held where the pool is (copied there once)."""
+        """A preview val set; ``on_device``: held where the pool is (copied there once). Kept
+        by the lab: a dataset on disk is looked over for changed files on every ``val_set``
+        (10 ms for Cityscapes' 500 val images), and the previews are the lab's for its life."""
         device = str(self.pool.device) if on_device else "cpu"
-        return val_set(domain, images, self.resolution, device=device, instances=instances)
+        key = (domain, images, device, instances)
+        if key not in self._held:
+            self._held[key] = val_set(
+                domain, images, self.resolution, device=device, instances=instances
+            )
+        return self._held[key]
 
     # ------------------------------------------------------------------------- events
 
@@ -476,7 +499,7 @@ class MergeLab(Panel):
         """Load the scenario's models, its first one the anchor."""
         if self._quiet or self.scenario.value == "custom" or self.manifest is None:
             return
-        paths = scenario_checkpoints(self.manifest, self.scenario.value, self.target)
+        paths = scenario_checkpoints(self.manifest, self.scenario.value, self._ranked_on)
         known = {path for _, path in self.models.options}
         extra = [(peek_checkpoint(p).label, p) for p in paths if p not in known]
         with self._quietly():
@@ -571,17 +594,19 @@ class MergeLab(Panel):
                 for domain in (self.target, self.source)
             )
             images, labels = (torch.cat([t, s]) for t, s in zip(target, source, strict=True))
-            self._scorers[key] = BatchScorer(images, labels, (self.preview_size,) * 2)
+            parts = (len(target[0]), len(source[0]))  # fewer where a dataset on disk is small
+            self._scorers[key] = BatchScorer(images, labels, parts)
         return self._scorers[key]
 
     def _outputs(self, model: torch.nn.Module) -> Outputs:
         """A model's scores on the target and source previews and its predictions on the
         target images shown (and, for a panoptic model, its panoptic outputs on the target)."""
-        pred, counts = self._scorer()(model)
-        classes, n = model_classes(model), self.preview_size
+        scorer = self._scorer()
+        pred, counts = scorer(model)
+        classes, parts = model_classes(model), (p.stop - p.start for p in scorer.parts)
         target, source = (
             scores_from_confusion(c, classes, domain, n)
-            for c, domain in zip(counts.cpu(), (self.target, self.source), strict=True)
+            for c, domain, n in zip(counts.cpu(), (self.target, self.source), parts, strict=True)
         )
         shown = pred[: self.shown].cpu()
         if not is_panoptic(model):
@@ -641,25 +666,27 @@ class MergeLab(Panel):
         if anchor.panoptic is not None and merged.panoptic is not None:
             ap, mp = anchor.panoptic[0], merged.panoptic[0]
             panoptic = (
-                f"<br>panoptic on <b>{self.target}</b>: PQ merged <b class='lwmm-pq'>"
+                f"<br>panoptic on <b>{dataset_label(self.target)}</b>: PQ merged "
+                f"<b class='lwmm-pq'>"
                 f"{mp.pq:.2f}</b> (anchor {ap.pq:.2f}, {_signed(mp.pq - ap.pq)}), SQ {mp.sq:.2f} "
                 f"(anchor {ap.sq:.2f}), RQ {mp.rq:.2f} (anchor {ap.rq:.2f})"
             )
         notes = note_lines(self.plan.notes())
         return (
-            f"<div style='font-size:15px'><b>{self.target}</b> mIoU: merged "
+            f"<div style='font-size:15px'><b>{dataset_label(self.target)}</b> mIoU: merged "
             f"<b class='lwmm-miou'>{m.miou:.2f}</b> (anchor {a.miou:.2f}, "
             f"{_signed(m.miou - a.miou)}) &nbsp;|&nbsp; "
-            f"<b>{self.source}</b> mIoU: {source.miou:.2f} "
-            f"<small>(preview: {m.images} images each)</small>{panoptic}{notes}</div>"
+            f"<b>{dataset_label(self.source)}</b> mIoU: {source.miou:.2f} "
+            f"<small>(preview: {_images(m.images, source.images)})</small>{panoptic}{notes}</div>"
         )
 
     def _score_full(self) -> None:
-        self.status.value = f"scoring the full {self.target} val ({self.full_size} images) ..."
+        target = dataset_label(self.target)
+        self.status.value = f"scoring the full {target} val ({self.full_size} images) ..."
         data = self._data(self.target, self.full_size, on_device=True)
         scores = evaluate(self._model(self.plan.anchor), data, self.target)
         self.status.value = (
-            f"full {self.target} val: mIoU <b>{scores.miou:.2f}</b> on {scores.images} images"
+            f"full {target} val: mIoU <b>{scores.miou:.2f}</b> on {scores.images} images"
         )
 
     def _save(self) -> None:

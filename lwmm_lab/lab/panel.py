@@ -139,14 +139,19 @@ def fit_width() -> W.Layout:
     return W.Layout(width="auto")
 
 
-def choice_buttons(options: Sequence[str], value: str, description: str) -> W.ToggleButtons:
-    """A row of buttons for a few choices, laid out like the dropdowns beside it: the
-    description on the left of the buttons, not above them as ipywidgets 8 puts it."""
+def choice_buttons(
+    options: Sequence[str | tuple[str, str]], value: str, description: str
+) -> W.ToggleButtons:
+    """A row of buttons for a few choices (names, or (label, value) pairs), laid out like the
+    dropdowns beside it: the description on the left of the buttons, not above them as
+    ipywidgets 8 puts it."""
+    labels = [o if isinstance(o, str) else o[0] for o in options]
+    width = max(96, 8 * max(map(len, labels), default=0) + 24)  # no label cut to "..."
     buttons = W.ToggleButtons(
         options=list(options),
         value=value,
         description=description,
-        style={"button_width": "96px"},
+        style={"button_width": f"{width}px"},
     )
     buttons.add_class("widget-inline-hbox")  # ipywidgets' class for a labelled one-line control
     return buttons
