@@ -100,10 +100,11 @@ cityscapes = open_dataset(f"cityscapes:{MY_CITYSCAPES}", "val", resolution=(96, 
 
 # %% [markdown]
 # Now slide the knobs on your own data. The MergeLab and the sweep explorer take your files and
-# score them on your Cityscapes folder (and a source you name, a GTA5 folder say, or a synthetic
-# domain as here): `target="cityscapes:PATH"`, at the `resolution` your models were trained at
-# (the stand-ins: 96 x 192; a DAFormer or AdvEnt model on Cityscapes: `(512, 1024)` or so, on
-# a GPU). The anchor must be a file that carries its spec: the smp directory here.
+# score them on your Cityscapes folder, `target="cityscapes:PATH"`, at the `resolution` your
+# models were trained at (the stand-ins: 96 x 192; a DAFormer or AdvEnt model on Cityscapes:
+# `(512, 1024)` or so, on a GPU). Name your source too, `source="gta5:PATH"`, to watch what the
+# merge keeps of it; `source=None` scores the target alone. The anchor must be a file that
+# carries its spec: the smp directory here.
 
 # %%
 from lwmm_lab.lab import MergeLab, SweepExplorer
@@ -111,14 +112,15 @@ from lwmm_lab.lab import MergeLab, SweepExplorer
 lab = MergeLab(
     [MY_CHECKPOINTS[1], MY_CHECKPOINTS[0]],
     target=f"cityscapes:{MY_CITYSCAPES}",
+    source=None,
     resolution=(96, 192),
     preview=8,
 )
 lab
 
 # %% [markdown]
-# The sweep explorer sweeps the lab's models, anchor and method over s and alpha, scored on the
-# lab's target and source; click a cell to load that merge into the lab above. Scores are
+# The sweep explorer sweeps the lab's models, anchor and method over s and alpha, scored where
+# the lab scores; click a cell to load that merge into the lab above. Scores are
 # cached by the files' contents, so a second run of the same sweep is read back, and one after
 # a label file changed is scored again.
 

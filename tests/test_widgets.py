@@ -486,15 +486,15 @@ def test_the_sweep_explorer_sweeps_the_merge_the_lab_shows(lab: MergeLab) -> Non
 def test_the_lab_and_its_sweep_score_your_dataset_on_disk(quick_zoo: Path, tmp_path: Path) -> None:
     """Real checkpoints are judged on real data: the MergeLab previews and the sweeps score a
     Cityscapes folder (here a stand-in of 3 images, fewer than the preview asks for), at the
-    resolution given, and name it by its folder."""
+    resolution given, and name it by its folder; without a source, the target alone."""
     root = cityscapes_folder(tmp_path / "my_cityscapes", images=3, size=(64, 128))
     target = f"cityscapes:{root}"
     two = [final(load_manifest(quick_zoo), run) for run in ("minent", "advent")]
     lab = MergeLab(two, target=target, resolution=(32, 64), preview=4, background=False)
     lab.set(alpha=0.3)
     model = merged_model(lab.pool, lab.config())
-    expected = evaluate(model, open_dataset(target, "val", (32, 64)), target)
-    assert lab.scores["merged"].miou == pytest.approx(expected.miou)
+    previewed = evaluate(model, open_dataset(target, "val", (32, 64)), target).miou
+    assert lab.scores["merged"].miou == pytest.approx(previewed)
     assert lab.scores["merged"].images == 3 and lab.scores["synthetic"].images == 4
     assert "<b>cityscapes (my_cityscapes)</b> mIoU" in lab.readout.value
     assert "(preview: 3 and 4 images)" in lab.readout.value
@@ -506,6 +506,14 @@ def test_the_lab_and_its_sweep_score_your_dataset_on_disk(quick_zoo: Path, tmp_p
     data = val_set(target, 2, (32, 64))
     expected = evaluate(merged_model(lab.pool, sweep.sweep.cells[1].config()), data, target)
     assert scored["miou"][target] == pytest.approx(expected.miou, abs=1e-6)
+    alone = MergeLab(two, target=target, source=None, resolution=(32, 64), background=False)
+    alone.set(alpha=0.3)
+    assert alone.scores["merged"].miou == pytest.approx(previewed)
+    assert set(alone.scores) == {"merged", "anchor"} and "(preview: 3 images)" in (
+        alone.readout.value
+    )
+    assert "synthetic" not in alone.readout.value, "no source: the target alone"
+    assert _values(SweepExplorer(alone, steps=2, images=2, background=False).domain) == [target]
     with pytest.raises(LwmmError, match=r"^Cityscapes root '.*elsewhere' is not a directory"):
         MergeLab(two, target=f"cityscapes:{tmp_path / 'elsewhere'}", background=False)
 

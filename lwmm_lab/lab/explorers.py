@@ -255,7 +255,7 @@ class SweepExplorer(Panel):
         self.steps, self.images = steps, check_count("images", images)
         self.executor = check_executor(executor)
         if domains is None:
-            domains = (merge_lab.target, merge_lab.source) if merge_lab else ("real", "synthetic")
+            domains = merge_lab.domains if merge_lab else ("real", "synthetic")
         self.domains = tuple(dict.fromkeys(check_dataset_names(domains)))
         if resolution is None and self.checkpoints is None:
             resolution = merge_lab.resolution

@@ -106,12 +106,12 @@ def checkpoint_options(
 
 @dataclass
 class Outputs:
-    """A model's previews: its scores on the target and the source, its predictions on the
-    target images the grid shows, and for a panoptic model its panoptic scores, categories
-    and instance ids on the target."""
+    """A model's previews: its scores on the target and the source (None: the lab has none),
+    its predictions on the target images the grid shows, and for a panoptic model its
+    panoptic scores, categories and instance ids on the target."""
 
     scores: Scores
-    source: Scores
+    source: Scores | None
     pred: torch.Tensor
     panoptic: tuple[PanopticScores, torch.Tensor, torch.Tensor] | None = None
 
@@ -126,9 +126,12 @@ def _drawn_from(example: Example) -> dict[int, bytes]:
     }
 
 
-def _images(target: int, source: int) -> str:
+def _images(scores: Sequence[Scores]) -> str:
     """How many preview images the readout's scores are on."""
-    return f"{target} images each" if target == source else f"{target} and {source} images"
+    counts = [s.images for s in scores]
+    if len(set(counts)) == 1:
+        return f"{counts[0]} images{' each' if len(counts) > 1 else ''}"
+    return " and ".join(map(str, counts)) + " images"
 
 
 def _signed(diff: float) -> str:
@@ -147,11 +150,12 @@ class MergeLab(Panel):
     (weight matching). ``base``, the model the others were fine-tuned from, is what task
     arithmetic and TIES take task vectors against (default: the zoo's pre-trained base when
     the lab has a zoo). Preview mIoU is on ``preview`` images of the ``target`` and ``source``
-    val; a button scores the full val (``full`` images). Both are synthetic domains or your
-    datasets on disk (``target="cityscapes:/data/cityscapes"``, ``source="gta5:/data/gta5"``),
-    read at ``resolution`` (default: the one the anchor records, else 96 x 192; a real model
-    wants its own, ``(512, 1024)`` say). A zoo's scenarios then rank their models on ``real``,
-    its Cityscapes-like domain.
+    val (``source=None``: the target alone); a button scores the full val (``full`` images).
+    Both are synthetic domains or your datasets on disk
+    (``target="cityscapes:/data/cityscapes"``, ``source="gta5:/data/gta5"``), read at
+    ``resolution`` (default: the one the anchor records, else 96 x 192; a real model wants
+    its own, ``(512, 1024)`` say). A zoo's scenarios then rank their models on ``real``, its
+    Cityscapes-like domain.
     """
 
     #: The controls :meth:`set` and :meth:`load` move, by name.
@@ -168,7 +172,7 @@ class MergeLab(Panel):
         align: bool = False,
         base: str | os.PathLike | None = None,
         target: str = "real",
-        source: str = "synthetic",
+        source: str | None = "synthetic",
         resolution: tuple[int, int] | None = None,
         preview: int = 16,
         full: int = 100,
@@ -177,7 +181,10 @@ class MergeLab(Panel):
         background: bool = True,
     ) -> None:
         super().__init__(background)
-        self.target, self.source = check_dataset_name(target), check_dataset_name(source)
+        self.target = check_dataset_name(target)
+        self.source = None if source is None else check_dataset_name(source)
+        #: What the previews score: the target, then the source when there is one.
+        self.domains = (self.target,) if self.source is None else (self.target, self.source)
         self._ranked_on = target if target in DOMAINS else "real"  # what the zoo records
         self.manifest = panel_manifest(checkpoints, zoo)
         scenarios = [("custom", "custom")]
@@ -565,7 +572,9 @@ class MergeLab(Panel):
         self.plan = plan
         done("merge")
         merged, anchor = self._outputs(model), self._anchor(plan.anchor)
-        self.scores = {"merged": merged.scores, "anchor": anchor.scores, self.source: merged.source}
+        self.scores = {"merged": merged.scores, "anchor": anchor.scores}
+        if merged.source is not None:
+            self.scores[self.source] = merged.source
         if merged.panoptic is not None and anchor.panoptic is not None:
             self.scores["merged panoptic"] = merged.panoptic[0]
             self.scores["anchor panoptic"] = anchor.panoptic[0]
@@ -589,12 +598,9 @@ class MergeLab(Panel):
         once per device): a slider change scores both in one forward pass."""
         key = (str(self.pool.device), self.preview_size)
         if key not in self._scorers:
-            target, source = (
-                self._data(domain, self.preview_size, on_device=True).tensors
-                for domain in (self.target, self.source)
-            )
-            images, labels = (torch.cat([t, s]) for t, s in zip(target, source, strict=True))
-            parts = (len(target[0]), len(source[0]))  # fewer where a dataset on disk is small
+            sets = [self._data(d, self.preview_size, on_device=True) for d in self.domains]
+            images, labels = (torch.cat([s.tensors[k] for s in sets]) for k in (0, 1))
+            parts = [len(s) for s in sets]  # fewer where a dataset on disk is small
             self._scorers[key] = BatchScorer(images, labels, parts)
         return self._scorers[key]
 
@@ -604,10 +610,11 @@ class MergeLab(Panel):
         scorer = self._scorer()
         pred, counts = scorer(model)
         classes, parts = model_classes(model), (p.stop - p.start for p in scorer.parts)
-        target, source = (
+        target, *source = (
             scores_from_confusion(c, classes, domain, n)
-            for c, domain, n in zip(counts.cpu(), (self.target, self.source), parts, strict=True)
+            for c, domain, n in zip(counts.cpu(), self.domains, parts, strict=True)
         )
+        source = source[0] if source else None
         shown = pred[: self.shown].cpu()
         if not is_panoptic(model):
             return Outputs(target, source, shown)
@@ -662,6 +669,10 @@ class MergeLab(Panel):
 
     def _readout(self, anchor: Outputs, merged: Outputs) -> str:
         a, m, source = anchor.scores, merged.scores, merged.source
+        scored, sources = [m], ""
+        if source is not None:
+            scored.append(source)
+            sources = f" &nbsp;|&nbsp; <b>{dataset_label(self.source)}</b> mIoU: {source.miou:.2f}"
         panoptic = ""
         if anchor.panoptic is not None and merged.panoptic is not None:
             ap, mp = anchor.panoptic[0], merged.panoptic[0]
@@ -675,9 +686,8 @@ class MergeLab(Panel):
         return (
             f"<div style='font-size:15px'><b>{dataset_label(self.target)}</b> mIoU: merged "
             f"<b class='lwmm-miou'>{m.miou:.2f}</b> (anchor {a.miou:.2f}, "
-            f"{_signed(m.miou - a.miou)}) &nbsp;|&nbsp; "
-            f"<b>{dataset_label(self.source)}</b> mIoU: {source.miou:.2f} "
-            f"<small>(preview: {_images(m.images, source.images)})</small>{panoptic}{notes}</div>"
+            f"{_signed(m.miou - a.miou)}){sources} "
+            f"<small>(preview: {_images(scored)})</small>{panoptic}{notes}</div>"
         )
 
     def _score_full(self) -> None:
