@@ -111,15 +111,21 @@ class Cell:
             density=self.density, scale=self.scale,
         )  # fmt: skip
 
-    def key(self) -> str:
+    def key(self, digests: dict[tuple[str, int], str] | None = None) -> str:
         """A content key: the sha256 of the checkpoints, base and Fisher files (not their
-        paths), of the val images and labels of a dataset on disk, and the settings."""
+        paths), of the val images and labels of a dataset on disk, and the settings.
+        ``digests`` keeps the datasets' digests between cells: a sweep lists and stats a
+        dataset's files once, not once per cell (10-20 ms each for Cityscapes' val)."""
         fields = asdict(self) | {
             "checkpoints": [sha256(p) for p in self.checkpoints],
             "base": self.base and sha256(self.base),
             "fisher": self.fisher and [sha256(p) for p in self.fisher],
         }
-        files = {d: data_key(d, self.images) for d in self.domains if on_disk(d)}
+        digests = {} if digests is None else digests
+        for d in filter(on_disk, self.domains):
+            if (d, self.images) not in digests:
+                digests[d, self.images] = data_key(d, self.images)
+        files = {d: digests[d, self.images] for d in self.domains if on_disk(d)}
         if files:  # only then: the keys of sweeps on synthetic domains stay as they were
             fields["data"] = files
         text = json.dumps({"cell": fields, "lwmm_lab": __version__}, sort_keys=True)
@@ -290,7 +296,8 @@ def run_sweep(
     if not cells:
         raise LwmmError("no cells to sweep (give at least one start, alpha and anchor)")
     store = _Store(output_folder(cache, "the sweep cache")) if cache else None
-    keys = [c.key() for c in cells]
+    digests: dict[tuple[str, int], str] = {}
+    keys = [c.key(digests) for c in cells]
     results: dict[int, dict[str, Any]] = {}
     todo = []
     for i, key in enumerate(keys):
