@@ -297,6 +297,28 @@ def test_save_and_the_equivalent_command(lab: MergeLab, tmp_path: Path) -> None:
     assert all(torch.equal(again.tensors[k], v) for k, v in saved.tensors.items())
 
 
+def test_a_saved_merge_is_replaced_only_when_asked_twice(lab: MergeLab, tmp_path: Path) -> None:
+    """Sliding on and pressing *save* again keeps the earlier file: the panel asks, and only a
+    second press for that name replaces it; a new name saves at once."""
+    first = tmp_path / "merged.safetensors"
+    lab.output.value = str(first)
+    lab.set(alpha=0.3)
+    lab.save_button.click()
+    lab.set(alpha=0.6)
+    lab.save_button.click()
+    assert "exists: press <b>save merge</b> again" in lab.status.value
+    assert load_checkpoint(first).provenance["alpha"] == 0.3
+    lab.save_button.click()
+    assert "saved" in lab.status.value and load_checkpoint(first).provenance["alpha"] == 0.6
+    lab.set(alpha=0.4)
+    lab.save_button.click()
+    assert "exists" in lab.status.value, "a replace is asked for again for each save"
+    lab.output.value = str(tmp_path / "other.safetensors")
+    lab.save_button.click()
+    assert load_checkpoint(tmp_path / "other.safetensors").provenance["alpha"] == 0.4
+    assert load_checkpoint(first).provenance["alpha"] == 0.6
+
+
 def test_full_val_button(lab: MergeLab) -> None:
     lab.full_button.click()
     assert "on 6 images" in lab.status.value

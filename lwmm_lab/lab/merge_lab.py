@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -35,7 +36,7 @@ from lwmm_lab.analysis.panoptic import PanopticScores, panoptic_outputs
 from lwmm_lab.analysis.qualitative import Example, examples_from_predictions, iou_delta
 from lwmm_lab.data.datasets import check_dataset_name, dataset_label
 from lwmm_lab.data.domains import DOMAINS
-from lwmm_lab.engine.checkpoints import peek_checkpoint
+from lwmm_lab.engine.checkpoints import checkpoint_path, peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_command, save_merge
 from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
@@ -225,6 +226,7 @@ class MergeLab(Panel):
         self._built_for: tuple[Any, ...] | None = None  # the pool's _pool_key() when built
         self._shown: tuple[Pool | None, MergeConfig | None] = (None, None)  # what the views show
         self._asked: list[Callable[[], None]] = []  # buttons pressed: run once views are current
+        self._replace: Path | None = None  # an existing file *save* was pressed for once
 
         wide = W.Layout(width="440px")
         self.scenario = W.Dropdown(options=scenarios, value=scenario, description="scenario")
@@ -700,8 +702,20 @@ class MergeLab(Panel):
         )
 
     def _save(self) -> None:
-        path = save_merge(self.pool, self.output.value, self.plan.config)
-        self.status.value = f"saved <code>{html.escape(str(path))}</code> with its provenance"
+        """Save the merge shown. A file already there (the default name's earlier save, say) is
+        replaced only when *save* is pressed a second time for it, so sliding on and saving
+        again never loses a saved merge unasked."""
+        path = checkpoint_path(self.output.value)
+        shown = f"<code>{html.escape(str(path))}</code>"
+        if path.exists() and self._replace != path:
+            self._replace = path
+            self.status.value = (
+                f"{shown} exists: press <b>save merge</b> again to replace it, or type another name"
+            )
+            return
+        self._replace = None
+        save_merge(self.pool, path, self.plan.config)
+        self.status.value = f"saved {shown} with its provenance"
 
     @shows_errors
     def _show_command(self, _: Any) -> None:
