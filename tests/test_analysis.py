@@ -22,6 +22,7 @@ from plotly.serializers import custom_serializers
 from torch.utils.data import DataLoader
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merged_model, save_checkpoint
+from lwmm_lab.analysis import evaluation
 from lwmm_lab.analysis.comparison import (
     add_one_at_a_time,
     compare,
@@ -345,6 +346,29 @@ def test_sweep_executors_agree_and_cache(two_finals: list[str], tmp_path: Path) 
     cached = run_sweep(cells, "serial", cache=tmp_path / "cache", progress=False)
     assert all(r["miou"]["real"] == -1.0 for r in cached.results), "cached cells are read back"
     assert cached.scored == 0
+
+
+def test_a_sweep_reads_each_val_set_once_whatever_the_cache_keeps(
+    two_finals: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cell of a sweep scores the same val sets: held from one cell to the next, each
+    is read once even when val_set's cache keeps none (sets bigger than its budget, as 100
+    full-size Cityscapes images are); it was read again for every cell."""
+    reads: list[str] = []
+
+    def counted(domain: str, *args: object, **kwargs: object) -> object:
+        reads.append(domain)
+        return read(domain, *args, **kwargs)
+
+    read = evaluation.open_dataset
+    monkeypatch.setattr(evaluation, "open_dataset", counted)
+    monkeypatch.setattr(evaluation, "VAL_CACHE_BYTES", 0)
+    cells = grid(
+        two_finals, starts=(0.0, 1.0), alphas=(0.3, 0.6), domains=("real", "night"),
+        images=2, resolution=(32, 96),
+    )  # fmt: skip
+    sweep = run_sweep(cells, "serial", cache=None, progress=False)
+    assert sweep.scored == 4 and sorted(reads) == ["night", "real"]
 
 
 @pytest.mark.parametrize("method", ["ties", "task_arithmetic", "fisher"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from torch.utils.data import Subset, TensorDataset
 
 from lwmm_lab import Checkpoint, LwmmError, ModelSpec
+from lwmm_lab.analysis import evaluation
 from lwmm_lab.analysis.evaluation import (
     BatchScorer,
     class_probabilities,
@@ -235,6 +237,26 @@ def test_a_val_set_takes_its_size_as_a_list_and_is_made_once() -> None:
     assert listed.tensors[0].shape == (2, 3, 16, 32)
     with pytest.raises(LwmmError, match=r"^device 'gpu' is not one of"):
         val_set("night", 2, (16, 32), device="gpu")
+
+
+def test_val_sets_are_kept_up_to_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache is bounded by bytes, not by a count of sets (sixteen full-size Cityscapes
+    sets were 67 GB): the least recently used set leaves first; the set asked for last, and a
+    set still held elsewhere, are kept whatever their size."""
+    one = val_set("night", 3, (16, 32), seed=11)
+    size = sum(t.nbytes for t in one.tensors)
+    monkeypatch.setattr(evaluation, "VAL_CACHE_BYTES", int(2.5 * size))
+    two = weakref.ref(val_set("night", 3, (16, 32), seed=12))
+    rendered = two().tensors[0].clone()
+    assert val_set("night", 3, (16, 32), seed=11) is one and two() is not None, "two sets fit"
+    three = weakref.ref(val_set("night", 3, (16, 32), seed=13))
+    assert two() is None, "the least recently used set left for the third"
+    assert torch.equal(val_set("night", 3, (16, 32), seed=12).tensors[0], rendered)
+    monkeypatch.setattr(evaluation, "VAL_CACHE_BYTES", 0)
+    four = val_set("night", 3, (16, 32), seed=14)
+    assert three() is None and val_set("night", 3, (16, 32), seed=14) is four
+    val_set("night", 3, (16, 32), seed=15)
+    assert val_set("night", 3, (16, 32), seed=11) is one, "held here, so found again"
 
 
 class _Sizes(torch.utils.data.Dataset):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -388,13 +389,14 @@ def val_set(
     instances: bool = False,
 ) -> TensorDataset:
     """The first ``images`` of a val split held in memory on ``device``, at ``resolution``:
-    a synthetic domain's (rendered once per process; ``seed`` picks other scenes), or one of a
+    a synthetic domain's (rendered on first use; ``seed`` picks other scenes), or one of a
     dataset on disk, ``cityscapes:PATH`` (its val split), ``gta5:PATH`` or ``synthia:PATH``
     (all of their images are one split), which has all its images when it has fewer. Images
     and labels, and with ``instances`` the instance ids (what panoptic scores need). A sweep on
     the GPU keeps its val sets there. The settings are checked, and made the cache's keys, here:
-    a resolution given as a list was unhashable (a TypeError). A dataset on disk is read once
-    per process, and again when its files change (the cache's key holds their digest)."""
+    a resolution given as a list was unhashable (a TypeError). Sets are kept in memory up to
+    :data:`VAL_CACHE_BYTES` per device; a dataset on disk is read again when its files change
+    (the cache's key holds their digest)."""
     size, count, where = (
         check_image_size(resolution),
         check_count("images", images),
@@ -404,7 +406,19 @@ def val_set(
     return _val_set(domain, count, size, seed, str(where), bool(instances), files)
 
 
-@lru_cache(maxsize=16)
+#: Bytes of val sets kept in memory between calls, on each device. The set asked for last is
+#: kept whatever its size, and so is any set still held elsewhere (a lab's previews, the sets
+#: a sweep scores): letting go of it would free nothing. 100 zoo images at 96 x 192 take
+#: 37 MB; 100 Cityscapes images at their full 1024 x 2048, 4.2 GB (float images, int64
+#: labels), which a count of sets could not bound: sixteen of those were kept before.
+VAL_CACHE_BYTES = 2 << 30
+_val_sets: OrderedDict[tuple[Any, ...], TensorDataset] = OrderedDict()
+_held_val_sets: weakref.WeakValueDictionary[tuple[Any, ...], TensorDataset] = (
+    weakref.WeakValueDictionary()
+)
+_val_sets_lock = threading.Lock()
+
+
 def _val_set(
     domain: str,
     images: int,
@@ -414,14 +428,42 @@ def _val_set(
     instances: bool,
     files: str,
 ) -> TensorDataset:
+    """:func:`val_set`'s cache: least recently used sets leave first, once a device's sets
+    pass :data:`VAL_CACHE_BYTES`; one that left but is still held elsewhere is found again.
+    A set on an accelerator is copied from the CPU's."""
+    key = (domain, images, resolution, seed, device, instances, files)
+    with _val_sets_lock:
+        data = _val_sets.get(key, _held_val_sets.get(key))
+    if data is not None:
+        _keep(key, data)
+        return data
     if device != "cpu":
         tensors = _val_set(domain, images, resolution, seed, "cpu", instances, files).tensors
-        return TensorDataset(*(t.to(device) for t in tensors))
-    dataset = open_dataset(domain, "val", resolution, images, seed, instances)
-    count = min(images, len(dataset))
-    read = tqdm(range(count), f"reading {dataset_label(domain)}", delay=2, leave=False)
-    samples = zip(*(dataset[i] for i in read), strict=True)
-    return TensorDataset(*(torch.stack(t) for t in samples))
+        data = TensorDataset(*(t.to(device) for t in tensors))
+    else:
+        dataset = open_dataset(domain, "val", resolution, images, seed, instances)
+        count = min(images, len(dataset))
+        read = tqdm(range(count), f"reading {dataset_label(domain)}", delay=2, leave=False)
+        samples = zip(*(dataset[i] for i in read), strict=True)
+        data = TensorDataset(*(torch.stack(t) for t in samples))
+    _keep(key, data)
+    return data
+
+
+def _keep(key: tuple[Any, ...], data: TensorDataset) -> None:
+    """Make ``data`` the newest set of the cache, and let go of the oldest ones on its
+    device (``key[4]``) past :data:`VAL_CACHE_BYTES`."""
+    with _val_sets_lock:
+        _val_sets[key] = _held_val_sets[key] = data
+        _val_sets.move_to_end(key)
+        kept = [k for k in _val_sets if k[4] == key[4]]  # oldest first; this one last
+        size = {k: sum(t.nbytes for t in _val_sets[k].tensors) for k in kept}
+        total = sum(size.values())
+        for k in kept[:-1]:
+            if total <= VAL_CACHE_BYTES:
+                break
+            total -= size[k]
+            del _val_sets[k]
 
 
 def evaluate_checkpoints(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
@@ -132,18 +133,27 @@ class Cell:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+#: The val sets the last cell scored. The next cell of a sweep scores the same ones: held here,
+#: they are found again even when they are too big for val_set's cache to keep.
+_last_sets: list[TensorDataset] = []
+
+
 def sweep_cell(cell: Cell) -> dict[str, Any]:
     """Merge and score one cell; the same cell always gives the same result."""
     pool = _pool(cell, cell.device)
     plan = make_plan(pool, cell.config())
     model, tensors = _model_for(pool, plan.anchor)
     plan.run(into=tensors)
-    miou = {}
-    for domain in cell.domains:
-        data = val_set(
-            domain, cell.images, tuple(cell.resolution), cell.val_seed, device=str(pool.device)
-        )
-        miou[domain] = evaluate(model, data, domain, batch_size=EVAL_BATCH).miou
+    where = str(pool.device)
+    sets = [
+        val_set(d, cell.images, tuple(cell.resolution), cell.val_seed, device=where)
+        for d in cell.domains
+    ]
+    _last_sets[:] = sets
+    miou = {
+        d: evaluate(model, data, d, batch_size=EVAL_BATCH).miou
+        for d, data in zip(cell.domains, sets, strict=True)
+    }
     return _result(cell, plan, miou)
 
 
@@ -318,6 +328,7 @@ def run_sweep(
             if on_result is not None:
                 on_result(len(results), results[k])
     bar.close()
+    _last_sets.clear()  # a serial sweep's, in this process: the cache decides what stays
     labels = [peek_checkpoint(p).label for p in cells[0].checkpoints] if cells else []
     return Sweep(cells, [results[i] for i in range(len(cells))], labels, len(same))
 

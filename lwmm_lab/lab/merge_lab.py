@@ -695,7 +695,8 @@ class MergeLab(Panel):
     def _score_full(self) -> None:
         target = dataset_label(self.target)
         self.status.value = f"scoring the full {target} val ({self.full_size} images) ..."
-        data = self._data(self.target, self.full_size, on_device=True)
+        # Not held by the lab as the previews are: val_set's cache bounds what it keeps.
+        data = val_set(self.target, self.full_size, self.resolution, device=str(self.pool.device))
         scores = evaluate(self._model(self.plan.anchor), data, self.target)
         self.status.value = (
             f"full {target} val: mIoU <b>{scores.miou:.2f}</b> on {scores.images} images"
