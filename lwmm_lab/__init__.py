@@ -13,6 +13,7 @@ from lwmm_lab.lazy import lazy_names
 
 _HOMES = {
     "Checkpoint": "lwmm_lab.engine.checkpoints",
+    "convert_checkpoint": "lwmm_lab.engine.checkpoints",
     "load_checkpoint": "lwmm_lab.engine.checkpoints",
     "save_checkpoint": "lwmm_lab.engine.checkpoints",
     "MergeConfig": "lwmm_lab.engine.merge",

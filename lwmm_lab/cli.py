@@ -42,6 +42,7 @@ from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 if TYPE_CHECKING:
     from lwmm_lab.engine.merge import MergePlan
     from lwmm_lab.engine.pool import Pool
+    from lwmm_lab.engine.spec import ModelSpec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,6 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_choice(ev, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
     ev.add_argument("--json", action="store_true", help="print the results as JSON")
     ev.set_defaults(handler=_eval)
+
+    convert = commands.add_parser(
+        "convert", help="rewrite a checkpoint as safetensors that carry its model spec"
+    )
+    convert.add_argument("checkpoint", metavar="CKPT", help="a checkpoint file or smp dir")
+    convert.add_argument(
+        "--spec",
+        help="its model, for a file that does not say (a torch.save of a state dict): JSON, "
+        '\'{"arch": "Unet", "encoder": "resnet50", "classes": 19}\' (and "kwargs"), or a '
+        "checkpoint that carries the spec",
+    )
+    _add_choice(convert, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
+    convert.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"),
+        help="the image size it was trained at, recorded: eval and the lab score at it",
+    )  # fmt: skip
+    convert.add_argument("-o", "--output", required=True, type=Path, help="OUT.safetensors")
+    convert.set_defaults(handler=_convert)
 
     fisher = commands.add_parser("fisher", help="diagonal Fisher estimate on labelled data")
     fisher.add_argument("checkpoint", metavar="CKPT", help="a checkpoint file or smp dir")
@@ -536,6 +555,34 @@ def _eval_panoptic(args: argparse.Namespace, size: tuple[int, int] | None) -> in
         for cls, q in r.per_class.items():
             print(f"  {cls:<14} PQ {q['pq']:6.2f}  SQ {q['sq']:6.2f}  RQ {q['rq']:6.2f}")
     return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from lwmm_lab.engine.checkpoints import convert_checkpoint, load_checkpoint
+
+    spec = None if args.spec is None else _spec(args.spec)
+    path = convert_checkpoint(args.checkpoint, args.output, spec, args.submodel, args.size)
+    ckpt = load_checkpoint(path)
+    print(f"wrote {path}: {len(ckpt.tensors)} tensors of {ckpt.spec}")
+    return 0
+
+
+def _spec(text: str) -> ModelSpec:
+    """``--spec``: a spec as JSON, or the spec a checkpoint carries."""
+    from lwmm_lab.engine.checkpoints import peek_checkpoint
+    from lwmm_lab.engine.spec import ModelSpec
+
+    if text.lstrip().startswith("{"):
+        return ModelSpec.from_json(text, "--spec")
+    if not Path(text).exists():
+        raise LwmmError(
+            f'--spec {text}: neither JSON (\'{{"arch": ..., "encoder": ..., '
+            '"classes": ...}\') nor a checkpoint that exists'
+        )
+    spec = peek_checkpoint(text).spec
+    if spec is None:
+        raise LwmmError(f"--spec {text}: this checkpoint carries no model spec to take")
+    return spec
 
 
 def _fisher(args: argparse.Namespace) -> int:

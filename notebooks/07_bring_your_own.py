@@ -52,7 +52,8 @@ MY_CHECKPOINTS, MY_CITYSCAPES
 # %% [markdown]
 # A pickle from another code base does not say which architecture it holds (safetensors files
 # written by lwmm_lab and smp directories do). Attach the spec when you know it, here the one of
-# the smp directory, whose model the DAFormer file also holds.
+# the smp directory, whose model the DAFormer file also holds. A spec the tensors do not fit is
+# refused here, naming the first tensor that differs.
 
 # %%
 from lwmm_lab import load_checkpoint
@@ -60,6 +61,22 @@ from lwmm_lab import load_checkpoint
 smp_model = load_checkpoint(MY_CHECKPOINTS[1])
 daformer = load_checkpoint(MY_CHECKPOINTS[0]).with_spec(smp_model.spec)  # the student, model.
 print(daformer.label, len(daformer.tensors), "tensors;", smp_model.label, smp_model.spec.arch)
+
+# %% [markdown]
+# To use such a file everywhere (the panels, the `lwmm` commands, as the anchor), write a copy
+# that carries the spec once: `convert_checkpoint`, or `lwmm convert` in a terminal. It also
+# records the image size the model was trained at, which evaluation and the lab then score at.
+# The spec is given as a `ModelSpec`, or in the terminal as JSON or a checkpoint that has one.
+
+# %%
+from lwmm_lab import ModelSpec, convert_checkpoint
+
+print(ModelSpec("Unet", "resnet50", 19))  # what a spec of your own looks like
+converted = Path(tempfile.mkdtemp()) / "daformer.safetensors"
+CONVERTED = str(
+    convert_checkpoint(MY_CHECKPOINTS[0], converted, spec=smp_model.spec, resolution=(96, 192))
+)
+load_checkpoint(CONVERTED).provenance
 
 # %% [markdown]
 # Before merging, see how far apart the checkpoints are, layer by layer, as in notebook 02: the
@@ -104,13 +121,13 @@ cityscapes = open_dataset(f"cityscapes:{MY_CITYSCAPES}", "val", resolution=(96, 
 # models were trained at (the stand-ins: 96 x 192; a DAFormer or AdvEnt model on Cityscapes:
 # `(512, 1024)` or so, on a GPU). Name your source too, `source="gta5:PATH"`, to watch what the
 # merge keeps of it; `source=None` scores the target alone. The anchor must be a file that
-# carries its spec: the smp directory here.
+# carries its spec: the converted copy (first, so the anchor) or the smp directory here.
 
 # %%
 from lwmm_lab.lab import MergeLab, SweepExplorer
 
 lab = MergeLab(
-    [MY_CHECKPOINTS[1], MY_CHECKPOINTS[0]],
+    [CONVERTED, MY_CHECKPOINTS[1]],
     target=f"cityscapes:{MY_CITYSCAPES}",
     source=None,
     resolution=(96, 192),
@@ -131,6 +148,8 @@ SweepExplorer(lab, steps=5, images=8)
 # The same from a terminal (files that carry their spec):
 #
 # ```bash
+# lwmm convert daformer_iter_40000.pth --spec my_smp_dir --size 512 1024 -o daformer.safetensors
+# lwmm convert my_model.pth --spec '{"arch": "Unet", "encoder": "resnet50", "classes": 19}' -o mine.safetensors
 # lwmm inspect my_smp_dir other.safetensors --start-frac 0.5 --alpha 0.5 --bn gaussian
 # lwmm merge   my_smp_dir other.safetensors --start-frac 0.5 --alpha 0.5 --bn gaussian -o merged.safetensors
 # lwmm eval    my_smp_dir merged.safetensors --domain cityscapes:/data/cityscapes --size 512 1024

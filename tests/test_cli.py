@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lwmm_lab import Pool, load_checkpoint, load_model, make_plan, save_checkpoint
+from lwmm_lab import ModelSpec, Pool, load_checkpoint, load_model, make_plan, save_checkpoint
 from lwmm_lab.cli import main
 from lwmm_lab.engine.merge import merge_command
+from lwmm_lab.files import sha256
 from lwmm_lab.fixtures import daformer_checkpoint
 
 from .conftest import TINY, Payload, perturbed_model
@@ -100,7 +101,35 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
     )
     merged = tmp_path / "out.safetensors"
     (tmp_path / "folder.safetensors").mkdir()
+    plain = tmp_path / "plain.pth"
+    torch.save(perturbed_model(TINY, 0).state_dict(), plain)
+    other = ModelSpec("Unet", "tu-resnet10t", 7, TINY.kwargs)
     return {
+        "convert without a spec": (
+            ["convert", plain, "-o", merged],
+            "plain.pth: carries no model spec; give the spec of its model",
+        ),
+        "convert to another model": (
+            ["convert", plain, "--spec", other.to_json(), "-o", merged],
+            "plain.pth has another shape for 'segmentation_head.0.weight' (and 1 more) for "
+            "Unet(tu-resnet10t, 7 classes, decoder_channels=[16, 8, 4], encoder_depth=3)",
+        ),
+        "convert with a spec it lacks": (
+            ["convert", plain, "--spec", plain, "-o", merged],
+            "--spec " + str(plain) + ": this checkpoint carries no model spec to take",
+        ),
+        "convert with a malformed spec": (
+            ["convert", plain, "--spec", '{"arch": "Unet"}', "-o", merged],
+            "--spec: malformed model spec (no 'encoder')",
+        ),
+        "convert a spec away": (
+            ["convert", two[0], "--spec", other.to_json(), "-o", merged],
+            "m0.safetensors: carries its own spec Unet(tu-resnet10t, 5 classes, decoder_channels=",
+        ),
+        "convert onto the input": (
+            ["convert", two[0], "-o", two[0]],
+            "m0.safetensors: output is one of the inputs; refusing to overwrite it",
+        ),
         "output folder": (
             ["merge", *two, "-o", tmp_path / "folder.safetensors"],
             "folder.safetensors: a folder is there; a checkpoint is written as a file",
@@ -313,6 +342,38 @@ def test_a_sub_model_choice_applies_to_the_files_that_have_sub_models(
     )
     assert rc == 1 and err.count("\n") == 1
     assert "submodel='ema_model': no sub-model prefixes" in err and "m1.safetensors" in err
+
+
+def test_convert_gives_a_state_dict_its_model_spec(two: list[Path], tmp_path: Path, capsys) -> None:
+    """A ``torch.save`` of a state dict (nested, with DataParallel's ``module.``) says no
+    model: every command refuses it until ``lwmm convert`` writes a copy that carries the
+    spec (given as JSON, or taken from a checkpoint that has it) and the training size. The
+    copy is the same model, with its source's sha256; the source is left as it was."""
+    model = perturbed_model(TINY, 3)
+    pickle = tmp_path / "mine.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, pickle)
+    before = pickle.read_bytes()
+    rc, _, err = _run(["eval", pickle, "--images", "1"], capsys)
+    assert rc == 1 and "no model spec" in err and "lwmm convert CKPT --spec JSON" in err
+    out = tmp_path / "mine.safetensors"
+    rc, stdout, err = _run(
+        ["convert", pickle, "--spec", TINY.to_json(), "--size", "32", "64", "-o", out], capsys
+    )
+    assert rc == 0, err
+    assert stdout.startswith(f"wrote {out}: ") and str(TINY) in stdout
+    converted = load_checkpoint(out)
+    assert converted.spec == TINY and converted.resolution == (32, 64)
+    assert converted.provenance["converted_from"]["sha256"] == sha256(pickle)
+    x = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(out, "cpu")(x), model.eval()(x), rtol=0, atol=0)
+    taken = tmp_path / "taken.safetensors"
+    rc, _, err = _run(["convert", pickle, "--spec", two[0], "-o", taken], capsys)
+    assert rc == 0, err
+    assert load_checkpoint(taken).spec == TINY
+    rc, _, err = _run(["eval", taken, "--images", "1"], capsys)
+    assert rc == 0, err
+    assert pickle.read_bytes() == before
 
 
 def test_foreign_file_warns_on_one_line(two: list[Path], tmp_path: Path, capsys) -> None:

@@ -26,7 +26,7 @@ from torch.serialization import DEFAULT_PROTOCOL
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.errors import DepthOrderWarning, LwmmError, check_image_size, first_line, naming
-from lwmm_lab.files import atomic_path, output_path
+from lwmm_lab.files import atomic_path, output_path, refuse_overwrite, sha256
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 #: Sub-models of an mmseg/DAFormer checkpoint: student, EMA teacher, ImageNet feature model.
@@ -117,7 +117,13 @@ class Checkpoint:
         return replace(self, tensors=tensors)
 
     def with_spec(self, spec: ModelSpec) -> Checkpoint:
-        """The same checkpoint with a model spec: for foreign files that do not carry one."""
+        """The same checkpoint with a model spec: for foreign files that do not carry one. A
+        spec whose model the tensors do not fit is refused here, naming the first key that
+        differs, rather than when a model is first built from it."""
+        if not isinstance(spec, ModelSpec):
+            raise LwmmError(f"{self.path or self.label}: spec={spec!r} is not a ModelSpec")
+        shapes = {k: v.shape for k, v in spec.meta_state().items()}
+        check_compatible(shapes, self.tensors, str(self.path or self.label), f" for {spec}")
         return replace(self, spec=spec)
 
 
@@ -149,6 +155,54 @@ def peek_checkpoint(path: str | os.PathLike, submodel: str | None = None) -> Che
     For safetensors only the header is read, so a pool can plan its memory before loading.
     """
     return _read(_file(path), submodel, meta=True)
+
+
+def convert_checkpoint(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    spec: ModelSpec | None = None,
+    submodel: str | None = None,
+    resolution: tuple[int, int] | None = None,
+) -> Path:
+    """Rewrite a checkpoint of any format :func:`load_checkpoint` reads as lwmm safetensors
+    that carry the model spec, so that every command and panel can rebuild its model.
+
+    ``spec`` is given for a file that carries none (a ``torch.save`` of a state dict); a file
+    that carries one keeps it, and a different ``spec`` is refused. ``resolution`` records
+    the (height, width) the model was trained at, which evaluation and the lab score at. The
+    source is read only; the output is written atomically and never over the source.
+    """
+    output = checkpoint_path(output)
+    refuse_overwrite(output, (Path(source),))
+    ckpt = load_checkpoint(source, submodel)
+    check_submodel([ckpt], submodel)
+    if spec is None and ckpt.spec is None:
+        raise LwmmError(f"{source}: carries no model spec; give the spec of its model")
+    if spec is not None and ckpt.spec is not None and spec != ckpt.spec:
+        raise LwmmError(f"{source}: carries its own spec {ckpt.spec}, not {spec}")
+    ckpt = ckpt.with_spec(spec or ckpt.spec)
+    provenance = dict(ckpt.provenance)
+    provenance["converted_from"] = file_record(ckpt.path, submodel=ckpt.submodel)
+    if resolution is not None:
+        provenance["resolution"] = list(check_image_size(resolution))
+    return save_checkpoint(output, ckpt.tensors, ckpt.spec, provenance, protect=(Path(source),))
+
+
+def file_record(
+    path: Path | None, label: str | None = None, submodel: str | None = None
+) -> dict[str, Any]:
+    """What provenance records of an input file: its path, its sha256 (of the weights file of
+    an smp directory), and the label and sub-model it was read as."""
+    record: dict[str, Any] = {"path": None if path is None else str(path), "sha256": None}
+    if label is not None:
+        record["label"] = label
+    if submodel is not None:
+        record["submodel"] = submodel
+    if path is not None:
+        file = path / "model.safetensors" if path.is_dir() else path
+        if file.is_file():
+            record["sha256"] = sha256(file)
+    return record
 
 
 def checkpoint_path(path: str | os.PathLike, what: str = "a checkpoint") -> Path:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from lwmm_lab._version import __version__
-from lwmm_lab.engine.checkpoints import save_checkpoint
+from lwmm_lab.engine.checkpoints import file_record, save_checkpoint
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, BlockContext, Method
 from lwmm_lab.engine.pool import (
     Layout,
@@ -52,7 +52,6 @@ from lwmm_lab.engine.pool import (
 from lwmm_lab.engine.routes import Routes, routes
 from lwmm_lab.engine.target import JoinedViews, joined_views
 from lwmm_lab.errors import LwmmError, check_finite, check_name, check_whole, unknown_name
-from lwmm_lab.files import sha256
 
 
 @dataclass(frozen=True)
@@ -244,7 +243,7 @@ class MergePlan:
             "schedule": self.schedule,
             "anchor": {"index": self.anchor, "label": pool.labels[self.anchor]},
             "inputs": [
-                _file_record(ck.path, label, ck.submodel)
+                file_record(ck.path, label, ck.submodel)
                 for ck, label in zip(pool.checkpoints, pool.labels, strict=True)
             ],
             "bn": c.bn,
@@ -255,11 +254,11 @@ class MergePlan:
         if c.weights is not None:
             record["weights"] = list(c.weights)
         if "base" in METHODS[c.method].needs:
-            record.update(base=_file_record(pool.base_path), scale=c.scale)
+            record.update(base=file_record(pool.base_path), scale=c.scale)
             if c.method == "ties":
                 record["density"] = c.density
         if "fisher" in METHODS[c.method].needs:
-            record["fisher"] = [_file_record(p) for p in pool.fisher_paths]
+            record["fisher"] = [file_record(p) for p in pool.fisher_paths]
         if pool.alignment is not None:
             record["alignment"] = pool.alignment.record(pool.labels)
         return record
@@ -656,18 +655,3 @@ def _resolve_start(start: int | None, start_frac: float | None, n_depth: int) ->
 
 def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
     return registry[check_name(name, registry, what)]
-
-
-def _file_record(
-    path: Path | None, label: str | None = None, submodel: str | None = None
-) -> dict[str, Any]:
-    record: dict[str, Any] = {"path": None if path is None else str(path), "sha256": None}
-    if label is not None:
-        record["label"] = label
-    if submodel is not None:
-        record["submodel"] = submodel
-    if path is not None:
-        file = path / "model.safetensors" if path.is_dir() else path
-        if file.is_file():
-            record["sha256"] = sha256(file)
-    return record

@@ -73,9 +73,8 @@ def require_spec(ckpt: Checkpoint) -> ModelSpec:
     if ckpt.spec is None:
         raise LwmmError(
             f"{ckpt.path or ckpt.label}: no model spec (smp arch, encoder, classes) in this "
-            "checkpoint, so its model cannot be rebuilt; attach one with "
-            "load_checkpoint(path).with_spec(ModelSpec(...)) and save_checkpoint (notebook 07), "
-            "or give an smp save_pretrained directory"
+            "checkpoint, so its model cannot be rebuilt; write a copy that carries one with "
+            "lwmm convert CKPT --spec JSON -o OUT.safetensors (convert_checkpoint; notebook 07)"
         )
     return ckpt.spec
 

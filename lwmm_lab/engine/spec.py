@@ -95,8 +95,17 @@ class ModelSpec:
         """The model's ``state_dict`` keys in order (built on the meta device: no memory)."""
         return list(_key_order(self.to_json()))
 
+    def meta_state(self) -> dict[str, torch.Tensor]:
+        """The model's ``state_dict`` on the meta device: names, shapes and dtypes, no memory."""
+        return _meta_model(self.to_json()).state_dict()
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def __str__(self) -> str:
+        """``Unet(resnet50, 19 classes, decoder_channels=[...])``: how messages name a spec."""
+        extra = "".join(f", {k}={v!r}" for k, v in sorted(self.kwargs.items()))
+        return f"{self.arch}({self.encoder}, {self.classes} classes{extra})"
 
     @classmethod
     def from_json(cls, text: str, source: str = "spec") -> ModelSpec:
@@ -106,7 +115,11 @@ class ModelSpec:
             with naming(source):
                 return cls(d["arch"], d["encoder"], int(d["classes"]), dict(d.get("kwargs") or {}))
         except (ValueError, KeyError, TypeError) as e:
-            raise LwmmError(f"{source}: malformed model spec in metadata ({e})") from None
+            why = f"no {e}" if isinstance(e, KeyError) else str(e)
+            raise LwmmError(
+                f"{source}: malformed model spec ({why}); a spec is JSON with arch, encoder, "
+                "classes and kwargs"
+            ) from None
 
     @classmethod
     def from_smp_config(cls, config: dict[str, Any], source: str = "config.json") -> ModelSpec:
