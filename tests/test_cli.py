@@ -374,6 +374,11 @@ def test_convert_gives_a_state_dict_its_model_spec(two: list[Path], tmp_path: Pa
     rc, _, err = _run(["eval", taken, "--images", "1"], capsys)
     assert rc == 0, err
     assert pickle.read_bytes() == before
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, foreign)
+    rc, _, err = _run(["convert", foreign, "--spec", two[0], "-o", out], capsys)
+    assert rc == 0 and err == "", "the spec gives the key order the file lacks: no warning"
+    assert list(load_checkpoint(out).tensors) == list(model.state_dict()), "the model's order"
 
 
 def test_foreign_file_warns_on_one_line(two: list[Path], tmp_path: Path, capsys) -> None:

@@ -117,14 +117,16 @@ class Checkpoint:
         return replace(self, tensors=tensors)
 
     def with_spec(self, spec: ModelSpec) -> Checkpoint:
-        """The same checkpoint with a model spec: for foreign files that do not carry one. A
-        spec whose model the tensors do not fit is refused here, naming the first key that
+        """The same checkpoint with a model spec, for foreign files that do not carry one, its
+        tensors in the model's order (a foreign safetensors file's are sorted by name). A spec
+        whose model the tensors do not fit is refused here, naming the first key that
         differs, rather than when a model is first built from it."""
         if not isinstance(spec, ModelSpec):
             raise LwmmError(f"{self.path or self.label}: spec={spec!r} is not a ModelSpec")
         shapes = {k: v.shape for k, v in spec.meta_state().items()}
         check_compatible(shapes, self.tensors, str(self.path or self.label), f" for {spec}")
-        return replace(self, spec=spec)
+        tensors = {k: self.tensors[k] for k in shapes}
+        return replace(self, tensors=tensors, spec=spec, order_known=True)
 
 
 def load_checkpoint(
@@ -174,7 +176,10 @@ def convert_checkpoint(
     """
     output = checkpoint_path(output)
     refuse_overwrite(output, (Path(source),))
-    ckpt = load_checkpoint(source, submodel)
+    with warnings.catch_warnings():  # a file's unknown key order: the spec gives it
+        if spec is not None:
+            warnings.simplefilter("ignore", DepthOrderWarning)
+        ckpt = load_checkpoint(source, submodel)
     check_submodel([ckpt], submodel)
     if spec is None and ckpt.spec is None:
         raise LwmmError(f"{source}: carries no model spec; give the spec of its model")
