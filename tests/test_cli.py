@@ -126,6 +126,10 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             ["convert", two[0], "--spec", other.to_json(), "-o", merged],
             "m0.safetensors: carries its own spec Unet(tu-resnet10t, 5 classes, decoder_channels=",
         ),
+        "convert size": (
+            ["convert", tmp_path / "nope.pth", "--spec", two[0], "--size", "0", "5", "-o", merged],
+            "image size 0 x 5: give a height and a width",
+        ),
         "convert onto the input": (
             ["convert", two[0], "-o", two[0]],
             "m0.safetensors: output is one of the inputs; refusing to overwrite it",

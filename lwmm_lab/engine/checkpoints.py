@@ -176,6 +176,7 @@ def convert_checkpoint(
     """
     output = checkpoint_path(output)
     refuse_overwrite(output, (Path(source),))
+    size = None if resolution is None else list(check_image_size(resolution))
     with warnings.catch_warnings():  # a file's unknown key order: the spec gives it
         if spec is not None:
             warnings.simplefilter("ignore", DepthOrderWarning)
@@ -188,8 +189,8 @@ def convert_checkpoint(
     ckpt = ckpt.with_spec(spec or ckpt.spec)
     provenance = dict(ckpt.provenance)
     provenance["converted_from"] = file_record(ckpt.path, submodel=ckpt.submodel)
-    if resolution is not None:
-        provenance["resolution"] = list(check_image_size(resolution))
+    if size is not None:
+        provenance["resolution"] = size
     return save_checkpoint(output, ckpt.tensors, ckpt.spec, provenance, protect=(Path(source),))
 
 
