@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_choice(convert, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
     convert.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"),
-        help="the image size it was trained at, recorded: eval and the lab score at it",
+        help="the image size it was trained at, recorded: what the lab and sweeps score at",
     )  # fmt: skip
     convert.add_argument("-o", "--output", required=True, type=Path, help="OUT.safetensors")
     convert.set_defaults(handler=_convert)

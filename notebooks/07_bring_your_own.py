@@ -65,7 +65,7 @@ print(daformer.label, len(daformer.tensors), "tensors;", smp_model.label, smp_mo
 # %% [markdown]
 # To use such a file everywhere (the panels, the `lwmm` commands, as the anchor), write a copy
 # that carries the spec once: `convert_checkpoint`, or `lwmm convert` in a terminal. It also
-# records the image size the model was trained at, which evaluation and the lab then score at.
+# records the image size the model was trained at, which the lab and sweeps then score at.
 # The spec is given as a `ModelSpec`, or in the terminal as JSON or a checkpoint that has one.
 
 # %%

@@ -171,8 +171,9 @@ def convert_checkpoint(
 
     ``spec`` is given for a file that carries none (a ``torch.save`` of a state dict); a file
     that carries one keeps it, and a different ``spec`` is refused. ``resolution`` records
-    the (height, width) the model was trained at, which evaluation and the lab score at. The
-    source is read only; the output is written atomically and never over the source.
+    the (height, width) the model was trained at: what the lab's previews, sweeps and
+    evaluation on a synthetic domain score at by default. The source is read only; the output
+    is written atomically and never over the source.
     """
     output = checkpoint_path(output)
     refuse_overwrite(output, (Path(source),))
