@@ -121,8 +121,7 @@ class Checkpoint:
         tensors in the model's order (a foreign safetensors file's are sorted by name). A spec
         whose model the tensors do not fit is refused here, naming the first key that
         differs, rather than when a model is first built from it."""
-        if not isinstance(spec, ModelSpec):
-            raise LwmmError(f"{self.path or self.label}: spec={spec!r} is not a ModelSpec")
+        replace(self, spec=spec)  # refuses what is not a ModelSpec, by name
         shapes = {k: v.shape for k, v in spec.meta_state().items()}
         check_compatible(shapes, self.tensors, str(self.path or self.label), f" for {spec}")
         tensors = {k: self.tensors[k] for k in shapes}
