@@ -278,6 +278,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_arguments(sweep)
     sweep.set_defaults(handler=_sweep)
 
+    path = commands.add_parser(
+        "interpolate", help="mIoU along the straight line between two checkpoints (the barrier)"
+    )
+    path.add_argument("checkpoints", nargs=2, metavar="CKPT", help="model a (t = 0) and b (t = 1)")
+    path.add_argument(
+        "--steps", type=int, default=11, help="points from a to b, both included (11)"
+    )
+    path.add_argument(
+        "--domains",
+        nargs="+",
+        default=["real"],
+        help="synthetic domains or cityscapes:PATH, gta5:PATH, synthia:PATH (real)",
+    )
+    path.add_argument("--images", type=int, default=100, help="val images per domain (100)")
+    path.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="score at H x W (the resolution model a records, else 96 192)",
+    )
+    _add_choice(path, "--bn", BN_RULE_NAMES, "BN statistics rule (%(default)s)", "linear")
+    path.add_argument(
+        "--align",
+        action="store_true",
+        help="first permute b's Unet decoder channels to match a's (weight matching)",
+    )
+    path.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_output_arguments(path)
+    path.set_defaults(handler=_interpolate)
+
     found = commands.add_parser("findings", help="the papers' claims, measured on the zoo")
     found.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
     found.add_argument("--only", type=int, nargs="+", metavar="N", help="claim numbers (all)")
@@ -707,6 +738,31 @@ def _sweep(args: argparse.Namespace) -> int:
             f"merge as another); best on {target}: anchor {best['anchor']}, s = {best['start']}, "
             f"alpha = {best['alpha']:.2f} ({scores})"
         )
+    return 0
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    from lwmm_lab.analysis.interpolation import linear_path
+    from lwmm_lab.lab.figures import linear_path_figure
+
+    _check_outputs(args)
+    a, b = args.checkpoints
+    path = linear_path(
+        a, b, args.steps, args.domains, args.images, args.size, args.bn, args.align, args.device,
+        progress=True,
+    )  # fmt: skip
+    name = f"{path.labels[0]} to {path.labels[1]}{', aligned' if path.aligned else ''}"
+    figures = [linear_path_figure({name: path}, d) for d in path.miou]
+    payload = path.to_json()
+    _write_outputs(args, payload, figures)
+    if not args.json:
+        print(f"{name}, {args.steps} points, BN {path.bn}:")
+        for d, values in path.miou.items():
+            low = payload["lowest"][d]
+            print(
+                f"  {d}: barrier {path.barrier(d):.2f} (lowest {low['miou']:.2f} at t = "
+                f"{low['t']:.2f}; a {values[0]:.2f}, b {values[-1]:.2f})"
+            )
     return 0
 
 

@@ -97,10 +97,47 @@ cosines = task_vector_cosine(pool)
 task_vector_figure(cosines, suggest_start(cosines, pool.layout().n_depth))
 
 # %% [markdown]
+# Everything so far compares weights. What the models *do* between one another is measured on
+# the straight line from model a to model b: θ(t) = (1 − t)·θ_a + t·θ_b, scored at evenly
+# spaced t from 0 (model a) to 1 (model b); t = 0.5 is their plain average. Two models in one
+# basin of the loss are about as good everywhere on that line as at its ends. Two that are
+# not fall in between: how far the curve falls below the dotted line joining its ends is the
+# **barrier** (*linear mode connectivity*, Frankle et al., 2020). AdvEnt to MinEnt in each
+# family, and once more with MinEnt's decoder channels aligned to AdvEnt's first:
+
+# %%
+from lwmm_lab.analysis.interpolation import linear_path
+from lwmm_lab.lab.figures import linear_path_figure
+from lwmm_lab.zoo.manifest import family_run, final
+
+quick = manifest["config"]["quick"]  # the tests run this on a tiny zoo
+paths = {}
+for title, family, align in (
+    ("one source model", "strategies", False),
+    ("independent decoders", "independent", False),
+    ("independent, aligned", "independent", True),
+):
+    a, b = (final(manifest, family_run(family, s)) for s in ("advent", "minent"))
+    paths[title] = linear_path(
+        a, b, steps=5 if quick else 11, images=8 if quick else 100, align=align
+    )
+linear_path_figure(paths, "real")
+
+# %% [markdown]
+# The legend gives each barrier. A flat line says any average of the two models is as good
+# as either, which is why a plain average works on the one-source family. A deep valley says
+# that their average is a model neither of them is: layer-wise merging keeps out of it by
+# averaging only the shallow layers, where the two agree. Does alignment fill the valley, or
+# only make it shallower? And is the fall in the weights or in the BatchNorm statistics? Run
+# the independent pair again with `bn="gaussian"`, which merges the statistics as a mixture
+# of the two models' activations (notebook 06), and compare the barriers.
+
+# %% [markdown]
 # **What to take away.** Look at what you merge before you merge it. Where two models differ
 # only a little, and only in the head and the BN statistics (the paper's Fig. 2), the backbone
 # can be averaged and the anchor should keep the rest: that is what layer-wise merging does.
-# Where whole decoders are far apart (the middle panel), no average of them is safe unless
-# their channels are aligned first. The task-vector cosines suggest where the anchor should
+# Where whole decoders are far apart (the middle panel of the three), the straight line
+# between them falls into a valley, and no average of them is safe unless aligning their
+# channels fills it (the last figure shows how much it does). The task-vector cosines suggest where the anchor should
 # take over: compare that start layer with what notebook 05's sweep finds for the same family.
 # The findings (notebook 08, claims 1, 2 and 12) measure all this on the whole zoo.

@@ -253,6 +253,18 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             ["sweep", *two, "--executor", "process", "--workers", "0", "--no-cache"],
             "workers=0: give at least 1",
         ),
+        "interpolate steps": (
+            ["interpolate", *two, "--steps", "1"],
+            "steps=1: give at least 2 (the two models themselves)",
+        ),
+        "interpolate unrelated": (
+            ["interpolate", two[0], unrelated],
+            "no tensor is shared by all 2 checkpoints",
+        ),
+        "interpolate html": (
+            ["interpolate", *two, "--html", tmp_path / "path.htm"],
+            "path.htm: the page is written as a .html file",
+        ),
         "claim": (["findings", "--only", "99"], "claim 99 is not one of 1.."),
         "bars images": (["zoo", "bars", "--images", "0"], "images=0: give at least 1"),
         "zoo workers": (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from lwmm_lab.analysis.comparison import ADDED_FIELDS
 from lwmm_lab.analysis.discrepancy import KINDS, Discrepancy, region_of
 from lwmm_lab.analysis.findings import FAMILIES as FAMILY_ORDER
 from lwmm_lab.analysis.findings import SeededFinding
+from lwmm_lab.analysis.interpolation import LinearPath
 from lwmm_lab.analysis.qualitative import CHANGE_PALETTE, CHANGES, Example
 from lwmm_lab.analysis.sweeps import Sweep
 from lwmm_lab.data import labels as L
@@ -445,6 +446,36 @@ def sweep_curves(
     return _base_layout(
         fig, f"Target and source mIoU (alpha = {shown:.2f} on the left)" if results else ""
     )
+
+
+def linear_path_figure(
+    paths: Mapping[str, LinearPath], domain: str | None = None, title: str | None = None
+) -> go.Figure:
+    """The mIoU along each named linear path between two models, with the straight line
+    between its endpoints dotted: the gap between the two is the barrier, which the legend
+    gives. ``domain``: one the paths were scored on (default: their first)."""
+    fig = go.Figure()
+    first = next(iter(paths.values()), None)
+    domain = domain or (next(iter(first.miou)) if first else "")
+    for k, (name, path) in enumerate(paths.items()):
+        values = path.scores(domain)
+        color = MODEL_COLORS[k % len(MODEL_COLORS)]
+        fig.add_trace(
+            go.Scatter(
+                x=path.t, y=values, mode="lines+markers", legendgroup=name,
+                name=f"{name}: barrier {path.barrier(domain):.1f}", line={"color": color},
+                hovertemplate="t = %{x:.2f}: %{y:.2f}<extra></extra>",
+            )
+        )  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[0, 1], y=[values[0], values[-1]], mode="lines", legendgroup=name,
+                showlegend=False, line={"color": color, "dash": "dot"}, hoverinfo="skip",
+            )
+        )  # fmt: skip
+    fig.update_xaxes(title="t: the weights (1 − t)·θ<sub>a</sub> + t·θ<sub>b</sub>", range=[0, 1])
+    fig.update_yaxes(title=f"{dataset_label(domain)} mIoU".strip())
+    return _base_layout(fig, title or "Along the straight line from model a (t = 0) to b (t = 1)")
 
 
 # ---------------------------------------------------------------------------- comparisons
