@@ -240,21 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--anchors", type=int, nargs="+", default=[0], help="anchor indices (0)")
     sweep.add_argument("--starts", type=float, nargs="+", help="start fractions (11 from 0 to 1)")
     sweep.add_argument("--alphas", type=float, nargs="+", help="alphas (11 from 0 to 1)")
-    sweep.add_argument(
-        "--domains",
-        nargs="+",
-        default=["real", "synthetic"],
-        help="target first: synthetic domains or cityscapes:PATH, gta5:PATH, synthia:PATH "
-        "(real synthetic)",
-    )
-    sweep.add_argument("--images", type=int, default=100, help="val images per domain (100)")
-    sweep.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="score at H x W (the resolution the first checkpoint records, else 96 192)",
-    )
+    _add_scoring(sweep, ["real", "synthetic"], "the first checkpoint", "target first: ")
     _add_choice(
         sweep,
         "--method",
@@ -285,20 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument(
         "--steps", type=int, default=11, help="points from a to b, both included (11)"
     )
-    path.add_argument(
-        "--domains",
-        nargs="+",
-        default=["real"],
-        help="synthetic domains or cityscapes:PATH, gta5:PATH, synthia:PATH (real)",
-    )
-    path.add_argument("--images", type=int, default=100, help="val images per domain (100)")
-    path.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="score at H x W (the resolution model a records, else 96 192)",
-    )
+    _add_scoring(path, ["real"], "model a")
     _add_choice(path, "--bn", BN_RULE_NAMES, "BN statistics rule (%(default)s)", "linear")
     path.add_argument(
         "--align",
@@ -339,6 +312,28 @@ def _add_choice(
     metavar = flag[2:].upper()
     p.add_argument(
         flag, default=default, choices=names, metavar=metavar, help=f"{what}: %(choices)s"
+    )
+
+
+def _add_scoring(
+    p: argparse.ArgumentParser, domains: list[str], whose: str, lead: str = ""
+) -> None:
+    """Where a command scores: ``--domains`` (default ``domains``), ``--images``, ``--size``
+    (default: the resolution ``whose`` checkpoint records)."""
+    p.add_argument(
+        "--domains",
+        nargs="+",
+        default=domains,
+        help=f"{lead}synthetic domains or cityscapes:PATH, gta5:PATH, synthia:PATH "
+        f"({' '.join(domains)})",
+    )
+    p.add_argument("--images", type=int, default=100, help="val images per domain (100)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help=f"score at H x W (the resolution {whose} records, else 96 192)",
     )
 
 
