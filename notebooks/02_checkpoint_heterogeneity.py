@@ -126,11 +126,11 @@ linear_path_figure(paths, "real")
 # %% [markdown]
 # The legend gives each barrier. A flat line says any average of the two models is as good
 # as either, which is why a plain average works on the one-source family. A deep valley says
-# that their average is a model neither of them is: layer-wise merging keeps out of it by
-# averaging only the shallow layers, where the two agree. Does alignment fill the valley, or
-# only make it shallower? And is the fall in the weights or in the BatchNorm statistics? Run
-# the independent pair again with `bn="gaussian"`, which merges the statistics as a mixture
-# of the two models' activations (notebook 06), and compare the barriers.
+# that their average is a model neither of them is: layer-wise merging stays near the
+# anchor's end of it, averaging the shallow layers, where the two agree, and handing the deep
+# ones to the anchor. Does alignment fill the valley, or only make it shallower? Does merging
+# the BatchNorm statistics as a mixture of the two models' activations help? Run the
+# independent pair again with `bn="gaussian"` (notebook 06) and compare the barriers.
 
 # %% [markdown]
 # **What to take away.** Look at what you merge before you merge it. Where two models differ
@@ -138,6 +138,7 @@ linear_path_figure(paths, "real")
 # can be averaged and the anchor should keep the rest: that is what layer-wise merging does.
 # Where whole decoders are far apart (the middle panel of the three), the straight line
 # between them falls into a valley, and no average of them is safe unless aligning their
-# channels fills it (the last figure shows how much it does). The task-vector cosines suggest where the anchor should
-# take over: compare that start layer with what notebook 05's sweep finds for the same family.
+# channels fills it (the last figure shows how much it does). The task-vector cosines
+# suggest where the anchor should take over: compare that start layer with what notebook
+# 05's sweep finds for the same family.
 # The findings (notebook 08, claims 1, 2 and 12) measure all this on the whole zoo.
