@@ -278,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first permute b's Unet decoder channels to match a's (weight matching)",
     )
+    path.add_argument(
+        "--reestimate",
+        metavar="DOMAIN",
+        help="measure each point's BN statistics anew on DOMAIN's first --images train images "
+        "(unlabelled; AdaBN), instead of merging the checkpoints'",
+    )
     path.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_output_arguments(path)
     path.set_defaults(handler=_interpolate)
@@ -744,14 +750,15 @@ def _interpolate(args: argparse.Namespace) -> int:
     a, b = args.checkpoints
     path = linear_path(
         a, b, args.steps, args.domains, args.images, args.size, args.bn, args.align, args.device,
-        progress=True,
+        args.reestimate, progress=True,
     )  # fmt: skip
     name = f"{path.labels[0]} to {path.labels[1]}{', aligned' if path.aligned else ''}"
     figures = [linear_path_figure({name: path}, d) for d in path.miou]
     payload = path.to_json()
     _write_outputs(args, payload, figures)
     if not args.json:
-        print(f"{name}, {args.steps} points, BN {path.bn}:")
+        bn = f"re-estimated on {args.reestimate}" if args.reestimate else path.bn
+        print(f"{name}, {args.steps} points, BN {bn}:")
         for d, values in path.miou.items():
             low = payload["lowest"][d]
             print(

@@ -7,7 +7,10 @@ straight line that joins the endpoints' scores (linear mode connectivity: Frankl
 ICML 2020). Weight matching (Git Re-Basin) aims to remove a barrier by permuting one model's
 channels first; ``align=True`` measures whether it does. The BN running statistics follow a
 BN rule of :mod:`~lwmm_lab.engine.methods`: ``linear`` interpolates means and variances,
-``gaussian`` adds the spread of the means (the moment-matched mixture).
+``gaussian`` adds the spread of the means (the moment-matched mixture). Or they are measured
+anew at each point on unlabelled images of the target (``reestimate``: AdaBN, Li et al., 2016;
+REPAIR's reset, Jordan et al., ICLR 2023), which tells whether a fall is in the statistics the
+checkpoints hold or in the weights.
 
 Every point is the ``weighted`` merge of the pair, re-merged into one module in place, so a
 path costs its evaluations; nothing is cached (a path of 11 points on 100 images of one domain
@@ -22,10 +25,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lwmm_lab.analysis.evaluation import evaluate, val_set
-from lwmm_lab.data.datasets import check_dataset_names
+from lwmm_lab.analysis.evaluation import evaluate, forward, normalize, val_set
+from lwmm_lab.data.datasets import check_dataset_name, check_dataset_names, open_dataset
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import make_plan
 from lwmm_lab.engine.model import merge_target
@@ -43,6 +48,8 @@ class LinearPath:
     miou: dict[str, tuple[float, ...]]
     bn: str = "linear"
     aligned: bool = False
+    #: The domain whose train images re-estimated each point's BN statistics, if any.
+    reestimated_on: str | None = None
 
     def barrier(self, domain: str | None = None) -> float:
         """The height of the barrier on ``domain`` (default: the first scored), in mIoU
@@ -83,19 +90,25 @@ def linear_path(
     bn: str = "linear",
     align: bool = False,
     device: str = "auto",
+    reestimate: str | None = None,
     progress: bool = False,
 ) -> LinearPath:
     """Score ``steps`` evenly spaced points of the straight line from ``a`` to ``b`` on the
     first ``images`` val images of each of ``domains`` (synthetic domains or datasets on disk,
     as in :func:`~lwmm_lab.analysis.evaluation.val_set`), at ``resolution`` (default: the one
     ``a`` records, else 96 x 192). ``align``: ``b``'s decoder channels are first matched to
-    ``a``'s. The two models must have the same tensors: a path between another class set or
-    another decoder would be the anchor's head on a mix, not a path, and is refused by name.
+    ``a``'s. ``reestimate``: a domain whose first ``images`` train images (unlabelled; a GTA5
+    or SYNTHIA folder's, all one split) give each point's BN statistics anew
+    (:func:`reestimate_bn`), the endpoints' too. The two models must have the same tensors: a
+    path between another class set or another decoder would be the anchor's head on a mix, not
+    a path, and is refused by name.
     """
     steps = check_whole("steps", steps)
     if steps < 2:
         raise LwmmError(f"steps={steps}: give at least 2 (the two models themselves)")
     domains = check_dataset_names(domains)
+    if reestimate is not None:
+        reestimate = check_dataset_name(reestimate)
     images = check_count("images", images)
     if not isinstance(align, bool):
         raise LwmmError(f"align={align!r}: give True or False")
@@ -115,10 +128,13 @@ def linear_path(
     make_plan(pool, method="weighted", weights=(1.0, 0.0), bn=bn)  # a bad BN rule, before work
     model = merge_target(pool, 0)
     sets = {d: val_set(d, images, resolution, device=pool.device) for d in domains}
+    unlabelled = None if reestimate is None else train_images(reestimate, images, resolution)
     ts = [round(t, 6) for t in np.linspace(0.0, 1.0, steps).tolist()]
     miou: dict[str, list[float]] = {d: [] for d in domains}
     for t in tqdm(ts, desc="path", unit="point", disable=not progress):
         make_plan(pool, method="weighted", weights=(1.0 - t, t), bn=bn).run(into=model)
+        if unlabelled is not None:
+            reestimate_bn(model, unlabelled)
         for domain, data in sets.items():
             miou[domain].append(evaluate(model, data, domain).miou)
     return LinearPath(
@@ -127,4 +143,36 @@ def linear_path(
         miou={d: tuple(v) for d, v in miou.items()},
         bn=bn,
         aligned=align,
+        reestimated_on=reestimate,
     )
+
+
+def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.Module:
+    """Give every BatchNorm layer of ``model`` the statistics of its inputs over ``images``
+    (unlabelled, in [0, 1]), in place: the mean over the batches of each batch's mean and
+    (unbiased) variance, as ``momentum=None`` accumulates them; exact with one batch. The
+    weights stay; the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    device = next(model.parameters()).device
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        with torch.no_grad():
+            for batch in images.split(batch_size):
+                forward(model, normalize(batch.to(device)))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
+    return model
+
+
+def train_images(domain: str, images: int, resolution: tuple[int, int]) -> Tensor:
+    """The first ``images`` images of ``domain``'s train split, without their labels (a GTA5
+    or SYNTHIA folder has one split: its first images)."""
+    dataset = open_dataset(domain, "train", resolution, images)
+    read = tqdm(range(min(images, len(dataset))), "reading train images", delay=2, leave=False)
+    return torch.stack([dataset[i][0] for i in read])
