@@ -128,9 +128,11 @@ linear_path_figure(paths, "real")
 # as either, which is why a plain average works on the one-source family. A deep valley says
 # that their average is a model neither of them is: layer-wise merging stays near the
 # anchor's end of it, averaging the shallow layers, where the two agree, and handing the deep
-# ones to the anchor. Does alignment fill the valley, or only make it shallower? Does merging
-# the BatchNorm statistics as a mixture of the two models' activations help? Run the
-# independent pair again with `bn="gaussian"` (notebook 06) and compare the barriers.
+# ones to the anchor. Does alignment fill the valley, or only make it shallower? Is the fall
+# in the BatchNorm statistics or in the weights? Run the independent pair again with
+# `bn="gaussian"`, which merges the statistics as a mixture (notebook 06), or with
+# `reestimate="real"`, which measures them anew at every point on unlabelled target images,
+# and compare the barriers.
 
 # %% [markdown]
 # **What to take away.** Look at what you merge before you merge it. Where two models differ

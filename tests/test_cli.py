@@ -261,6 +261,10 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             ["interpolate", two[0], unrelated],
             "no tensor is shared by all 2 checkpoints",
         ),
+        "interpolate reestimate": (
+            ["interpolate", *two, "--reestimate", "mars"],
+            "dataset 'mars' is not a synthetic domain",
+        ),
         "interpolate html": (
             ["interpolate", *two, "--html", tmp_path / "path.htm"],
             "path.htm: the page is written as a .html file",
