@@ -97,6 +97,8 @@ def test_a_path_with_reestimated_statistics_starts_at_a_reestimated(
     assert path.reestimated_on == "real" and path.to_json()["reestimated_on"] == "real"
     with pytest.raises(LwmmError, match="dataset 'mars' is not a synthetic domain"):
         linear_path(a, b, reestimate="mars")
+    with pytest.raises(LwmmError, match=r"^bn='gaussian' has no effect with reestimate"):
+        linear_path(a, b, reestimate="real", bn="gaussian")
 
 
 def test_a_path_needs_two_models_of_one_architecture_and_class_set(quick_zoo: Path) -> None:

@@ -109,6 +109,10 @@ def linear_path(
     domains = check_dataset_names(domains)
     if reestimate is not None:
         reestimate = check_dataset_name(reestimate)
+        if bn != "linear":  # an option that changes nothing misleads more than an error
+            raise LwmmError(
+                f"bn={bn!r} has no effect with reestimate: the statistics are measured anew"
+            )
     images = check_count("images", images)
     if not isinstance(align, bool):
         raise LwmmError(f"align={align!r}: give True or False")
