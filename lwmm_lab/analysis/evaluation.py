@@ -442,12 +442,16 @@ def _val_set(
         data = TensorDataset(*(t.to(device) for t in tensors))
     else:
         dataset = open_dataset(domain, "val", resolution, images, seed, instances)
-        count = min(images, len(dataset))
-        read = tqdm(range(count), f"reading {dataset_label(domain)}", delay=2, leave=False)
-        samples = zip(*(dataset[i] for i in read), strict=True)
-        data = TensorDataset(*(torch.stack(t) for t in samples))
+        data = TensorDataset(*read_samples(dataset, images, dataset_label(domain)))
     _keep(key, data)
     return data
+
+
+def read_samples(dataset: Dataset, images: int, label: str) -> tuple[Tensor, ...]:
+    """The first ``images`` samples of ``dataset`` (all of them when it has fewer), stacked
+    field by field (images, labels, ...), with a bar labelled ``label`` past two seconds."""
+    read = tqdm(range(min(images, len(dataset))), f"reading {label}", delay=2, leave=False)
+    return tuple(torch.stack(t) for t in zip(*(dataset[i] for i in read), strict=True))
 
 
 def _keep(key: tuple[Any, ...], data: TensorDataset) -> None:

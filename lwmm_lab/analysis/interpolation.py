@@ -29,8 +29,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lwmm_lab.analysis.evaluation import evaluate, forward, normalize, val_set
-from lwmm_lab.data.datasets import check_dataset_name, check_dataset_names, open_dataset
+from lwmm_lab.analysis.evaluation import evaluate, forward, normalize, read_samples, val_set
+from lwmm_lab.data.datasets import (
+    check_dataset_name,
+    check_dataset_names,
+    dataset_label,
+    open_dataset,
+)
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import make_plan
 from lwmm_lab.engine.model import merge_target
@@ -178,5 +183,4 @@ def train_images(domain: str, images: int, resolution: tuple[int, int]) -> Tenso
     """The first ``images`` images of ``domain``'s train split, without their labels (a GTA5
     or SYNTHIA folder has one split: its first images)."""
     dataset = open_dataset(domain, "train", resolution, images)
-    read = tqdm(range(min(images, len(dataset))), "reading train images", delay=2, leave=False)
-    return torch.stack([dataset[i][0] for i in read])
+    return read_samples(dataset, images, f"{dataset_label(domain)} train images")[0]
