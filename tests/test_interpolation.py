@@ -7,21 +7,19 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from lwmm_lab import Pool, merged_model
+from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import evaluate, val_set
-from lwmm_lab.analysis.interpolation import LinearPath, linear_path, reestimate_bn, train_images
+from lwmm_lab.analysis.interpolation import LinearPath, linear_path
 from lwmm_lab.cli import main
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.errors import LwmmError
 from lwmm_lab.lab.figures import linear_path_figure
 from lwmm_lab.zoo import load_manifest
 from lwmm_lab.zoo.manifest import family_run, final, scenario_checkpoints
-
-from .conftest import TINY, perturbed_model
 
 SIZE = (64, 128)
 
@@ -62,27 +60,6 @@ def test_aligning_b_keeps_the_endpoints_and_a_model_with_itself_is_flat(
     assert aligned.scores() == pytest.approx(plain.scores(), abs=0.01)
     itself = linear_path(a, a, steps=5, images=4, resolution=SIZE, bn="gaussian")
     assert len(set(itself.scores())) == 1 and itself.barrier() == 0.0
-
-
-def test_reestimated_bn_statistics_are_those_of_the_images_alone() -> None:
-    """Each BN layer's running statistics become the mean over the batches of its inputs'
-    batch mean and unbiased variance: the checkpoint's own are reset, not blended in."""
-    model = perturbed_model(TINY, 0, counts=7)  # statistics of 7 batches, not these images
-    weights = {k: v.clone() for k, v in model.named_parameters()}
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
-    seen: dict[str, list[torch.Tensor]] = {n: [] for n in norms}
-    for name, m in norms.items():
-        m.register_forward_hook(lambda m, args, out, name=name: seen[name].append(args[0]))
-    reestimate_bn(model, torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)), 2)
-    assert not model.training and all(m.momentum == 0.1 for m in norms.values())
-    assert all(torch.equal(v, weights[k]) for k, v in model.named_parameters())
-    for name, m in norms.items():
-        inputs = seen[name]
-        assert len(inputs) == 2 and m.num_batches_tracked == 2
-        mean = torch.stack([x.mean((0, 2, 3)) for x in inputs]).mean(0)
-        var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in inputs]).mean(0)
-        torch.testing.assert_close(m.running_mean, mean, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(m.running_var, var, rtol=1e-4, atol=1e-5)
 
 
 def test_a_path_with_reestimated_statistics_starts_at_a_reestimated(

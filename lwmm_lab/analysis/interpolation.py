@@ -8,8 +8,8 @@ ICML 2020). Weight matching (Git Re-Basin) aims to remove a barrier by permuting
 channels first; ``align=True`` measures whether it does. The BN running statistics follow a
 BN rule of :mod:`~lwmm_lab.engine.methods`: ``linear`` interpolates means and variances,
 ``gaussian`` adds the spread of the means (the moment-matched mixture). Or they are measured
-anew at each point on unlabelled images of the target (``reestimate``: AdaBN, Li et al., 2016;
-REPAIR's reset, Jordan et al., ICLR 2023), which tells whether a fall is in the statistics the
+anew at each point on unlabelled images of the target (``reestimate``: AdaBN, see
+:mod:`~lwmm_lab.analysis.adabn`), which tells whether a fall is in the statistics the
 checkpoints hold or in the weights.
 
 Every point is the ``weighted`` merge of the pair, re-merged into one module in place, so a
@@ -25,17 +25,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lwmm_lab.analysis.evaluation import evaluate, forward, normalize, read_samples, val_set
-from lwmm_lab.data.datasets import (
-    check_dataset_name,
-    check_dataset_names,
-    dataset_label,
-    open_dataset,
-)
+from lwmm_lab.analysis.adabn import reestimate_bn, train_images
+from lwmm_lab.analysis.evaluation import evaluate, val_set
+from lwmm_lab.data.datasets import check_dataset_name, check_dataset_names
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import make_plan
 from lwmm_lab.engine.model import merge_target
@@ -104,9 +98,9 @@ def linear_path(
     ``a`` records, else 96 x 192). ``align``: ``b``'s decoder channels are first matched to
     ``a``'s. ``reestimate``: a domain whose first ``images`` train images (unlabelled; a GTA5
     or SYNTHIA folder's, all one split) give each point's BN statistics anew
-    (:func:`reestimate_bn`), the endpoints' too. The two models must have the same tensors: a
-    path between another class set or another decoder would be the anchor's head on a mix, not
-    a path, and is refused by name.
+    (:func:`~lwmm_lab.analysis.adabn.reestimate_bn`), the endpoints' too. The two models must
+    have the same tensors: a path between another class set or another decoder would be the
+    anchor's head on a mix, not a path, and is refused by name.
     """
     steps = check_whole("steps", steps)
     if steps < 2:
@@ -154,33 +148,3 @@ def linear_path(
         aligned=align,
         reestimated_on=reestimate,
     )
-
-
-def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.Module:
-    """Give every BatchNorm layer of ``model`` the statistics of its inputs over ``images``
-    (unlabelled, in [0, 1]), in place: the mean over the batches of each batch's mean and
-    (unbiased) variance, as ``momentum=None`` accumulates them; exact with one batch. The
-    weights stay; the model is left in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    device = next(model.parameters()).device
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-        model.train()
-        with torch.no_grad():
-            for batch in images.split(batch_size):
-                forward(model, normalize(batch.to(device)))
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        model.eval()
-    return model
-
-
-def train_images(domain: str, images: int, resolution: tuple[int, int]) -> Tensor:
-    """The first ``images`` images of ``domain``'s train split, without their labels (a GTA5
-    or SYNTHIA folder has one split: its first images)."""
-    dataset = open_dataset(domain, "train", resolution, images)
-    return read_samples(dataset, images, f"{dataset_label(domain)} train images")[0]

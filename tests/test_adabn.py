@@ -1,0 +1,66 @@
+"""BN statistics re-estimated on unlabelled images: what they are, against torch's own
+``update_bn``, and a model left as it was found when a pass fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.optim.swa_utils import update_bn
+
+from lwmm_lab.analysis.adabn import reestimate_bn
+from lwmm_lab.analysis.evaluation import normalize
+
+from .conftest import TINY, perturbed_model
+
+
+def _images(n: int = 4) -> torch.Tensor:
+    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def test_reestimated_bn_statistics_are_those_of_the_images_alone() -> None:
+    """Each BN layer's running statistics become the mean over the batches of its inputs'
+    batch mean and unbiased variance: the checkpoint's own are reset, not blended in."""
+    model = perturbed_model(TINY, 0, counts=7)  # statistics of 7 batches, not these images
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in norms}
+    for name, m in norms.items():
+        m.register_forward_hook(lambda m, args, out, name=name: seen[name].append(args[0]))
+    reestimate_bn(model, _images(), 2)
+    assert not model.training and all(m.momentum == 0.1 for m in norms.values())
+    assert all(torch.equal(v, weights[k]) for k, v in model.named_parameters())
+    for name, m in norms.items():
+        inputs = seen[name]
+        assert len(inputs) == 2 and m.num_batches_tracked == 2
+        mean = torch.stack([x.mean((0, 2, 3)) for x in inputs]).mean(0)
+        var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in inputs]).mean(0)
+        torch.testing.assert_close(m.running_mean, mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m.running_var, var, rtol=1e-4, atol=1e-5)
+
+
+def test_reestimated_bn_statistics_equal_torch_update_bn() -> None:
+    """The peer: swa_utils' update_bn over the same normalised batches gives every buffer."""
+    ours, theirs = perturbed_model(TINY, 0, counts=7), perturbed_model(TINY, 0, counts=7)
+    images = _images(6)
+    reestimate_bn(ours, images, batch_size=4)  # batches of 4 and 2
+    update_bn([normalize(b) for b in images.split(4)], theirs)
+    peer = theirs.state_dict()
+    for name, mine in ours.state_dict().items():
+        torch.testing.assert_close(mine, peer[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_failed_pass_leaves_the_bn_layers_momentum_as_it_was() -> None:
+    model = perturbed_model(TINY, 0)
+    model.train()
+    calls = []
+
+    def second_pass_fails(*_: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory")  # what a large batch on a GPU meets
+
+    model.register_forward_hook(second_pass_fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        reestimate_bn(model, _images(), batch_size=2)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms) and not model.training
