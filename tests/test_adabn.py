@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
-from lwmm_lab.analysis.adabn import reestimate_bn
+from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import normalize
 
 from .conftest import TINY, perturbed_model
@@ -64,3 +64,11 @@ def test_a_failed_pass_leaves_the_bn_layers_momentum_as_it_was() -> None:
         reestimate_bn(model, _images(), batch_size=2)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(m.momentum == 0.1 for m in norms) and not model.training
+
+
+def test_several_domains_take_turns_so_every_batch_mixes_them() -> None:
+    size = (64, 128)
+    both = train_images(["real", "night"], 3, size)
+    assert both.shape == (6, 3, *size)
+    assert torch.equal(both[0::2], train_images("real", 3, size))
+    assert torch.equal(both[1::2], train_images("night", 3, size))

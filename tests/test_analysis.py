@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merged_model, save_checkpoint
 from lwmm_lab.analysis import evaluation
+from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.comparison import (
     add_one_at_a_time,
     compare,
@@ -545,6 +546,13 @@ def test_comparisons_on_the_quick_zoo(quick_zoo: Path) -> None:
     rows = multi_target(paths[:2], None, domains="night", bn_rules="anchor", **small)
     assert [r["name"] for r in rows][-1] == "merge, BN anchor"
     assert all(r["mean"] == r["night"] for r in rows), "one domain: its mIoU is the mean"
+    *_, adabn = multi_target(paths[:2], None, ("night", "foggy"), "linear", reestimate=3, **small)
+    merged = merged_model(Pool(paths[:2], device="cpu"), method="isotropic")
+    merged = reestimate_bn(merged, train_images(("night", "foggy"), 3, small["resolution"]))
+    night = evaluate(merged, val_set("night", 2, small["resolution"]), "night").miou
+    assert adabn["name"] == "merge, BN re-estimated" and adabn["night"] == pytest.approx(night)
+    with pytest.raises(LwmmError, match=r"^reestimate=-1: give a number of images per target"):
+        multi_target(paths[:2], None, reestimate=-1)
     with pytest.raises(LwmmError, match=r"method 'ensembel' is not one of ensemble, isotropic"):
         compare([paths[:2]], methods=["layerwise", "ensembel"], **small)
 

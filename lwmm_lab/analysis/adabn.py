@@ -10,11 +10,13 @@ reset, Jordan et al., ICLR 2023).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from lwmm_lab.analysis.evaluation import forward, normalize, read_samples
-from lwmm_lab.data.datasets import dataset_label, open_dataset
+from lwmm_lab.data.datasets import check_dataset_names, dataset_label, open_dataset
 
 
 def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.Module:
@@ -45,8 +47,16 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
     return model
 
 
-def train_images(domain: str, images: int, resolution: tuple[int, int]) -> Tensor:
-    """The first ``images`` images of ``domain``'s train split, without their labels (a GTA5
-    or SYNTHIA folder has one split: its first images)."""
-    dataset = open_dataset(domain, "train", resolution, images)
-    return read_samples(dataset, images, f"{dataset_label(domain)} train images")[0]
+def train_images(domains: str | Sequence[str], images: int, resolution: tuple[int, int]) -> Tensor:
+    """The first ``images`` images of each domain's train split, without their labels (a GTA5
+    or SYNTHIA folder has one split: its first images). Several domains are interleaved, one
+    image of each in turn, so every batch of :func:`reestimate_bn` mixes them: batches of one
+    domain each would average the domains' variances and miss the spread of their means (what
+    the multi-target paper's Gaussian rule adds back)."""
+    domains = check_dataset_names(domains)
+    each = []
+    for d in domains:
+        dataset = open_dataset(d, "train", resolution, images)
+        each.append(read_samples(dataset, images, f"{dataset_label(d)} train images")[0])
+    turns = sorted((i, k) for k, t in enumerate(each) for i in range(len(t)))
+    return torch.stack([each[k][i] for i, k in turns])

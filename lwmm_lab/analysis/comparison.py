@@ -3,7 +3,8 @@
 - :func:`compare`: each method on given groups of models (Table 3: kinds of strategy).
 - :func:`add_one_at_a_time`: models sorted by target mIoU, the best one the anchor, merged
   with 1, 2, ... M of them by ``isotropic``, ``fisher``, the output ensemble and ``layerwise``.
-- :func:`multi_target`: models adapted to different targets merged with each BN rule.
+- :func:`multi_target`: models adapted to different targets merged with each BN rule, and
+  with BN statistics re-estimated on the targets' unlabelled images.
 - :func:`heads_and_decoders`: models with another class set or another decoder than the
   anchor; only the shared tensors can be merged, the rest comes from the anchor. Inference
   time is measured too: a merge costs one forward pass, the ensemble one per model.
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import eval_mode, evaluate, forward, normalize, val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
 from lwmm_lab.data.datasets import check_dataset_names, open_dataset
@@ -30,7 +32,7 @@ from lwmm_lab.engine.methods import BN_RULES
 from lwmm_lab.engine.methods import METHODS as MERGE_METHODS
 from lwmm_lab.engine.model import load_model, merged_model
 from lwmm_lab.engine.pool import Pool, path_list
-from lwmm_lab.errors import check_names
+from lwmm_lab.errors import LwmmError, check_names, check_whole
 from lwmm_lab.files import data_dir, sha256
 from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
 
@@ -161,16 +163,22 @@ def multi_target(
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
     val_seed: int = 0,
+    reestimate: int = 0,
 ) -> list[dict[str, Any]]:
     """Models adapted to different targets, merged with each BN rule (parameters: isotropic).
 
     Rows: each adapted model alone, each merge, and the model trained on the union of the
     targets (the multi-target paper's data-combination baseline); mIoU on every domain and
-    their mean.
+    their mean. ``reestimate``: one more merge, its BN statistics measured on that many
+    unlabelled train images of each target (AdaBN, :mod:`~lwmm_lab.analysis.adabn`): not
+    data-free, so the reference for what a rule on the checkpoints' statistics could reach.
     """
     rows = []
     bn_rules = check_names(bn_rules, BN_RULES, "BN rule")
-    data = {d: val_set(d, images, resolution, val_seed) for d in check_dataset_names(domains)}
+    domains = check_dataset_names(domains)
+    if check_whole("reestimate", reestimate) < 0:
+        raise LwmmError(f"reestimate={reestimate}: give a number of images per target, or 0")
+    data = {d: val_set(d, images, resolution, val_seed) for d in domains}
 
     def row(name: str, kind: str, model: nn.Module) -> dict[str, Any]:
         miou = {d: evaluate(model, data[d], d).miou for d in data}
@@ -184,6 +192,10 @@ def multi_target(
         rows.append(
             row(f"merge, BN {rule}", "merged", merged_model(pool, method="isotropic", bn=rule))
         )
+    if reestimate:
+        unlabelled = train_images(domains, reestimate, resolution)
+        adapted_bn = reestimate_bn(merged_model(pool, method="isotropic"), unlabelled)
+        rows.append(row("merge, BN re-estimated", "merged, target images", adapted_bn))
     if union is not None:
         rows.append(row("union of targets", "baseline", load_model(union, "cpu")))
     return rows
