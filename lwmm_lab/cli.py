@@ -750,7 +750,7 @@ def _interpolate(args: argparse.Namespace) -> int:
     a, b = args.checkpoints
     path = linear_path(
         a, b, args.steps, args.domains, args.images, args.size, args.bn, args.align, args.device,
-        args.reestimate, progress=True,
+        args.reestimate,
     )  # fmt: skip
     name = f"{path.labels[0]} to {path.labels[1]}{', aligned' if path.aligned else ''}"
     figures = [linear_path_figure({name: path}, d) for d in path.miou]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -9,8 +10,10 @@ from collections.abc import Callable
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from tqdm.auto import tqdm
 
 from lwmm_lab import Checkpoint, ModelSpec
+from lwmm_lab.analysis import comparison
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,3 +87,17 @@ def quick_zoo(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("zoo-quick")
     build_zoo(folder, ZooConfig.quick_config(), device="cpu", log=lambda message: None)
     return folder
+
+
+@pytest.fixture
+def table_bars(monkeypatch: pytest.MonkeyPatch) -> list[tqdm]:
+    """The progress bar of every comparison table made while the test runs, drawn to a string
+    (the real ones wait two seconds before they show)."""
+    bars: list[tqdm] = []
+
+    def drawn(total: int) -> tqdm:
+        bars.append(tqdm(total=total, file=io.StringIO()))
+        return bars[-1]
+
+    monkeypatch.setattr(comparison, "_scoring", drawn)
+    return bars

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from plotly.serializers import custom_serializers
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merged_model, save_checkpoint
 from lwmm_lab.analysis import evaluation
@@ -509,7 +510,7 @@ def test_sweep_on_a_local_ray_cluster(two_finals: list[str]) -> None:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
 
 
-def test_comparisons_on_the_quick_zoo(quick_zoo: Path) -> None:
+def test_comparisons_on_the_quick_zoo(quick_zoo: Path, table_bars: list[tqdm]) -> None:
     manifest = load_manifest(quick_zoo)
     finals = sorted(
         select(manifest, scenario="strategies", fraction=1.0), key=lambda e: -e["miou"]["real"]
@@ -553,6 +554,9 @@ def test_comparisons_on_the_quick_zoo(quick_zoo: Path) -> None:
     assert adabn["name"] == "merge, BN re-estimated" and adabn["night"] == pytest.approx(night)
     with pytest.raises(LwmmError, match=r"^reestimate=-1: give a number of images per target"):
         multi_target(paths[:2], None, reestimate=-1)
+    bars = table_bars
+    assert len(bars) == 5 and all(bar.n == bar.total > 0 for bar in bars), "every bar fills"
+    assert bars[1].total == len(table) and bars[3].total == len(rows), "a bar step per row"
     with pytest.raises(LwmmError, match=r"method 'ensembel' is not one of ensemble, isotropic"):
         compare([paths[:2]], methods=["layerwise", "ensembel"], **small)
 

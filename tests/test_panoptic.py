@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torchmetrics.detection import PanopticQuality
+from tqdm.auto import tqdm
 
 from lwmm_lab import LwmmError, ModelSpec, Pool, load_checkpoint, load_model, merged_model
 from lwmm_lab.analysis.comparison import semantic_into_panoptic
@@ -277,7 +278,7 @@ def test_a_semantic_checkpoint_is_refused_for_the_panoptic_task(quick_zoo: Path,
 
 
 def test_semantic_into_panoptic_scores_every_merge_like_the_api(
-    quick_zoo: Path, monkeypatch, tmp_path: Path
+    quick_zoo: Path, monkeypatch, tmp_path: Path, table_bars: list[tqdm]
 ) -> None:
     """Table 6's comparison: the anchor, then each method with each semantic model and with
     both; every row is what scoring that merge through the Python API gives."""
@@ -298,6 +299,8 @@ def test_semantic_into_panoptic_scores_every_merge_like_the_api(
     assert last["miou"] == pytest.approx(expected.extra["miou"], abs=1e-3)
     alone = evaluate_panoptic(load_model(anchor, "cpu"), data)
     assert rows[0]["pq"] == pytest.approx(alone.pq, abs=1e-3)
+    (bar,) = table_bars
+    assert bar.n == bar.total == len(rows), "the bar steps once per row"
 
 
 def test_semantic_into_panoptic_tells_two_steps_of_one_run_apart(

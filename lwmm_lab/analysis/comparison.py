@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import eval_mode, evaluate, forward, normalize, val_set
@@ -41,6 +42,12 @@ METHODS = ("isotropic", "fisher", "ensemble", "layerwise")
 RUNNABLE = ("ensemble", *MERGE_METHODS)
 #: What a row of :func:`add_one_at_a_time` holds beside each method's mIoU.
 ADDED_FIELDS = ("models", "anchor", "best_single", "added", "added_miou")
+
+
+def _scoring(total: int) -> tqdm:
+    """A bar over the models and merges a table scores, shown once the table has taken two
+    seconds: one on the zoo's 100 images takes 5-15 s on a CPU, on a real dataset minutes."""
+    return tqdm(total=total, desc="scoring", unit="model", delay=2, leave=False)
 
 
 def fisher_file(
@@ -97,23 +104,28 @@ def _compare(
     data = val_set(domain, images, resolution, val_seed)
     paths = sorted({str(p) for group in groups for p in group})
     models = {p: load_model(p, "cpu") for p in paths}
-    alone = {p: evaluate(models[p], data, domain).miou for p in paths}
     fishers = {p: fisher_file(p, fisher_domain) for p in paths} if "fisher" in methods else {}
     merged: dict[str, nn.Module] = {}
     rows = []
-    for group in groups:
-        group = [str(p) for p in group]
-        fisher = [fishers[p] for p in group] if fishers else None
-        pool = Pool(group, device="cpu", fisher=fisher, align=0 if align else None)
-        row: dict[str, Any] = {
-            "models": list(pool.labels),
-            "anchor": pool.labels[0],
-            "best_single": max(alone[p] for p in group),
-        }
-        for method in methods:
-            run = _method_models(pool, [models[p] for p in group], method, merged)
-            row[method] = evaluate(run, data, domain).miou
-        rows.append(row)
+    with _scoring(len(paths) + len(groups) * len(methods)) as bar:
+        alone = {}
+        for p in paths:
+            alone[p] = evaluate(models[p], data, domain).miou
+            bar.update()
+        for group in groups:
+            group = [str(p) for p in group]
+            fisher = [fishers[p] for p in group] if fishers else None
+            pool = Pool(group, device="cpu", fisher=fisher, align=0 if align else None)
+            row: dict[str, Any] = {
+                "models": list(pool.labels),
+                "anchor": pool.labels[0],
+                "best_single": max(alone[p] for p in group),
+            }
+            for method in methods:
+                run = _method_models(pool, [models[p] for p in group], method, merged)
+                row[method] = evaluate(run, data, domain).miou
+                bar.update()
+            rows.append(row)
     return rows, alone
 
 
@@ -179,25 +191,27 @@ def multi_target(
     if check_whole("reestimate", reestimate) < 0:
         raise LwmmError(f"reestimate={reestimate}: give a number of images per target, or 0")
     data = {d: val_set(d, images, resolution, val_seed) for d in domains}
+    adapted = path_list(adapted, "adapted")
+    bar = _scoring(len(adapted) + len(bn_rules) + (reestimate > 0) + (union is not None))
 
     def row(name: str, kind: str, model: nn.Module) -> dict[str, Any]:
         miou = {d: evaluate(model, data[d], d).miou for d in data}
+        bar.update()
         return {"name": name, "kind": kind, **miou, "mean": sum(miou.values()) / len(miou)}
 
-    adapted = path_list(adapted, "adapted")
-    pool = Pool(adapted, device="cpu")
-    for label, path in zip(pool.labels, adapted, strict=True):
-        rows.append(row(label, "adapted", load_model(path, "cpu")))
-    for rule in bn_rules:
-        rows.append(
-            row(f"merge, BN {rule}", "merged", merged_model(pool, method="isotropic", bn=rule))
-        )
-    if reestimate:
-        unlabelled = train_images(domains, reestimate, resolution)
-        adapted_bn = reestimate_bn(merged_model(pool, method="isotropic"), unlabelled)
-        rows.append(row("merge, BN re-estimated", "merged, target images", adapted_bn))
-    if union is not None:
-        rows.append(row("union of targets", "baseline", load_model(union, "cpu")))
+    with bar:
+        pool = Pool(adapted, device="cpu")
+        for label, path in zip(pool.labels, adapted, strict=True):
+            rows.append(row(label, "adapted", load_model(path, "cpu")))
+        for rule in bn_rules:
+            merged = merged_model(pool, method="isotropic", bn=rule)
+            rows.append(row(f"merge, BN {rule}", "merged", merged))
+        if reestimate:
+            unlabelled = train_images(domains, reestimate, resolution)
+            adapted_bn = reestimate_bn(merged_model(pool, method="isotropic"), unlabelled)
+            rows.append(row("merge, BN re-estimated", "merged, target images", adapted_bn))
+        if union is not None:
+            rows.append(row("union of targets", "baseline", load_model(union, "cpu")))
     return rows
 
 
@@ -223,12 +237,15 @@ def heads_and_decoders(
     fishers = [fisher_file(p, fisher_domain) for p in paths] if "fisher" in methods else None
     pool = Pool(paths, device="cpu", fisher=fishers)
     rows = []
-    for label, model in zip(pool.labels, models, strict=True):  # run@step, unique in the pool
-        rows.append(_row(label, "individual", [model], data, domain))
-    kept: dict[str, nn.Module] = {}
-    for method in methods:
-        run = _method_models(pool, models, method, kept)
-        rows.append(_row(method, "merged", run, data, domain))
+    with _scoring(len(paths) + len(methods)) as bar:
+        for label, model in zip(pool.labels, models, strict=True):  # run@step, unique
+            rows.append(_row(label, "individual", [model], data, domain))
+            bar.update()
+        kept: dict[str, nn.Module] = {}
+        for method in methods:
+            run = _method_models(pool, models, method, kept)
+            rows.append(_row(method, "merged", run, data, domain))
+            bar.update()
     return rows
 
 
@@ -287,17 +304,19 @@ def semantic_into_panoptic(
     names = _short_labels(paths)
     others_at = list(range(1, len(paths)))
     sets = [[k] for k in others_at] + ([others_at] if len(others_at) > 1 else [])
-    rows = [_panoptic_row("anchor", "anchor", [], anchor_model, data)]
     merged = None  # every pool has the same anchor: one module takes every merge
-    for which in sets:
-        members = [0, *which]
-        pool = Pool(_pick(paths, members), device="cpu", fisher=_pick(fishers, members))
-        semantic = _pick(names, which)
-        for method in methods:
-            merged = merged_model(pool, model=merged, method=method)
-            rows.append(
-                _panoptic_row(f"{method} + {' + '.join(semantic)}", method, semantic, merged, data)
-            )
+    with _scoring(1 + len(sets) * len(methods)) as bar:
+        rows = [_panoptic_row("anchor", "anchor", [], anchor_model, data)]
+        bar.update()
+        for which in sets:
+            members = [0, *which]
+            pool = Pool(_pick(paths, members), device="cpu", fisher=_pick(fishers, members))
+            semantic = _pick(names, which)
+            for method in methods:
+                merged = merged_model(pool, model=merged, method=method)
+                name = f"{method} + {' + '.join(semantic)}"
+                rows.append(_panoptic_row(name, method, semantic, merged, data))
+                bar.update()
     return rows
 
 

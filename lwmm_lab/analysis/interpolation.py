@@ -90,7 +90,7 @@ def linear_path(
     align: bool = False,
     device: str = "auto",
     reestimate: str | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> LinearPath:
     """Score ``steps`` evenly spaced points of the straight line from ``a`` to ``b`` on the
     first ``images`` val images of each of ``domains`` (synthetic domains or datasets on disk,
@@ -100,7 +100,8 @@ def linear_path(
     or SYNTHIA folder's, all one split) give each point's BN statistics anew
     (:func:`~lwmm_lab.analysis.adabn.reestimate_bn`), the endpoints' too. The two models must
     have the same tensors: a path between another class set or another decoder would be the
-    anchor's head on a mix, not a path, and is refused by name.
+    anchor's head on a mix, not a path, and is refused by name. ``progress``: a bar over the
+    points, shown once the path has taken two seconds.
     """
     steps = check_whole("steps", steps)
     if steps < 2:
@@ -134,7 +135,8 @@ def linear_path(
     unlabelled = None if reestimate is None else train_images(reestimate, images, resolution)
     ts = [round(t, 6) for t in np.linspace(0.0, 1.0, steps).tolist()]
     miou: dict[str, list[float]] = {d: [] for d in domains}
-    for t in tqdm(ts, desc="path", unit="point", disable=not progress):
+    bar = tqdm(ts, desc="path", unit="point", disable=not progress, delay=2, leave=False)
+    for t in bar:
         make_plan(pool, method="weighted", weights=(1.0 - t, t), bn=bn).run(into=model)
         if unlabelled is not None:
             reestimate_bn(model, unlabelled)
