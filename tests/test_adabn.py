@@ -9,6 +9,7 @@ from torch.optim.swa_utils import update_bn
 
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import normalize
+from lwmm_lab.errors import LwmmError
 
 from .conftest import TINY, perturbed_model
 
@@ -72,3 +73,23 @@ def test_several_domains_take_turns_so_every_batch_mixes_them() -> None:
     assert both.shape == (6, 3, *size)
     assert torch.equal(both[0::2], train_images("real", 3, size))
     assert torch.equal(both[1::2], train_images("night", 3, size))
+
+
+@pytest.mark.parametrize(
+    ("images", "batch_size", "message"),
+    [
+        (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), 50, r"images are uint8; give floats"),
+        (torch.rand(2, 64, 64, 3), 50, r"images of shape \(2, 64, 64, 3\); give \(N, 3, H, W\)"),
+        (torch.rand(2, 3, 64, 64) * 255, 50, r"image values span .*; give floats in \[0, 1\]"),
+        (torch.rand(0, 3, 64, 64), 50, r"no images to measure BN statistics on"),
+        (torch.rand(2, 3, 64, 64), 0, r"^batch_size=0"),
+    ],
+)
+def test_images_bn_cannot_be_measured_on_are_refused_in_one_line(
+    images: torch.Tensor, batch_size: int, message: str
+) -> None:
+    model = perturbed_model(TINY, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LwmmError, match=message):
+        reestimate_bn(model, images, batch_size)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "untouched"

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lwmm_lab.analysis.evaluation import forward, normalize, read_samples
+from lwmm_lab.analysis.evaluation import check_images, forward, normalize, read_samples
 from lwmm_lab.data.datasets import check_dataset_names, dataset_label, open_dataset
+from lwmm_lab.errors import LwmmError, check_count
 
 
 def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.Module:
@@ -29,6 +30,10 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
     differences: the inputs go through :func:`~lwmm_lab.analysis.evaluation.forward`, which
     pads sides an FPN or DeepLabV3+ cannot take, and the layers' momentum is restored even
     when a pass fails (out of memory, say), so a model is never left averaging for ever."""
+    check_images(images, "reestimate_bn")
+    if not len(images):
+        raise LwmmError("reestimate_bn: no images to measure BN statistics on")
+    batch_size = check_count("batch_size", batch_size)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     device = next(model.parameters()).device

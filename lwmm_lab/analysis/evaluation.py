@@ -542,9 +542,20 @@ def open_checkpoints(
 
 def check_batch(images: Tensor, labels: Tensor, source: str = "the dataset") -> None:
     """Refuse a batch that would be scored as garbage, or fail deep inside, without a word:
-    images that are not ``(N, 3, H, W)`` floats in [0, 1] (uint8, 0..255 floats, channels last,
-    images normalised already: the lab normalises them itself), labels not ``(N, H, W)`` at
-    the images' size, label values neither a trainId (0..18) nor 255 (ignore)."""
+    images as :func:`check_images` refuses them, labels not ``(N, H, W)`` at the images' size,
+    label values neither a trainId (0..18) nor 255 (ignore)."""
+    check_images(images, source)
+    if labels.shape != (images.shape[0], *images.shape[2:]):
+        raise LwmmError(
+            f"{source}: labels of shape {tuple(labels.shape)} for images of shape "
+            f"{tuple(images.shape)}; give one (H, W) label per image"
+        )
+    check_labels(labels, source)
+
+
+def check_images(images: Tensor, source: str = "the images") -> None:
+    """Refuse images that are not ``(N, 3, H, W)`` floats in [0, 1] (uint8, 0..255 floats,
+    channels last, images normalised already: the lab normalises them itself)."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise LwmmError(
             f"{source}: images of shape {tuple(images.shape)}; give (N, 3, H, W), channels first"
@@ -554,11 +565,6 @@ def check_batch(images: Tensor, labels: Tensor, source: str = "the dataset") -> 
             f"{source}: images are {str(images.dtype).removeprefix('torch.')}; give floats in "
             "[0, 1] (divide 0..255 values by 255)"
         )
-    if labels.shape != (images.shape[0], *images.shape[2:]):
-        raise LwmmError(
-            f"{source}: labels of shape {tuple(labels.shape)} for images of shape "
-            f"{tuple(images.shape)}; give one (H, W) label per image"
-        )
     if images.numel():
         low, high = (float(v) for v in torch.aminmax(images))
         if low < -IMAGE_SLACK or high > 1 + IMAGE_SLACK:
@@ -566,7 +572,6 @@ def check_batch(images: Tensor, labels: Tensor, source: str = "the dataset") -> 
                 f"{source}: image values span {low:.3g}..{high:.3g}; give floats in [0, 1] "
                 "(0..255 values divided by 255, not normalised: the lab normalises them)"
             )
-    check_labels(labels, source)
 
 
 #: How far outside [0, 1] an image value may stray (rounding in a resize) and still be taken.
