@@ -7,21 +7,29 @@ import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
+from lwmm_lab import ModelSpec
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import normalize
 from lwmm_lab.errors import LwmmError
 
 from .conftest import TINY, perturbed_model
 
+#: A small panoptic model: its instance heads' BN layers are outside forward()'s pass.
+PANOPTIC = ModelSpec(
+    "PanopticUnet", "tu-resnet10t", 19, {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
+)
+
 
 def _images(n: int = 4) -> torch.Tensor:
     return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-def test_reestimated_bn_statistics_are_those_of_the_images_alone() -> None:
+@pytest.mark.parametrize("spec", [TINY, PANOPTIC], ids=["semantic", "panoptic"])
+def test_reestimated_bn_statistics_are_those_of_the_images_alone(spec: ModelSpec) -> None:
     """Each BN layer's running statistics become the mean over the batches of its inputs'
-    batch mean and unbiased variance: the checkpoint's own are reset, not blended in."""
-    model = perturbed_model(TINY, 0, counts=7)  # statistics of 7 batches, not these images
+    batch mean and unbiased variance: the checkpoint's own are reset, not blended in. Every
+    layer sees the images, a panoptic model's instance heads too."""
+    model = perturbed_model(spec, 0, counts=7)  # statistics of 7 batches, not these images
     weights = {k: v.clone() for k, v in model.named_parameters()}
     norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in norms}
@@ -50,8 +58,9 @@ def test_reestimated_bn_statistics_equal_torch_update_bn() -> None:
         torch.testing.assert_close(mine, peer[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_a_failed_pass_leaves_the_bn_layers_momentum_as_it_was() -> None:
-    model = perturbed_model(TINY, 0)
+def test_a_failed_pass_leaves_the_model_as_it_was() -> None:
+    model = perturbed_model(TINY, 0, counts=7)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     calls = []
 
@@ -64,7 +73,18 @@ def test_a_failed_pass_leaves_the_bn_layers_momentum_as_it_was() -> None:
     with pytest.raises(RuntimeError, match="out of memory"):
         reestimate_bn(model, _images(), batch_size=2)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert norms and all(m.momentum == 0.1 for m in norms) and not model.training
+    assert norms and all(m.momentum == 0.1 for m in norms) and model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_layer_the_pass_never_reaches_keeps_its_statistics() -> None:
+    model = perturbed_model(TINY, 0)
+    model.spare = torch.nn.BatchNorm2d(4)  # an auxiliary head's, say: forward() skips it
+    model.spare.running_mean.fill_(3.0)
+    model.spare.num_batches_tracked.fill_(5)
+    reestimate_bn(model, _images(2))
+    assert torch.equal(model.spare.running_mean, torch.full((4,), 3.0))
+    assert model.spare.num_batches_tracked == 5 and model.spare.momentum == 0.1
 
 
 def test_several_domains_take_turns_so_every_batch_mixes_them() -> None:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from lwmm_lab.analysis.evaluation import check_images, forward, normalize, read_samples
 from lwmm_lab.data.datasets import check_dataset_names, dataset_label, open_dataset
+from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.errors import LwmmError, check_count
 
 
@@ -24,19 +25,27 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
     """Give every BatchNorm layer of ``model`` the statistics of its inputs over ``images``
     (unlabelled, in [0, 1]), in place: the mean over the batches of each batch's mean and
     (unbiased) variance, as ``momentum=None`` accumulates them; exact with one batch. The
-    weights stay; the model is left in eval mode.
+    weights stay; the model is left in eval mode. A panoptic model runs its instance heads
+    too; a layer the pass never reaches keeps the statistics it had.
 
-    What ``torch.optim.swa_utils.update_bn`` computes (a test compares them), with two
+    What ``torch.optim.swa_utils.update_bn`` computes (a test compares them), with three
     differences: the inputs go through :func:`~lwmm_lab.analysis.evaluation.forward`, which
-    pads sides an FPN or DeepLabV3+ cannot take, and the layers' momentum is restored even
-    when a pass fails (out of memory, say), so a model is never left averaging for ever."""
+    pads sides an FPN or DeepLabV3+ cannot take; a layer left unreached is not left reset
+    (zero mean, unit variance); and when a pass fails (out of memory, say) every layer gets
+    its statistics and momentum back, so the model is as it was."""
     check_images(images, "reestimate_bn")
     if not len(images):
         raise LwmmError("reestimate_bn: no images to measure BN statistics on")
     batch_size = check_count("batch_size", batch_size)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    device = next(model.parameters()).device
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    kept = [(m.momentum, [t.clone() for t in _statistics(m)]) for m in norms]
+    call = model.forward_panoptic if is_panoptic(model) else None
+    device, was_training = next(model.parameters()).device, model.training
+    finished = False
     try:
         for m in norms:
             m.reset_running_stats()
@@ -44,12 +53,21 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
         model.train()
         with torch.no_grad():
             for batch in images.split(batch_size):
-                forward(model, normalize(batch.to(device)))
+                forward(model, normalize(batch.to(device)), call)
+        finished = True
     finally:
-        for m, momentum in zip(norms, momenta, strict=True):
+        for m, (momentum, statistics) in zip(norms, kept, strict=True):
             m.momentum = momentum
-        model.eval()
+            if not finished or m.num_batches_tracked == 0:
+                for buffer, value in zip(_statistics(m), statistics, strict=True):
+                    buffer.copy_(value)
+        model.train(was_training and not finished)
     return model
+
+
+def _statistics(norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor, Tensor]:
+    """A BN layer's running mean, variance and batch count (its buffers, not copies)."""
+    return norm.running_mean, norm.running_var, norm.num_batches_tracked
 
 
 def train_images(domains: str | Sequence[str], images: int, resolution: tuple[int, int]) -> Tensor:
