@@ -110,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="merge checkpoints into one safetensors file")
     _add_merge_arguments(merge)
     merge.add_argument("-o", "--output", required=True, type=Path, help="OUT.safetensors")
+    merge.add_argument(
+        "--reestimate",
+        nargs="+",
+        metavar="DOMAIN",
+        help="then measure the merge's BN statistics on unlabelled train images of each DOMAIN "
+        "(interleaved; AdaBN) instead of merging the checkpoints'",
+    )
+    merge.add_argument(
+        "--reestimate-images", type=int, help="train images per DOMAIN for --reestimate (100)"
+    )
+    merge.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="read --reestimate's images at H x W (the resolution the anchor records, else 96 192)",
+    )
     merge.set_defaults(handler=_merge)
 
     inspect = commands.add_parser("inspect", help="print the merge plan (a dry run)")
@@ -454,16 +471,57 @@ def _merge(args: argparse.Namespace) -> int:
     from lwmm_lab.engine.merge import save_merge
 
     checkpoint_path(args.output)
+    _check_reestimate(args)
     pool, plan = _plan(args)
-    path = save_merge(pool, args.output, plan.config)
     c = plan.config
+    if args.reestimate is None:
+        path, bn = save_merge(pool, args.output, c), c.bn
+    else:
+        path, bn = _reestimated_merge(args, pool, plan)
     print(
         f"wrote {path}: {c.method} ({plan.schedule} schedule) of {pool.n_models} models, "
-        f"anchor [{plan.anchor}] {pool.labels[plan.anchor]}, Np={plan.layout.n_depth}, bn {c.bn}"
+        f"anchor [{plan.anchor}] {pool.labels[plan.anchor]}, Np={plan.layout.n_depth}, bn {bn}"
     )
     for note in plan.notes():
         print(f"note: {note}")
     return 0
+
+
+def _check_reestimate(args: argparse.Namespace) -> None:
+    """``lwmm merge``'s AdaBN options, checked before any merging: an option that would
+    change nothing (a BN rule, or an image count without ``--reestimate``) is refused."""
+    from lwmm_lab.data.datasets import check_dataset_names
+    from lwmm_lab.errors import check_count, check_image_size
+
+    if args.reestimate is None:
+        for option in ("--reestimate-images", "--size"):
+            if getattr(args, option[2:].replace("-", "_")) is not None:
+                raise LwmmError(f"{option} is only used with --reestimate")
+        return
+    if args.bn != "linear":
+        raise LwmmError(
+            f"--bn {args.bn} has no effect with --reestimate: the statistics are measured anew"
+        )
+    args.reestimate = check_dataset_names(args.reestimate)
+    args.reestimate_images = check_count("--reestimate-images", args.reestimate_images or 100)
+    if args.size is not None:
+        args.size = check_image_size(tuple(args.size))
+
+
+def _reestimated_merge(args: argparse.Namespace, pool: Pool, plan: MergePlan) -> tuple[Path, str]:
+    """Write the merge with its BN statistics measured on ``--reestimate``'s train images;
+    the file's provenance says on what. Returns its path and the BN statistics' description."""
+    from lwmm_lab.analysis.adabn import reestimate_bn, train_images
+    from lwmm_lab.engine.merge import write_merge
+    from lwmm_lab.engine.model import merged_model
+
+    size = args.size or pool.checkpoints[plan.anchor].resolution
+    images = train_images(args.reestimate, args.reestimate_images, size)
+    model = reestimate_bn(merged_model(pool, plan.config), images)
+    record = {"domains": args.reestimate, "images": args.reestimate_images, "resolution": size}
+    path = write_merge(plan, model.state_dict(), args.output, bn_reestimated=record)
+    each = f"{args.reestimate_images} train images{' each' if len(args.reestimate) > 1 else ''}"
+    return path, f"re-estimated on {', '.join(args.reestimate)} ({each})"
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -343,9 +343,10 @@ def test_different_heads_and_decoders_come_from_the_anchor(tmp_path: Path) -> No
 def test_saved_merge_records_provenance_and_rebuilds_the_same_model(
     tmp_path: Path, make_models
 ) -> None:
+    sizes = (None, {"resolution": [64, 128]})  # what the zoo records; a file of yours may not
     paths = [
-        save_checkpoint(tmp_path / f"m{i}.safetensors", m.state_dict(), TINY)
-        for i, m in enumerate(make_models(2))
+        save_checkpoint(tmp_path / f"m{i}.safetensors", m.state_dict(), TINY, size)
+        for i, (m, size) in enumerate(zip(make_models(2), sizes, strict=True))
     ]
     pool = Pool(paths, device="cpu")
     out = save_merge(
@@ -353,6 +354,11 @@ def test_saved_merge_records_provenance_and_rebuilds_the_same_model(
     )
     ckpt = load_checkpoint(out)
     p = ckpt.provenance
+    assert ckpt.resolution == (64, 128), "scored where its anchor is: lwmm eval reads it"
+    assert (
+        "resolution"
+        not in load_checkpoint(save_merge(pool, tmp_path / "a0.safetensors")).provenance
+    )
     assert p["method"] == "layerwise" and p["anchor"]["index"] == 1 and p["bn"] == "gaussian"
     assert p["start"] == 3 and p["alpha"] == 0.7 and p["n_depth"] == pool.layout(1).n_depth
     assert [i["sha256"] for i in p["inputs"]] == [sha256(q) for q in paths]

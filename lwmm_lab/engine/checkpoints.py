@@ -104,12 +104,18 @@ class Checkpoint:
 
     @property
     def resolution(self) -> tuple[int, int]:
-        """The (height, width) the model was trained at, as the zoo records it in the file;
-        :data:`DEFAULT_RESOLUTION` for a file that records none. A malformed record is refused
-        naming the file, where it would fail later as an image size from nowhere."""
+        """The (height, width) the model was trained at, as the file records it (the zoo's
+        checkpoints and lwmm's merges of them do); :data:`DEFAULT_RESOLUTION` for a file that
+        records none."""
+        return self.recorded_resolution or DEFAULT_RESOLUTION
+
+    @property
+    def recorded_resolution(self) -> tuple[int, int] | None:
+        """The resolution the file records, or None. A malformed record is refused naming
+        the file, where it would fail later as an image size from nowhere."""
         value = self.provenance.get("resolution") if isinstance(self.provenance, Mapping) else None
         if value is None:
-            return DEFAULT_RESOLUTION
+            return None
         with naming(f"{self.path or 'checkpoint'}: metadata '{_META_PROVENANCE}' resolution"):
             return check_image_size(value)
 

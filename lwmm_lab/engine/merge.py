@@ -235,7 +235,8 @@ class MergePlan:
         )
 
     def provenance(self) -> dict[str, Any]:
-        """What to record in the merged file: inputs with sha256, method, schedule, BN rule."""
+        """What to record in the merged file: inputs with sha256, method, schedule, BN rule,
+        and the resolution the anchor records (what ``lwmm eval`` and the lab read it at)."""
         pool, c = self.pool, self.config
         record = {
             "lwmm_lab": __version__,
@@ -261,6 +262,9 @@ class MergePlan:
             record["fisher"] = [file_record(p) for p in pool.fisher_paths]
         if pool.alignment is not None:
             record["alignment"] = pool.alignment.record(pool.labels)
+        resolution = pool.checkpoints[self.anchor].recorded_resolution
+        if resolution is not None:  # the merge runs the anchor's model, at its size
+            record["resolution"] = list(resolution)
         return record
 
     def run(self, into: nn.Module | MutableMapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -542,12 +546,21 @@ def save_merge(
     The write is atomic and refuses to overwrite any input checkpoint.
     """
     plan = make_plan(pool, config, **changes)
+    return write_merge(plan, plan.run(), path)
+
+
+def write_merge(
+    plan: MergePlan, tensors: Mapping[str, Tensor], path: str | os.PathLike, **provenance: Any
+) -> Path:
+    """Write ``tensors``, the plan's merge (as run, or changed after: its BN statistics
+    re-estimated, say), with the anchor's spec and the plan's provenance plus ``provenance``
+    (what changed it). Atomic, and never over a file the pool read."""
+    pool = plan.pool
     inputs = [ck.path for ck in pool.checkpoints if ck.path is not None]
     extra = [p for p in (pool.base_path, *pool.fisher_paths) if p is not None]
     anchor = pool.checkpoints[plan.anchor]
-    return save_checkpoint(
-        path, plan.run(), anchor.spec, plan.provenance(), protect=tuple(inputs + extra)
-    )
+    record = plan.provenance() | provenance
+    return save_checkpoint(path, tensors, anchor.spec, record, protect=tuple(inputs + extra))
 
 
 def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
