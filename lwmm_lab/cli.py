@@ -503,7 +503,8 @@ def _check_reestimate(args: argparse.Namespace) -> None:
             f"--bn {args.bn} has no effect with --reestimate: the statistics are measured anew"
         )
     args.reestimate = check_dataset_names(args.reestimate)
-    args.reestimate_images = check_count("--reestimate-images", args.reestimate_images or 100)
+    images = 100 if args.reestimate_images is None else args.reestimate_images
+    args.reestimate_images = check_count("--reestimate-images", images)
     if args.size is not None:
         args.size = check_image_size(tuple(args.size))
 

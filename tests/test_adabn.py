@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
-from lwmm_lab import ModelSpec
+from lwmm_lab import ModelSpec, Pool, load_checkpoint, merged_model
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import normalize
+from lwmm_lab.cli import main
 from lwmm_lab.errors import LwmmError
+from lwmm_lab.zoo import load_manifest
+from lwmm_lab.zoo.manifest import scenario_checkpoints
 
 from .conftest import TINY, perturbed_model
 
@@ -113,3 +118,27 @@ def test_images_bn_cannot_be_measured_on_are_refused_in_one_line(
     with pytest.raises(LwmmError, match=message):
         reestimate_bn(model, images, batch_size)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "untouched"
+
+
+def test_lwmm_merge_reestimate_writes_the_merge_with_statistics_of_the_images(
+    quick_zoo: Path, tmp_path: Path, capsys
+) -> None:
+    """The file holds what reestimate_bn gives the in-memory merge, on the images read at the
+    anchor's resolution, and its provenance says on what."""
+    adapted = scenario_checkpoints(load_manifest(quick_zoo), "multi-target")
+    out = tmp_path / "adabn.safetensors"
+    args = ["merge", *adapted, "--method", "isotropic", "-o", str(out)]
+    assert main([*args, "--reestimate", "real", "night", "--reestimate-images", "2"]) == 0
+    assert "bn re-estimated on real, night (2 train images each)" in capsys.readouterr().out
+    saved = load_checkpoint(out)
+    size = saved.resolution
+    assert saved.provenance["bn_reestimated"] == {
+        "domains": ["real", "night"],
+        "images": 2,
+        "resolution": list(size),
+    }
+    merged = merged_model(Pool(adapted, device="cpu"), method="isotropic")
+    expected = reestimate_bn(merged, train_images(["real", "night"], 2, size)).state_dict()
+    assert expected.keys() == saved.tensors.keys()
+    for name, tensor in saved.tensors.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6, msg=name)

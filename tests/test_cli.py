@@ -269,6 +269,22 @@ def _bad_inputs(tmp_path: Path, two: list[Path]) -> dict[str, tuple[list, str]]:
             ["interpolate", *two, "--html", tmp_path / "path.htm"],
             "path.htm: the page is written as a .html file",
         ),
+        "merge reestimate images": (
+            ["merge", *two, "--reestimate-images", "3", "-o", merged],
+            "--reestimate-images is only used with --reestimate",
+        ),
+        "merge reestimate bn": (
+            ["merge", *two, "--reestimate", "real", "--bn", "gaussian", "-o", merged],
+            "--bn gaussian has no effect with --reestimate: the statistics are measured anew",
+        ),
+        "merge reestimate domain": (
+            ["merge", *two, "--reestimate", "real", "mars", "-o", merged],
+            "dataset 'mars' is not a synthetic domain",
+        ),
+        "merge reestimate count": (
+            ["merge", *two, "--reestimate", "real", "--reestimate-images", "0", "-o", merged],
+            "--reestimate-images=0: give at least 1",
+        ),
         "claim": (["findings", "--only", "99"], "claim 99 is not one of 1.."),
         "bars images": (["zoo", "bars", "--images", "0"], "images=0: give at least 1"),
         "zoo workers": (
