@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lwmm_lab import load_checkpoint
+from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
 from lwmm_lab.analysis.sweeps import grid, run_sweep
@@ -295,6 +296,43 @@ def test_save_and_the_equivalent_command(lab: MergeLab, tmp_path: Path) -> None:
     assert main(command[1:]) == 0
     again = load_checkpoint(tmp_path / "from_cli.safetensors")
     assert all(torch.equal(again.tensors[k], v) for k, v in saved.tensors.items())
+
+
+def test_bn_statistics_from_target_images_in_the_lab(quick_zoo: Path, tmp_path: Path) -> None:
+    """Ticked, the merge shown is the merge with its BN statistics measured on the target's
+    train images (the BN rule greyed out); it is what *save* writes and what the command
+    writes again; unticked, the rule's statistics are back."""
+    lab = MergeLab(zoo=quick_zoo, preview=4, background=False, reestimate_images=3)
+    lab.set(alpha=0.4, bn="gaussian", reestimate=True)
+    assert lab.bn.disabled and lab.config().bn == "linear" and "AdaBN" in lab.readout.value
+    size = lab.resolution
+    expected = reestimate_bn(merged_model(lab.pool, lab.config()), train_images("real", 3, size))
+    shown = lab._model(lab.plan.anchor)
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(shown.state_dict()[name], tensor, msg=name)
+    scores = evaluate(expected, lab._data("real", 4), "real")
+    assert lab.scores["merged"].miou == pytest.approx(scores.miou, abs=1e-6)
+    lab.output.value = str(tmp_path / "from_panel.safetensors")
+    lab.save_button.click()
+    saved = load_checkpoint(tmp_path / "from_panel.safetensors")
+    on = {"domains": ["real"], "images": 3, "resolution": list(size)}
+    assert saved.provenance["bn_reestimated"] == on
+    lab.command_button.click()
+    command = shlex.split(lab.command.value)
+    assert command[command.index("--reestimate") :][:3] == [
+        "--reestimate",
+        "real",
+        "--reestimate-images",
+    ]
+    command[command.index("-o") + 1] = str(tmp_path / "from_cli.safetensors")
+    assert main(command[1:]) == 0
+    again = load_checkpoint(tmp_path / "from_cli.safetensors")
+    for name, tensor in saved.tensors.items():
+        torch.testing.assert_close(again.tensors[name], tensor, msg=name)
+    lab.reestimate.value = False
+    assert not lab.bn.disabled and lab.plan.config.bn == "gaussian"
+    rule = merged_model(lab.pool, lab.config()).state_dict()
+    assert all(torch.equal(v, rule[k]) for k, v in shown.state_dict().items())
 
 
 def test_a_saved_merge_is_replaced_only_when_asked_twice(lab: MergeLab, tmp_path: Path) -> None:

@@ -371,7 +371,8 @@ class SweepExplorer(Panel):
 
     def pick(self, start: int, alpha: float) -> None:
         """Load the sweep's merge at (start, alpha) into the MergeLab: its models, anchor,
-        method under the layer-wise schedule and BN rule too."""
+        method under the layer-wise schedule and BN rule too (a sweep merges the checkpoints'
+        BN statistics, so the lab's AdaBN box is unticked)."""
         if self.merge_lab is None or self.sweep is None:
             return
         shown = self.sweep.of(self.domain.value)[0]["anchor"]  # the heat map's anchor
@@ -382,7 +383,7 @@ class SweepExplorer(Panel):
         self.merge_lab.load(
             cell.checkpoints, cell.checkpoints[cell.anchor], method=cell.method,
             schedule="layerwise", bn=cell.bn, granularity="tensor", align=cell.align,
-            start=int(start), alpha=float(alpha),
+            reestimate=False, start=int(start), alpha=float(alpha),
         )  # fmt: skip
 
 

@@ -1,6 +1,7 @@
-"""The merge lab: pick models, the anchor, the method, the start layer and alpha, the BN rule,
-the granularity and the device; every change re-merges (on the GPU when there is one) and
-updates the schedule, the mIoU readout, the per-class IoU bars and a qualitative grid.
+"""The merge lab: pick models, the anchor, the method, the start layer and alpha, the BN rule
+(or BN statistics measured on the target's images), the granularity and the device; every
+change re-merges (on the GPU when there is one) and updates the schedule, the mIoU readout,
+the per-class IoU bars and a qualitative grid.
 
 Like every panel (:mod:`lwmm_lab.lab.panel`), it works in a background thread on the newest
 request only, and shows its errors in itself.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +25,7 @@ import plotly.graph_objects as go
 import torch
 from torch.utils.data import TensorDataset
 
+from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.comparison import fisher_file
 from lwmm_lab.analysis.evaluation import (
     BatchScorer,
@@ -37,7 +40,14 @@ from lwmm_lab.analysis.qualitative import Example, examples_from_predictions, io
 from lwmm_lab.data.datasets import check_dataset_name, dataset_label
 from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import checkpoint_path, peek_checkpoint
-from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan, merge_command, save_merge
+from lwmm_lab.engine.merge import (
+    MergeConfig,
+    MergePlan,
+    make_plan,
+    merge_command,
+    save_merge,
+    write_merge,
+)
 from lwmm_lab.engine.methods import BN_RULES, METHODS
 from lwmm_lab.engine.model import load_model, merge_target
 from lwmm_lab.engine.panoptic import is_panoptic
@@ -156,13 +166,16 @@ class MergeLab(Panel):
     (``target="cityscapes:/data/cityscapes"``, ``source="gta5:/data/gta5"``), read at
     ``resolution`` (default: the one the anchor records, else 96 x 192; a real model wants
     its own, ``(512, 1024)`` say). A zoo's scenarios then rank their models on ``real``, its
-    Cityscapes-like domain.
+    Cityscapes-like domain. Ticking *BN statistics from target images* measures the merge's
+    BN statistics on the first ``reestimate_images`` train images of the target, unlabelled
+    (AdaBN, :mod:`~lwmm_lab.analysis.adabn`), instead of merging the checkpoints' by the BN
+    rule; the anchor it is compared with keeps its own.
     """
 
     #: The controls :meth:`set` and :meth:`load` move, by name.
     CONTROLS = (
         "scenario", "models", "anchor", "method", "schedule", "start", "alpha", "bn",
-        "granularity", "device", "align", "output",
+        "granularity", "device", "align", "reestimate", "output",
     )  # fmt: skip
 
     def __init__(
@@ -180,6 +193,7 @@ class MergeLab(Panel):
         shown: int = 3,
         device: str = "auto",
         background: bool = True,
+        reestimate_images: int = 32,
     ) -> None:
         super().__init__(background)
         self.target = check_dataset_name(target)
@@ -202,9 +216,14 @@ class MergeLab(Panel):
         self.base = None if base is None else str(base)
         if not isinstance(align, bool):  # a TraitError from the checkbox before
             raise LwmmError(f"align={align!r}: give True or False")
-        self.preview_size, self.full_size, self.shown = (
+        self.preview_size, self.full_size, self.shown, self.reestimate_images = (
             check_count(name, value)
-            for name, value in (("preview", preview), ("full", full), ("shown", shown))
+            for name, value in (
+                ("preview", preview),
+                ("full", full),
+                ("shown", shown),
+                ("reestimate_images", reestimate_images),
+            )
         )
         if resolution is None:
             resolution = peek_checkpoint(checkpoints[0]).resolution
@@ -218,13 +237,14 @@ class MergeLab(Panel):
         self._anchor_cache: dict[int, Outputs] = {}
         self._scorers: dict[tuple[str, int], BatchScorer] = {}
         self._held: dict[tuple[str, int, str, bool], TensorDataset] = {}  # see _data
+        self._unlabelled: dict[str, torch.Tensor] = {}  # see _target_images
         self._panel_keys: dict[int, bytes] = {}
         self._depth_names: tuple[str, ...] = ()
         self._moving = threading.local()  # .quiet: this thread moves controls (see _quietly)
         self._deferred = False  # set while set() moves controls: one refresh at the end
         self._anchor_path = checkpoints[0]  # the anchor picked, by file: kept over rebuilds
         self._built_for: tuple[Any, ...] | None = None  # the pool's _pool_key() when built
-        self._shown: tuple[Pool | None, MergeConfig | None] = (None, None)  # what the views show
+        self._shown: tuple[Pool | None, Any] = (None, None)  # what the views show (_asked_merge)
         self._asked: list[Callable[[], None]] = []  # buttons pressed: run once views are current
         self._replace: Path | None = None  # an existing file *save* was pressed for once
 
@@ -257,6 +277,12 @@ class MergeLab(Panel):
             continuous_update=False, readout_format=".2f",
         )  # fmt: skip
         self.bn = W.Dropdown(options=list(BN_RULES), value="linear", description="BN rule")
+        self.reestimate = W.Checkbox(
+            value=False,
+            description=f"BN statistics from {self.reestimate_images} target images (AdaBN)",
+            indent=False,
+            layout=fit_width(),
+        )
         self.granularity = choice_buttons(GRANULARITIES, "tensor", "granularity")
         resolve_device(device)  # a device this machine lacks is refused here, in one line
         devices = ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else []), device]
@@ -295,13 +321,24 @@ class MergeLab(Panel):
         self.models.observe(self._picked, names="value")
         self.device.observe(lambda _: self.refresh(), names="value")
         self.align.observe(lambda _: self.refresh(), names="value")
+        self.reestimate.observe(self._reestimate_ticked, names="value")
         self.scenario.observe(self._scenario_changed, names="value")
         self.add_button.on_click(self._add_path)
         self.full_button.on_click(lambda _: self._ask(self._score_full))
         self.save_button.on_click(lambda _: self._ask(self._save))
         self.command_button.on_click(self._show_command)
         pick = W.VBox([self.scenario, self.models, W.HBox([self.path, self.add_button])])
-        knobs = W.VBox([self.anchor, self.method, self.schedule, self.bn, self.device, self.align])
+        knobs = W.VBox(
+            [
+                self.anchor,
+                self.method,
+                self.schedule,
+                self.bn,
+                self.device,
+                self.align,
+                self.reestimate,
+            ]
+        )
         buttons = W.HBox([self.full_button, self.output, self.save_button, self.command_button])
         self.widget = W.VBox(
             [
@@ -321,14 +358,15 @@ class MergeLab(Panel):
         self.refresh()
 
     def config(self) -> MergeConfig:
-        """The merge the controls describe."""
+        """The merge the controls describe. While the BN statistics are measured on the
+        target's images, the rule is ``linear``: it is overwritten, and the command says so."""
         own = METHODS[self.method.value].schedule
         return MergeConfig(
             method=self.method.value,
             anchor=self.anchor.value or 0,
             start=self.start.value,
             alpha=self.alpha.value,
-            bn=self.bn.value,
+            bn="linear" if self.reestimate.value else self.bn.value,
             granularity=self.granularity.value,
             schedule=None if own is not None else self.schedule.value,
         )
@@ -420,10 +458,15 @@ class MergeLab(Panel):
         fisher_missing = self.method.value == "fisher" and self.pool.fisher is None
         if self._pool_key() != self._built_for or fisher_missing:
             self._build_pool()
-        if self._shown[0] is not self.pool or self._shown[1] != self.config():
+        if self._shown[0] is not self.pool or self._shown[1] != self._asked_merge():
             self._update()
         while self._asked:
             self._asked.pop(0)()
+
+    def _asked_merge(self) -> tuple[MergeConfig, bool]:
+        """What the views must show: the merge the controls describe, and whether its BN
+        statistics are measured on the target's images."""
+        return self.config(), self.reestimate.value
 
     def _build_pool(self) -> None:
         """A pool of the models picked, on the device picked, with the base; aligned to the
@@ -539,6 +582,21 @@ class MergeLab(Panel):
         if path not in picked:
             self.models.value = (*picked, path)
 
+    @shows_errors
+    def _reestimate_ticked(self, _: Any) -> None:
+        """The BN rule is greyed out while the statistics are measured anew."""
+        self.bn.disabled = self.reestimate.value
+        if not self._quiet:
+            self.refresh()
+
+    def _target_images(self) -> torch.Tensor:
+        """The target's first train images, unlabelled, where the pool is (read once)."""
+        device = str(self.pool.device)
+        if device not in self._unlabelled:
+            images = train_images(self.target, self.reestimate_images, self.resolution)
+            self._unlabelled[device] = images.to(device)
+        return self._unlabelled[device]
+
     def _fit_schedule(self) -> None:
         """The schedule shown is the method's own when it has one (and then fixed); s, alpha
         and the granularity are live only under the layer-wise schedule, which they define."""
@@ -566,13 +624,16 @@ class MergeLab(Panel):
             now = time.perf_counter()
             parts[part], mark = (now - mark) * 1000, now
 
-        config = self.config()
+        config, reestimating = asked = self._asked_merge()
         plan = make_plan(self.pool, config)
         done("plan")
         model, tensors = self._built(plan.anchor)
         plan.run(into=tensors)
         self.plan = plan
         done("merge")
+        if reestimating:
+            reestimate_bn(model, self._target_images())
+            done("BN statistics")
         merged, anchor = self._outputs(model), self._anchor(plan.anchor)
         self.scores = {"merged": merged.scores, "anchor": anchor.scores}
         if merged.source is not None:
@@ -587,9 +648,9 @@ class MergeLab(Panel):
         done("figures")
         self._update_grid(self._examples(anchor, merged))
         self.start_name.value = self._start_label()
-        self.readout.value = self._readout(anchor, merged)
+        self.readout.value = self._readout(anchor, merged, reestimating)
         done("grid")
-        self._shown = (self.pool, config)
+        self._shown = (self.pool, asked)
         self.last_update_parts = parts
         self.last_update_seconds = time.perf_counter() - started
         ms = self.last_update_seconds * 1000
@@ -669,7 +730,7 @@ class MergeLab(Panel):
                         images[k].source = panel_uri(example, c)
                         self._panel_keys[k] = key
 
-    def _readout(self, anchor: Outputs, merged: Outputs) -> str:
+    def _readout(self, anchor: Outputs, merged: Outputs, reestimated: bool) -> str:
         a, m, source = anchor.scores, merged.scores, merged.source
         scored, sources = [m], ""
         if source is not None:
@@ -684,7 +745,11 @@ class MergeLab(Panel):
                 f"{mp.pq:.2f}</b> (anchor {ap.pq:.2f}, {_signed(mp.pq - ap.pq)}), SQ {mp.sq:.2f} "
                 f"(anchor {ap.sq:.2f}), RQ {mp.rq:.2f} (anchor {ap.rq:.2f})"
             )
-        notes = note_lines(self.plan.notes())
+        measured = []
+        if reestimated:
+            images = f"{self.reestimate_images} {dataset_label(self.target)} train images"
+            measured.append(f"BN statistics measured on the first {images} (AdaBN)")
+        notes = note_lines([*measured, *self.plan.notes()])
         return (
             f"<div style='font-size:15px'><b>{dataset_label(self.target)}</b> mIoU: merged "
             f"<b class='lwmm-miou'>{m.miou:.2f}</b> (anchor {a.miou:.2f}, "
@@ -715,10 +780,29 @@ class MergeLab(Panel):
             )
             return
         self._replace = None
-        save_merge(self.pool, path, self.plan.config)
+        if self._shown[1][1]:  # the merge shown has its BN statistics measured
+            tensors = self._built(self.plan.anchor)[1]
+            write_merge(self.plan, tensors, path, bn_reestimated=self._reestimated_on())
+        else:
+            save_merge(self.pool, path, self.plan.config)
         self.status.value = f"saved {shown} with its provenance"
+
+    def _reestimated_on(self) -> dict[str, Any]:
+        """What a saved merge's provenance says its BN statistics were measured on (as
+        ``lwmm merge --reestimate`` records it)."""
+        return {
+            "domains": [self.target],
+            "images": self.reestimate_images,
+            "resolution": list(self.resolution),
+        }
 
     @shows_errors
     def _show_command(self, _: Any) -> None:
-        self.command.value = merge_command(self.plan, self.output.value)
+        command = merge_command(self.plan, self.output.value)
+        if self._shown[1][1]:
+            on = self._reestimated_on()
+            size = [str(v) for v in on["resolution"]]
+            words = ["--reestimate", *on["domains"], "--reestimate-images", str(on["images"])]
+            command += " " + shlex.join([*words, "--size", *size])
+        self.command.value = command
         self.command.layout.display = ""
