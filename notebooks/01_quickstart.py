@@ -77,6 +77,9 @@ table_figure(rows, list(rows[0]), "real mIoU: the anchor alone, and merges of al
 # - The **bars** show which classes gain and which lose.
 # - The **grid** shows image, ground truth, anchor, merge, and where the merge fixed (green) or
 #   broke (red) the anchor's prediction.
+# - **BN statistics from target images** throws away the merged BatchNorm statistics and
+#   measures new ones on unlabelled target images. Does that rescue the independent family's
+#   plain average? (Notebook 06 shows where it does help.)
 
 # %%
 lab = MergeLab(zoo=zoo)
