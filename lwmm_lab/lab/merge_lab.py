@@ -780,12 +780,17 @@ class MergeLab(Panel):
             )
             return
         self._replace = None
-        if self._shown[1][1]:  # the merge shown has its BN statistics measured
+        if self._measured:
             tensors = self._built(self.plan.anchor)[1]
             write_merge(self.plan, tensors, path, bn_reestimated=self._reestimated_on())
         else:
             save_merge(self.pool, path, self.plan.config)
         self.status.value = f"saved {shown} with its provenance"
+
+    @property
+    def _measured(self) -> bool:
+        """Whether the merge shown has its BN statistics measured on the target's images."""
+        return self._shown[1] is not None and self._shown[1][1]
 
     def _reestimated_on(self) -> dict[str, Any]:
         """What a saved merge's provenance says its BN statistics were measured on (as
@@ -799,7 +804,7 @@ class MergeLab(Panel):
     @shows_errors
     def _show_command(self, _: Any) -> None:
         command = merge_command(self.plan, self.output.value)
-        if self._shown[1][1]:
+        if self._measured:
             on = self._reestimated_on()
             size = [str(v) for v in on["resolution"]]
             words = ["--reestimate", *on["domains"], "--reestimate-images", str(on["images"])]
