@@ -512,14 +512,14 @@ def _check_reestimate(args: argparse.Namespace) -> None:
 def _reestimated_merge(args: argparse.Namespace, pool: Pool, plan: MergePlan) -> tuple[Path, str]:
     """Write the merge with its BN statistics measured on ``--reestimate``'s train images;
     the file's provenance says on what. Returns its path and the BN statistics' description."""
-    from lwmm_lab.analysis.adabn import reestimate_bn, train_images
+    from lwmm_lab.analysis.adabn import reestimate_bn, reestimation_record, train_images
     from lwmm_lab.engine.merge import write_merge
     from lwmm_lab.engine.model import merged_model
 
     size = args.size or pool.checkpoints[plan.anchor].resolution
     images = train_images(args.reestimate, args.reestimate_images, size)
     model = reestimate_bn(merged_model(pool, plan.config), images)
-    record = {"domains": args.reestimate, "images": args.reestimate_images, "resolution": size}
+    record = reestimation_record(args.reestimate, args.reestimate_images, size)
     path = write_merge(plan, model.state_dict(), args.output, bn_reestimated=record)
     each = f"{args.reestimate_images} train images{' each' if len(args.reestimate) > 1 else ''}"
     return path, f"re-estimated on {', '.join(args.reestimate)} ({each})"

@@ -11,6 +11,7 @@ reset, Jordan et al., ICLR 2023).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +69,14 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
 def _statistics(norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor, Tensor]:
     """A BN layer's running mean, variance and batch count (its buffers, not copies)."""
     return norm.running_mean, norm.running_var, norm.num_batches_tracked
+
+
+def reestimation_record(
+    domains: Sequence[str], images: int, resolution: tuple[int, int]
+) -> dict[str, Any]:
+    """What a merged file's provenance says its BN statistics were measured on (the key
+    ``bn_reestimated``, as ``lwmm merge --reestimate`` and the lab's *save* write it)."""
+    return {"domains": list(domains), "images": images, "resolution": list(resolution)}
 
 
 def train_images(domains: str | Sequence[str], images: int, resolution: tuple[int, int]) -> Tensor:

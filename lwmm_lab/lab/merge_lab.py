@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import torch
 from torch.utils.data import TensorDataset
 
-from lwmm_lab.analysis.adabn import reestimate_bn, train_images
+from lwmm_lab.analysis.adabn import reestimate_bn, reestimation_record, train_images
 from lwmm_lab.analysis.comparison import fisher_file
 from lwmm_lab.analysis.evaluation import (
     BatchScorer,
@@ -793,13 +793,8 @@ class MergeLab(Panel):
         return self._shown[1] is not None and self._shown[1][1]
 
     def _reestimated_on(self) -> dict[str, Any]:
-        """What a saved merge's provenance says its BN statistics were measured on (as
-        ``lwmm merge --reestimate`` records it)."""
-        return {
-            "domains": [self.target],
-            "images": self.reestimate_images,
-            "resolution": list(self.resolution),
-        }
+        """What a saved merge's provenance says its BN statistics were measured on."""
+        return reestimation_record([self.target], self.reestimate_images, self.resolution)
 
     @shows_errors
     def _show_command(self, _: Any) -> None:
