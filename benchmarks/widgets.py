@@ -5,7 +5,8 @@ The default zoo's six independent strategies in one MergeLab, the lab's opening 
 into the anchor's module, re-scores the previews, and updates the schedule, the per-class bars,
 the readout and the image grid; the figure is the median over many changes of alpha and of the
 start layer, printed with the median of each step (plan, merge, score, figures, grid). Ticking
-*align* and changing the anchor while aligned (a new weight matching) are timed too. Target:
+*align* and changing the anchor while aligned (a new weight matching) are timed too, and alpha
+changes with the merge's BN statistics measured on the target's images (AdaBN). Target:
 <= 300 ms on a 2-core CPU. Measured in-process (``background=False``), so the time of the
 kernel's messages to the browser is not included; the browser test shows the update arriving
 there.
@@ -13,7 +14,8 @@ there.
 On a GPU the previews' forward pass is replayed from a CUDA graph; ``--eager`` times it without
 (``LWMM_CUDA_GRAPHS=0``).
 
-The last line is machine-readable: ``slider_update_ms_median=<x> start_update_ms_median=<y>``.
+The last line is machine-readable: ``slider_update_ms_median=<x> start_update_ms_median=<y>
+adabn_update_ms_median=<z>``.
 
 Usage: ``python benchmarks/widgets.py [--zoo data/zoo] [--eager]``
 """
@@ -64,6 +66,15 @@ def main() -> None:
         print(f"{name}: median {median:.0f} ms, p90 {q[-1]:.0f} ms over {len(values)} changes")
     split = ", ".join(f"{p} {statistics.median(ms):.1f}" for p, ms in parts.items())
     print(f"a change's steps (medians, ms of host time on {lab.pool.device}): {split}")
+    lab.reestimate.value = True
+    parts.clear()
+    adabn_ms = timed(lab.alpha, alphas[:21])
+    print(
+        f"with BN statistics from {lab.reestimate_images} target images (AdaBN): alpha median "
+        f"{statistics.median(adabn_ms):.0f} ms, of which re-estimating "
+        f"{statistics.median(parts['BN statistics']):.0f} ms"
+    )
+    lab.reestimate.value = False
     align_ms = timed(lab.align, [True])[0]
     anchor_ms = statistics.median(timed(lab.anchor, [1, 2, 0]))
     print(
@@ -72,7 +83,8 @@ def main() -> None:
     )
     print(
         f"slider_update_ms_median={statistics.median(alpha_ms):.0f} "
-        f"start_update_ms_median={statistics.median(start_ms):.0f}"
+        f"start_update_ms_median={statistics.median(start_ms):.0f} "
+        f"adabn_update_ms_median={statistics.median(adabn_ms):.0f}"
     )
 
 
