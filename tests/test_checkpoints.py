@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -160,6 +161,59 @@ def test_truncated_and_garbage_files(tmp_path: Path, suffix: str) -> None:
         with pytest.raises(LwmmError, match=rf"{name}\{suffix}: not a readable") as e:
             load_checkpoint(bad)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "says"),
+    [
+        ("m.safetensors", b"", "the file is empty"),
+        ("m.pt", b"  \n\n", "it holds only blank space"),
+        (
+            "m.safetensors",
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:0f\nsize 9\n",
+            "it is a Git LFS pointer, not the weights; fetch them with `git lfs pull`",
+        ),
+        ("m.pth", b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", "it is a web page"),
+        ("m.ckpt", b"model weights go here\n", "it is text, not weights: 'model weights go here'"),
+        ("m.pt", "good.safetensors", "it is a safetensors file; name it .safetensors"),
+        ("m.safetensors", "good.pt", "it is a torch.save archive; name it .pt"),
+        ("m.safetensors", ("good.safetensors", 20), "truncated: 20 bytes, and its header alone"),
+        (
+            "m.safetensors",
+            ("good.safetensors", -100),
+            r"truncated: \d+ of the \d+ bytes its header describes",
+        ),
+    ],
+    ids=[
+        "empty",
+        "blank",
+        "lfs",
+        "html",
+        "text",
+        "safetensors.pt",
+        "pt.safetensors",
+        "cut-header",
+        "cut-data",
+    ],
+)
+def test_a_file_that_holds_no_weights_says_what_it_holds(
+    tmp_path: Path, name: str, data: bytes | str | tuple[str, int], says: str
+) -> None:
+    """The failures users meet most (a clone without git-lfs, a download that fetched a web
+    page, a misnamed file, a copy cut off) are each named as such, not as the reader's error
+    (safetensors' "invalid header length", torch's "KeyError: 101")."""
+    sd = {"w": torch.randn(64, 64)}
+    save_checkpoint(tmp_path / "good.safetensors", sd)
+    torch.save(sd, tmp_path / "good.pt")
+    if isinstance(data, tuple):
+        data = (tmp_path / data[0]).read_bytes()[: data[1]]
+    elif isinstance(data, str):
+        data = (tmp_path / data).read_bytes()
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(LwmmError) as e:
+        load_checkpoint(tmp_path / name)
+    assert str(e.value).startswith(f"{tmp_path / name}: not a readable ")
+    assert re.search(says, str(e.value)) and "\n" not in str(e.value), str(e.value)
 
 
 @pytest.fixture(scope="module")

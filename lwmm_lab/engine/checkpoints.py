@@ -37,6 +37,8 @@ NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 #: The (height, width) a checkpoint is evaluated at when its provenance records none: the lab's
 #: default image size.
 DEFAULT_RESOLUTION = (128, 256)
+#: The largest header the safetensors format allows (its reader's limit).
+_MAX_HEADER_BYTES = 100_000_000
 
 _META_ORDER, _META_SPEC, _META_PROVENANCE = "lwmm.order", "lwmm.spec", "lwmm.provenance"
 _SAFETENSORS_DTYPES = {
@@ -364,7 +366,8 @@ def _read_safetensors(
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as e:
         raise LwmmError(
-            f"{path}: not a readable safetensors file (corrupt or truncated: {e})"
+            f"{path}: not a readable safetensors file "
+            f"({_what_it_holds(path) or f'corrupt or truncated: {e}'})"
         ) from None
     if _META_SPEC in metadata:
         spec = ModelSpec.from_json(metadata[_META_SPEC], str(path))
@@ -424,11 +427,64 @@ def _read_pickle(path: Path) -> Any:
                 f"weights_only=True) cannot read ({reason}); re-save it with torch.save's "
                 "default protocol, or as safetensors"
             ) from None
-        raise LwmmError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    except Exception as e:  # a damaged pickle can fail anywhere in the unpickler
         raise LwmmError(
-            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated: {first_line(e)})"
+            f"{path}: not a readable PyTorch checkpoint ({_what_it_holds(path) or reason})"
         ) from None
+    except Exception as e:  # a damaged pickle can fail anywhere in the unpickler
+        reason = _what_it_holds(path) or f"corrupt or truncated: {first_line(e)}"
+        raise LwmmError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+
+
+def _what_it_holds(path: Path) -> str | None:
+    """What an unreadable checkpoint file holds instead of weights, when its first bytes say:
+    nothing, a Git LFS pointer (a clone without ``git lfs pull``), a web page (a download that
+    got a login or redirect page) or other text, or the other format under the wrong suffix.
+    None when they do not: the file is then damaged weights, and the reader's error says how."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(512)
+    except OSError:
+        return None
+    safetensors_name = path.suffix.lower() == ".safetensors"
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer, not the weights; fetch them with `git lfs pull`"
+    if b"<html" in head.lower():
+        return "it is a web page, not weights: the download fetched a page instead of the file"
+    if safetensors_name and head.startswith(b"PK\x03\x04"):
+        return "it is a torch.save archive; name it .pt"
+    if not safetensors_name and head[8:10] == b'{"':
+        return "it is a safetensors file; name it .safetensors"
+    if safetensors_name and (short := _safetensors_shortfall(path)):
+        return short
+    text = head.decode("utf-8", errors="replace")
+    if not text.strip():
+        return "it holds only blank space"
+    if all(c.isprintable() or c.isspace() for c in text):
+        return f"it is text, not weights: {text.strip().splitlines()[0][:60]!r}"
+    return None
+
+
+def _safetensors_shortfall(path: Path) -> str | None:
+    """How much of a safetensors file is missing, when it is shorter than its own header says
+    (a copy or download cut off partway); None when it is not, or its header is not one."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        header_bytes = int.from_bytes(file.read(8), "little")
+        if header_bytes > _MAX_HEADER_BYTES:  # not a header length: not safetensors at all
+            return None
+        if 8 + header_bytes > size:
+            return f"truncated: {size} bytes, and its header alone takes {8 + header_bytes}"
+        try:
+            header = json.loads(file.read(header_bytes))
+            ends = [int(e["data_offsets"][1]) for k, e in header.items() if k != "__metadata__"]
+        except (ValueError, AttributeError, KeyError, TypeError, IndexError):
+            return None
+    needed = 8 + header_bytes + max(ends, default=0)
+    return (
+        f"truncated: {size} of the {needed} bytes its header describes" if size < needed else None
+    )
 
 
 def _pickle_protocol(path: Path) -> int | None:
