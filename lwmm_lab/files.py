@@ -125,3 +125,27 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return a.exists() and b.exists() and a.samefile(b)
     except OSError:
         return False
+
+
+def stand_in(path: Path, what: str) -> str | None:
+    """What a file holds in place of ``what`` (weights, an image), when its first bytes say:
+    nothing, a Git LFS pointer (a repository cloned without ``git lfs pull``), a web page (a
+    download that fetched a login or redirect page) or other text. None when they do not, or
+    the file cannot be opened: the reader's own error then says what is wrong."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(512)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"version https://git-lfs"):
+        return f"it is a Git LFS pointer, not {what}; fetch the files with `git lfs pull`"
+    if b"<html" in head.lower():
+        return f"it is a web page, not {what}: the download fetched a page instead of the file"
+    text = head.decode("utf-8", errors="replace")
+    if not text.strip():
+        return "it holds only blank space"
+    if all(c.isprintable() or c.isspace() for c in text):
+        return f"it is text, not {what}: {text.strip().splitlines()[0][:60]!r}"
+    return None

@@ -171,7 +171,7 @@ def test_truncated_and_garbage_files(tmp_path: Path, suffix: str) -> None:
         (
             "m.safetensors",
             b"version https://git-lfs.github.com/spec/v1\noid sha256:0f\nsize 9\n",
-            "it is a Git LFS pointer, not the weights; fetch them with `git lfs pull`",
+            "it is a Git LFS pointer, not weights; fetch the files with `git lfs pull`",
         ),
         ("m.pth", b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", "it is a web page"),
         ("m.ckpt", b"model weights go here\n", "it is text, not weights: 'model weights go here'"),

@@ -198,6 +198,28 @@ def test_synthia_folder_reads_16_bit_labels(tmp_path: Path) -> None:
     assert ds.classes == L.CLASS_SETS["synthia-16"]
 
 
+def test_a_dataset_file_that_holds_no_image_says_what_it_holds(tmp_path: Path) -> None:
+    """A dataset cloned without git-lfs holds pointer files, and a scripted download may
+    save a web page: the error says so, naming the file, where OpenCV and Pillow only failed."""
+    data = cityscapes(cityscapes_folder(tmp_path / "cs", images=1, size=(16, 32)))
+    image, label = data.pairs[0]
+    image.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:0f\nsize 9\n")
+    label.write_bytes(b"<!DOCTYPE html><html><body>Please sign in</body></html>")
+    with pytest.raises(LwmmError) as e:
+        data[0]
+    assert str(e.value) == (
+        f"{image}: not a readable image (it is a Git LFS pointer, not an image; fetch the "
+        "files with `git lfs pull`)"
+    )
+    image.write_bytes(cv2.imencode(".png", np.zeros((16, 32, 3), np.uint8))[1].tobytes())
+    with pytest.raises(
+        LwmmError,
+        match=rf"{label.name}: not a readable label image \(it is a "
+        "web page, not an image: the download fetched a page",
+    ):
+        data[0]
+
+
 def test_missing_or_malformed_folders_are_named(tmp_path: Path) -> None:
     with pytest.raises(LwmmError, match=r"Cityscapes root .*nowhere' is not a directory"):
         cityscapes(tmp_path / "nowhere")

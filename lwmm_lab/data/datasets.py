@@ -33,7 +33,7 @@ from lwmm_lab.errors import (
     did_you_mean,
     name_list,
 )
-from lwmm_lab.files import sha256
+from lwmm_lab.files import sha256, stand_in
 
 #: Default number of images per split of a synthetic domain.
 DEFAULT_SIZES = {"train": 2000, "val": 100, "test": 100}
@@ -284,8 +284,15 @@ def open_dataset(
 def _read_image(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise LwmmError(f"{path}: not a readable image")
+        raise _unreadable(path, "image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _unreadable(path: Path, what: str, detail: str | None = None) -> LwmmError:
+    """The one line for an image file no reader could decode: what the file holds instead
+    when its first bytes say (a Git LFS pointer, a web page, text), else ``detail``."""
+    reason = stand_in(path, "an image") or detail
+    return LwmmError(f"{path}: not a readable {what}" + (f" ({reason})" if reason else ""))
 
 
 class _TableLabel:
@@ -304,7 +311,7 @@ class _TableLabel:
                 mode = image.mode
                 ids = np.asarray(image) if mode in ("L", "P", "I;16", "I") else None
         except (OSError, ValueError) as error:
-            raise LwmmError(f"{path}: not a readable label image ({error})") from None
+            raise _unreadable(path, "label image", str(error)) from None
         if ids is None:
             raise LwmmError(
                 f"{path}: an image of mode {mode}; a label holds one id per pixel (a grey or "
@@ -318,7 +325,9 @@ class _TableLabel:
 
 def _synthia_label(path: Path) -> np.ndarray:
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.ndim != 3:
+    if raw is None:
+        raise _unreadable(path, "SYNTHIA label")
+    if raw.ndim != 3:
         raise LwmmError(f"{path}: not a SYNTHIA label (a 16-bit RGB PNG with the class in red)")
     return L.SYNTHIA_TO_TRAIN[raw[..., 2]]  # OpenCV reads BGR: red, the first channel, is last
 
@@ -342,7 +351,7 @@ def _fit_to_image(ids: np.ndarray, image: np.ndarray, path: Path, what: str) -> 
 def _cityscapes_instances(path: Path) -> np.ndarray:
     ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if ids is None:
-        raise LwmmError(f"{path}: not a readable instance image")
+        raise _unreadable(path, "instance image")
     ids = ids.astype(np.int32)
     return np.where(ids >= 1000, ids, 0)  # Cityscapes: class_id * 1000 + index for instances
 

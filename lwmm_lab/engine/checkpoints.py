@@ -26,7 +26,7 @@ from torch.serialization import DEFAULT_PROTOCOL
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.spec import ModelSpec
 from lwmm_lab.errors import DepthOrderWarning, LwmmError, check_image_size, first_line, naming
-from lwmm_lab.files import atomic_path, output_path, refuse_overwrite, sha256
+from lwmm_lab.files import atomic_path, output_path, refuse_overwrite, sha256, stand_in
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 #: Sub-models of an mmseg/DAFormer checkpoint: student, EMA teacher, ImageNet feature model.
@@ -436,34 +436,19 @@ def _read_pickle(path: Path) -> Any:
 
 
 def _what_it_holds(path: Path) -> str | None:
-    """What an unreadable checkpoint file holds instead of weights, when its first bytes say:
-    nothing, a Git LFS pointer (a clone without ``git lfs pull``), a web page (a download that
-    got a login or redirect page) or other text, or the other format under the wrong suffix.
-    None when they do not: the file is then damaged weights, and the reader's error says how."""
-    try:
-        with path.open("rb") as file:
-            head = file.read(512)
-    except OSError:
-        return None
-    safetensors_name = path.suffix.lower() == ".safetensors"
-    if not head:
-        return "the file is empty"
-    if head.startswith(b"version https://git-lfs"):
-        return "it is a Git LFS pointer, not the weights; fetch them with `git lfs pull`"
-    if b"<html" in head.lower():
-        return "it is a web page, not weights: the download fetched a page instead of the file"
-    if safetensors_name and head.startswith(b"PK\x03\x04"):
+    """What an unreadable checkpoint file holds instead of weights, when its first bytes say
+    (:func:`~lwmm_lab.files.stand_in`), or the other format under the wrong suffix, or a copy
+    cut off partway; None when they do not: the file is then damaged weights, and the reader's
+    error says how."""
+    if found := stand_in(path, "weights"):
+        return found
+    with path.open("rb") as file:
+        head = file.read(10)
+    if path.suffix.lower() != ".safetensors":
+        return "it is a safetensors file; name it .safetensors" if head[8:10] == b'{"' else None
+    if head.startswith(b"PK\x03\x04"):
         return "it is a torch.save archive; name it .pt"
-    if not safetensors_name and head[8:10] == b'{"':
-        return "it is a safetensors file; name it .safetensors"
-    if safetensors_name and (short := _safetensors_shortfall(path)):
-        return short
-    text = head.decode("utf-8", errors="replace")
-    if not text.strip():
-        return "it holds only blank space"
-    if all(c.isprintable() or c.isspace() for c in text):
-        return f"it is text, not weights: {text.strip().splitlines()[0][:60]!r}"
-    return None
+    return _safetensors_shortfall(path)
 
 
 def _safetensors_shortfall(path: Path) -> str | None:
