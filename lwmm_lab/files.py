@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import os
@@ -143,7 +144,10 @@ def stand_in(path: Path, what: str) -> str | None:
         return f"it is a Git LFS pointer, not {what}; fetch the files with `git lfs pull`"
     if b"<html" in head.lower():
         return f"it is a web page, not {what}: the download fetched a page instead of the file"
-    text = head.decode("utf-8", errors="replace")
+    try:  # an incremental decoder: a character cut at byte 512 is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return None
     if not text.strip():
         return "it holds only blank space"
     if all(c.isprintable() or c.isspace() for c in text):

@@ -442,13 +442,16 @@ def _what_it_holds(path: Path) -> str | None:
     error says how."""
     if found := stand_in(path, "weights"):
         return found
-    with path.open("rb") as file:
-        head = file.read(10)
-    if path.suffix.lower() != ".safetensors":
-        return "it is a safetensors file; name it .safetensors" if head[8:10] == b'{"' else None
-    if head.startswith(b"PK\x03\x04"):
-        return "it is a torch.save archive; name it .pt"
-    return _safetensors_shortfall(path)
+    try:
+        with path.open("rb") as file:
+            head = file.read(10)
+        if path.suffix.lower() != ".safetensors":
+            return "it is a safetensors file; name it .safetensors" if head[8:10] == b'{"' else None
+        if head.startswith(b"PK\x03\x04"):
+            return "it is a torch.save archive; name it .pt"
+        return _safetensors_shortfall(path)
+    except OSError:  # unreadable: the reader's own error says why
+        return None
 
 
 def _safetensors_shortfall(path: Path) -> str | None:
