@@ -216,6 +216,15 @@ def test_a_file_that_holds_no_weights_says_what_it_holds(
     assert re.search(says, str(e.value)) and "\n" not in str(e.value), str(e.value)
 
 
+def test_bytes_that_are_not_utf8_are_not_called_text(tmp_path: Path) -> None:
+    """Binary garbage keeps the reader's own error: only a file that decodes as UTF-8 (and
+    holds no control bytes) is said to be text."""
+    (tmp_path / "m.pt").write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(LwmmError, match=r"m\.pt: not a readable PyTorch checkpoint") as e:
+        load_checkpoint(tmp_path / "m.pt")
+    assert "text" not in str(e.value)
+
+
 @pytest.fixture(scope="module")
 def good_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """The bytes of one small checkpoint (a float and an integer tensor) in each format:
