@@ -479,7 +479,8 @@ def _merge(args: argparse.Namespace) -> int:
     else:
         path, bn = _reestimated_merge(args, pool, plan)
     print(
-        f"wrote {path}: {c.method} ({plan.schedule} schedule) of {pool.n_models} models, "
+        f"wrote {path}: {c.method} ({plan.schedule} schedule) of {pool.n_models} "
+        f"model{'s' if pool.n_models > 1 else ''}, "
         f"anchor [{plan.anchor}] {pool.labels[plan.anchor]}, Np={plan.layout.n_depth}, bn {bn}"
     )
     for note in plan.notes():

@@ -149,6 +149,8 @@ class MergePlan:
     def notes(self) -> list[str]:
         """Lines a reader should see above the table (e.g. an unknown depth order)."""
         notes = []
+        if self.pool.n_models == 1:
+            notes.append("one model: the merge is a copy of it")
         alignment = self.pool.alignment
         if alignment is not None:
             moved = ", ".join(
