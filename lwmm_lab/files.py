@@ -1,4 +1,5 @@
-"""Safe file handling: atomic writes that never leave a half-written file, and content hashes."""
+"""Safe file handling: atomic writes that never leave a half-written file, content hashes, and
+what a file holds when it is not the data its name promises (a Git LFS pointer, a web page)."""
 
 from __future__ import annotations
 
