@@ -99,6 +99,11 @@ EXECUTOR_NAMES = Names("lwmm_lab.analysis.sweeps", "EXECUTORS")
 SWEEP_METHOD_NAMES = Names("lwmm_lab.analysis.sweeps", "SWEEP_METHODS")
 
 
+#: What a ``--size`` that defaults to a checkpoint's recorded resolution says it falls back to:
+#: :data:`~lwmm_lab.engine.checkpoints.DEFAULT_RESOLUTION` (not imported: the parser stays light).
+_RECORDED_SIZE = "the resolution {} records, else 128 256"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lwmm`` command and its subcommands (what ``lwmm --help`` shows)."""
     parser = argparse.ArgumentParser(
@@ -120,13 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument(
         "--reestimate-images", type=int, help="train images per DOMAIN for --reestimate (100)"
     )
-    merge.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="read --reestimate's images at H x W (the resolution the anchor records, else 96 192)",
-    )
+    _add_size(merge, f"read --reestimate's images at H x W ({_RECORDED_SIZE.format('the anchor')})")
     merge.set_defaults(handler=_merge)
 
     inspect = commands.add_parser("inspect", help="print the merge plan (a dry run)")
@@ -140,14 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("-o", "--output", required=True, type=Path, help="FILE.png")
     gallery.add_argument("--scenes", type=int, default=3, help="scenes per row (3)")
     gallery.add_argument("--seed", type=int, default=0, help="the scenes' seed (0)")
-    gallery.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=(128, 256),
-        metavar=("H", "W"),
-        help="image size (128 256)",
-    )
+    _add_size(gallery, "image size (128 256)", (128, 256))
     gallery.set_defaults(handler=_gallery)
 
     zoo = commands.add_parser("zoo", help="the model zoo trained on the synthetic domains")
@@ -193,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="val", help="the dataset's split (val)")
     ev.add_argument("--ensemble", action="store_true", help="average the models' softmax outputs")
     ev.add_argument("--images", type=int, help="evaluate on the first N images")
-    ev.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
+    _add_size(ev, "resize images to H x W")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_choice(ev, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
     ev.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -210,10 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint that carries the spec",
     )
     _add_choice(convert, "--submodel", SUBMODEL_NAMES, "mmseg/DAFormer sub-model (model)")
-    convert.add_argument(
-        "--size", type=int, nargs=2, metavar=("H", "W"),
-        help="the image size it was trained at, recorded: what the lab and sweeps score at",
-    )  # fmt: skip
+    _add_size(
+        convert, "the image size it was trained at, recorded: what the lab and sweeps score at"
+    )
     convert.add_argument("-o", "--output", required=True, type=Path, help="OUT.safetensors")
     convert.set_defaults(handler=_convert)
 
@@ -221,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     fisher.add_argument("checkpoint", metavar="CKPT", help="a checkpoint file or smp dir")
     fisher.add_argument("--domain", default="synthetic", help="a labelled (source) dataset")
     fisher.add_argument("--images", type=int, default=64, help="labelled images (64)")
-    fisher.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize to H x W")
+    _add_size(fisher, "resize to H x W")
     fisher.add_argument("--device", default="auto", help="auto, cpu or cuda")
     fisher.add_argument("-o", "--output", required=True, type=Path, help="F.safetensors")
     fisher.set_defaults(handler=_fisher)
@@ -351,13 +342,14 @@ def _add_scoring(
         f"({' '.join(domains)})",
     )
     p.add_argument("--images", type=int, default=100, help="val images per domain (100)")
-    p.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help=f"score at H x W (the resolution {whose} records, else 96 192)",
-    )
+    _add_size(p, f"score at H x W ({_RECORDED_SIZE.format(whose)})")
+
+
+def _add_size(
+    p: argparse.ArgumentParser, help: str, default: tuple[int, int] | None = None
+) -> None:
+    """An image size option, ``--size H W``."""
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=default, help=help)
 
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:

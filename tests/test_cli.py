@@ -435,6 +435,17 @@ def test_a_reader_that_stops_reading_gets_no_traceback(two: list[Path]) -> None:
     assert (process.wait(), err) == (1, "")
 
 
+@pytest.mark.parametrize("command", ["merge", "sweep", "interpolate"])
+def test_size_help_names_the_size_used(command: str, capsys) -> None:
+    """``--size``'s help names the size a checkpoint that records none is read at."""
+    from lwmm_lab.engine.checkpoints import DEFAULT_RESOLUTION
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "records, else {} {})".format(*DEFAULT_RESOLUTION) in help_text
+
+
 def test_registry_options_list_and_check_their_names(two: list[Path], capsys) -> None:
     """``--method`` and ``--bn`` read the registries only when needed, and still list every
     name in their help and refuse one that is not there."""
