@@ -95,7 +95,7 @@ def linear_path(
     """Score ``steps`` evenly spaced points of the straight line from ``a`` to ``b`` on the
     first ``images`` val images of each of ``domains`` (synthetic domains or datasets on disk,
     as in :func:`~lwmm_lab.analysis.evaluation.val_set`), at ``resolution`` (default: the one
-    ``a`` records, else 96 x 192). ``align``: ``b``'s decoder channels are first matched to
+    ``a`` records, else 128 x 256). ``align``: ``b``'s decoder channels are first matched to
     ``a``'s. ``reestimate``: a domain whose first ``images`` train images (unlabelled; a GTA5
     or SYNTHIA folder's, all one split) give each point's BN statistics anew
     (:func:`~lwmm_lab.analysis.adabn.reestimate_bn`), the endpoints' too. The two models must

@@ -164,7 +164,7 @@ class MergeLab(Panel):
     val (``source=None``: the target alone); a button scores the full val (``full`` images).
     Both are synthetic domains or your datasets on disk
     (``target="cityscapes:/data/cityscapes"``, ``source="gta5:/data/gta5"``), read at
-    ``resolution`` (default: the one the anchor records, else 96 x 192; a real model wants
+    ``resolution`` (default: the one the anchor records, else 128 x 256; a real model wants
     its own, ``(512, 1024)`` say). A zoo's scenarios then rank their models on ``real``, its
     Cityscapes-like domain. Ticking *BN statistics from target images* measures the merge's
     BN statistics on the first ``reestimate_images`` train images of the target, unlabelled
