@@ -362,6 +362,28 @@ def test_full_val_button(lab: MergeLab) -> None:
     assert "on 6 images" in lab.status.value
 
 
+def test_a_panels_work_draws_its_progress_bars_in_the_panel(
+    quick_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """A panel works in a thread, and Jupyter puts a thread's output under the cell run last:
+    so the work's bars (here each model's Fisher estimate, none cached yet) show in the
+    panel's status line, after the status the work set, and are gone once they close."""
+    monkeypatch.setenv("LWMM_DATA", str(tmp_path))
+    lab = MergeLab(zoo=quick_zoo, preview=4)
+    assert lab.wait()
+    shown: list[str] = []
+    lab.status.observe(lambda change: shown.append(change.new), "value")
+    capfd.readouterr()
+    lab.method.value = "fisher"
+    assert lab.wait() and lab.error.value == "" and lab.pool.fisher is not None
+    n = lab.pool.n_models
+    for k in range(1, n + 1):
+        bars = [s for s in shown if "fisher:" in s and f": {k} of {n} ..." in s]
+        assert bars and "0/32" in bars[0], f"model {k}'s bar, after the status saying so"
+    assert "fisher" not in capfd.readouterr().err, "no bar is drawn outside the panel"
+    assert "fisher:" not in lab.status.value and "merged on" in lab.status.value
+
+
 def test_latest_only_drops_stale_requests() -> None:
     ran, errors = [], []
     gate = threading.Event()

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import eval_mode, evaluate, forward, normalize, val_set
@@ -35,6 +34,7 @@ from lwmm_lab.engine.model import load_model, merged_model
 from lwmm_lab.engine.pool import Pool, path_list
 from lwmm_lab.errors import LwmmError, check_names, check_whole
 from lwmm_lab.files import data_dir, sha256
+from lwmm_lab.progress import Bar, progress_bar
 from lwmm_lab.zoo.fisher import estimate_fisher, save_fisher
 
 METHODS = ("isotropic", "fisher", "ensemble", "layerwise")
@@ -44,10 +44,10 @@ RUNNABLE = ("ensemble", *MERGE_METHODS)
 ADDED_FIELDS = ("models", "anchor", "best_single", "added", "added_miou")
 
 
-def _scoring(total: int) -> tqdm:
+def _scoring(total: int) -> Bar:
     """A bar over the models and merges a table scores, shown once the table has taken two
     seconds: one on the zoo's 100 images takes 5-15 s on a CPU, on a real dataset minutes."""
-    return tqdm(total=total, desc="scoring", unit="model", delay=2, leave=False)
+    return progress_bar(total=total, desc="scoring", unit="model", delay=2, leave=False)
 
 
 def fisher_file(

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
-from tqdm.auto import tqdm
 
 from lwmm_lab.data import labels as L
 from lwmm_lab.data.datasets import SyntheticScenes, data_key, dataset_label, open_dataset
@@ -37,6 +36,7 @@ from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import path_list, resolve_device
 from lwmm_lab.errors import LwmmError, check_count, check_image_size, first_line
 from lwmm_lab.heap import keep_freed_memory
+from lwmm_lab.progress import progress_bar
 
 #: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -450,7 +450,7 @@ def _val_set(
 def read_samples(dataset: Dataset, images: int, label: str) -> tuple[Tensor, ...]:
     """The first ``images`` samples of ``dataset`` (all of them when it has fewer), stacked
     field by field (images, labels, ...), with a bar labelled ``label`` past two seconds."""
-    read = tqdm(range(min(images, len(dataset))), f"reading {label}", delay=2, leave=False)
+    read = progress_bar(range(min(images, len(dataset))), f"reading {label}", delay=2, leave=False)
     return tuple(torch.stack(t) for t in zip(*(dataset[i] for i in read), strict=True))
 
 
@@ -606,7 +606,7 @@ def batches(
     if isinstance(dataset, TensorDataset) and dataset not in _CHECKED:
         check_batch(*dataset.tensors[:2], source)
         _CHECKED.add(dataset)
-    bar = tqdm(
+    bar = progress_bar(
         total=len(dataset),
         desc=progress,
         unit="image",

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from lwmm_lab.analysis.claims import (
     CLAIMS,
     FAMILIES,
@@ -23,6 +21,7 @@ from lwmm_lab.analysis.claims import (
     claim,
 )
 from lwmm_lab.errors import LwmmError, check_count
+from lwmm_lab.progress import progress_bar
 from lwmm_lab.zoo.build import build_zoo
 from lwmm_lab.zoo.manifest import default_zoo_dir, find_zoo, load_manifest
 from lwmm_lab.zoo.recipe import ZooConfig
@@ -75,7 +74,7 @@ def measure(
     context = Context(manifest, images, tuple(manifest["config"]["resolution"]), val_seed)
     numbers = [n for n in sorted(CLAIMS) if only is None or n in only]
     findings = []
-    for number in tqdm(numbers, desc="findings", unit="claim", delay=1.0):
+    for number in progress_bar(numbers, desc="findings", unit="claim", delay=1.0):
         c = CLAIMS[number]
         results = {family: c.measure(context, family) for family in c.families}
         findings.append(

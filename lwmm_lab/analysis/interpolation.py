@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import evaluate, val_set
@@ -35,6 +34,7 @@ from lwmm_lab.engine.merge import make_plan
 from lwmm_lab.engine.model import merge_target
 from lwmm_lab.engine.pool import Pool
 from lwmm_lab.errors import LwmmError, check_count, check_image_size, check_whole
+from lwmm_lab.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def linear_path(
     unlabelled = None if reestimate is None else train_images(reestimate, images, resolution)
     ts = [round(t, 6) for t in np.linspace(0.0, 1.0, steps).tolist()]
     miou: dict[str, list[float]] = {d: [] for d in domains}
-    bar = tqdm(ts, desc="path", unit="point", disable=not progress, delay=2, leave=False)
+    bar = progress_bar(ts, desc="path", unit="point", disable=not progress, delay=2, leave=False)
     for t in bar:
         make_plan(pool, method="weighted", weights=(1.0 - t, t), bn=bn).run(into=model)
         if unlabelled is not None:

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import evaluate, val_set
@@ -46,6 +45,7 @@ from lwmm_lab.errors import (
     unknown_name,
 )
 from lwmm_lab.files import atomic_write_text, data_dir, output_folder, sha256
+from lwmm_lab.progress import progress_bar
 
 EXECUTORS = ("serial", "process", "dask", "ray")
 #: The methods a sweep runs: each under the layer-wise schedule, which s and alpha define
@@ -317,7 +317,7 @@ def run_sweep(
         else:
             results[i] = cached
     same = _same_merges([cells[i] for i in todo], todo, local=executor == "serial")
-    bar = tqdm(total=len(cells), initial=len(results), desc="sweep", disable=not progress)
+    bar = progress_bar(total=len(cells), initial=len(results), desc="sweep", disable=not progress)
     first = list(same)
     for i, result in _execute(executor, [cells[i] for i in first], first, address, workers):
         for k, plan in same[i]:

@@ -479,8 +479,13 @@ class MergeLab(Panel):
         anchor = paths.index(asked) if asked in paths else 0
         fisher = None
         if self.method.value == "fisher":
-            self.status.value = "estimating each model's Fisher (once; cached under data/cache) ..."
-            fisher = [fisher_file(p) for p in paths]
+            fisher = []
+            for k, path in enumerate(paths, start=1):
+                self.status.value = (
+                    f"each model's Fisher (estimated once, cached under data/cache): "
+                    f"{k} of {len(paths)} ..."
+                )
+                fisher.append(fisher_file(path))
         base = self.base or (base_checkpoint(self.manifest) if self.manifest else None)
         align = anchor if aligned else None
         self.pool = Pool(paths, device=device, base=base, align=align, fisher=fisher)
@@ -762,7 +767,7 @@ class MergeLab(Panel):
         self.status.value = f"scoring the full {target} val ({self.full_size} images) ..."
         # Not held by the lab as the previews are: val_set's cache bounds what it keeps.
         data = val_set(self.target, self.full_size, self.resolution, device=str(self.pool.device))
-        scores = evaluate(self._model(self.plan.anchor), data, self.target)
+        scores = evaluate(self._model(self.plan.anchor), data, self.target, progress=True)
         self.status.value = (
             f"full {target} val: mIoU <b>{scores.miou:.2f}</b> on {scores.images} images"
         )

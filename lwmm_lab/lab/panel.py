@@ -8,7 +8,7 @@ nothing. ``background=False`` computes inline (for tests and scripts).
 
 Errors are shown in the panel, those of the work and those of the event handlers alike (see
 :func:`shows_errors`): bad input as its one line, anything else with its traceback folded
-under it.
+under it. So are the work's progress bars (:mod:`lwmm_lab.progress`), after the status line.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from traitlets import TraitError
 
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.errors import LwmmError, check_finite, check_whole, first_line, unknown_name
+from lwmm_lab.progress import shown_by
 
 P = TypeVar("P", bound="Panel")
 
@@ -86,6 +87,7 @@ class Panel:
         self.error = W.HTML()
         self.worker = LatestOnly(self._show_error, background)
         self.widget: W.Widget = W.VBox()
+        self._status_under_bar = self._status_with_bar = ""
 
     def _show_error(self, e: BaseException) -> None:
         """Bad input (:class:`~lwmm_lab.errors.LwmmError`) as its one line; anything else,
@@ -105,9 +107,20 @@ class Panel:
 
         def fresh() -> None:
             self.error.value = ""
-            job()
+            with shown_by(self._show_progress):
+                job()
 
         self.worker.submit(fresh)
+
+    def _show_progress(self, bar: str | None) -> None:
+        """A progress bar of the panel's work, after the status line as the work last set it;
+        None (the bar gone) leaves that status alone."""
+        if self.status.value != self._status_with_bar:  # the work has set a status since
+            self._status_under_bar = self.status.value
+        shown = self._status_under_bar
+        if bar is not None:
+            shown += f" <small><code>{html.escape(bar)}</code></small>"
+        self.status.value = self._status_with_bar = shown
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Wait for the panel's pending work (useful in scripts and tests)."""

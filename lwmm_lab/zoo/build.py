@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import evaluate
@@ -39,6 +38,7 @@ from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import resolve_device
 from lwmm_lab.errors import LwmmError, check_count, check_name, naming
 from lwmm_lab.files import atomic_path, atomic_write_text, output_folder
+from lwmm_lab.progress import progress_bar
 from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, read_manifest
 from lwmm_lab.zoo.recipe import BASE, Run, ZooConfig, run_fingerprint
 from lwmm_lab.zoo.training import (
@@ -92,7 +92,7 @@ def build_zoo(
     base_path = _run_dir(out, BASE) / _step_name(config.base_steps)
     record(BASE, *_timed_run(BASE, config, out, base_path, str(device), known))
     jobs = [(run, config, out, base_path, str(device), known) for run in config.runs]
-    bar = tqdm(total=len(jobs), desc="zoo runs", unit="run")
+    bar = progress_bar(total=len(jobs), desc="zoo runs", unit="run")
     if workers > 1:
         spawn = multiprocessing.get_context("spawn")
         slot = spawn.Value("i", 0)
@@ -359,7 +359,7 @@ class _DataCache:
         jobs = [(domain, split, i, (h, w)) for i in range(n)]
         with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             scenes = list(
-                tqdm(
+                progress_bar(
                     pool.map(_generate, jobs, chunksize=16),
                     total=n,
                     desc=f"{domain} {split}",

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import (
@@ -33,6 +32,7 @@ from lwmm_lab.analysis.evaluation import (
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.checkpoints import Checkpoint, save_checkpoint
 from lwmm_lab.errors import check_count
+from lwmm_lab.progress import progress_bar
 
 
 def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dict[str, Tensor]:
@@ -47,7 +47,7 @@ def estimate_fisher(model: nn.Module, dataset: Dataset, images: int = 64) -> dic
     fisher = {name: torch.zeros_like(p) for name, p in params.items()}
     count = min(images, len(dataset))
     with eval_mode(model):
-        for i in tqdm(range(count), desc="fisher", leave=False, unit="image"):
+        for i in progress_bar(range(count), desc="fisher", leave=False, unit="image"):
             sample = dataset[i]
             check_sample(sample, source)
             x, y = sample[:2]

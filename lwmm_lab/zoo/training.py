@@ -32,13 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lwmm_lab.analysis.evaluation import normalize
 from lwmm_lab.analysis.panoptic import panoptic_loss
 from lwmm_lab.data import labels as L
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.errors import LwmmError, check_name
+from lwmm_lab.progress import progress_bar
 
 #: Target-term weights for our short schedules, and the originals' for reference.
 DEFAULT_WEIGHTS = {
@@ -424,7 +424,7 @@ def train(
     if config.class_weights is not None:
         weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
     model.train()
-    bar = tqdm(
+    bar = progress_bar(
         range(start, config.steps),
         desc=description or strategy,
         leave=False,
