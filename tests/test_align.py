@@ -150,7 +150,10 @@ def test_align_refuses_other_architectures_in_one_line(tmp_path: Path, capsys) -
     fpn = tmp_path / "fpn.safetensors"
     save_checkpoint(fpn, checkpoint_of(perturbed_model(fpn_spec, 2)).tensors, fpn_spec)
     out = tmp_path / "never.safetensors"
-    for anchor, layer in (("0", "decoder.blocks.0.conv1.0.weight"), ("1", "fpn: --align needs")):
+    for anchor, layer in (
+        ("0", "decoder.blocks.0.conv1.0.weight"),
+        ("1", "fpn: decoder alignment needs"),
+    ):
         assert (
             main(["merge", str(unet), str(fpn), "--anchor", anchor, "--align", "-o", str(out)]) == 1
         )

@@ -75,8 +75,8 @@ def unet_channel_groups(tensors: Mapping[str, Tensor], label: str = "anchor") ->
     convs = [f"decoder.blocks.{b}.{c}" for b in blocks for c in ("conv1", "conv2")]
     if not convs or any(f"{c}.0.weight" not in tensors for c in convs):
         raise LwmmError(
-            f"{label}: --align needs an smp Unet decoder (decoder.blocks.N.conv1 and conv2); "
-            "this model has none"
+            f"{label}: decoder alignment needs an smp Unet decoder (decoder.blocks.N.conv1 "
+            "and conv2); this model has none"
         )
     groups = []
     for k, conv in enumerate(convs):
@@ -99,7 +99,7 @@ def unet_channel_groups(tensors: Mapping[str, Tensor], label: str = "anchor") ->
     stray = _uncovered(groups, tensors)
     if stray is not None:
         raise LwmmError(
-            f"{label}: cannot align layer '{stray}': --align supports smp Unet decoders "
+            f"{label}: cannot align layer '{stray}': decoder alignment supports smp Unet decoders "
             "without attention or a centre block"
         )
     return groups
@@ -125,13 +125,13 @@ def check_matchable(groups: list[ChannelGroup], tensors: Mapping[str, Tensor], l
                 problem = "has no" if t is None else f"has another shape {list(t.shape)} for"
                 raise LwmmError(
                     f"{label} {problem} layer '{a.tensor}', so its channels cannot be matched to "
-                    "the anchor's; --align needs models with the anchor's Unet decoder"
+                    "the anchor's; decoder alignment needs models with the anchor's Unet decoder"
                 )
     stray = _uncovered(groups, tensors)
     if stray is not None:
         raise LwmmError(
             f"{label}: layer '{stray}' is not in the anchor's decoder, so its channels "
-            "cannot be matched; --align needs models with the anchor's Unet decoder"
+            "cannot be matched; decoder alignment needs models with the anchor's Unet decoder"
         )
 
 
