@@ -423,7 +423,9 @@ def test_foreign_file_warns_on_one_line(two: list[Path], tmp_path: Path, capsys)
     rc, out, err = _run(["inspect", foreign, two[1]], capsys)
     assert rc == 0
     assert err.startswith("lwmm: warning: ") and "depth order is unknown" in err
-    assert "note: depth order unknown" in out
+    assert "note: depth order unknown: the anchor" in out
+    rc, out, err = _run(["discrepancy", foreign, two[1]], capsys)
+    assert rc == 0 and "note: depth order unknown: the reference" in out
 
 
 def test_a_reader_that_stops_reading_gets_no_traceback(two: list[Path]) -> None:

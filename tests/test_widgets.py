@@ -11,6 +11,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from lwmm_lab import load_checkpoint
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
@@ -22,7 +23,7 @@ from lwmm_lab.data.datasets import open_dataset
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import merge_command
 from lwmm_lab.engine.model import merged_model
-from lwmm_lab.errors import LwmmError
+from lwmm_lab.errors import DepthOrderWarning, LwmmError
 from lwmm_lab.fixtures import cityscapes_folder
 from lwmm_lab.lab import DiscrepancyExplorer, MergeLab, SweepExplorer
 from lwmm_lab.lab.figures import COLUMNS, panel_uri
@@ -460,6 +461,32 @@ def test_discrepancy_explorer_on_your_own_checkpoints(quick_zoo: Path, tmp_path:
     zoo = DiscrepancyExplorer(zoo=quick_zoo, scenario="checkpoint", run="minent", background=False)
     zoo.others.value = zoo.others.value[:1]
     assert zoo.scenario.value == "custom" and zoo.result.others == ["minent@6"]
+
+
+def test_a_panels_work_shows_its_warnings_in_the_panel(
+    quick_zoo: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """A foreign safetensors file (no key order, no spec) warns as it loads. The explorer
+    loads it in its thread, and Jupyter would put the warning under the cell run last: it
+    shows in the panel's error box instead, and the result notes the unknown order; a warning
+    of another thread still goes where it went."""
+    finals = [e["path"] for e in select(load_manifest(quick_zoo), scenario="strategies")]
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(dict(load_checkpoint(finals[0]).tensors), foreign)
+    capfd.readouterr()
+    d = DiscrepancyExplorer([foreign, finals[1]], tau=10)
+    assert d.wait() and d.result is not None and not d.result.order_known
+    assert d.error.value.count("warning: ") == 1 and "foreign.safetensors: no stored key" in (
+        d.error.value
+    )
+    assert "note: depth order unknown: the reference gives neither" in d.status.value
+    assert "depth order" not in capfd.readouterr().err, "nothing under the cell run last"
+    d.reference.value = finals[1]
+    assert d.wait() and d.error.value == "", "the newest work's warnings only"
+    again = tmp_path / "again.safetensors"
+    again.write_bytes(foreign.read_bytes())
+    with pytest.warns(DepthOrderWarning, match="again.safetensors"):
+        load_checkpoint(again)
 
 
 def test_the_explorers_never_lose_a_change_behind_a_newer_one(

@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from lwmm_lab.engine.pool import Pool, check_pool, is_bn_stat, module_of, unshared_note
+from lwmm_lab.engine.pool import (
+    Pool,
+    check_pool,
+    is_bn_stat,
+    module_of,
+    unknown_order_note,
+    unshared_note,
+)
 from lwmm_lab.errors import LwmmError, check_count, check_finite, check_names
 
 KINDS = ("weight", "bias", "norm weight", "norm bias", "BN running_mean", "BN running_var")
@@ -71,7 +78,8 @@ class Discrepancy:
 
     ``boundary`` is the first depth index outside the encoder: the backbone/head line of Fig. 2.
     ``unshared``: the reference's tensors left out, as ``lacking`` (``[i] label``) lack them
-    or have them in another shape (another head, another decoder).
+    or have them in another shape (another head, another decoder). ``order_known``: False
+    when the reference's file gives no depth order, so j follows sorted key names.
     """
 
     reference: str
@@ -81,12 +89,19 @@ class Discrepancy:
     boundary: int | None
     unshared: list[str] = field(default_factory=list)
     lacking: list[str] = field(default_factory=list)
+    order_known: bool = True
 
     def notes(self) -> list[str]:
-        """Lines a reader should see beside the counts: the tensors that are not compared."""
-        if not self.unshared:
-            return []
-        return [unshared_note(self.unshared, self.lacking, "the reference's", "not compared")]
+        """Lines a reader should see beside the counts: the tensors that are not compared, and
+        a depth order that is only the sorted key names."""
+        notes = []
+        if self.unshared:
+            notes.append(
+                unshared_note(self.unshared, self.lacking, "the reference's", "not compared")
+            )
+        if not self.order_known:
+            notes.append(unknown_order_note("the reference"))
+        return notes
 
     @staticmethod
     def threshold(tau: float) -> float:
@@ -135,6 +150,7 @@ class Discrepancy:
             "others": self.others,
             "n_depth": self.n_depth,
             "boundary": self.boundary,
+            "order_known": self.order_known,
             "unshared": self.unshared,
             "rows": self.rows,
         }
@@ -181,7 +197,14 @@ def discrepancy(pool: Pool, reference: int | str | os.PathLike = 0) -> Discrepan
     others = [label for i, label in enumerate(pool.labels) if i != reference]
     unshared, lacking = pool.unshared(reference)
     return Discrepancy(
-        pool.labels[reference], others, rows, layout.n_depth, boundary, unshared, lacking
+        pool.labels[reference],
+        others,
+        rows,
+        layout.n_depth,
+        boundary,
+        unshared,
+        lacking,
+        layout.order_known,
     )
 
 

@@ -47,6 +47,7 @@ from lwmm_lab.engine.pool import (
     is_bn_stat,
     module_of,
     row_view,
+    unknown_order_note,
     unshared_note,
 )
 from lwmm_lab.engine.routes import Routes, routes
@@ -169,10 +170,7 @@ class MergePlan:
         if BN_RULES[self.config.bn].by_counts and (uncounted := self._uncounted()):
             notes.append(uncounted)
         if not self.layout.order_known:
-            notes.append(
-                "depth order unknown: the anchor gives neither a stored key order nor a model "
-                "spec, so j follows sorted key names"
-            )
+            notes.append(unknown_order_note("the anchor"))
         return notes
 
     def _uncounted(self) -> str:

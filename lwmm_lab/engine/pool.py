@@ -422,6 +422,15 @@ def unshared_note(own: Sequence[str], lacking: Sequence[str], whose: str, fate: 
     )
 
 
+def unknown_order_note(whose: str) -> str:
+    """The note for a layout whose depth order is unknown: ``whose`` file (a foreign
+    safetensors, say) stores no key order and names no model spec."""
+    return (
+        f"depth order unknown: {whose} gives neither a stored key order nor a model spec, "
+        "so j follows sorted key names"
+    )
+
+
 def first_names(names: Sequence[str], shown: int = 3) -> str:
     """The first ``shown`` names and how many more: what a one-line note lists."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""

@@ -8,16 +8,20 @@ nothing. ``background=False`` computes inline (for tests and scripts).
 
 Errors are shown in the panel, those of the work and those of the event handlers alike (see
 :func:`shows_errors`): bad input as its one line, anything else with its traceback folded
-under it. So are the work's progress bars (:mod:`lwmm_lab.progress`), after the status line.
+under it. So are the work's progress bars (:mod:`lwmm_lab.progress`), after the status line,
+and the warnings it raises, above its error: Jupyter would put all three under the cell run
+last, as the work runs in a thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import ipywidgets as W
@@ -88,26 +92,36 @@ class Panel:
         self.worker = LatestOnly(self._show_error, background)
         self.widget: W.Widget = W.VBox()
         self._status_under_bar = self._status_with_bar = ""
+        self._warned = ""  # the newest work's warnings, as the error box shows them
 
     def _show_error(self, e: BaseException) -> None:
         """Bad input (:class:`~lwmm_lab.errors.LwmmError`) as its one line; anything else,
-        a bug, with its type and the traceback folded under it."""
+        a bug, with its type and the traceback folded under it; after the work's warnings."""
         if isinstance(e, LwmmError):
-            self.error.value = f"<div style='color:#b00020'>{html.escape(str(e))}</div>"
+            self.error.value = (
+                f"{self._warned}<div style='color:#b00020'>{html.escape(str(e))}</div>"
+            )
             return
         detail = html.escape("".join(traceback.format_exception(e)))
         self.error.value = (
-            f"<div style='color:#b00020'><b>{type(e).__name__}:</b> {html.escape(str(e))}"
+            f"{self._warned}<div style='color:#b00020'><b>{type(e).__name__}:</b> "
+            f"{html.escape(str(e))}"
             f"<details><summary>traceback</summary><pre>{detail}</pre></details></div>"
         )
 
+    def _show_warning(self, message: Warning | str) -> None:
+        """A warning the work raised, one line in the error box (after those before it)."""
+        self._warned += f"<div style='color:#8a5300'>warning: {html.escape(str(message))}</div>"
+        self.error.value = self._warned
+
     def submit(self, job: Callable[[], None]) -> None:
         """Hand ``job`` to the worker; the error box is cleared as it starts, so that an error
-        shown is always the newest work's (a failed save does not outlive the next one)."""
+        or a warning shown is always the newest work's (a failed save does not outlive the
+        next one)."""
 
         def fresh() -> None:
-            self.error.value = ""
-            with shown_by(self._show_progress):
+            self._warned = self.error.value = ""
+            with shown_by(self._show_progress), warnings_shown_by(self._show_warning):
                 job()
 
         self.worker.submit(fresh)
@@ -130,6 +144,40 @@ class Panel:
         from IPython.display import display
 
         display(self.widget)
+
+
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def warnings_shown_by(show: Callable[[Warning | str], None]) -> Iterator[None]:
+    """Within, the warnings this thread shows go to ``show`` instead of ``sys.stderr``;
+    other threads' go where they went. Python's filters still decide which are shown (by
+    default, a warning already shown from the same line is not shown again)."""
+    if not getattr(warnings.showwarning, "by_thread", False):
+        _route_warnings(warnings.showwarning)
+    before = getattr(_thread, "show", None)
+    _thread.show = show
+    try:
+        yield
+    finally:
+        _thread.show = before
+
+
+def _route_warnings(elsewhere: Callable[..., None]) -> None:
+    """Make ``warnings.showwarning`` hand a thread's warnings to its :func:`warnings_shown_by`,
+    and the others to ``elsewhere``, the function it had (replaced again by whoever sets
+    their own, such as ``warnings.catch_warnings`` on leaving, and routed again next time)."""
+
+    def showwarning(message: Warning | str, category: type[Warning], *where: Any) -> None:
+        show = getattr(_thread, "show", None)
+        if show is None:
+            elsewhere(message, category, *where)
+        else:
+            show(message)
+
+    showwarning.by_thread = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
 
 
 def shows_errors(handler: Callable[[P, Any], None]) -> Callable[[P, Any], None]:
