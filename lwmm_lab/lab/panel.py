@@ -8,20 +8,18 @@ nothing. ``background=False`` computes inline (for tests and scripts).
 
 Errors are shown in the panel, those of the work and those of the event handlers alike (see
 :func:`shows_errors`): bad input as its one line, anything else with its traceback folded
-under it. So are the work's progress bars (:mod:`lwmm_lab.progress`), after the status line,
-and the warnings it raises, above its error: Jupyter would put all three under the cell run
-last, as the work runs in a thread.
+under it. So are the work's progress bars, after the status line, and the warnings it raises,
+above its error (:mod:`lwmm_lab.progress`): Jupyter would put both under the cell run last,
+as the work runs in a thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import html
 import threading
 import traceback
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import ipywidgets as W
@@ -121,7 +119,7 @@ class Panel:
 
         def fresh() -> None:
             self._warned = self.error.value = ""
-            with shown_by(self._show_progress), warnings_shown_by(self._show_warning):
+            with shown_by(self._show_progress, self._show_warning):
                 job()
 
         self.worker.submit(fresh)
@@ -144,40 +142,6 @@ class Panel:
         from IPython.display import display
 
         display(self.widget)
-
-
-_thread = threading.local()
-
-
-@contextlib.contextmanager
-def warnings_shown_by(show: Callable[[Warning | str], None]) -> Iterator[None]:
-    """Within, the warnings this thread shows go to ``show`` instead of ``sys.stderr``;
-    other threads' go where they went. Python's filters still decide which are shown (by
-    default, a warning already shown from the same line is not shown again)."""
-    if not getattr(warnings.showwarning, "by_thread", False):
-        _route_warnings(warnings.showwarning)
-    before = getattr(_thread, "show", None)
-    _thread.show = show
-    try:
-        yield
-    finally:
-        _thread.show = before
-
-
-def _route_warnings(elsewhere: Callable[..., None]) -> None:
-    """Make ``warnings.showwarning`` hand a thread's warnings to its :func:`warnings_shown_by`,
-    and the others to ``elsewhere``, the function it had (replaced again by whoever sets
-    their own, such as ``warnings.catch_warnings`` on leaving, and routed again next time)."""
-
-    def showwarning(message: Warning | str, category: type[Warning], *where: Any) -> None:
-        show = getattr(_thread, "show", None)
-        if show is None:
-            elsewhere(message, category, *where)
-        else:
-            show(message)
-
-    showwarning.by_thread = True  # type: ignore[attr-defined]
-    warnings.showwarning = showwarning
 
 
 def shows_errors(handler: Callable[[P, Any], None]) -> Callable[[P, Any], None]:
