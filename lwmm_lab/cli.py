@@ -35,6 +35,7 @@ from lwmm_lab.zoo.manifest import (
     find_zoo,
     load_manifest,
     preset,
+    quality_table,
     scenario_checkpoints,
 )
 from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
@@ -162,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = zoo_commands.add_parser("list", help="the zoo's runs, or one scenario's checkpoints")
     listing.add_argument("scenario", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
     listing.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
-    listing.add_argument("--paths", action="store_true", help="only the paths, anchor first")
+    listing_format = listing.add_mutually_exclusive_group()
+    listing_format.add_argument("--paths", action="store_true", help="only the paths, anchor first")
+    listing_format.add_argument(
+        "--markdown", action="store_true", help="the README's quality table (mIoU per val set)"
+    )
     listing.set_defaults(handler=_zoo_list)
     bars = zoo_commands.add_parser("bars", help="measure the zoo against its bars (regimes)")
     bars.add_argument("--zoo", type=Path, help="zoo folder (data/zoo)")
@@ -551,6 +556,9 @@ def _zoo_list(args: argparse.Namespace) -> int:
         entries = [e for e in manifest["checkpoints"] if e["fraction"] == 1.0]
     if args.paths:
         print(" ".join(shlex.quote(e["path"]) for e in entries))
+        return 0
+    if args.markdown:
+        print(quality_table(manifest, entries))
         return 0
     labels = [f"{e['run']}@{e['step']}" for e in entries]
     width = max(map(len, labels), default=0)

@@ -157,6 +157,28 @@ def test_zoo_list_command(quick_zoo: Path, capsys) -> None:
     assert err.startswith("lwmm: error: scenario 'nope'") and err.count("\n") == 1
 
 
+def test_zoo_list_markdown_is_the_manifests_quality_table(quick_zoo: Path, capsys) -> None:
+    """The README's quality table comes from the manifest: a row per final checkpoint with
+    what it starts from and its recorded mIoU; another class set's source figure is named."""
+    manifest = load_manifest(quick_zoo)
+    assert main(["zoo", "list", "--zoo", str(quick_zoo), "--markdown"]) == 0
+    header, rule, *rows = capsys.readouterr().out.splitlines()
+    assert header == "| model | starts from | synthetic | real | foggy | night |"
+    assert rule.count("|") == header.count("|")
+    cells = {r.split(" | ")[0].strip("| ").split(" (")[0]: r.strip("| ").split(" | ") for r in rows}
+    finals = [e for e in manifest["checkpoints"] if e["fraction"] == 1.0]
+    assert list(cells) == [e["run"] for e in finals]
+    for e in finals:
+        _, starts, *scores = cells[e["run"]]
+        assert starts == ("-" if e["run"] == "base" else e["init"])
+        assert scores[1] == f"{e['miou']['real']:.1f}"
+    assert cells["synthia16-minent"][0] == "synthia16-minent (16 classes)"
+    assert cells["synthia16-minent"][2].endswith(" (synthetic-16)")
+    assert main(["zoo", "list", "checkpoints", "--zoo", str(quick_zoo), "--markdown"]) == 0
+    runs = [r.split(" | ")[0].strip("| ") for r in capsys.readouterr().out.splitlines()[2:]]
+    assert runs[0] == "advent" and all(r.startswith("advent@") for r in runs[1:]) and runs[1:]
+
+
 def test_uda_strategies_beat_source_only_on_the_target(quick_zoo: Path) -> None:
     manifest = load_manifest(quick_zoo)
     final = {

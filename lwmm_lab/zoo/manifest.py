@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lwmm_lab.data.domains import check_domain
+from lwmm_lab.data.domains import SOURCE_DOMAINS, TARGET_DOMAINS, check_domain
 from lwmm_lab.errors import LwmmError, check_name
 from lwmm_lab.files import data_dir
 from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
@@ -169,6 +169,31 @@ def base_checkpoint(manifest: dict[str, Any]) -> str:
     """The path of the zoo's shared pre-trained base model."""
     (entry,) = select(manifest, run="base")
     return entry["path"]
+
+
+def quality_table(manifest: dict[str, Any], entries: list[dict[str, Any]] | None = None) -> str:
+    """The zoo's quality bars as a Markdown table (the README's): each checkpoint (default:
+    every run's final one, the base first), what it starts from, and the mIoU the build
+    recorded on each val set. A model of another source's class set gives its source figure in
+    the first column, the domain named; a panoptic model its semantic mIoU."""
+    entries = (
+        [e for e in manifest["checkpoints"] if e["fraction"] == 1.0] if entries is None else entries
+    )
+    columns = (SOURCE_DOMAINS[0], *TARGET_DOMAINS)
+    lines = [
+        f"| model | starts from | {' | '.join(columns)} |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for e in entries:
+        name = e["run"] if e["fraction"] == 1.0 else f"{e['run']}@{e['step']}"
+        if e["num_classes"] != 19:
+            name += f" ({e['num_classes']} classes)"
+        cells = [f"{e['miou'][d]:.1f}" if d in e["miou"] else "" for d in columns]
+        if e["source"] != columns[0] and e["source"] in e["miou"]:
+            cells[0] = f"{e['miou'][e['source']]:.1f} ({e['source']})"
+        starts = "-" if e["run"] == "base" else e.get("init", "base")
+        lines.append(f"| {name} | {starts} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
