@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -213,8 +214,14 @@ def test_rebuilding_keeps_finished_checkpoints(quick_zoo: Path, tmp_path: Path) 
     removed.unlink()
     stamps = {p: p.stat().st_mtime_ns for p in zoo.glob("runs/*/*.safetensors")}
     messages: list[str] = []
+    started = time.perf_counter()
     manifest = build_zoo(zoo, ZooConfig.quick_config(), device="cpu", log=messages.append)
+    resumed = time.perf_counter() - started
     assert removed.is_file()
+    recorded = load_manifest(quick_zoo)["build_seconds"]
+    assert recorded + 0.5 * resumed <= manifest["build_seconds"] <= recorded + resumed + 0.1, (
+        "a resume adds its own time to the build's"
+    )
     assert len(manifest["checkpoints"]) == CHECKPOINTS
     touched = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert touched <= set(zoo.glob("runs/maxsquare/*")), "only the unfinished run is trained again"

@@ -511,7 +511,9 @@ def half_alpha_is_best(ctx: Context, family: str) -> Measurement:
         _verdict(abs(best - 0.5) <= 0.1 or gap <= KEEP, gap <= 3 * KEEP),
         f"Over alpha the target mIoU spans {spread:.2f} points"
         + (
-            ": the two models are nearly interchangeable, so any alpha is as good."
+            ": at s = 1 the anchor's share grows from alpha at the first layer to 1 at the "
+            "last, so alpha weighs mostly the encoder, which every model keeps close to the "
+            "pre-trained one (claim 1), and barely reaches the decoder, where they differ."
             if spread < 1
             else f"; the best is alpha = {best:.1f}"
             + (" (the anchor alone)" if best == 1.0 else "")

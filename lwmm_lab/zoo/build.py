@@ -73,8 +73,10 @@ def build_zoo(
             check_name(run.strategy, STRATEGIES, "strategy")
     out = Path(out) if out is not None else default_zoo_dir(config.quick, config.seed)
     _check_folder(out, config)
-    started = time.perf_counter()
-    known = {e["path"]: e for e in read_manifest(out).get("checkpoints", [])}
+    held = read_manifest(out)
+    known = {e["path"]: e for e in held.get("checkpoints", [])}
+    # The time spent building, over every call: a resume adds its own to what is recorded.
+    started = time.perf_counter() - held.get("build_seconds", 0.0)
     data = _DataCache(out / "cache", config)
     data.prepare((BASE, *config.runs))
     done: dict[str, list[dict[str, Any]]] = {}
