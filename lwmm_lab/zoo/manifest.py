@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import SOURCE_DOMAINS, TARGET_DOMAINS, check_domain
 from lwmm_lab.errors import LwmmError, check_name
 from lwmm_lab.files import data_dir
@@ -186,7 +187,7 @@ def quality_table(manifest: dict[str, Any], entries: list[dict[str, Any]] | None
     ]
     for e in entries:
         name = e["run"] if e["fraction"] == 1.0 else f"{e['run']}@{e['step']}"
-        if e["num_classes"] != 19:
+        if e["num_classes"] != len(L.CLASSES):  # not the full Cityscapes set
             name += f" ({e['num_classes']} classes)"
         cells = [f"{e['miou'][d]:.1f}" if d in e["miou"] else "" for d in columns]
         if e["source"] != columns[0] and e["source"] in e["miou"]:
