@@ -37,6 +37,7 @@ from lwmm_lab.zoo.manifest import (
     preset,
     quality_table,
     scenario_checkpoints,
+    select,
 )
 from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 
@@ -553,7 +554,7 @@ def _zoo_list(args: argparse.Namespace) -> int:
         paths = scenario_checkpoints(manifest, args.scenario)
         entries = [next(e for e in manifest["checkpoints"] if e["path"] == p) for p in paths]
     else:
-        entries = [e for e in manifest["checkpoints"] if e["fraction"] == 1.0]
+        entries = select(manifest, fraction=1.0)
     if args.paths:
         print(" ".join(shlex.quote(e["path"]) for e in entries))
         return 0

@@ -21,6 +21,7 @@ from lwmm_lab.analysis.claims import (
     claim,
 )
 from lwmm_lab.errors import LwmmError, check_count
+from lwmm_lab.markdown import markdown_table
 from lwmm_lab.progress import progress_bar
 from lwmm_lab.zoo.build import build_zoo
 from lwmm_lab.zoo.manifest import default_zoo_dir, find_zoo, load_manifest
@@ -101,13 +102,6 @@ def _check_request(images: int, only: list[int] | int | None) -> list[int] | Non
     return only
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table's lines; a ``|`` inside a cell becomes ``/``."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    return lines
-
-
 def _row(f: Finding | SeededFinding, cells: dict[str, str]) -> list[str]:
     """A claim's number, text and paper figure, then its cell in each family ("n/a" where the
     claim does not apply)."""
@@ -126,7 +120,7 @@ def table(findings: list[Finding]) -> str:
         [*_row(f, {k: f"**{r.holds}**: {r.ours}" for k, r in f.results.items()}), f"`{f.command}`"]
         for f in findings
     ]
-    return "\n".join(_markdown(header, rows))
+    return "\n".join(markdown_table(header, rows))
 
 
 def explanations(findings: list[Finding]) -> str:
@@ -266,7 +260,7 @@ def seeded_table(findings: list[SeededFinding], facts: dict[str, Any]) -> str:
         f"{', '.join(map(str, facts['seeds']))}), {facts['images']} real val images per score; a "
         "verdict only where every build gives it, else *within noise*."
     )
-    return "\n".join([intro, "", *_markdown(header, rows)])
+    return "\n".join([intro, "", *markdown_table(header, rows)])
 
 
 def seeded_json(findings: list[SeededFinding], facts: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from lwmm_lab.analysis.evaluation import evaluate_checkpoints
 from lwmm_lab.engine.merge import save_merge
 from lwmm_lab.engine.pool import Pool
 from lwmm_lab.errors import check_count
+from lwmm_lab.markdown import markdown_table
 from lwmm_lab.zoo.manifest import family_run, final, find_zoo, load_manifest, scenario_checkpoints
 
 #: The zoo's bars on the 100-image real val: (family, measurement, comparison, threshold).
@@ -93,16 +94,13 @@ def bars(zoo: str | os.PathLike | None = None, images: int = 100) -> list[dict[s
 
 def bars_table(rows: list[dict[str, Any]]) -> str:
     """The bars as a Markdown table (the README's)."""
-    lines = [
-        "| family | measurement (real val, mIoU points) | value | bar | met |",
-        "|---|---|---:|---|---|",
-    ]
-    for r in rows:
-        met = "yes" if r["met"] else "**no**"
-        lines.append(
-            f"| `{r['family']}` | {r['measurement']} | {r['value']:+.2f} | {r['bar']} | {met} |"
-        )
-    return "\n".join(lines)
+    header = ["family", "measurement (real val, mIoU points)", "value", "bar", "met"]
+    cells = [
+        [f"`{r['family']}`", r["measurement"], f"{r['value']:+.2f}", r["bar"],
+         "yes" if r["met"] else "**no**"]
+        for r in rows
+    ]  # fmt: skip
+    return "\n".join(markdown_table(header, cells, right={2}))
 
 
 def family_merges(

@@ -15,6 +15,7 @@ from lwmm_lab.data import labels as L
 from lwmm_lab.data.domains import SOURCE_DOMAINS, TARGET_DOMAINS, check_domain
 from lwmm_lab.errors import LwmmError, check_name
 from lwmm_lab.files import data_dir
+from lwmm_lab.markdown import markdown_table
 from lwmm_lab.zoo.recipe import FAMILIES, SCENARIOS
 
 MANIFEST = "manifest.json"
@@ -177,24 +178,18 @@ def quality_table(manifest: dict[str, Any], entries: list[dict[str, Any]] | None
     every run's final one, the base first), what it starts from, and the mIoU the build
     recorded on each val set. A model of another source's class set gives its source figure in
     the first column, the domain named; a panoptic model its semantic mIoU."""
-    entries = (
-        [e for e in manifest["checkpoints"] if e["fraction"] == 1.0] if entries is None else entries
-    )
     columns = (SOURCE_DOMAINS[0], *TARGET_DOMAINS)
-    lines = [
-        f"| model | starts from | {' | '.join(columns)} |",
-        "|---|---|" + "---:|" * len(columns),
-    ]
-    for e in entries:
+    rows = []
+    for e in select(manifest, fraction=1.0) if entries is None else entries:
         name = e["run"] if e["fraction"] == 1.0 else f"{e['run']}@{e['step']}"
         if e["num_classes"] != len(L.CLASSES):  # not the full Cityscapes set
             name += f" ({e['num_classes']} classes)"
         cells = [f"{e['miou'][d]:.1f}" if d in e["miou"] else "" for d in columns]
         if e["source"] != columns[0] and e["source"] in e["miou"]:
             cells[0] = f"{e['miou'][e['source']]:.1f} ({e['source']})"
-        starts = "-" if e["run"] == "base" else e.get("init", "base")
-        lines.append(f"| {name} | {starts} | {' | '.join(cells)} |")
-    return "\n".join(lines)
+        rows.append([name, "-" if e["run"] == "base" else e["init"], *cells])
+    header = ["model", "starts from", *columns]
+    return "\n".join(markdown_table(header, rows, right=range(2, len(header))))
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
