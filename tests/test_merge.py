@@ -330,6 +330,14 @@ def test_different_heads_and_decoders_come_from_the_anchor(tmp_path: Path) -> No
         others = ", ".join(f"[{i}] m{i}" for i in range(3) if i != anchor)
         assert note.startswith(f"{len(own)} of the anchor's tensors are copied from it")
         assert f"as {others} lack them or have another shape: {own[0]}, " in note
+        left_out = pool.left_out(anchor)  # the other architecture's decoder: Unet vs FPN
+        assert list(left_out) == ([f"[{i}] m{i}" for i in (0, 1)] if spec is fpn else ["[2] m2"])
+        assert all(n.startswith("decoder.") for names in left_out.values() for n in names)
+        assert not {n for names in left_out.values() for n in names} & {
+            e.name for e in plan.layout.entries
+        }
+        (note,) = [n for n in plan.notes() if "left out" in n]
+        assert note.startswith(f"{len(next(iter(left_out.values())))} of {next(iter(left_out))}'s")
         model = merged_model(pool, anchor=anchor)
         with torch.no_grad():
             assert model(torch.randn(1, 3, 64, 64)).shape[1] == spec.classes

@@ -45,6 +45,7 @@ from lwmm_lab.engine.pool import (
     check_pool,
     first_names,
     is_bn_stat,
+    left_out_note,
     module_of,
     row_view,
     unknown_order_note,
@@ -167,6 +168,8 @@ class MergePlan:
         own, lacking = self.pool.unshared(self.anchor)
         if own:
             notes.append(unshared_note(own, lacking, "the anchor's", "copied from it, not merged"))
+        if left_out := self.pool.left_out(self.anchor):
+            notes.append(left_out_note(left_out))
         if BN_RULES[self.config.bn].by_counts and (uncounted := self._uncounted()):
             notes.append(uncounted)
         if not self.layout.order_known:

@@ -269,6 +269,21 @@ class Pool:
         own = [e.name for e in layout.entries if e.kind == "anchor-only"]
         return own, self.lacking(own, like=layout.anchor)
 
+    def left_out(self, anchor: int = 0) -> dict[str, list[str]]:
+        """``[i] label`` of each other model that holds float tensors under names the anchor
+        lacks, with those names: a merge has the anchor's structure, so they are left out
+        (a deeper encoder's extra blocks, another decoder)."""
+        anchor = self.anchor_index(anchor)
+        own = self.checkpoints[anchor].tensors
+        extra = {
+            f"[{i}] {label}": [
+                n for n, t in ckpt.tensors.items() if t.is_floating_point() and n not in own
+            ]
+            for i, (ckpt, label) in enumerate(zip(self.checkpoints, self.labels, strict=True))
+            if i != anchor
+        }
+        return {model: names for model, names in extra.items() if names}
+
     def lacking(self, names: Sequence[str], like: int | None = None) -> list[str]:
         """``[i] label`` of each model that lacks one of ``names``, or has it in another shape
         than model ``like`` has."""
@@ -419,6 +434,17 @@ def unshared_note(own: Sequence[str], lacking: Sequence[str], whose: str, fate: 
     return (
         f"{len(own)} of {whose} tensors are {fate}, as {', '.join(lacking) or 'a model'} "
         f"{verbs} another shape: {first_names(own)}"
+    )
+
+
+def left_out_note(left_out: dict[str, list[str]]) -> str:
+    """One line on :meth:`Pool.left_out`: how many tensors of which models the anchor lacks,
+    and the first three names."""
+    counts = ", ".join(f"{len(names)} of {model}'s" for model, names in left_out.items())
+    names = list(dict.fromkeys(n for names in left_out.values() for n in names))
+    return (
+        f"{counts} tensors are left out, as the anchor lacks them (a merge has the anchor's "
+        f"structure): {first_names(names)}"
     )
 
 
