@@ -36,7 +36,7 @@
 
 # %%
 from lwmm_lab import Pool, load_model, merged_model
-from lwmm_lab.analysis.comparison import semantic_into_panoptic
+from lwmm_lab.analysis.comparison import merge_split, semantic_into_panoptic
 from lwmm_lab.analysis.evaluation import val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic
 from lwmm_lab.analysis.qualitative import panoptic_examples
@@ -81,6 +81,20 @@ table_figure(
 merged = merged_model(Pool([panoptic, *semantic], device="cpu"))
 shown = panoptic_examples(anchor, merged, data, list(range(3)))
 qualitative_figure(shown, "Panoptic outputs: anchor and layer-wise merge")
+
+# %% [markdown]
+# Where is the loss made? `merge_split` takes the merge with one semantic model apart: the
+# merge's encoder under the anchor's own decoder and heads (does merging the encoder cost?),
+# the share of the semantic model in the decoder's first tensor, and how many pixels change
+# class. Beside it, the anchor's confidence: the mean gap between its top two class
+# probabilities. A model unsure of its classes has many pixels a small change can flip.
+
+# %%
+split = merge_split(panoptic, semantic[-1:], **settings)
+print(f"encoder merged, decoder and heads the anchor's: PQ {split['encoder_pq']:.2f}")
+print(f"the semantic model's share of the decoder's first tensor: {split['decoder_share']:.0%}")
+print(f"pixels whose class the whole merge changes: {split['changed']:.1%}")
+print(f"the anchor's mean top-1 minus top-2 probability: {split['margin']:.2f}")
 
 # %% [markdown]
 # In the lab: open the `semantic into panoptic` scenario. With the panoptic model as the anchor,

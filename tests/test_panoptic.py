@@ -13,8 +13,8 @@ from torchmetrics.detection import PanopticQuality
 from tqdm.auto import tqdm
 
 from lwmm_lab import LwmmError, ModelSpec, Pool, load_checkpoint, load_model, merged_model
-from lwmm_lab.analysis.comparison import semantic_into_panoptic
-from lwmm_lab.analysis.evaluation import val_set
+from lwmm_lab.analysis.comparison import merge_split, semantic_into_panoptic
+from lwmm_lab.analysis.evaluation import predict, val_set
 from lwmm_lab.analysis.panoptic import (
     VOID,
     PanopticConfig,
@@ -301,6 +301,32 @@ def test_semantic_into_panoptic_scores_every_merge_like_the_api(
     assert rows[0]["pq"] == pytest.approx(alone.pq, abs=1e-3)
     (bar,) = table_bars
     assert bar.n == bar.total == len(rows), "the bar steps once per row"
+
+
+def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
+    quick_zoo: Path, monkeypatch, tmp_path: Path
+) -> None:
+    """The merge's encoder with the anchor's decoder and heads scores what that model scores;
+    the pixels the whole merge changes, and the anchor's margin, are what their predictions
+    and probabilities give."""
+    monkeypatch.setenv("LWMM_DATA", str(tmp_path))
+    anchor, semantic, _ = scenario_checkpoints(load_manifest(quick_zoo), "panoptic")
+    split = merge_split(anchor, [semantic], images=4, resolution=(64, 128))
+    data = val_set("real", 4, (64, 128), instances=True)
+    merged, alone = merged_model(Pool([anchor, semantic], device="cpu")), load_model(anchor, "cpu")
+    x = data.tensors[0]
+    changed = (predict(merged, x) != predict(alone, x)).double().mean()
+    assert split["changed"] == pytest.approx(float(changed), abs=1e-4) and 0 < changed < 1
+    state = alone.state_dict()
+    encoder = {k: v for k, v in merged.state_dict().items() if k.startswith("encoder.")}
+    assert encoder and any(not torch.equal(v, state[k]) for k, v in encoder.items())
+    alone.load_state_dict(encoder, strict=False)
+    scores = evaluate_panoptic(alone, data)
+    assert split["encoder_pq"] == pytest.approx(scores.pq, abs=1e-3)
+    assert split["encoder_miou"] == pytest.approx(scores.extra["miou"], abs=1e-3)
+    assert 0 < split["decoder_share"] < 0.5 and 0 < split["margin"] <= 1, "alpha 1/2, decaying"
+    semantic_split = merge_split(semantic, [anchor], images=4, resolution=(64, 128))
+    assert "encoder_pq" not in semantic_split and "encoder_miou" in semantic_split
 
 
 def test_semantic_into_panoptic_tells_two_steps_of_one_run_apart(

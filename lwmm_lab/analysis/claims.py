@@ -20,6 +20,7 @@ import itertools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from lwmm_lab.analysis.comparison import (
     add_one_at_a_time,
     compare,
     heads_and_decoders,
+    merge_split,
     multi_target,
     semantic_into_panoptic,
 )
@@ -646,6 +648,26 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
     raises = best["pq"] >= base["pq"] + KEEP
     beats = best["pq"] > max(baselines.values())
     lost = {k: best[k] - base[k] for k in ("stuff", "things", "miou")}
+    partner = others[-1]
+    split = merge_split(anchor, [partner], **ctx.settings())
+    name = Path(partner).parent.name
+    whole = merged[f"layerwise + {name}"]["pq"]
+    kept = base["pq"] - split["encoder_pq"] < (base["pq"] - whole) / 2
+    where = (
+        f"With {name}, the merge's encoder under the anchor's decoder and heads has PQ "
+        f"{split['encoder_pq']:.2f} and the whole merge {whole:.2f}: most of the change comes "
+        f"from merging the {'decoder' if kept else 'encoder'}. The merge gives {name} "
+        f"{split['decoder_share']:.0%} of the decoder's first tensor, less after, and changes the "
+        f"class of {split['changed']:.1%} of the anchor's pixels; the panoptic anchor is unsure "
+        f"of its classes (mean top-1 minus top-2 probability {split['margin']:.2f})."
+    )
+    if len(others) > 1:
+        control = merge_split(others[0], [partner], **ctx.settings())
+        where += (
+            f" {Path(others[0]).parent.name}, a semantic model, is surer "
+            f"({control['margin']:.2f}), and the same merge with {name} changes "
+            f"{control['changed']:.1%} of its pixels."
+        )
     return Measurement(
         f"panoptic anchor PQ {base['pq']:.2f} (SQ {base['sq']:.2f}, RQ {base['rq']:.2f}); "
         + "; ".join(f"{r['name']} {r['pq']:.2f}" for r in layerwise)
@@ -659,7 +681,7 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
         f"change is in the semantic branch; things PQ is {base['things']:.2f} for the anchor, "
         "so the instance side of the claim cannot be seen on this small zoo. Isotropic and Fisher "
         "average decoders trained apart and fall to "
-        f"{baselines['isotropic']:.2f} and {baselines['fisher']:.2f}.",
-        {"rows": rows, **{k: merged[k]["pq"] for k in merged}, "anchor": base["pq"]},
+        f"{baselines['isotropic']:.2f} and {baselines['fisher']:.2f}. {where}",
+        {"rows": rows, **{k: merged[k]["pq"] for k in merged}, "anchor": base["pq"], **split},
         key=("best layerwise PQ minus the anchor's", best["pq"] - base["pq"]),
     )

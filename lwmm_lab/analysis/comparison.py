@@ -9,7 +9,7 @@
   anchor; only the shared tensors can be merged, the rest comes from the anchor. Inference
   time is measured too: a merge costs one forward pass, the ensemble one per model.
 - :func:`semantic_into_panoptic`: semantic models merged into a panoptic anchor (Table 6),
-  scored by PQ, SQ, RQ and mIoU.
+  scored by PQ, SQ, RQ and mIoU; :func:`merge_split` says where such a merge costs.
 """
 
 from __future__ import annotations
@@ -24,13 +24,23 @@ import torch
 from torch import nn
 
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
-from lwmm_lab.analysis.evaluation import eval_mode, evaluate, forward, normalize, val_set
+from lwmm_lab.analysis.evaluation import (
+    class_probabilities,
+    eval_mode,
+    evaluate,
+    forward,
+    normalize,
+    predict,
+    val_set,
+)
 from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
 from lwmm_lab.data.datasets import check_dataset_names, open_dataset
 from lwmm_lab.engine.checkpoints import load_checkpoint, peek_checkpoint, unique_labels
+from lwmm_lab.engine.merge import make_plan
 from lwmm_lab.engine.methods import BN_RULES
 from lwmm_lab.engine.methods import METHODS as MERGE_METHODS
 from lwmm_lab.engine.model import load_model, merged_model
+from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import Pool, path_list
 from lwmm_lab.errors import LwmmError, check_names, check_whole
 from lwmm_lab.files import data_dir, sha256
@@ -318,6 +328,49 @@ def semantic_into_panoptic(
                 rows.append(_panoptic_row(name, method, semantic, merged, data))
                 bar.update()
     return rows
+
+
+def merge_split(
+    anchor: str | os.PathLike,
+    others: Sequence[str | os.PathLike],
+    domain: str = "real",
+    images: int = 100,
+    resolution: tuple[int, int] = (96, 192),
+    val_seed: int = 0,
+) -> dict[str, float]:
+    """Where the layer-wise merge of ``anchor`` with ``others`` (the default schedule) gains
+    or loses.
+
+    ``changed`` is the share of pixels (0-1) whose class the merge changes, and ``margin``
+    the anchor's mean top-1 minus top-2 class probability: a model unsure of its classes has
+    more pixels for a small change to flip. ``decoder_share`` is the others' weight (0-1) in
+    the decoder's first tensor (less after it). ``encoder_miou`` (and ``encoder_pq`` for a
+    panoptic anchor) score the merge's encoder with the anchor's decoder and heads.
+    """
+    paths = [str(anchor), *path_list(others, "others")]
+    anchor_model = load_model(paths[0], "cpu").eval()
+    panoptic = is_panoptic(anchor_model)
+    data = val_set(domain, images, resolution, val_seed, instances=panoptic)
+    x = data.tensors[0]
+    with torch.no_grad():
+        top = class_probabilities([anchor_model], x).topk(2, dim=1).values
+    pool = Pool(paths, device="cpu")
+    plan = make_plan(pool)
+    decoder = next(e.j for e in plan.layout.entries if e.j and not e.name.startswith("encoder."))
+    merged = merged_model(pool)
+    split = {
+        "changed": round(
+            float((predict(anchor_model, x) != predict(merged, x)).double().mean()), 4
+        ),
+        "margin": round(float((top[:, 0] - top[:, 1]).mean()), 4),
+        "decoder_share": round(1 - float(plan.weights[decoder - 1, 0]), 4),
+    }
+    rest = {k: v for k, v in anchor_model.state_dict().items() if not k.startswith("encoder.")}
+    merged.load_state_dict(rest, strict=False)
+    if panoptic:
+        scores = evaluate_panoptic(merged, data)
+        return split | {"encoder_pq": round(scores.pq, 4), "encoder_miou": scores.extra["miou"]}
+    return split | {"encoder_miou": evaluate(merged, data).miou}
 
 
 def _short_labels(paths: list[str]) -> list[str]:
