@@ -391,6 +391,8 @@ def test_convert_gives_a_state_dict_its_model_spec(two: list[Path], tmp_path: Pa
     before = pickle.read_bytes()
     rc, _, err = _run(["eval", pickle, "--images", "1"], capsys)
     assert rc == 1 and "no model spec" in err and "lwmm convert CKPT --spec JSON" in err
+    rc, _, err = _run(["sweep", pickle, two[0], "--images", "1", "--no-cache"], capsys)
+    assert rc == 1 and err.startswith(f"lwmm: error: {pickle}: no model spec"), "before the bar"
     out = tmp_path / "mine.safetensors"
     rc, stdout, err = _run(
         ["convert", pickle, "--spec", TINY.to_json(), "--size", "32", "64", "-o", out], capsys

@@ -32,7 +32,7 @@ from lwmm_lab.data.datasets import check_dataset_names, data_key, on_disk
 from lwmm_lab.engine.checkpoints import peek_checkpoint
 from lwmm_lab.engine.merge import MergeConfig, MergePlan, make_plan
 from lwmm_lab.engine.methods import METHODS
-from lwmm_lab.engine.model import merge_target
+from lwmm_lab.engine.model import merge_target, require_spec
 from lwmm_lab.engine.pool import Pool, path_list
 from lwmm_lab.errors import (
     LwmmError,
@@ -317,6 +317,8 @@ def run_sweep(
         else:
             results[i] = cached
     same = _same_merges([cells[i] for i in todo], todo, local=executor == "serial")
+    for (_, plan), *_ in same.values():  # an anchor with no model spec fails before the bar
+        require_spec(plan.pool.checkpoints[plan.anchor])
     bar = progress_bar(total=len(cells), initial=len(results), desc="sweep", disable=not progress)
     first = list(same)
     for i, result in _execute(executor, [cells[i] for i in first], first, address, workers):
