@@ -327,6 +327,10 @@ def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
     assert 0 < split["decoder_share"] < 0.5 and 0 < split["margin"] <= 1, "alpha 1/2, decaying"
     semantic_split = merge_split(semantic, [anchor], images=4, resolution=(64, 128))
     assert "encoder_pq" not in semantic_split and "encoder_miou" in semantic_split
+    unet, fpn, _ = scenario_checkpoints(load_manifest(quick_zoo), "other-decoders")
+    assert merge_split(unet, [fpn], images=1, resolution=(64, 128))["decoder_share"] == 0, (
+        "no decoder tensor shared"
+    )
 
 
 def test_semantic_into_panoptic_tells_two_steps_of_one_run_apart(

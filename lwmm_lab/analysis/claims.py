@@ -652,11 +652,11 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
     split = merge_split(anchor, [partner], **ctx.settings())
     name = Path(partner).parent.name
     whole = merged[f"layerwise + {name}"]["pq"]
-    kept = base["pq"] - split["encoder_pq"] < (base["pq"] - whole) / 2
+    encoder_kept = base["pq"] - split["encoder_pq"] < (base["pq"] - whole) / 2
     where = (
         f"With {name}, the merge's encoder under the anchor's decoder and heads has PQ "
         f"{split['encoder_pq']:.2f} and the whole merge {whole:.2f}: most of the change comes "
-        f"from merging the {'decoder' if kept else 'encoder'}. The merge gives {name} "
+        f"from merging the {'decoder' if encoder_kept else 'encoder'}. The merge gives {name} "
         f"{split['decoder_share']:.0%} of the decoder's first tensor, less after, and changes the "
         f"class of {split['changed']:.1%} of the anchor's pixels; the panoptic anchor is unsure "
         f"of its classes (mean top-1 minus top-2 probability {split['margin']:.2f})."

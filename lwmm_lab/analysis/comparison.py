@@ -344,7 +344,8 @@ def merge_split(
     ``changed`` is the share of pixels (0-1) whose class the merge changes, and ``margin``
     the anchor's mean top-1 minus top-2 class probability: a model unsure of its classes has
     more pixels for a small change to flip. ``decoder_share`` is the others' weight (0-1) in
-    the decoder's first tensor (less after it). ``encoder_miou`` (and ``encoder_pq`` for a
+    the decoder's first shared tensor (less after it; 0 where they share none, another
+    decoder). ``encoder_miou`` (and ``encoder_pq`` for a
     panoptic anchor) score the merge's encoder with the anchor's decoder and heads.
     """
     paths = [str(anchor), *path_list(others, "others")]
@@ -356,14 +357,15 @@ def merge_split(
         top = class_probabilities([anchor_model], x).topk(2, dim=1).values
     pool = Pool(paths, device="cpu")
     plan = make_plan(pool)
-    decoder = next(e.j for e in plan.layout.entries if e.j and not e.name.startswith("encoder."))
+    shared = [e.j for e in plan.layout.entries if e.j and not e.name.startswith("encoder.")]
+    share = 1 - float(plan.weights[shared[0] - 1, plan.anchor]) if shared else 0.0
     merged = merged_model(pool)
     split = {
         "changed": round(
             float((predict(anchor_model, x) != predict(merged, x)).double().mean()), 4
         ),
         "margin": round(float((top[:, 0] - top[:, 1]).mean()), 4),
-        "decoder_share": round(1 - float(plan.weights[decoder - 1, 0]), 4),
+        "decoder_share": round(share, 4),
     }
     rest = {k: v for k, v in anchor_model.state_dict().items() if not k.startswith("encoder.")}
     merged.load_state_dict(rest, strict=False)
