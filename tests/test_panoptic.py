@@ -315,8 +315,13 @@ def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
     data = val_set("real", 4, (64, 128), instances=True)
     merged, alone = merged_model(Pool([anchor, semantic], device="cpu")), load_model(anchor, "cpu")
     x = data.tensors[0]
-    changed = (predict(merged, x) != predict(alone, x)).double().mean()
+    before, after, label = predict(alone, x), predict(merged, x), data.tensors[1]
+    changed = (after != before).double().mean()
     assert split["changed"] == pytest.approx(float(changed), abs=1e-4) and 0 < changed < 1
+    labelled = (label != L.IGNORE).sum()
+    for turned, was, now in (("wrong", before, after), ("right", after, before)):
+        share = ((was == label) & (now != label)).sum() / labelled
+        assert split[f"turned_{turned}"] == pytest.approx(float(share), abs=1e-4)
     state = alone.state_dict()
     encoder = {k: v for k, v in merged.state_dict().items() if k.startswith("encoder.")}
     assert encoder and any(not torch.equal(v, state[k]) for k, v in encoder.items())

@@ -658,15 +658,16 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
         f"{split['encoder_pq']:.2f} and the whole merge {whole:.2f}: most of the change comes "
         f"from merging the {'decoder' if encoder_kept else 'encoder'}. The merge gives {name} "
         f"{split['decoder_share']:.0%} of the decoder's first tensor, less after, and changes the "
-        f"class of {split['changed']:.1%} of the anchor's pixels; the panoptic anchor is unsure "
-        f"of its classes (mean top-1 minus top-2 probability {split['margin']:.2f})."
+        f"class of {split['changed']:.1%} of the anchor's pixels ({_turned(split)}); the "
+        f"panoptic anchor is unsure of its classes (mean top-1 minus top-2 probability "
+        f"{split['margin']:.2f})."
     )
     if len(others) > 1:
         control = merge_split(others[0], [partner], **ctx.settings())
         where += (
             f" {Path(others[0]).parent.name}, a semantic model, is surer "
             f"({control['margin']:.2f}), and the same merge with {name} changes "
-            f"{control['changed']:.1%} of its pixels."
+            f"{control['changed']:.1%} of its pixels ({_turned(control)})."
         )
     return Measurement(
         f"panoptic anchor PQ {base['pq']:.2f} (SQ {base['sq']:.2f}, RQ {base['rq']:.2f}); "
@@ -684,4 +685,12 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
         f"{baselines['isotropic']:.2f} and {baselines['fisher']:.2f}. {where}",
         {"rows": rows, **{k: merged[k]["pq"] for k in merged}, "anchor": base["pq"], **split},
         key=("best layerwise PQ minus the anchor's", best["pq"] - base["pq"]),
+    )
+
+
+def _turned(split: dict[str, float]) -> str:
+    """What a :func:`merge_split` says the merge did to the labelled pixels, in words."""
+    return (
+        f"{split['turned_wrong']:.1%} of the labelled ones turned wrong, "
+        f"{split['turned_right']:.1%} right"
     )

@@ -34,6 +34,7 @@ from lwmm_lab.analysis.evaluation import (
     val_set,
 )
 from lwmm_lab.analysis.panoptic import evaluate_panoptic, require_panoptic
+from lwmm_lab.data import labels as L
 from lwmm_lab.data.datasets import check_dataset_names, open_dataset
 from lwmm_lab.engine.checkpoints import load_checkpoint, peek_checkpoint, unique_labels
 from lwmm_lab.engine.merge import make_plan
@@ -341,12 +342,13 @@ def merge_split(
     """Where the layer-wise merge of ``anchor`` with ``others`` (the default schedule) gains
     or loses.
 
-    ``changed`` is the share of pixels (0-1) whose class the merge changes, and ``margin``
-    the anchor's mean top-1 minus top-2 class probability: a model unsure of its classes has
-    more pixels for a small change to flip. ``decoder_share`` is the others' weight (0-1) in
-    the decoder's first shared tensor (less after it; 0 where they share none, another
-    decoder). ``encoder_miou`` (and ``encoder_pq`` for a
-    panoptic anchor) score the merge's encoder with the anchor's decoder and heads.
+    ``changed`` is the share of pixels (0-1) whose class the merge changes; ``turned_wrong``
+    and ``turned_right`` the shares of labelled pixels it turns from right to wrong and back;
+    ``margin`` the anchor's mean top-1 minus top-2 class probability: a model unsure of its
+    classes has more pixels for a small change to flip. ``decoder_share`` is the others'
+    weight (0-1) in the decoder's first shared tensor (less after it; 0 where they share
+    none, another decoder). ``encoder_miou`` (and ``encoder_pq`` for a panoptic anchor) score
+    the merge's encoder with the anchor's decoder and heads.
     """
     paths = [str(anchor), *path_list(others, "others")]
     anchor_model = load_model(paths[0], "cpu").eval()
@@ -360,10 +362,12 @@ def merge_split(
     shared = [e.j for e in plan.layout.entries if e.j and not e.name.startswith("encoder.")]
     share = 1 - float(plan.weights[shared[0] - 1, plan.anchor]) if shared else 0.0
     merged = merged_model(pool)
+    before, after, label = predict(anchor_model, x), predict(merged, x), data.tensors[1]
+    labelled = (label != L.IGNORE).double().sum()
     split = {
-        "changed": round(
-            float((predict(anchor_model, x) != predict(merged, x)).double().mean()), 4
-        ),
+        "changed": round(float((before != after).double().mean()), 4),
+        "turned_wrong": round(float(((before == label) & (after != label)).sum() / labelled), 4),
+        "turned_right": round(float(((before != label) & (after == label)).sum() / labelled), 4),
         "margin": round(float((top[:, 0] - top[:, 1]).mean()), 4),
         "decoder_share": round(share, 4),
     }
