@@ -86,14 +86,16 @@ qualitative_figure(shown, "Panoptic outputs: anchor and layer-wise merge")
 # Where is the loss made? `merge_split` takes the merge with one semantic model apart: the
 # merge's encoder under the anchor's own decoder and heads (does merging the encoder cost?),
 # the share of the semantic model in the decoder's first tensor, and how many pixels change
-# class. Beside it, the anchor's confidence: the mean gap between its top two class
-# probabilities. A model unsure of its classes has many pixels a small change can flip.
+# class, from right to wrong and back. Beside it, the anchor's confidence: the mean gap
+# between its top two class probabilities. A model unsure of its classes has many pixels a
+# small change can flip.
 
 # %%
 split = merge_split(panoptic, semantic[-1:], **settings)
 print(f"encoder merged, decoder and heads the anchor's: PQ {split['encoder_pq']:.2f}")
 print(f"the semantic model's share of the decoder's first tensor: {split['decoder_share']:.0%}")
 print(f"pixels whose class the whole merge changes: {split['changed']:.1%}")
+print(f"labelled pixels turned wrong: {split['turned_wrong']:.1%}, right: {split['turned_right']:.1%}")
 print(f"the anchor's mean top-1 minus top-2 probability: {split['margin']:.2f}")
 
 # %% [markdown]
