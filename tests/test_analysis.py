@@ -22,7 +22,15 @@ from plotly.serializers import custom_serializers
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merged_model, save_checkpoint
+from lwmm_lab import (
+    Checkpoint,
+    ModelSpec,
+    Pool,
+    load_checkpoint,
+    make_plan,
+    merged_model,
+    save_checkpoint,
+)
 from lwmm_lab.analysis import evaluation
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.comparison import (
@@ -164,6 +172,15 @@ def test_a_discrepancy_says_which_tensors_it_does_not_compare(tmp_path: Path, ca
     assert main(["discrepancy", *map(str, paths)]) == 0
     assert f"note: {d.notes()[0]}" in capsys.readouterr().out
     assert discrepancy(Pool([paths[0], paths[0]], device="cpu")).notes() == []
+    ref = load_checkpoint(paths[0])
+    deeper = Checkpoint({**ref.tensors, "aux.weight": torch.ones(3)}, tmp_path / "deeper.pth")
+    d = discrepancy(Pool([ref, deeper], device="cpu"))
+    assert d.left_out == {"[1] deeper": ["aux.weight"]}
+    assert all(r["name"] != "aux.weight" for r in d.rows)
+    assert d.notes() == [
+        "1 of [1] deeper's tensors are not compared, as the reference lacks them: aux.weight"
+    ]
+    assert d.to_json()["left_out"] == d.left_out
 
 
 def test_bn_divergence_is_the_symmetric_kl_of_gaussians() -> None:

@@ -28,6 +28,7 @@ from lwmm_lab.engine.pool import (
     Pool,
     check_pool,
     is_bn_stat,
+    left_out_note,
     module_of,
     unknown_order_note,
     unshared_note,
@@ -78,8 +79,9 @@ class Discrepancy:
 
     ``boundary`` is the first depth index outside the encoder: the backbone/head line of Fig. 2.
     ``unshared``: the reference's tensors left out, as ``lacking`` (``[i] label``) lack them
-    or have them in another shape (another head, another decoder). ``order_known``: False
-    when the reference's file gives no depth order, so j follows sorted key names.
+    or have them in another shape (another head, another decoder); ``left_out``: the other
+    models' tensors the reference lacks, by ``[i] label``. ``order_known``: False when the
+    reference's file gives no depth order, so j follows sorted key names.
     """
 
     reference: str
@@ -90,6 +92,7 @@ class Discrepancy:
     unshared: list[str] = field(default_factory=list)
     lacking: list[str] = field(default_factory=list)
     order_known: bool = True
+    left_out: dict[str, list[str]] = field(default_factory=dict)
 
     def notes(self) -> list[str]:
         """Lines a reader should see beside the counts: the tensors that are not compared, and
@@ -99,6 +102,8 @@ class Discrepancy:
             notes.append(
                 unshared_note(self.unshared, self.lacking, "the reference's", "not compared")
             )
+        if self.left_out:
+            notes.append(left_out_note(self.left_out, "the reference", "not compared"))
         if not self.order_known:
             notes.append(unknown_order_note("the reference"))
         return notes
@@ -152,6 +157,7 @@ class Discrepancy:
             "boundary": self.boundary,
             "order_known": self.order_known,
             "unshared": self.unshared,
+            "left_out": self.left_out,
             "rows": self.rows,
         }
         if tau is not None:
@@ -205,6 +211,7 @@ def discrepancy(pool: Pool, reference: int | str | os.PathLike = 0) -> Discrepan
         unshared,
         lacking,
         layout.order_known,
+        pool.left_out(reference),
     )
 
 

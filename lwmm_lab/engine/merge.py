@@ -169,7 +169,7 @@ class MergePlan:
         if own:
             notes.append(unshared_note(own, lacking, "the anchor's", "copied from it, not merged"))
         if left_out := self.pool.left_out(self.anchor):
-            notes.append(left_out_note(left_out))
+            notes.append(left_out_note(left_out, "the anchor", "left out of the merge"))
         if BN_RULES[self.config.bn].by_counts and (uncounted := self._uncounted()):
             notes.append(uncounted)
         if not self.layout.order_known:

@@ -437,15 +437,12 @@ def unshared_note(own: Sequence[str], lacking: Sequence[str], whose: str, fate: 
     )
 
 
-def left_out_note(left_out: dict[str, list[str]]) -> str:
-    """One line on :meth:`Pool.left_out`: how many tensors of which models the anchor lacks,
-    and the first three names."""
+def left_out_note(left_out: dict[str, list[str]], whose: str, fate: str) -> str:
+    """One line on :meth:`Pool.left_out`: how many tensors of which models meet which
+    ``fate``, as ``whose`` model lacks them, and the first three names."""
     counts = ", ".join(f"{len(names)} of {model}'s" for model, names in left_out.items())
     names = list(dict.fromkeys(n for names in left_out.values() for n in names))
-    return (
-        f"{counts} tensors are left out, as the anchor lacks them (a merge has the anchor's "
-        f"structure): {first_names(names)}"
-    )
+    return f"{counts} tensors are {fate}, as {whose} lacks them: {first_names(names)}"
 
 
 def unknown_order_note(whose: str) -> str:
