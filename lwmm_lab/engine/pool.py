@@ -220,6 +220,7 @@ class Pool:
             self.fisher_paths = [_path_of(f) for f in fisher]
             self._check_fisher()
         self._layouts: dict[tuple[int, str], Layout] = {}
+        self._left_out: dict[int, dict[str, list[str]]] = {}
         self._rows = self.flat.unbind(0)
         self._mean: torch.Tensor | None = None
         self._mean_key: tuple[int, ...] | None = None
@@ -272,17 +273,20 @@ class Pool:
     def left_out(self, anchor: int = 0) -> dict[str, list[str]]:
         """``[i] label`` of each other model that holds float tensors under names the anchor
         lacks, with those names: a merge has the anchor's structure, so they are left out
-        (a deeper encoder's extra blocks, another decoder)."""
+        (a deeper encoder's extra blocks, another decoder). Found once per anchor (a plan's
+        notes ask on every slider step); each call gets its own copy."""
         anchor = self.anchor_index(anchor)
-        own = self.checkpoints[anchor].tensors
-        extra = {
-            f"[{i}] {label}": [
-                n for n, t in ckpt.tensors.items() if t.is_floating_point() and n not in own
-            ]
-            for i, (ckpt, label) in enumerate(zip(self.checkpoints, self.labels, strict=True))
-            if i != anchor
-        }
-        return {model: names for model, names in extra.items() if names}
+        if anchor not in self._left_out:
+            own = self.checkpoints[anchor].tensors
+            extra = {
+                f"[{i}] {label}": [
+                    n for n, t in ckpt.tensors.items() if t.is_floating_point() and n not in own
+                ]
+                for i, (ckpt, label) in enumerate(zip(self.checkpoints, self.labels, strict=True))
+                if i != anchor
+            }
+            self._left_out[anchor] = {model: names for model, names in extra.items() if names}
+        return {model: list(names) for model, names in self._left_out[anchor].items()}
 
     def lacking(self, names: Sequence[str], like: int | None = None) -> list[str]:
         """``[i] label`` of each model that lacks one of ``names``, or has it in another shape
