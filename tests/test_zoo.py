@@ -223,6 +223,7 @@ def test_rebuilding_keeps_finished_checkpoints(quick_zoo: Path, tmp_path: Path) 
         "a resume adds its own time to the build's"
     )
     assert len(manifest["checkpoints"]) == CHECKPOINTS
+    assert manifest == load_manifest(zoo), "the paths of the manifest returned name its files"
     touched = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert touched <= set(zoo.glob("runs/maxsquare/*")), "only the unfinished run is trained again"
 

@@ -39,7 +39,7 @@ from lwmm_lab.engine.pool import resolve_device
 from lwmm_lab.errors import LwmmError, check_count, check_name, naming
 from lwmm_lab.files import atomic_path, atomic_write_text, output_folder
 from lwmm_lab.progress import progress_bar
-from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, read_manifest
+from lwmm_lab.zoo.manifest import MANIFEST, default_zoo_dir, load_manifest, read_manifest
 from lwmm_lab.zoo.recipe import BASE, Run, ZooConfig, run_fingerprint
 from lwmm_lab.zoo.training import (
     STRATEGIES,
@@ -57,7 +57,9 @@ def build_zoo(
     log: Callable[[str], None] = print,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Build (or finish building) the zoo in ``out``; returns the manifest.
+    """Build (or finish building) the zoo in ``out``; returns the manifest as
+    :func:`~lwmm_lab.zoo.manifest.load_manifest` reads it (each entry's path under ``out``:
+    the file written holds them relative to it, which read from elsewhere named no file).
 
     ``workers`` runs train side by side after the base (default: one per core, up to 2, on the
     CPU; 4 on a GPU, where one small model's steps leave it mostly idle: the default zoo built
@@ -113,7 +115,7 @@ def build_zoo(
     ordered = [e for r in (BASE, *config.runs) for e in done[r.name]]
     manifest = _write_manifest(out, config, ordered, time.perf_counter() - started)
     log(f"[zoo] {len(ordered)} checkpoints in {out} ({manifest['build_seconds']:.0f} s)")
-    return manifest
+    return load_manifest(out)
 
 
 def _check_folder(out: Path, config: ZooConfig) -> None:
