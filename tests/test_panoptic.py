@@ -306,9 +306,9 @@ def test_semantic_into_panoptic_scores_every_merge_like_the_api(
 def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
     quick_zoo: Path, monkeypatch, tmp_path: Path
 ) -> None:
-    """The merge's encoder with the anchor's decoder and heads scores what that model scores;
-    the pixels the whole merge changes, and the anchor's margin, are what their predictions
-    and probabilities give."""
+    """The anchor, the merge, and the merge's encoder with the anchor's decoder and heads score
+    what those models score; the pixels the merge changes, and the anchor's margin, are what
+    their predictions and probabilities give."""
     monkeypatch.setenv("LWMM_DATA", str(tmp_path))
     anchor, semantic, _ = scenario_checkpoints(load_manifest(quick_zoo), "panoptic")
     split = merge_split(anchor, [semantic], images=4, resolution=(64, 128))
@@ -325,10 +325,12 @@ def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
     state = alone.state_dict()
     encoder = {k: v for k, v in merged.state_dict().items() if k.startswith("encoder.")}
     assert encoder and any(not torch.equal(v, state[k]) for k, v in encoder.items())
-    alone.load_state_dict(encoder, strict=False)
-    scores = evaluate_panoptic(alone, data)
-    assert split["encoder_pq"] == pytest.approx(scores.pq, abs=1e-3)
-    assert split["encoder_miou"] == pytest.approx(scores.extra["miou"], abs=1e-3)
+    for prefix, model in (("anchor_", alone), ("", merged), ("encoder_", alone)):
+        if prefix == "encoder_":
+            alone.load_state_dict(encoder, strict=False)
+        scores = evaluate_panoptic(model, data)
+        assert split[f"{prefix}pq"] == pytest.approx(scores.pq, abs=1e-3)
+        assert split[f"{prefix}miou"] == pytest.approx(scores.extra["miou"], abs=1e-3)
     assert 0 < split["decoder_share"] < 0.5 and 0 < split["margin"] <= 1, "alpha 1/2, decaying"
     semantic_split = merge_split(semantic, [anchor], images=4, resolution=(64, 128))
     assert "encoder_pq" not in semantic_split and "encoder_miou" in semantic_split

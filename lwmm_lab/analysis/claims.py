@@ -651,23 +651,23 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
     partner = others[-1]
     split = merge_split(anchor, [partner], **ctx.settings())
     name = Path(partner).parent.name
-    whole = merged[f"layerwise + {name}"]["pq"]
-    encoder_kept = base["pq"] - split["encoder_pq"] < (base["pq"] - whole) / 2
+    encoder_kept = base["pq"] - split["encoder_pq"] < (base["pq"] - split["pq"]) / 2
     where = (
         f"With {name}, the merge's encoder under the anchor's decoder and heads has PQ "
-        f"{split['encoder_pq']:.2f} and the whole merge {whole:.2f}: most of the change comes "
-        f"from merging the {'decoder' if encoder_kept else 'encoder'}. The merge gives {name} "
-        f"{split['decoder_share']:.0%} of the decoder's first tensor, less after, and changes the "
-        f"class of {split['changed']:.1%} of the anchor's pixels ({_turned(split)}); the "
-        f"panoptic anchor is unsure of its classes (mean top-1 minus top-2 probability "
+        f"{split['encoder_pq']:.2f} and the whole merge {split['pq']:.2f}: most of the change "
+        f"comes from merging the {'decoder' if encoder_kept else 'encoder'}. The merge gives "
+        f"{name} {split['decoder_share']:.0%} of the decoder's first tensor, less after, and "
+        f"changes the class of {split['changed']:.1%} of the anchor's pixels ({_turned(split)}); "
+        f"the panoptic anchor is unsure of its classes (mean top-1 minus top-2 probability "
         f"{split['margin']:.2f})."
     )
     if len(others) > 1:
         control = merge_split(others[0], [partner], **ctx.settings())
         where += (
             f" {Path(others[0]).parent.name}, a semantic model, is surer "
-            f"({control['margin']:.2f}), and the same merge with {name} changes "
-            f"{control['changed']:.1%} of its pixels ({_turned(control)})."
+            f"({control['margin']:.2f}); the same merge with {name} changes "
+            f"{control['changed']:.1%} of its pixels ({_turned(control)}) and its mIoU by "
+            f"{control['miou'] - control['anchor_miou']:+.2f}."
         )
     return Measurement(
         f"panoptic anchor PQ {base['pq']:.2f} (SQ {base['sq']:.2f}, RQ {base['rq']:.2f}); "

@@ -347,8 +347,9 @@ def merge_split(
     ``margin`` the anchor's mean top-1 minus top-2 class probability: a model unsure of its
     classes has more pixels for a small change to flip. ``decoder_share`` is the others'
     weight (0-1) in the decoder's first shared tensor (less after it; 0 where they share
-    none, another decoder). ``encoder_miou`` (and ``encoder_pq`` for a panoptic anchor) score
-    the merge's encoder with the anchor's decoder and heads.
+    none, another decoder). ``anchor_miou``, ``miou`` and ``encoder_miou`` score the anchor,
+    the merge, and the merge's encoder with the anchor's decoder and heads (``anchor_pq``,
+    ``pq`` and ``encoder_pq`` too for a panoptic anchor).
     """
     paths = [str(anchor), *path_list(others, "others")]
     anchor_model = load_model(paths[0], "cpu").eval()
@@ -371,12 +372,17 @@ def merge_split(
         "margin": round(float((top[:, 0] - top[:, 1]).mean()), 4),
         "decoder_share": round(share, 4),
     }
+
+    def scores(model: nn.Module, prefix: str) -> dict[str, float]:
+        if panoptic:
+            pq = evaluate_panoptic(model, data)
+            return {f"{prefix}pq": round(pq.pq, 4), f"{prefix}miou": pq.extra["miou"]}
+        return {f"{prefix}miou": evaluate(model, data).miou}
+
+    split |= scores(anchor_model, "anchor_") | scores(merged, "")
     rest = {k: v for k, v in anchor_model.state_dict().items() if not k.startswith("encoder.")}
     merged.load_state_dict(rest, strict=False)
-    if panoptic:
-        scores = evaluate_panoptic(merged, data)
-        return split | {"encoder_pq": round(scores.pq, 4), "encoder_miou": scores.extra["miou"]}
-    return split | {"encoder_miou": evaluate(merged, data).miou}
+    return split | scores(merged, "encoder_")
 
 
 def _short_labels(paths: list[str]) -> list[str]:
