@@ -55,9 +55,10 @@ table = heads_and_decoders(anchor, decoders, **settings)
 rows_figure(table, "Unet anchor with FPN and DeepLabV3+ (mIoU; bar labels: ms per image)")
 
 # %% [markdown]
-# Which of the shared tensors are actually averaged? `make_plan` lists every entry with its
-# kind: `shared` tensors are merged, `anchor-only` ones (the other decoders, the other head)
-# come from the anchor.
+# Which tensors are actually averaged? `make_plan` lists every entry of the anchor with its
+# kind: `shared` tensors are merged, `anchor-only` ones (the anchor's own decoder and head,
+# which the others lack) come from the anchor. The other models' decoders are left out: the
+# merge has the anchor's structure. The plan's notes count both.
 
 # %%
 from collections import Counter
@@ -65,6 +66,7 @@ from collections import Counter
 from lwmm_lab import Pool, make_plan
 
 plan = make_plan(Pool([anchor, *decoders], device="cpu"))
+print(*plan.notes(), sep="\n")
 Counter((row["kind"], row["name"].split(".")[0]) for row in plan.rows())
 
 # %% [markdown]
