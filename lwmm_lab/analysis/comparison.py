@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
+from lwmm_lab.analysis.discrepancy import region_of
 from lwmm_lab.analysis.evaluation import (
     class_probabilities,
     eval_mode,
@@ -349,7 +350,9 @@ def merge_split(
     weight (0-1) in the decoder's first shared tensor (less after it; 0 where they share
     none, another decoder). ``anchor_miou``, ``miou`` and ``encoder_miou`` score the anchor,
     the merge, and the merge's encoder with the anchor's decoder and heads (``anchor_pq``,
-    ``pq`` and ``encoder_pq`` too for a panoptic anchor).
+    ``pq`` and ``encoder_pq`` too for a panoptic anchor). The encoder is what
+    :func:`~lwmm_lab.analysis.discrepancy.region_of` names so: smp's ``encoder.*``, mmseg's
+    ``backbone.*``.
     """
     paths = [str(anchor), *path_list(others, "others")]
     anchor_model = load_model(paths[0], "cpu").eval()
@@ -360,7 +363,7 @@ def merge_split(
         top = class_probabilities([anchor_model], x).topk(2, dim=1).values
     pool = Pool(paths, device="cpu")
     plan = make_plan(pool)
-    shared = [e.j for e in plan.layout.entries if e.j and not e.name.startswith("encoder.")]
+    shared = [e.j for e in plan.layout.entries if e.j and region_of(e.name) != "encoder"]
     share = 1 - float(plan.weights[shared[0] - 1, plan.anchor]) if shared else 0.0
     merged = merged_model(pool)
     before, after, label = predict(anchor_model, x), predict(merged, x), data.tensors[1]
@@ -380,7 +383,7 @@ def merge_split(
         return {f"{prefix}miou": evaluate(model, data).miou}
 
     split |= scores(anchor_model, "anchor_") | scores(merged, "")
-    rest = {k: v for k, v in anchor_model.state_dict().items() if not k.startswith("encoder.")}
+    rest = {k: v for k, v in anchor_model.state_dict().items() if region_of(k) != "encoder"}
     merged.load_state_dict(rest, strict=False)
     return split | scores(merged, "encoder_")
 
