@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 from lwmm_lab import ModelSpec, Pool, load_checkpoint, merged_model
-from lwmm_lab.analysis.adabn import reestimate_bn, train_images
+from lwmm_lab.analysis.adabn import bn_variance_ratio, reestimate_bn, train_images
+from lwmm_lab.analysis.discrepancy import region_of
 from lwmm_lab.analysis.evaluation import normalize
 from lwmm_lab.cli import main
 from lwmm_lab.errors import LwmmError
@@ -90,6 +92,53 @@ def test_a_layer_the_pass_never_reaches_keeps_its_statistics() -> None:
     reestimate_bn(model, _images(2))
     assert torch.equal(model.spare.running_mean, torch.full((4,), 3.0))
     assert model.spare.num_batches_tracked == 5 and model.spare.momentum == 0.1
+
+
+def test_the_variance_ratio_compares_each_layers_inputs_with_its_running_variance() -> None:
+    """Per layer and channel, the unbiased variance of the layer's inputs over all the images
+    (the model in eval mode) over its running variance; the geometric mean over channels and
+    the layers the pass reaches (of the region asked for). Batches only split the work, and
+    the model is left as it was: its mode and its statistics."""
+    model = perturbed_model(TINY, 0, counts=7)
+    model.spare = torch.nn.BatchNorm2d(4)  # never reached: not counted
+    model.train()  # measured in eval mode all the same
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in norms}
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=name: seen[name].append(args[0]))
+        for name, m in norms.items()
+    ]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    images = _images(5)
+    ratio = {region: bn_variance_ratio(model, images, region, 2) for region in (None, "decoder")}
+    for hook in hooks:
+        hook.remove()
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    logs = {
+        name: (torch.cat(seen[name][:3]).double().var((0, 2, 3)) / m.running_var).log().mean()
+        for name, m in norms.items()
+        if seen[name]
+    }
+    decoder = [n for n in logs if region_of(n) == "decoder"]
+    assert "spare" not in logs and 0 < len(decoder) < len(logs)
+    for region, names in ((None, list(logs)), ("decoder", decoder)):
+        by_hand = math.exp(float(torch.stack([logs[n] for n in names]).mean()))
+        assert ratio[region] == pytest.approx(by_hand, rel=1e-9) and ratio[region] != 1
+    assert bn_variance_ratio(model, images, batch_size=5) == pytest.approx(ratio[None], rel=1e-9)
+    assert math.isnan(bn_variance_ratio(model, images, "head")), "TINY's head has no BN layer"
+
+
+def test_statistics_measured_on_the_images_fit_them() -> None:
+    """After :func:`reestimate_bn` on the same images in one batch the ratio is 1, within what
+    the biased variance of training mode leaves; a layer's running variance four times its
+    inputs' then takes the geometric mean down by 4 ** (1 / layers)."""
+    model, images = perturbed_model(TINY, 0, counts=7), _images(5)
+    assert bn_variance_ratio(model, images) < 0.5, "perturbed statistics"
+    fitted = bn_variance_ratio(reestimate_bn(model, images, batch_size=5), images)
+    assert fitted == pytest.approx(1, abs=1 / (5 * 8 * 8)), "n: 5 images of 8 x 8 at stride 8"
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    norms[-1].running_var.mul_(4)  # the last layer: its output reaches no other BN layer
+    assert bn_variance_ratio(model, images) == pytest.approx(fitted / 4 ** (1 / len(norms)))
 
 
 def test_several_domains_take_turns_so_every_batch_mixes_them() -> None:

@@ -561,6 +561,8 @@ def test_comparisons_on_the_quick_zoo(quick_zoo: Path, table_bars: list[tqdm]) -
     small = {"images": 2, "resolution": (64, 128)}
     (row,) = compare([paths[:2]], methods="layerwise", **small)  # was "method 'l' is not ..."
     assert "layerwise" in row and "isotropic" not in row
+    alone = [evaluate(load_model(p, "cpu"), val_set("real", 2, (64, 128))).miou for p in paths[:2]]
+    assert (row["anchor_miou"], row["best_single"]) == pytest.approx((alone[0], max(alone)))
     rows = multi_target(paths[:2], None, domains="night", bn_rules="anchor", **small)
     assert [r["name"] for r in rows][-1] == "merge, BN anchor"
     assert all(r["mean"] == r["night"] for r in rows), "one domain: its mIoU is the mean"

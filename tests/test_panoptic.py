@@ -13,6 +13,7 @@ from torchmetrics.detection import PanopticQuality
 from tqdm.auto import tqdm
 
 from lwmm_lab import LwmmError, ModelSpec, Pool, load_checkpoint, load_model, merged_model
+from lwmm_lab.analysis.adabn import bn_variance_ratio, reestimate_bn, train_images
 from lwmm_lab.analysis.comparison import merge_split, semantic_into_panoptic
 from lwmm_lab.analysis.evaluation import predict, val_set
 from lwmm_lab.analysis.panoptic import (
@@ -307,13 +308,23 @@ def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
     quick_zoo: Path, monkeypatch, tmp_path: Path
 ) -> None:
     """The anchor, the merge, and the merge's encoder with the anchor's decoder and heads score
-    what those models score; the pixels the merge changes, and the anchor's margin, are what
-    their predictions and probabilities give."""
+    what those models score, and the anchor and the merge with BN statistics measured anew on
+    unlabelled images what those give; the pixels the merge changes, the anchor's margin and
+    the decoders' variance ratios are what their predictions, probabilities and inputs give."""
     monkeypatch.setenv("LWMM_DATA", str(tmp_path))
     anchor, semantic, _ = scenario_checkpoints(load_manifest(quick_zoo), "panoptic")
-    split = merge_split(anchor, [semantic], images=4, resolution=(64, 128))
+    split = merge_split(anchor, [semantic], images=4, resolution=(64, 128), reestimate=3)
     data = val_set("real", 4, (64, 128), instances=True)
-    merged, alone = merged_model(Pool([anchor, semantic], device="cpu")), load_model(anchor, "cpu")
+    pool = Pool([anchor, semantic], device="cpu")
+    unlabelled = train_images("real", 3, (64, 128))
+    for prefix, model in (("anchor_", load_model(anchor, "cpu")), ("", merged_model(pool))):
+        ratio = bn_variance_ratio(model, data.tensors[0], "decoder")
+        assert split[f"{prefix}variance_ratio"] == pytest.approx(ratio, abs=1e-4)
+        scores = evaluate_panoptic(reestimate_bn(model, unlabelled), data)
+        assert split[f"{prefix}reestimated_pq"] == pytest.approx(scores.pq, abs=1e-3)
+        assert split[f"{prefix}reestimated_miou"] == pytest.approx(scores.extra["miou"], abs=1e-3)
+    assert split["reestimated_pq"] != split["pq"], "statistics measured anew change the scores"
+    merged, alone = merged_model(pool), load_model(anchor, "cpu")
     x = data.tensors[0]
     before, after, label = predict(alone, x), predict(merged, x), data.tensors[1]
     changed = (after != before).double().mean()
@@ -332,8 +343,9 @@ def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
         assert split[f"{prefix}pq"] == pytest.approx(scores.pq, abs=1e-3)
         assert split[f"{prefix}miou"] == pytest.approx(scores.extra["miou"], abs=1e-3)
     assert 0 < split["decoder_share"] < 0.5 and 0 < split["margin"] <= 1, "alpha 1/2, decaying"
-    semantic_split = merge_split(semantic, [anchor], images=4, resolution=(64, 128))
+    semantic_split = merge_split(semantic, [anchor], images=4, resolution=(64, 128), reestimate=0)
     assert "encoder_pq" not in semantic_split and "encoder_miou" in semantic_split
+    assert not any(k.endswith("reestimated_miou") for k in semantic_split), "reestimate=0"
     unet, fpn, _ = scenario_checkpoints(load_manifest(quick_zoo), "other-decoders")
     assert merge_split(unet, [fpn], images=1, resolution=(64, 128))["decoder_share"] == 0, (
         "no decoder tensor shared"

@@ -10,13 +10,21 @@ reset, Jordan et al., ICLR 2023).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lwmm_lab.analysis.evaluation import check_images, forward, normalize, read_samples
+from lwmm_lab.analysis.discrepancy import region_of
+from lwmm_lab.analysis.evaluation import (
+    check_images,
+    eval_mode,
+    forward,
+    normalize,
+    read_samples,
+)
 from lwmm_lab.data.datasets import check_dataset_names, dataset_label, open_dataset
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.errors import LwmmError, check_count
@@ -64,6 +72,57 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
                     buffer.copy_(value)
         model.train(was_training and not finished)
     return model
+
+
+def bn_variance_ratio(
+    model: nn.Module, images: Tensor, region: str | None = None, batch_size: int = 16
+) -> float:
+    """How the variance of each BatchNorm layer's inputs over ``images`` (unlabelled, in
+    [0, 1]; the model in eval mode) compares with the running variance the layer divides by:
+    the geometric mean of their ratio over channels and layers, 1 where the statistics fit the
+    features, below 1 where the features vary less than the layer assumes. Only the layers of
+    ``region`` (encoder, decoder or head, as :func:`~lwmm_lab.analysis.discrepancy.region_of`
+    names them) when given; NaN when there are none.
+
+    A merge of decoders trained apart computes features of less variance than either computed
+    (REPAIR's variance collapse, Jordan et al., ICLR 2023), while merged running statistics
+    still describe the checkpoints': this measures that mismatch. After :func:`reestimate_bn`
+    on the same images in one batch it is 1 within 1/n for n values per channel (BatchNorm in
+    training mode normalises by the biased variance)."""
+    check_images(images, "bn_variance_ratio")
+    batch_size = check_count("batch_size", batch_size)
+    norms = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+        and (region is None or region_of(name) == region)
+    }
+    sums: dict[str, tuple[int, Tensor, Tensor]] = {}
+
+    def record(name: str, x: Tensor) -> None:
+        x = x.detach().double().transpose(0, 1).flatten(1)  # (channels, values)
+        n, s, q = sums.get(name, (0, 0.0, 0.0))
+        sums[name] = (n + x.shape[1], s + x.sum(1), q + x.square().sum(1))
+
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args, name=name: record(name, args[0]))
+        for name, m in norms.items()
+    ]
+    call = model.forward_panoptic if is_panoptic(model) else None
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for batch in images.split(batch_size):
+                forward(model, normalize(batch.to(device)), call)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    logs = [
+        (((q - s.square() / n) / (n - 1)) / norms[name].running_var.double()).log().mean()
+        for name, (n, s, q) in sums.items()
+    ]
+    return math.exp(float(torch.stack(logs).mean())) if logs else math.nan
 
 
 def _statistics(norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor, Tensor]:

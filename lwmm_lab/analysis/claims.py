@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,11 +350,27 @@ def kinds_of_strategy(ctx: Context, family: str) -> Measurement:
     g_mixed = statistics.mean(gains[: len(mixed)])
     g_same = statistics.mean(gains[len(mixed) :])
     if min(gains) < -1:
+        kept = [r["layerwise"] - r["anchor_miou"] for r in rows]
+        worse = [k for k, r in enumerate(rows) if r["best_single"] > r["anchor_miou"]]
         why = (
             f"Every pair falls below its better model ({min(gains):+.2f} to {max(gains):+.2f}; "
-            f"{' + '.join(pairs[gains.index(min(gains))])} loses most): two independently "
-            "trained decoders do not average well, whatever their kinds. The difference between "
-            f"the kinds ({g_mixed - g_same:+.2f}) is smaller than the spread over the pairs "
+            f"{' + '.join(pairs[gains.index(min(gains))])} loses most). Layer-wise keeps the "
+            "decoder of its anchor (the first named) and mixes the other's into its first "
+            f"layers only, which moves the anchor by {min(kept):+.2f} to {max(kept):+.2f}: two "
+            "independently trained decoders do not average well, whatever their kinds. "
+        )
+        if worse:
+            fell = _span(-gains[k] for k in worse)
+            gaps = _span(rows[k]["best_single"] - rows[k]["anchor_miou"] for k in worse)
+            why += (
+                f"Where the better model is the other one "
+                f"({', '.join(' + '.join(pairs[k]) for k in worse)}), the merge keeps the weaker "
+                f"decoder: those pairs fall by {fell} below the better model, whose lead over "
+                f"the anchor is {gaps}. "
+            )
+        why += (
+            "The difference between the kinds "
+            f"({g_mixed - g_same:+.2f}) is smaller than the spread over the pairs "
             f"({max(gains) - min(gains):.2f}), so this verdict rests on few, noisy pairs."
         )
     else:
@@ -649,30 +665,43 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
     beats = best["pq"] > max(baselines.values())
     lost = {k: best[k] - base[k] for k in ("stuff", "things", "miou")}
     partner = others[-1]
-    split = merge_split(anchor, [partner], **ctx.settings())
+    split = merge_split(anchor, [partner], reestimate=ctx.images, **ctx.settings())
     name = Path(partner).parent.name
     encoder_kept = base["pq"] - split["encoder_pq"] < (base["pq"] - split["pq"]) / 2
+    fresh = _remeasured(split, "pq")
+    if split["pq"] - split["anchor_pq"] > -KEEP:
+        cause = ""
+    elif fresh > -KEEP:
+        cause = ": the loss was in the stale statistics, not in the weights"
+    else:
+        cause = ": measured anew, the merge still loses, so its weights cost PQ too"
     where = (
         f"With {name}, the merge's encoder under the anchor's decoder and heads has PQ "
         f"{split['encoder_pq']:.2f} and the whole merge {split['pq']:.2f}: most of the change "
-        f"comes from merging the {'decoder' if encoder_kept else 'encoder'}. The merge gives "
-        f"{name} {split['decoder_share']:.0%} of the decoder's first tensor, less after, and "
-        f"changes the class of {split['changed']:.1%} of the anchor's pixels ({_turned(split)}); "
-        f"the panoptic anchor is unsure of its classes (mean top-1 minus top-2 probability "
-        f"{split['margin']:.2f})."
+        f"comes from merging the {'decoder' if encoder_kept else 'encoder'}, of which the "
+        f"schedule gives {name} {split['decoder_share']:.0%} of the first tensor, less after; "
+        f"the merge changes the class of {split['changed']:.1%} of the anchor's pixels "
+        f"({_turned(split)}). In the merge, the decoder's BatchNorm layers see inputs with "
+        f"{split['variance_ratio']:.2f} of the variance their merged statistics assume (the "
+        f"anchor's {split['anchor_variance_ratio']:.2f}): a decoder trained apart, averaged in, "
+        f"shrinks the features. With the statistics of both measured anew on {ctx.images} "
+        f"unlabelled real train images (AdaBN), the merge has PQ {split['reestimated_pq']:.2f} "
+        f"against the anchor's {split['anchor_reestimated_pq']:.2f} ({fresh:+.2f}){cause}."
     )
     if len(others) > 1:
-        control = merge_split(others[0], [partner], **ctx.settings())
+        control = merge_split(others[0], [partner], reestimate=ctx.images, **ctx.settings())
         where += (
-            f" {Path(others[0]).parent.name}, a semantic model, is surer "
-            f"({control['margin']:.2f}); the same merge with {name} changes "
-            f"{control['changed']:.1%} of its pixels ({_turned(control)}) and its mIoU by "
-            f"{control['miou'] - control['anchor_miou']:+.2f}."
+            f" A semantic anchor, {Path(others[0]).parent.name}: the same merge with {name} "
+            f"changes {control['changed']:.1%} of its pixels ({_turned(control)}) and its mIoU "
+            f"by {control['miou'] - control['anchor_miou']:+.2f}; with statistics measured "
+            f"anew, by {_remeasured(control, 'miou'):+.2f}."
         )
     return Measurement(
         f"panoptic anchor PQ {base['pq']:.2f} (SQ {base['sq']:.2f}, RQ {base['rq']:.2f}); "
         + "; ".join(f"{r['name']} {r['pq']:.2f}" for r in layerwise)
-        + f"; best isotropic {baselines['isotropic']:.2f}, best fisher {baselines['fisher']:.2f}",
+        + f"; best isotropic {baselines['isotropic']:.2f}, best fisher {baselines['fisher']:.2f}"
+        + f"; BN statistics measured on the target: anchor {split['anchor_reestimated_pq']:.2f}, "
+        f"layerwise + {name} {split['reestimated_pq']:.2f}",
         _verdict(raises and beats, beats),
         f"The semantic models share the encoder with the panoptic one and nothing else trained "
         f"together (their decoders come from other seeds, the independent regime), and its "
@@ -686,6 +715,18 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
         {"rows": rows, **{k: merged[k]["pq"] for k in merged}, "anchor": base["pq"], **split},
         key=("best layerwise PQ minus the anchor's", best["pq"] - base["pq"]),
     )
+
+
+def _span(values: Iterable[float]) -> str:
+    """``lo-hi`` of some figures, to two decimals (one figure alone when they are equal)."""
+    values = sorted(values)
+    lo, hi = f"{values[0]:.2f}", f"{values[-1]:.2f}"
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _remeasured(split: dict[str, float], score: str) -> float:
+    """The merge's ``score`` minus the anchor's, both with their BN statistics measured anew."""
+    return split[f"reestimated_{score}"] - split[f"anchor_reestimated_{score}"]
 
 
 def _turned(split: dict[str, float]) -> str:

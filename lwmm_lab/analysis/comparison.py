@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lwmm_lab.analysis.adabn import reestimate_bn, train_images
+from lwmm_lab.analysis.adabn import bn_variance_ratio, reestimate_bn, train_images
 from lwmm_lab.analysis.discrepancy import region_of
 from lwmm_lab.analysis.evaluation import (
     class_probabilities,
@@ -93,7 +93,8 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Each method's mIoU on each group of checkpoints (the first of a group is the anchor).
 
-    Rows also give the group's labels and its best single model's mIoU. ``align`` matches each
+    Rows also give the group's labels, its anchor's mIoU and its best single model's. ``align``
+    matches each
     group's decoders to its anchor's first (weight matching).
     """
     methods = check_names(methods, RUNNABLE, "method")
@@ -131,6 +132,7 @@ def _compare(
             row: dict[str, Any] = {
                 "models": list(pool.labels),
                 "anchor": pool.labels[0],
+                "anchor_miou": alone[group[0]],
                 "best_single": max(alone[p] for p in group),
             }
             for method in methods:
@@ -200,8 +202,7 @@ def multi_target(
     rows = []
     bn_rules = check_names(bn_rules, BN_RULES, "BN rule")
     domains = check_dataset_names(domains)
-    if check_whole("reestimate", reestimate) < 0:
-        raise LwmmError(f"reestimate={reestimate}: give a number of images per target, or 0")
+    reestimate = _image_count(reestimate)
     data = {d: val_set(d, images, resolution, val_seed) for d in domains}
     adapted = path_list(adapted, "adapted")
     bar = _scoring(len(adapted) + len(bn_rules) + (reestimate > 0) + (union is not None))
@@ -339,6 +340,7 @@ def merge_split(
     images: int = 100,
     resolution: tuple[int, int] = (96, 192),
     val_seed: int = 0,
+    reestimate: int = 100,
 ) -> dict[str, float]:
     """Where the layer-wise merge of ``anchor`` with ``others`` (the default schedule) gains
     or loses.
@@ -353,8 +355,17 @@ def merge_split(
     ``pq`` and ``encoder_pq`` too for a panoptic anchor). The encoder is what
     :func:`~lwmm_lab.analysis.discrepancy.region_of` names so: smp's ``encoder.*``, mmseg's
     ``backbone.*``.
+
+    The BatchNorm statistics: ``variance_ratio`` and ``anchor_variance_ratio`` are the
+    :func:`~lwmm_lab.analysis.adabn.bn_variance_ratio` of the merge's decoder and the anchor's
+    on the val images (below 1: the layers divide by more variance than their inputs have).
+    ``reestimated_miou`` (``_pq``) and ``anchor_reestimated_miou`` (``_pq``) score both with
+    their statistics measured anew on the first ``reestimate`` train images of ``domain``,
+    unlabelled (AdaBN; 0 leaves these out): what the merge is worth once its statistics fit
+    its weights, against the anchor given the same.
     """
     paths = [str(anchor), *path_list(others, "others")]
+    reestimate = _image_count(reestimate)
     anchor_model = load_model(paths[0], "cpu").eval()
     panoptic = is_panoptic(anchor_model)
     data = val_set(domain, images, resolution, val_seed, instances=panoptic)
@@ -377,6 +388,9 @@ def merge_split(
         "margin": round(float(margin), 4),
         "decoder_share": round(share, 4),
     }
+    for prefix, model in (("anchor_", anchor_model), ("", merged)):
+        ratio = bn_variance_ratio(model, data.tensors[0], "decoder")
+        split[f"{prefix}variance_ratio"] = round(ratio, 4)
 
     def scores(model: nn.Module, prefix: str) -> dict[str, float]:
         if panoptic:
@@ -385,9 +399,20 @@ def merge_split(
         return {f"{prefix}miou": evaluate(model, data).miou}
 
     split |= scores(anchor_model, "anchor_") | scores(merged, "")
+    if reestimate:
+        unlabelled = train_images(domain, reestimate, resolution)
+        for prefix, model in (("anchor_", load_model(paths[0], "cpu")), ("", merged_model(pool))):
+            split |= scores(reestimate_bn(model, unlabelled), f"{prefix}reestimated_")
     rest = {k: v for k, v in anchor_model.state_dict().items() if region_of(k) != "encoder"}
     merged.load_state_dict(rest, strict=False)
     return split | scores(merged, "encoder_")
+
+
+def _image_count(reestimate: int) -> int:
+    """``reestimate`` as the number of unlabelled images to measure BN statistics on."""
+    if check_whole("reestimate", reestimate) < 0:
+        raise LwmmError(f"reestimate={reestimate}: give a number of images per target, or 0")
+    return int(reestimate)
 
 
 def _short_labels(paths: list[str]) -> list[str]:
