@@ -678,9 +678,9 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
     where = (
         f"With {name}, the merge's encoder under the anchor's decoder and heads has PQ "
         f"{split['encoder_pq']:.2f} and the whole merge {split['pq']:.2f}: most of the change "
-        f"comes from merging the {'decoder' if encoder_kept else 'encoder'}, of which the "
-        f"schedule gives {name} {split['decoder_share']:.0%} of the first tensor, less after; "
-        f"the merge changes the class of {split['changed']:.1%} of the anchor's pixels "
+        f"comes from merging the {'decoder' if encoder_kept else 'encoder'}. The schedule "
+        f"gives {name} {split['decoder_share']:.0%} of the decoder's first tensor, less after, "
+        f"and the merge changes the class of {split['changed']:.1%} of the anchor's pixels "
         f"({_turned(split)}). In the merge, the decoder's BatchNorm layers see inputs with "
         f"{split['variance_ratio']:.2f} of the variance their merged statistics assume (the "
         f"anchor's {split['anchor_variance_ratio']:.2f}): a decoder trained apart, averaged in, "

@@ -93,9 +93,8 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Each method's mIoU on each group of checkpoints (the first of a group is the anchor).
 
-    Rows also give the group's labels, its anchor's mIoU and its best single model's. ``align``
-    matches each
-    group's decoders to its anchor's first (weight matching).
+    Rows also give the group's labels, its anchor's mIoU and its best single model's.
+    ``align`` matches each group's decoders to its anchor's first (weight matching).
     """
     methods = check_names(methods, RUNNABLE, "method")
     settings = (domain, methods, images, resolution, fisher_domain, align, val_seed)
