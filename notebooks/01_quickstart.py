@@ -78,8 +78,9 @@ table_figure(rows, list(rows[0]), "real mIoU: the anchor alone, and merges of al
 # - The **grid** shows image, ground truth, anchor, merge, and where the merge fixed (green) or
 #   broke (red) the anchor's prediction.
 # - **BN statistics from target images** throws away the merged BatchNorm statistics and
-#   measures new ones on unlabelled target images. Does that rescue the independent family's
-#   plain average? (Notebook 06 shows where it does help.)
+#   measures new ones on unlabelled target images, for the anchor too, so the two still
+#   compare like with like (the readout gives the anchor as it was). Does that rescue the
+#   independent family's plain average? (Notebooks 06 and 09 show where it does help.)
 
 # %%
 lab = MergeLab(zoo=zoo)

@@ -116,7 +116,8 @@ print(
 # the readout shows PQ, SQ and RQ beside mIoU, and the grid shows panoptic outputs. Slide alpha
 # to 1 (the anchor alone) and back, and move the start layer. Then tick *BN statistics from ...
 # target images (AdaBN)*: the merge's statistics are measured on the target's first train
-# images. Does its PQ come back?
+# images, and the anchor's too, so the two compare like with like. Does the merge's PQ come
+# back to the anchor's?
 
 # %%
 lab = MergeLab(scenario="panoptic")

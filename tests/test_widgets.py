@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lwmm_lab import load_checkpoint
+from lwmm_lab import load_checkpoint, load_model
 from lwmm_lab.analysis.adabn import reestimate_bn, train_images
 from lwmm_lab.analysis.evaluation import evaluate, predict, val_set
 from lwmm_lab.analysis.qualitative import examples_from_predictions
@@ -302,8 +302,9 @@ def test_save_and_the_equivalent_command(lab: MergeLab, tmp_path: Path) -> None:
 
 def test_bn_statistics_from_target_images_in_the_lab(quick_zoo: Path, tmp_path: Path) -> None:
     """Ticked, the merge shown is the merge with its BN statistics measured on the target's
-    train images (the BN rule greyed out); it is what *save* writes and what the command
-    writes again; unticked, the rule's statistics are back."""
+    train images (the BN rule greyed out), against the anchor measured the same way (the
+    anchor as it is in the readout); it is what *save* writes and what the command writes
+    again; unticked, the rule's statistics are back."""
     lab = MergeLab(zoo=quick_zoo, preview=4, background=False, reestimate_images=3)
     lab.set(alpha=0.4, bn="gaussian", reestimate=True)
     assert lab.bn.disabled and lab.config().bn == "linear" and "AdaBN" in lab.readout.value
@@ -314,6 +315,16 @@ def test_bn_statistics_from_target_images_in_the_lab(quick_zoo: Path, tmp_path: 
         torch.testing.assert_close(shown.state_dict()[name], tensor, msg=name)
     scores = evaluate(expected, lab._data("real", 4), "real")
     assert lab.scores["merged"].miou == pytest.approx(scores.miou, abs=1e-6)
+    anchor = lab.pool.checkpoints[lab.plan.anchor].path
+    for measured in (True, False):
+        model = load_model(anchor, "cpu")
+        if measured:
+            reestimate_bn(model, train_images("real", 3, size))
+        miou = evaluate(model, lab._data("real", 4), "real").miou
+        if measured:  # compared like with like, the anchor as it is in the readout
+            assert lab.scores["anchor"].miou == pytest.approx(miou, abs=1e-6)
+        else:
+            assert f"the anchor with its own: mIoU {miou:.2f}" in lab.readout.value
     lab.output.value = str(tmp_path / "from_panel.safetensors")
     lab.save_button.click()
     saved = load_checkpoint(tmp_path / "from_panel.safetensors")
@@ -333,6 +344,7 @@ def test_bn_statistics_from_target_images_in_the_lab(quick_zoo: Path, tmp_path: 
         torch.testing.assert_close(again.tensors[name], tensor, msg=name)
     lab.reestimate.value = False
     assert not lab.bn.disabled and lab.plan.config.bn == "gaussian"
+    assert lab.scores["anchor"].miou == pytest.approx(miou, abs=1e-6), "the anchor as it is"
     rule = merged_model(lab.pool, lab.config()).state_dict()
     assert all(torch.equal(v, rule[k]) for k, v in shown.state_dict().items())
 
