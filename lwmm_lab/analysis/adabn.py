@@ -46,23 +46,15 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
     if not len(images):
         raise LwmmError("reestimate_bn: no images to measure BN statistics on")
     batch_size = check_count("batch_size", batch_size)
-    norms = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    norms = list(_norm_layers(model).values())
     kept = [(m.momentum, [t.clone() for t in _statistics(m)]) for m in norms]
-    call = model.forward_panoptic if is_panoptic(model) else None
-    device, was_training = next(model.parameters()).device, model.training
-    finished = False
+    was_training, finished = model.training, False
     try:
         for m in norms:
             m.reset_running_stats()
             m.momentum = None
         model.train()
-        with torch.no_grad():
-            for batch in images.split(batch_size):
-                forward(model, normalize(batch.to(device)), call)
+        _run_over(model, images, batch_size)
         finished = True
     finally:
         for m, (momentum, statistics) in zip(norms, kept, strict=True):
@@ -93,10 +85,8 @@ def bn_variance_ratio(
     batch_size = check_count("batch_size", batch_size)
     norms = {
         name: m
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and m.track_running_stats
-        and (region is None or region_of(name) == region)
+        for name, m in _norm_layers(model).items()
+        if region is None or region_of(name) == region
     }
     sums: dict[str, tuple[int, Tensor, Tensor]] = {}
 
@@ -109,12 +99,9 @@ def bn_variance_ratio(
         m.register_forward_pre_hook(lambda _, args, name=name: record(name, args[0]))
         for name, m in norms.items()
     ]
-    call = model.forward_panoptic if is_panoptic(model) else None
-    device = next(model.parameters()).device
     try:
-        with torch.no_grad(), eval_mode(model):
-            for batch in images.split(batch_size):
-                forward(model, normalize(batch.to(device)), call)
+        with eval_mode(model):
+            _run_over(model, images, batch_size)
     finally:
         for hook in hooks:
             hook.remove()
@@ -123,6 +110,25 @@ def bn_variance_ratio(
         for name, (n, s, q) in sums.items()
     ]
     return math.exp(float(torch.stack(logs).mean())) if logs else math.nan
+
+
+def _norm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers that keep running statistics, by module name."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    }
+
+
+def _run_over(model: nn.Module, images: Tensor, batch_size: int) -> None:
+    """One pass of ``images`` through ``model`` in batches, without gradients, as the model's
+    mode has it: a panoptic model through its instance heads too, so their layers see them."""
+    call = model.forward_panoptic if is_panoptic(model) else None
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in images.split(batch_size):
+            forward(model, normalize(batch.to(device)), call)
 
 
 def _statistics(norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor, Tensor]:
