@@ -15,7 +15,6 @@ from torch.utils.data import Subset, TensorDataset
 from lwmm_lab import Checkpoint, LwmmError, ModelSpec
 from lwmm_lab.analysis import evaluation
 from lwmm_lab.analysis.evaluation import (
-    BatchScorer,
     class_probabilities,
     confusion,
     evaluate,
@@ -27,6 +26,7 @@ from lwmm_lab.analysis.evaluation import (
     val_set,
 )
 from lwmm_lab.analysis.qualitative import examples
+from lwmm_lab.analysis.scorer import BatchScorer
 from lwmm_lab.data import labels as L
 from lwmm_lab.zoo.fisher import estimate_fisher
 

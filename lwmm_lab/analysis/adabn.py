@@ -18,13 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from lwmm_lab.analysis.discrepancy import region_of
-from lwmm_lab.analysis.evaluation import (
-    check_images,
-    eval_mode,
-    forward,
-    normalize,
-    read_samples,
-)
+from lwmm_lab.analysis.evaluation import eval_mode, forward, normalize
+from lwmm_lab.data.batches import check_images, read_samples
 from lwmm_lab.data.datasets import check_dataset_names, dataset_label, open_dataset
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.errors import LwmmError, check_count

@@ -9,12 +9,10 @@ outputs, the output-ensemble baseline that costs M forward passes.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import threading
 import time
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,17 +24,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from lwmm_lab.data import labels as L
+from lwmm_lab.data.batches import batches, read_samples
 from lwmm_lab.data.datasets import SyntheticScenes, data_key, dataset_label, open_dataset
 from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import check_submodel, load_checkpoint
 from lwmm_lab.engine.model import load_model
 from lwmm_lab.engine.pool import path_list, resolve_device
-from lwmm_lab.errors import LwmmError, check_count, check_image_size, first_line
+from lwmm_lab.errors import LwmmError, check_count, check_image_size
 from lwmm_lab.heap import keep_freed_memory
-from lwmm_lab.progress import progress_bar
 
 #: Inputs are normalised with the ImageNet statistics, as most segmentation checkpoints expect.
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -149,128 +147,13 @@ def _predict(models: list[nn.Module], images: Tensor) -> Tensor:
     """:func:`predict` of models in eval mode already."""
     with torch.no_grad():
         if len(models) == 1:
-            return _classify(models[0], normalize(images))
+            return classify(models[0], normalize(images))
         return top_class(class_probabilities(models, images))
 
 
-def _classify(model: nn.Module, x: Tensor) -> Tensor:
+def classify(model: nn.Module, x: Tensor) -> Tensor:
     """trainIds of a model's predictions on normalised inputs ``x``."""
     return int_constant(model_classes(model), x.device)[top_class(forward(model, x))]
-
-
-class BatchScorer:
-    """Scores models on one batch held in memory, cut into parts (the lab's target and source
-    previews): one forward pass, then each part's confusion, all where the batch lies. The
-    inputs are normalised once, as the batch never changes while the models do.
-
-    On a GPU the scoring of a model seen before is replayed from a CUDA graph (``graphs``):
-    the lab re-merges into the same module in place, so the forward pass of ~400 kernels costs
-    one launch, not ~400 from Python. A graph reads the model's memory as it is at replay; it
-    is captured the second time a model (an eval-mode module whose tensors lie where they did)
-    is scored, so a model scored once costs no capture, and is checked once against the eager
-    pass: a forward pass that cannot be captured, or whose replay differs, is scored eagerly.
-    ``graphs=None`` follows the environment: ``LWMM_CUDA_GRAPHS=0`` scores eagerly.
-    """
-
-    #: Models whose graphs are kept (each holds the activations of one pass).
-    KEPT = 4
-
-    def __init__(
-        self, images: Tensor, labels: Tensor, parts: Sequence[int], graphs: bool | None = None
-    ) -> None:
-        if images.device.type == "cpu":
-            keep_freed_memory()
-        self.x, self.labels = normalize(images), labels
-        ends = list(itertools.accumulate(parts))
-        self.parts = [slice(end - size, end) for end, size in zip(ends, parts, strict=True)]
-        if graphs is None:
-            graphs = os.environ.get("LWMM_CUDA_GRAPHS", "1") != "0"
-        self.graphs = graphs and self.x.is_cuda
-        #: How many CUDA graphs were captured (a new one per model, or per move of its memory).
-        self.captures = 0
-        self._seen: OrderedDict[int, _Seen] = OrderedDict()
-
-    def __call__(self, model: nn.Module) -> tuple[Tensor, Tensor]:
-        """The model's predictions (N, H, W) and each part's confusion (parts, 19, 19)."""
-        if model.training:
-            with eval_mode(model):
-                return self._score(model)
-        if not self.graphs:
-            return self._score(model)
-        seen = self._seen.pop(id(model), None)
-        if seen is None or seen.model() is not model or seen.memory != _memory(seen.modules):
-            modules = tuple(model.modules())
-            seen = _Seen(weakref.ref(model), modules, _memory(modules))
-        elif seen.graph is None and seen.eager is None:
-            self._capture(model, seen)
-        self._seen[id(model)] = seen
-        while len(self._seen) > self.KEPT:
-            self._seen.popitem(last=False)
-        if seen.graph is None:
-            return self._score(model)
-        seen.graph.replay()
-        return tuple(t.clone() for t in seen.outputs)
-
-    def _score(self, model: nn.Module) -> tuple[Tensor, Tensor]:
-        classes = model_classes(model)
-        with torch.no_grad():
-            pred = _classify(model, self.x)
-        counts = [confusion(pred[part], self.labels[part], classes) for part in self.parts]
-        return pred, torch.stack(counts)
-
-    def _capture(self, model: nn.Module, seen: _Seen) -> None:
-        """Capture ``self._score(model)`` into ``seen`` (its graph and outputs), or record
-        there why the model is scored eagerly. Warmed up on a side stream first (lazy
-        initialisations stay out of the graph), then replayed once and compared with that
-        eager pass."""
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(self.x.device):
-            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                eager = self._score(model)
-            main.wait_stream(side)
-            try:
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    outputs = self._score(model)
-                graph.replay()
-            except RuntimeError as e:
-                seen.eager = (
-                    f"its forward pass cannot be captured in a CUDA graph ({first_line(e)})"
-                )
-            else:
-                if all(map(torch.equal, eager, outputs)):
-                    seen.graph, seen.outputs = graph, outputs
-                    self.captures += 1
-                    return
-                seen.eager = "its CUDA graph's replay differs from the eager pass"
-        warnings.warn(f"lwmm: {type(model).__name__} is scored eagerly: {seen.eager}", stacklevel=3)
-
-
-@dataclass
-class _Seen:
-    """A model a :class:`BatchScorer` has scored: where its tensors lay, and once captured,
-    its graph and the graph's outputs (or, when it cannot be graphed, why)."""
-
-    model: weakref.ref
-    modules: tuple[nn.Module, ...]
-    memory: tuple[int, ...]
-    graph: torch.cuda.CUDAGraph | None = None
-    eager: str | None = None
-    outputs: tuple[Tensor, ...] = ()
-
-
-def _memory(modules: Iterable[nn.Module]) -> tuple[int, ...]:
-    """Where each parameter and buffer of a model's modules lies: a graph of its forward pass
-    reads those addresses, so it is valid while they stay. Read from each module's own
-    tables (0.15 ms for the zoo's Unet; ``parameters()`` and ``buffers()`` take 0.8 ms)."""
-    return tuple(
-        t.data_ptr()
-        for module in modules
-        for table in (module._parameters, module._buffers)
-        for t in table.values()
-        if t is not None
-    )
 
 
 def confusion(prediction: Tensor, label: Tensor, classes: Sequence[int]) -> Tensor:
@@ -447,13 +330,6 @@ def _val_set(
     return data
 
 
-def read_samples(dataset: Dataset, images: int, label: str) -> tuple[Tensor, ...]:
-    """The first ``images`` samples of ``dataset`` (all of them when it has fewer), stacked
-    field by field (images, labels, ...), with a bar labelled ``label`` past two seconds."""
-    read = progress_bar(range(min(images, len(dataset))), f"reading {label}", delay=2, leave=False)
-    return tuple(torch.stack(t) for t in zip(*(dataset[i] for i in read), strict=True))
-
-
 def _keep(key: tuple[Any, ...], data: TensorDataset) -> None:
     """Make ``data`` the newest set of the cache, and let go of the oldest ones on its
     device (``key[4]``) past :data:`VAL_CACHE_BYTES`."""
@@ -538,127 +414,6 @@ def open_checkpoints(
     if images is not None and not isinstance(dataset, SyntheticScenes):
         dataset = Subset(dataset, range(min(images, len(dataset))))
     return models, dataset
-
-
-def check_batch(images: Tensor, labels: Tensor, source: str = "the dataset") -> None:
-    """Refuse a batch that would be scored as garbage, or fail deep inside, without a word:
-    images as :func:`check_images` refuses them, labels not ``(N, H, W)`` at the images' size,
-    label values neither a trainId (0..18) nor 255 (ignore)."""
-    check_images(images, source)
-    if labels.shape != (images.shape[0], *images.shape[2:]):
-        raise LwmmError(
-            f"{source}: labels of shape {tuple(labels.shape)} for images of shape "
-            f"{tuple(images.shape)}; give one (H, W) label per image"
-        )
-    check_labels(labels, source)
-
-
-def check_images(images: Tensor, source: str = "the images") -> None:
-    """Refuse images that are not ``(N, 3, H, W)`` floats in [0, 1] (uint8, 0..255 floats,
-    channels last, images normalised already: the lab normalises them itself)."""
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise LwmmError(
-            f"{source}: images of shape {tuple(images.shape)}; give (N, 3, H, W), channels first"
-        )
-    if not images.is_floating_point():
-        raise LwmmError(
-            f"{source}: images are {str(images.dtype).removeprefix('torch.')}; give floats in "
-            "[0, 1] (divide 0..255 values by 255)"
-        )
-    if images.numel():
-        low, high = (float(v) for v in torch.aminmax(images))
-        if low < -IMAGE_SLACK or high > 1 + IMAGE_SLACK:
-            raise LwmmError(
-                f"{source}: image values span {low:.3g}..{high:.3g}; give floats in [0, 1] "
-                "(0..255 values divided by 255, not normalised: the lab normalises them)"
-            )
-
-
-#: How far outside [0, 1] an image value may stray (rounding in a resize) and still be taken.
-IMAGE_SLACK = 0.01
-
-
-def check_labels(labels: Tensor, source: str = "the dataset") -> None:
-    """Refuse label values that are neither a trainId (0..18) nor 255 (ignore): Cityscapes
-    label ids (7 road, 26 car) taken for trainIds would be scored as other classes without a
-    word, and -1 (another ignore convention) failed deep inside the confusion."""
-    bad = labels[((labels < 0) | (labels >= len(L.CLASSES))) & (labels != L.IGNORE)]
-    if bad.numel():
-        raise LwmmError(
-            f"{source}: label {int(bad[0])} is neither a trainId (0..18) nor 255 (ignore); "
-            "map Cityscapes label ids with lwmm_lab.data.labels.CITYSCAPES_TO_TRAIN, and an "
-            "ignore of -1 to 255"
-        )
-
-
-#: TensorDatasets whose labels were checked whole (a sweep scores one val set in every cell).
-_CHECKED: weakref.WeakSet[TensorDataset] = weakref.WeakSet()
-
-
-def batches(
-    dataset: Dataset, batch_size: int, progress: str | None = None
-) -> Iterator[tuple[Tensor, ...]]:
-    """Batches of (images, labels, ...); a TensorDataset is sliced where it lies (no copies).
-    Batches are checked (:func:`check_batch`): a TensorDataset's once, whole, any other
-    dataset's batch by batch, on the CPU. ``progress`` labels a bar that counts the images,
-    shown once a pass has taken a second (scoring a real dataset on a CPU takes minutes)."""
-    source = check_dataset(dataset)
-    if isinstance(dataset, TensorDataset) and dataset not in _CHECKED:
-        check_batch(*dataset.tensors[:2], source)
-        _CHECKED.add(dataset)
-    bar = progress_bar(
-        total=len(dataset),
-        desc=progress,
-        unit="image",
-        disable=progress is None,
-        delay=1.0,
-        leave=False,
-    )
-    with bar:
-        for batch in _batches(dataset, batch_size, source):
-            if not isinstance(dataset, TensorDataset):
-                check_batch(batch[0], batch[1], source)
-            yield batch
-            bar.update(len(batch[0]))
-
-
-def check_dataset(dataset: Dataset) -> str:
-    """The dataset's name for messages, once it is one that can be scored: not a DataLoader,
-    not empty, and (a TensorDataset, whose samples cost nothing to look at) of pairs. Other
-    datasets' samples are checked as they are read (:func:`check_sample`), not read twice."""
-    if isinstance(dataset, DataLoader):
-        raise LwmmError("give the dataset itself, not a DataLoader: evaluation batches it")
-    source = getattr(dataset, "domain", "") or type(dataset).__name__
-    if len(dataset) == 0:
-        raise LwmmError(f"{source}: the dataset is empty, so there is nothing to score")
-    if isinstance(dataset, TensorDataset):
-        check_sample(dataset[0], source)
-    return source
-
-
-def check_sample(sample: Any, source: str) -> None:
-    """Refuse a sample that is not ``(image, label[, instances])``: a tuple of tensors given
-    as the dataset failed deep inside with an IndexError."""
-    if not isinstance(sample, tuple | list) or len(sample) < 2:
-        raise LwmmError(
-            f"{source}: a sample is a {type(sample).__name__}, not (image, label); give a "
-            "dataset of pairs, e.g. TensorDataset(images, labels)"
-        )
-
-
-def _batches(dataset: Dataset, batch_size: int, source: str) -> Iterator[tuple[Tensor, ...]]:
-    if isinstance(dataset, TensorDataset):
-        n = len(dataset.tensors[0])
-        for k in range(0, n, batch_size):
-            yield tuple(t[k : k + batch_size] for t in dataset.tensors)
-        return
-    for samples in DataLoader(dataset, batch_size=batch_size, collate_fn=list):
-        for sample in samples:
-            check_sample(sample, source)
-        # Real datasets may mix image sizes (kept without --size): each run of one size is
-        # stacked on its own.
-        for _, run in itertools.groupby(samples, key=lambda sample: sample[0].shape):
-            yield default_collate(list(run))
 
 
 def _out_channels(model: nn.Module) -> int:

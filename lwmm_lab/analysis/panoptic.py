@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from lwmm_lab.analysis.evaluation import (
-    batches,
     confusion,
     eval_mode,
     forward,
@@ -46,6 +45,7 @@ from lwmm_lab.analysis.evaluation import (
     top_class,
 )
 from lwmm_lab.data import labels as L
+from lwmm_lab.data.batches import batches
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.engine.pool import path_list
 from lwmm_lab.errors import LwmmError, check_count, check_finite, check_whole

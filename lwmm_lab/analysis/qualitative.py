@@ -17,15 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from lwmm_lab.analysis.evaluation import (
-    Scores,
-    check_batch,
-    check_dataset,
-    check_sample,
-    predict,
-)
+from lwmm_lab.analysis.evaluation import Scores, predict
 from lwmm_lab.analysis.panoptic import panoptic_predict
 from lwmm_lab.data import labels as L
+from lwmm_lab.data.batches import check_batch, check_dataset, check_sample
 from lwmm_lab.errors import LwmmError, check_whole
 
 #: Change-map codes and their colours.

@@ -28,7 +28,6 @@ from torch.utils.data import TensorDataset
 from lwmm_lab.analysis.adabn import reestimate_bn, reestimation_record, train_images
 from lwmm_lab.analysis.comparison import fisher_file
 from lwmm_lab.analysis.evaluation import (
-    BatchScorer,
     Scores,
     evaluate,
     model_classes,
@@ -37,6 +36,7 @@ from lwmm_lab.analysis.evaluation import (
 )
 from lwmm_lab.analysis.panoptic import PanopticScores, panoptic_outputs
 from lwmm_lab.analysis.qualitative import Example, examples_from_predictions, iou_delta
+from lwmm_lab.analysis.scorer import BatchScorer
 from lwmm_lab.data.datasets import check_dataset_name, dataset_label
 from lwmm_lab.data.domains import DOMAINS
 from lwmm_lab.engine.checkpoints import checkpoint_path, peek_checkpoint

@@ -20,9 +20,6 @@ from torch.utils.data import Dataset
 
 from lwmm_lab._version import __version__
 from lwmm_lab.analysis.evaluation import (
-    check_batch,
-    check_dataset,
-    check_sample,
     eval_mode,
     forward,
     model_classes,
@@ -30,6 +27,7 @@ from lwmm_lab.analysis.evaluation import (
     normalize,
 )
 from lwmm_lab.data import labels as L
+from lwmm_lab.data.batches import check_batch, check_dataset, check_sample
 from lwmm_lab.engine.checkpoints import Checkpoint, save_checkpoint
 from lwmm_lab.errors import check_count
 from lwmm_lab.progress import progress_bar
