@@ -250,6 +250,39 @@ class MergeLab(Panel):
         self._asked: list[Callable[[], None]] = []  # buttons pressed: run once views are current
         self._replace: Path | None = None  # an existing file *save* was pressed for once
 
+        self._make_controls(scenarios, scenario, checkpoints, align, device, full)
+        self._first_view()
+        self._connect()
+        self.widget = self._layout()
+        self.refresh()
+
+    def _first_view(self) -> None:
+        """The first pool and merge (alpha at the paper's 1/M), and the figures that show it."""
+        self._build_pool()
+        with self._quietly():
+            self.alpha.value = round(1 / self.pool.n_models, 2)  # the paper's default: 1/M
+            self._fit_schedule()
+        self.plan = make_plan(self.pool, self.config())
+        self.plan.run(into=self._built(self.plan.anchor)[1])
+        self.schedule_fig = go.FigureWidget(schedule_figure(self.plan))
+        title = f"Per-class IoU on {dataset_label(self.target)}: merged minus anchor"
+        self.delta_fig = go.FigureWidget(iou_delta_figure({}, title))
+        merged = self._outputs(self._model(self.plan.anchor))
+        self.grid_fig = go.FigureWidget(
+            qualitative_figure(self._examples(self._anchor(self.plan.anchor), merged))
+        )
+
+    def _make_controls(
+        self,
+        scenarios: list[tuple[str, str]],
+        scenario: str,
+        checkpoints: list[str],
+        align: bool,
+        device: str,
+        full: int,
+    ) -> None:
+        """Every control, set as the lab opens; the menus that depend on the pool (anchor,
+        start) are filled when it is built."""
         wide = W.Layout(width="440px")
         self.scenario = W.Dropdown(options=scenarios, value=scenario, description="scenario")
         self.align = W.Checkbox(
@@ -302,20 +335,8 @@ class MergeLab(Panel):
         self.command = W.Textarea(layout=W.Layout(width="100%", height="64px", display="none"))
         self.readout = W.HTML()
 
-        self._build_pool()
-        with self._quietly():
-            self.alpha.value = round(1 / self.pool.n_models, 2)  # the paper's default: 1/M
-            self._fit_schedule()
-        self.plan = make_plan(self.pool, self.config())
-        self.plan.run(into=self._built(self.plan.anchor)[1])
-        self.schedule_fig = go.FigureWidget(schedule_figure(self.plan))
-        title = f"Per-class IoU on {dataset_label(target)}: merged minus anchor"
-        self.delta_fig = go.FigureWidget(iou_delta_figure({}, title))
-        merged = self._outputs(self._model(self.plan.anchor))
-        self.grid_fig = go.FigureWidget(
-            qualitative_figure(self._examples(self._anchor(self.plan.anchor), merged))
-        )
-
+    def _connect(self) -> None:
+        """Each control's change, and each button, to the work it asks for."""
         controls = (self.anchor, self.method, self.schedule, self.start, self.alpha, self.bn)
         controls += (self.granularity,)
         for control in controls:
@@ -329,6 +350,9 @@ class MergeLab(Panel):
         self.full_button.on_click(lambda _: self._ask(self._score_full))
         self.save_button.on_click(lambda _: self._ask(self._save))
         self.command_button.on_click(self._show_command)
+
+    def _layout(self) -> W.VBox:
+        """The panel: models and knobs, sliders, buttons, readout, then the figures."""
         pick = W.VBox([self.scenario, self.models, W.HBox([self.path, self.add_button])])
         knobs = W.VBox(
             [
@@ -342,7 +366,7 @@ class MergeLab(Panel):
             ]
         )
         buttons = W.HBox([self.full_button, self.output, self.save_button, self.command_button])
-        self.widget = W.VBox(
+        return W.VBox(
             [
                 W.HBox([pick, knobs]),
                 W.HBox([self.start, self.start_name]),
@@ -357,7 +381,6 @@ class MergeLab(Panel):
                 self.grid_fig,
             ]
         )
-        self.refresh()
 
     def config(self) -> MergeConfig:
         """The merge the controls describe. While the BN statistics are measured on the
