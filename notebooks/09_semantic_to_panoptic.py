@@ -94,7 +94,8 @@ qualitative_figure(shown, "Panoptic outputs: anchor and layer-wise merge")
 # statistics still describe the checkpoints'. The *variance ratio* compares the variance the
 # decoder's BN layers see with the one they divide by (1: they agree). Measuring the statistics
 # anew on unlabelled target images (AdaBN, notebook 06), for the anchor and the merge alike,
-# tells a loss in the statistics from a loss in the weights.
+# tells a loss in the statistics from a loss in the weights; measuring the variances alone,
+# the merged means kept, tells which of the two statistics carries it.
 
 # %%
 split = merge_split(panoptic, semantic[-1:], reestimate=settings["images"], **settings)
@@ -110,6 +111,7 @@ print(
     f"BN statistics measured anew: anchor PQ {split['anchor_reestimated_pq']:.2f}, "
     f"merge PQ {split['reestimated_pq']:.2f} (as merged: {split['anchor_pq']:.2f}, {split['pq']:.2f})"
 )
+print(f"the merge with its variances alone measured anew: PQ {split['variance_reestimated_pq']:.2f}")
 
 # %% [markdown]
 # In the lab: open the `semantic into panoptic` scenario. With the panoptic model as the anchor,

@@ -65,6 +65,25 @@ def test_reestimated_bn_statistics_equal_torch_update_bn() -> None:
         torch.testing.assert_close(mine, peer[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("statistics", ["mean", "var"])
+def test_one_statistic_alone_is_measured_and_the_other_kept(statistics: str) -> None:
+    """``statistics`` picks what is measured anew: that buffer is what a full re-estimation
+    gives, the other the model's own, in every layer."""
+    before = perturbed_model(TINY, 0, counts=7)
+    both = reestimate_bn(perturbed_model(TINY, 0, counts=7), _images())
+    one = reestimate_bn(perturbed_model(TINY, 0, counts=7), _images(), statistics=statistics)
+    norms = [n for n, m in one.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    measured = f"running_{statistics}"
+    kept = "running_var" if statistics == "mean" else "running_mean"
+    for name in norms:
+        mine, full, own = (m.get_submodule(name) for m in (one, both, before))
+        assert not torch.equal(getattr(full, measured), getattr(own, measured)), name
+        assert torch.equal(getattr(mine, measured), getattr(full, measured)), name
+        assert torch.equal(getattr(mine, kept), getattr(own, kept)), name
+    with pytest.raises(LwmmError, match="statistics='mean_and_var': give both, mean, var"):
+        reestimate_bn(before, _images(), statistics="mean_and_var")
+
+
 def test_a_failed_pass_leaves_the_model_as_it_was() -> None:
     model = perturbed_model(TINY, 0, counts=7)
     before = {k: v.clone() for k, v in model.state_dict().items()}

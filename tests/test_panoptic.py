@@ -308,9 +308,10 @@ def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
     quick_zoo: Path, monkeypatch, tmp_path: Path
 ) -> None:
     """The anchor, the merge, and the merge's encoder with the anchor's decoder and heads score
-    what those models score, and the anchor and the merge with BN statistics measured anew on
-    unlabelled images what those give; the pixels the merge changes, the anchor's margin and
-    the decoders' variance ratios are what their predictions, probabilities and inputs give."""
+    what those models score, and the anchor and the merge with BN statistics (or the merge's
+    variances alone) measured anew on unlabelled images what those give; the pixels the merge
+    changes, the anchor's margin and the decoders' variance ratios are what their predictions,
+    probabilities and inputs give."""
     monkeypatch.setenv("LWMM_DATA", str(tmp_path))
     anchor, semantic, _ = scenario_checkpoints(load_manifest(quick_zoo), "panoptic")
     split = merge_split(anchor, [semantic], images=4, resolution=(64, 128), reestimate=3)
@@ -324,6 +325,11 @@ def test_merge_split_scores_the_merged_encoder_under_the_anchors_decoder(
         assert split[f"{prefix}reestimated_pq"] == pytest.approx(scores.pq, abs=1e-3)
         assert split[f"{prefix}reestimated_miou"] == pytest.approx(scores.extra["miou"], abs=1e-3)
     assert split["reestimated_pq"] != split["pq"], "statistics measured anew change the scores"
+    variances = evaluate_panoptic(
+        reestimate_bn(merged_model(pool), unlabelled, statistics="var"), data
+    )
+    assert split["variance_reestimated_pq"] == pytest.approx(variances.pq, abs=1e-3)
+    assert split["variance_reestimated_miou"] == pytest.approx(variances.extra["miou"], abs=1e-3)
     merged, alone = merged_model(pool), load_model(anchor, "cpu")
     x = data.tensors[0]
     before, after, label = predict(alone, x), predict(merged, x), data.tensors[1]

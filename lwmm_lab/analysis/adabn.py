@@ -24,13 +24,24 @@ from lwmm_lab.data.datasets import check_dataset_names, dataset_label, open_data
 from lwmm_lab.engine.panoptic import is_panoptic
 from lwmm_lab.errors import LwmmError, check_count
 
+#: What :func:`reestimate_bn` can measure anew: both running statistics, or one of them.
+STATISTICS = {
+    "both": ("running_mean", "running_var"),
+    "mean": ("running_mean",),
+    "var": ("running_var",),
+}
 
-def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.Module:
+
+def reestimate_bn(
+    model: nn.Module, images: Tensor, batch_size: int = 50, statistics: str = "both"
+) -> nn.Module:
     """Give every BatchNorm layer of ``model`` the statistics of its inputs over ``images``
     (unlabelled, in [0, 1]), in place: the mean over the batches of each batch's mean and
     (unbiased) variance, as ``momentum=None`` accumulates them; exact with one batch. The
     weights stay; the model is left in eval mode. A panoptic model runs its instance heads
-    too; a layer the pass never reaches keeps the statistics it had.
+    too; a layer the pass never reaches keeps the statistics it had. ``statistics="var"``
+    measures only the variances (each layer keeps its running mean), ``"mean"`` only the means:
+    which of the two a merge's loss is in.
 
     What ``torch.optim.swa_utils.update_bn`` computes (a test compares them), with three
     differences: the inputs go through :func:`~lwmm_lab.analysis.evaluation.forward`, which
@@ -41,8 +52,11 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
     if not len(images):
         raise LwmmError("reestimate_bn: no images to measure BN statistics on")
     batch_size = check_count("batch_size", batch_size)
+    if statistics not in STATISTICS:
+        raise LwmmError(f"statistics={statistics!r}: give {', '.join(STATISTICS)}")
+    kept_anyway = set(STATISTICS["both"]) - set(STATISTICS[statistics])
     norms = list(_norm_layers(model).values())
-    kept = [(m.momentum, [t.clone() for t in _statistics(m)]) for m in norms]
+    kept = [(m.momentum, {n: getattr(m, n).clone() for n in _BUFFERS}) for m in norms]
     was_training, finished = model.training, False
     try:
         for m in norms:
@@ -52,11 +66,12 @@ def reestimate_bn(model: nn.Module, images: Tensor, batch_size: int = 50) -> nn.
         _run_over(model, images, batch_size)
         finished = True
     finally:
-        for m, (momentum, statistics) in zip(norms, kept, strict=True):
+        for m, (momentum, values) in zip(norms, kept, strict=True):
             m.momentum = momentum
-            if not finished or m.num_batches_tracked == 0:
-                for buffer, value in zip(_statistics(m), statistics, strict=True):
-                    buffer.copy_(value)
+            reached = finished and m.num_batches_tracked > 0
+            for name, value in values.items():
+                if not reached or name in kept_anyway:
+                    getattr(m, name).copy_(value)
         model.train(was_training and not finished)
     return model
 
@@ -126,9 +141,8 @@ def _run_over(model: nn.Module, images: Tensor, batch_size: int) -> None:
             forward(model, normalize(batch.to(device)), call)
 
 
-def _statistics(norm: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor, Tensor]:
-    """A BN layer's running mean, variance and batch count (its buffers, not copies)."""
-    return norm.running_mean, norm.running_var, norm.num_batches_tracked
+#: A BN layer's buffers that :func:`reestimate_bn` resets and measures.
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def reestimation_record(

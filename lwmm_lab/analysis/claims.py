@@ -687,6 +687,7 @@ def semantic_raises_pq(ctx: Context, family: str) -> Measurement:
         f"shrinks the features. With the statistics of both measured anew on {ctx.images} "
         f"unlabelled real train images (AdaBN), the merge has PQ {split['reestimated_pq']:.2f} "
         f"against the anchor's {split['anchor_reestimated_pq']:.2f} ({fresh:+.2f}){cause}."
+        f"{_variances_alone(split)}"
     )
     if len(others) > 1:
         control = merge_split(others[0], [partner], reestimate=ctx.images, **ctx.settings())
@@ -727,6 +728,16 @@ def _span(values: Iterable[float]) -> str:
 def _remeasured(split: dict[str, float], score: str) -> float:
     """The merge's ``score`` minus the anchor's, both with their BN statistics measured anew."""
     return split[f"reestimated_{score}"] - split[f"anchor_reestimated_{score}"]
+
+
+def _variances_alone(split: dict[str, float]) -> str:
+    """What a :func:`merge_split` says the merge's variances alone, measured anew, give back."""
+    merged, alone, both = (split[k] for k in ("pq", "variance_reestimated_pq", "reestimated_pq"))
+    said = f" With only its variances measured so, its means as merged, it has PQ {alone:.2f}"
+    if both - merged > KEEP:
+        share = (alone - merged) / (both - merged)
+        said += f": the variances give back {share:.0%} of what both statistics do"
+    return said + "."
 
 
 def _turned(split: dict[str, float]) -> str:

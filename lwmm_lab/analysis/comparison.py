@@ -361,7 +361,9 @@ def merge_split(
     ``reestimated_miou`` (``_pq``) and ``anchor_reestimated_miou`` (``_pq``) score both with
     their statistics measured anew on the first ``reestimate`` train images of ``domain``,
     unlabelled (AdaBN; 0 leaves these out): what the merge is worth once its statistics fit
-    its weights, against the anchor given the same.
+    its weights, against the anchor given the same. ``variance_reestimated_miou`` (``_pq``)
+    scores the merge with only its variances measured so, its means as merged: whether the
+    loss is in the variances (REPAIR's collapse) or in the means.
     """
     paths = [str(anchor), *path_list(others, "others")]
     reestimate = _image_count(reestimate)
@@ -402,6 +404,8 @@ def merge_split(
         unlabelled = train_images(domain, reestimate, resolution)
         for prefix, model in (("anchor_", load_model(paths[0], "cpu")), ("", merged_model(pool))):
             split |= scores(reestimate_bn(model, unlabelled), f"{prefix}reestimated_")
+        variances = reestimate_bn(merged_model(pool), unlabelled, statistics="var")
+        split |= scores(variances, "variance_reestimated_")
     rest = {k: v for k, v in anchor_model.state_dict().items() if region_of(k) != "encoder"}
     merged.load_state_dict(rest, strict=False)
     return split | scores(merged, "encoder_")
