@@ -402,10 +402,14 @@ def merge_split(
     split |= scores(anchor_model, "anchor_") | scores(merged, "")
     if reestimate:
         unlabelled = train_images(domain, reestimate, resolution)
-        for prefix, model in (("anchor_", load_model(paths[0], "cpu")), ("", merged_model(pool))):
-            split |= scores(reestimate_bn(model, unlabelled), f"{prefix}reestimated_")
-        variances = reestimate_bn(merged_model(pool), unlabelled, statistics="var")
-        split |= scores(variances, "variance_reestimated_")
+        anchor_fresh = reestimate_bn(load_model(paths[0], "cpu"), unlabelled)
+        fresh = reestimate_bn(merged_model(pool), unlabelled)
+        split |= scores(anchor_fresh, "anchor_reestimated_") | scores(fresh, "reestimated_")
+        # A pass measures the same statistics whatever the running ones were, so the variances
+        # alone are the re-estimated merge's with the merged means put back (no second pass).
+        means = {k: v for k, v in merged.state_dict().items() if k.endswith(".running_mean")}
+        fresh.load_state_dict(means, strict=False)
+        split |= scores(fresh, "variance_reestimated_")
     rest = {k: v for k, v in anchor_model.state_dict().items() if region_of(k) != "encoder"}
     merged.load_state_dict(rest, strict=False)
     return split | scores(merged, "encoder_")
