@@ -65,6 +65,23 @@ def test_reestimated_bn_statistics_equal_torch_update_bn() -> None:
         torch.testing.assert_close(mine, peer[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_dropout_stays_off_so_each_layer_measures_what_inference_feeds_it() -> None:
+    """DeepLabV3+ has a dropout before a BN layer: re-estimated, every layer's statistics are
+    those of the features inference gives it (the ratio is 1 within the biased variance's 1/n;
+    with dropout on, 0.95), the same whatever the random state."""
+    spec = ModelSpec("DeepLabV3Plus", TINY.encoder, 5, {"encoder_depth": 4, "decoder_channels": 16})
+    images, models = _images(5), []
+    for seed in (1, 2):
+        model = perturbed_model(spec, 0, counts=7)
+        assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+        torch.manual_seed(seed)
+        models.append(reestimate_bn(model, images, batch_size=5))
+    first, second = (m.state_dict() for m in models)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    fitted = bn_variance_ratio(models[0], images)
+    assert fitted == pytest.approx(1, abs=1 / (5 * 4 * 4)), "n: 5 images of 4 x 4 at stride 16"
+
+
 @pytest.mark.parametrize("statistics", ["mean", "var"])
 def test_one_statistic_alone_is_measured_and_the_other_kept(statistics: str) -> None:
     """``statistics`` picks what is measured anew: that buffer is what a full re-estimation
