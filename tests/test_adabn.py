@@ -101,6 +101,38 @@ def test_one_statistic_alone_is_measured_and_the_other_kept(statistics: str) -> 
         reestimate_bn(before, _images(), statistics="mean_and_var")
 
 
+def test_named_layers_alone_are_measured_under_the_others_as_they_are() -> None:
+    """``layers`` picks the BN layers measured anew, by module-name prefix: each gets the
+    statistics of its inputs with every other layer normalising by its own (an eval-mode
+    pass), every other layer keeps its statistics. A prefix over no BN layer is refused."""
+    model, images = perturbed_model(TINY, 0, counts=7), _images(4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    chosen = [n for n in norms if n.startswith("decoder.blocks.1.conv1.")]  # upstream: eval
+    assert len(chosen) == 1 and len(norms) > 4
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        norms[n].register_forward_pre_hook(lambda _, args, n=n: seen.setdefault(n, args[0]))
+        for n in chosen
+    ]
+    with torch.no_grad():
+        model.eval()(normalize(images))
+    for hook in hooks:
+        hook.remove()
+    reestimate_bn(model, images, batch_size=4, layers=["decoder.blocks.1.conv1"])
+    assert not model.training
+    for name, m in norms.items():
+        if name in chosen:
+            x = seen[name]
+            torch.testing.assert_close(m.running_mean, x.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(m.running_var, x.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
+        else:
+            assert torch.equal(m.running_var, before[f"{name}.running_var"]), name
+            assert torch.equal(m.running_mean, before[f"{name}.running_mean"]), name
+    with pytest.raises(LwmmError, match=r"layers: 'decoder\.blocks\.9' holds no BatchNorm layer"):
+        reestimate_bn(model, images, layers=["decoder", "decoder.blocks.9"])
+
+
 def test_a_failed_pass_leaves_the_model_as_it_was() -> None:
     model = perturbed_model(TINY, 0, counts=7)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -33,7 +33,11 @@ STATISTICS = {
 
 
 def reestimate_bn(
-    model: nn.Module, images: Tensor, batch_size: int = 50, statistics: str = "both"
+    model: nn.Module,
+    images: Tensor,
+    batch_size: int = 50,
+    statistics: str = "both",
+    layers: Sequence[str] | None = None,
 ) -> nn.Module:
     """Give every BatchNorm layer of ``model`` the statistics of its inputs over ``images``
     (unlabelled, in [0, 1]), in place: the mean over the batches of each batch's mean and
@@ -41,7 +45,9 @@ def reestimate_bn(
     weights stay; the model is left in eval mode. A panoptic model runs its instance heads
     too; a layer the pass never reaches keeps the statistics it had. ``statistics="var"``
     measures only the variances (each layer keeps its running mean), ``"mean"`` only the means:
-    which of the two a merge's loss is in.
+    which of the two a merge's loss is in. ``layers``: module-name prefixes (``"encoder"``,
+    ``"decoder.blocks.4"``); only the BN layers under them are measured, the others run with
+    the statistics they have: which layers' statistics a merge's loss is in.
 
     What ``torch.optim.swa_utils.update_bn`` computes (a test compares them), with four
     differences: only the BN layers run in training mode, so a dropout before one (DeepLabV3+'s
@@ -58,7 +64,7 @@ def reestimate_bn(
     if statistics not in STATISTICS:
         raise LwmmError(f"statistics={statistics!r}: give {', '.join(STATISTICS)}")
     kept_anyway = set(STATISTICS["both"]) - set(STATISTICS[statistics])
-    norms = list(_norm_layers(model).values())
+    norms = list(_norm_layers(model, layers).values())
     kept = [(m.momentum, {n: getattr(m, n).clone() for n in _BUFFERS}) for m in norms]
     was_training, finished = model.training, False
     try:
@@ -126,13 +132,25 @@ def bn_variance_ratio(
     return math.exp(float(torch.stack(logs).mean())) if logs else math.nan
 
 
-def _norm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    """The model's BatchNorm layers that keep running statistics, by module name."""
-    return {
+def _norm_layers(
+    model: nn.Module, prefixes: Sequence[str] | None = None
+) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers that keep running statistics, by module name; with
+    ``prefixes``, those under one of them (each must hold one)."""
+    norms = {
         name: m
         for name, m in model.named_modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
     }
+    if prefixes is None:
+        return norms
+    if isinstance(prefixes, str):
+        prefixes = [prefixes]
+    under = {p: [n for n in norms if n == p or n.startswith(f"{p}.")] for p in prefixes}
+    for prefix, names in under.items():
+        if not names:
+            raise LwmmError(f"layers: {prefix!r} holds no BatchNorm layer of the model")
+    return {n: norms[n] for names in under.values() for n in names}
 
 
 def _run_over(model: nn.Module, images: Tensor, batch_size: int) -> None:
