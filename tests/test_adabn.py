@@ -131,6 +131,8 @@ def test_named_layers_alone_are_measured_under_the_others_as_they_are() -> None:
             assert torch.equal(m.running_mean, before[f"{name}.running_mean"]), name
     with pytest.raises(LwmmError, match=r"layers: 'decoder\.blocks\.9' holds no BatchNorm layer"):
         reestimate_bn(model, images, layers=["decoder", "decoder.blocks.9"])
+    with pytest.raises(LwmmError, match="layers: no module-name prefix given"):
+        reestimate_bn(model, images, layers=[])
 
 
 def test_a_failed_pass_leaves_the_model_as_it_was() -> None:

@@ -146,6 +146,8 @@ def _norm_layers(
         return norms
     if isinstance(prefixes, str):
         prefixes = [prefixes]
+    if not prefixes:
+        raise LwmmError("layers: no module-name prefix given (None measures every BN layer)")
     under = {p: [n for n in norms if n == p or n.startswith(f"{p}.")] for p in prefixes}
     for prefix, names in under.items():
         if not names:
