@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.optim.swa_utils import update_bn
 
 from lwmm_lab import ModelSpec, Pool, load_checkpoint, merged_model
-from lwmm_lab.analysis.adabn import bn_variance_ratio, reestimate_bn, train_images
+from lwmm_lab.analysis.adabn import bn_variance_ratio, even_batches, reestimate_bn, train_images
 from lwmm_lab.analysis.discrepancy import region_of
 from lwmm_lab.analysis.evaluation import normalize
 from lwmm_lab.cli import main
@@ -57,12 +59,52 @@ def test_reestimated_bn_statistics_are_those_of_the_images_alone(spec: ModelSpec
 def test_reestimated_bn_statistics_equal_torch_update_bn() -> None:
     """The peer: swa_utils' update_bn over the same normalised batches gives every buffer."""
     ours, theirs = perturbed_model(TINY, 0, counts=7), perturbed_model(TINY, 0, counts=7)
-    images = _images(6)
-    reestimate_bn(ours, images, batch_size=4)  # batches of 4 and 2
-    update_bn([normalize(b) for b in images.split(4)], theirs)
+    images = _images(7)
+    reestimate_bn(ours, images, batch_size=4)
+    update_bn([normalize(b) for b in images.split([4, 3])], theirs)
     peer = theirs.state_dict()
     for name, mine in ours.state_dict().items():
         torch.testing.assert_close(mine, peer[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@given(st.integers(1, 500), st.integers(1, 100))
+def test_batches_are_even_and_never_of_one_image_among_more(count: int, batch_size: int) -> None:
+    """The images in order, in batches whose sizes differ by at most one, none of a single
+    image unless it is the only one; from a batch size of 3 on, the fewest batches of at
+    most that many."""
+    images = torch.arange(count)
+    batches = even_batches(images, batch_size)
+    sizes = [len(b) for b in batches]
+    assert torch.equal(torch.cat(batches), images)
+    assert max(sizes) - min(sizes) <= 1
+    assert count == 1 or min(sizes) >= 2
+    if batch_size >= 3:
+        assert len(sizes) == math.ceil(count / batch_size) and max(sizes) <= batch_size
+
+
+def test_deeplab_takes_any_count_but_one_image_and_one_is_refused_in_a_line() -> None:
+    """DeepLabV3+'s image pooling gives its BN layer one value per channel for a batch of one
+    image: three images in batches of two are one batch of three, as ``update_bn`` gives over
+    that batch; one image alone is refused, naming the count, with the model left as it was."""
+    spec = ModelSpec("DeepLabV3Plus", TINY.encoder, 5, {"encoder_depth": 4, "decoder_channels": 16})
+    ours, theirs = perturbed_model(spec, 0, counts=7), perturbed_model(spec, 0, counts=7)
+    images = _images(3)
+    reestimate_bn(ours, images, batch_size=2)
+    for m in theirs.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # update_bn runs the whole model in training mode
+    update_bn([normalize(images)], theirs)
+    peer = theirs.state_dict()
+    for name, mine in ours.state_dict().items():
+        torch.testing.assert_close(mine, peer[name], rtol=1e-5, atol=1e-6, msg=name)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(
+        LwmmError,
+        match=r"^reestimate_bn: Expected more than 1 value per channel.*"
+        r": measure on more than 1 image\(s\)$",
+    ):
+        reestimate_bn(ours, images[:1])
+    assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())
 
 
 def test_dropout_stays_off_so_each_layer_measures_what_inference_feeds_it() -> None:
@@ -184,8 +226,9 @@ def test_the_variance_ratio_compares_each_layers_inputs_with_its_running_varianc
     for hook in hooks:
         hook.remove()
     assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    first = len(even_batches(images, 2))  # the batches of the first call
     logs = {
-        name: (torch.cat(seen[name][:3]).double().var((0, 2, 3)) / m.running_var).log().mean()
+        name: (torch.cat(seen[name][:first]).double().var((0, 2, 3)) / m.running_var).log().mean()
         for name, m in norms.items()
         if seen[name]
     }

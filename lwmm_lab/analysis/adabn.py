@@ -22,7 +22,7 @@ from lwmm_lab.analysis.evaluation import eval_mode, forward, normalize
 from lwmm_lab.data.batches import check_images, read_samples
 from lwmm_lab.data.datasets import check_dataset_names, dataset_label, open_dataset
 from lwmm_lab.engine.panoptic import is_panoptic
-from lwmm_lab.errors import LwmmError, check_count
+from lwmm_lab.errors import LwmmError, check_count, first_line
 
 #: What :func:`reestimate_bn` can measure anew: both running statistics, or one of them.
 STATISTICS = {
@@ -42,10 +42,11 @@ def reestimate_bn(
     """Give every BatchNorm layer of ``model`` the statistics of its inputs over ``images``
     (unlabelled, in [0, 1]), in place: the mean over the batches of each batch's mean and
     (unbiased) variance, as ``momentum=None`` accumulates them; exact with one batch. The
-    weights stay; the model is left in eval mode. A panoptic model runs its instance heads
-    too; a layer the pass never reaches keeps the statistics it had. ``statistics="var"``
-    measures only the variances (each layer keeps its running mean), ``"mean"`` only the means:
-    which of the two a merge's loss is in. ``layers``: module-name prefixes (``"encoder"``,
+    batches are as even as they come (:func:`even_batches`). The weights stay; the model is
+    left in eval mode. A panoptic model runs its instance heads too; a layer the pass never
+    reaches keeps the statistics it had. ``statistics="var"`` measures only the variances
+    (each layer keeps its running mean), ``"mean"`` only the means: which of the two a
+    merge's loss is in. ``layers``: module-name prefixes (``"encoder"``,
     ``"decoder.blocks.4"``); only the BN layers under them are measured, the others run with
     the statistics they have: which layers' statistics a merge's loss is in.
 
@@ -75,6 +76,10 @@ def reestimate_bn(
             m.train()
         _run_over(model, images, batch_size)
         finished = True
+    except ValueError as e:  # one value per channel: DeepLabV3+'s image pooling, one image
+        raise LwmmError(
+            f"reestimate_bn: {first_line(e)}: measure on more than {len(images)} image(s)"
+        ) from e
     finally:
         for m, (momentum, values) in zip(norms, kept, strict=True):
             m.momentum = momentum
@@ -155,13 +160,24 @@ def _norm_layers(
     return {n: norms[n] for names in under.values() for n in names}
 
 
+def even_batches(images: Tensor, batch_size: int) -> tuple[Tensor, ...]:
+    """``images`` in the fewest batches of at most ``batch_size``, their sizes differing by
+    at most one, and none of a single image where there are more (with ``batch_size`` 1 or
+    2, batches then hold one or two over it): 101 images in batches of 50 are 34, 34 and 33,
+    not 50, 50 and 1. A BatchNorm layer in training mode weighs each batch alike, and cannot
+    take a batch whose maps are one value per channel (DeepLabV3+'s image pooling of one)."""
+    sections = min(math.ceil(len(images) / batch_size), max(1, len(images) // 2))
+    return images.tensor_split(sections)
+
+
 def _run_over(model: nn.Module, images: Tensor, batch_size: int) -> None:
-    """One pass of ``images`` through ``model`` in batches, without gradients, as the model's
-    mode has it: a panoptic model through its instance heads too, so their layers see them."""
+    """One pass of ``images`` through ``model`` in :func:`even_batches`, without gradients,
+    as the model's mode has it: a panoptic model through its instance heads too, so their
+    layers see them."""
     call = model.forward_panoptic if is_panoptic(model) else None
     device = next(model.parameters()).device
     with torch.no_grad():
-        for batch in images.split(batch_size):
+        for batch in even_batches(images, batch_size):
             forward(model, normalize(batch.to(device)), call)
 
 
