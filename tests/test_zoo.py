@@ -124,11 +124,13 @@ def test_scenarios_put_the_anchor_first(quick_zoo: Path) -> None:
 
 def test_a_zoo_recipe_it_cannot_train_is_refused_before_any_training(tmp_path: Path) -> None:
     """0 steps or a batch of 0 built a zoo of untrained models without a word; an unknown
-    strategy failed once the base had trained. Each is refused by name, up front."""
+    strategy failed once the base had trained, and a batch of one once a DeepLabV3+ run
+    began. Each is refused by name, up front."""
     quick = ZooConfig.quick_config()
     for make, says in (
         (lambda: replace(quick, steps=0), "steps=0: give at least 1"),
         (lambda: replace(quick, batch=0), "batch=0: give at least 1"),
+        (lambda: replace(quick, batch=1), "batch=1: run 'deeplabv3plus-minent' cannot train"),
         (lambda: replace(quick, lr=0.0), "lr=0.0: give a number > 0"),
         (lambda: replace(quick, resolution=(0, 8)), "image size 0 x 8"),
         (lambda: Run("r", "minent", (), source="mars"), "run 'r': domain 'mars' is not one of"),
@@ -143,6 +145,7 @@ def test_a_zoo_recipe_it_cannot_train_is_refused_before_any_training(tmp_path: P
         with pytest.raises(LwmmError, match=says):
             make()
     assert not any(tmp_path.iterdir()), "nothing was written"
+    assert replace(quick, batch=1, runs=(Run("r", "minent", ()),)).batch == 1, "a Unet can"
 
 
 def test_zoo_list_command(quick_zoo: Path, capsys) -> None:

@@ -117,6 +117,11 @@ class Run:
                 raise LwmmError(f"fractions {self.fractions}: give points in (0, 1]")
 
 
+#: Architectures whose decoder pools the whole image before a BatchNorm layer (ASPP), which
+#: in training mode needs more than one image per batch.
+POOLING_ARCHS = ("DeepLabV3", "DeepLabV3Plus")
+
+
 @dataclass(frozen=True)
 class ZooConfig:
     """Sizes and schedules of a zoo; ``quick()`` is the tiny one the tests use."""
@@ -138,10 +143,17 @@ class ZooConfig:
 
     def __post_init__(self) -> None:
         """Refuse sizes and schedules a build cannot train with, by name (0 steps or a batch
-        of 0 built a zoo of untrained models without a word), and runs of one name."""
+        of 0 built a zoo of untrained models without a word; a batch of one failed inside
+        torch once a DeepLabV3+ run began, minutes in), and runs of one name."""
         check_image_size(self.resolution)
         for name in ("base_steps", "base_batch", "steps", "batch", "train_images", "val_images"):
             check_count(name, getattr(self, name))
+        pooled = [run.name for run in self.runs if run.arch in POOLING_ARCHS]
+        if self.batch == 1 and pooled:
+            raise LwmmError(
+                f"batch=1: run '{pooled[0]}' cannot train on one image a step (its image "
+                "pooling gives a BatchNorm layer one value per channel); give 2 or more"
+            )
         for name in ("base_lr", "lr"):
             if check_finite(name, getattr(self, name)) <= 0:
                 raise LwmmError(f"{name}={getattr(self, name)}: give a number > 0")
