@@ -85,7 +85,8 @@ def test_batches_are_even_and_never_of_one_image_among_more(count: int, batch_si
 def test_deeplab_takes_any_count_but_one_image_and_one_is_refused_in_a_line() -> None:
     """DeepLabV3+'s image pooling gives its BN layer one value per channel for a batch of one
     image: three images in batches of two are one batch of three, as ``update_bn`` gives over
-    that batch; one image alone is refused, naming the count, with the model left as it was."""
+    that batch; one image alone is refused, naming the count, with the model left as it was,
+    and the variance ratio, which has no variance to read there, refuses it too."""
     spec = ModelSpec("DeepLabV3Plus", TINY.encoder, 5, {"encoder_depth": 4, "decoder_channels": 16})
     ours, theirs = perturbed_model(spec, 0, counts=7), perturbed_model(spec, 0, counts=7)
     images = _images(3)
@@ -105,6 +106,11 @@ def test_deeplab_takes_any_count_but_one_image_and_one_is_refused_in_a_line() ->
     ):
         reestimate_bn(ours, images[:1])
     assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())
+    with pytest.raises(LwmmError, match=r"^bn_variance_ratio: layer 'decoder\.aspp\.0\.convs\.4\."):
+        bn_variance_ratio(ours, images[:1])  # the pooled map has no variance (it was NaN)
+    with pytest.raises(LwmmError, match=r"^bn_variance_ratio: no images"):
+        bn_variance_ratio(ours, images[:0])
+    assert 0 < bn_variance_ratio(ours, images[:2]) < 2
 
 
 def test_dropout_stays_off_so_each_layer_measures_what_inference_feeds_it() -> None:

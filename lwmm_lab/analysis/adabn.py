@@ -107,6 +107,8 @@ def bn_variance_ratio(
     on the same images in one batch it is 1 within 1/n for n values per channel (BatchNorm in
     training mode normalises by the biased variance)."""
     check_images(images, "bn_variance_ratio")
+    if not len(images):
+        raise LwmmError("bn_variance_ratio: no images to measure variances on")
     batch_size = check_count("batch_size", batch_size)
     norms = {
         name: m
@@ -130,6 +132,11 @@ def bn_variance_ratio(
     finally:
         for hook in hooks:
             hook.remove()
+    if one := next((name for name, (n, _, _) in sums.items() if n < 2), None):
+        raise LwmmError(
+            f"bn_variance_ratio: layer '{one}' sees one value per channel over "
+            f"{len(images)} image(s), which has no variance: give more images"
+        )
     logs = [
         (((q - s.square() / n) / (n - 1)) / norms[name].running_var.double()).log().mean()
         for name, (n, s, q) in sums.items()
