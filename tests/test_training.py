@@ -54,6 +54,26 @@ def test_every_strategy_trains_and_changes_the_model(strategy: str, pools) -> No
     assert not model.training
 
 
+def test_the_teacher_labels_with_its_dropout_off(pools) -> None:
+    """DAFormer's teacher normalises by the target batch, its dropout off: an FPN teacher's
+    pseudo-labels, and so the loss, do not depend on the random state, and it is left in eval
+    mode."""
+    source, target = pools
+    fpn = ModelSpec("FPN", SPEC.encoder, 19, {"encoder_depth": 3})
+    torch.manual_seed(0)
+    student = fpn.build()  # eval mode: its own dropout is off too
+    assert any(isinstance(m, torch.nn.Dropout2d) for m in student.modules())
+    config = TrainConfig(steps=1, batch_size=4, confidence=0.0, classmix=False)
+    unit = STRATEGIES["selftrain"](student, config, tuple(range(19)))
+    (xs, ys), (xt, _) = (pool.batch(0, 0, 4, torch.device("cpu")) for pool in (source, target))
+    losses = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        losses.append(unit.target_loss(student, student(xs), xs, ys, xt, 0)["pseudo"])
+    assert torch.equal(*losses) and losses[0] > 0
+    assert not any(m.training for m in unit.teacher.modules())
+
+
 def test_head_learns_ten_times_faster() -> None:
     model = _model()
     groups = parameter_groups(model, lr=1e-4, head_lr_mult=10, weight_decay=0)

@@ -282,7 +282,9 @@ class SelfTrain(Strategy):
     The teacher follows ``theta_t = a theta_t + (1 - a) theta_s`` with
     ``a = min(1 - 1/(t + 1), ema)``; its argmax on the target is the pseudo-label, weighted by
     the fraction of pixels whose confidence reaches ``confidence``. ClassMix pastes half of the
-    classes of a source image onto a target image.
+    classes of a source image onto a target image. The teacher labels with its BatchNorm
+    layers normalising by the target batch and its dropout off (an FPN's or a DeepLabV3+'s),
+    as DAFormer's does.
     """
 
     name, uses_target = "selftrain", True
@@ -292,15 +294,21 @@ class SelfTrain(Strategy):
         self.teacher = copy.deepcopy(model).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self._teacher_norms = [
+            m for m in self.teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
 
     def target_loss(
         self, model: nn.Module, source_logits: Tensor, xs: Tensor, ys: Tensor, xt: Tensor, step: int
     ) -> dict[str, Tensor]:
         with torch.no_grad():
             # BatchNorm in batch-statistics mode: the teacher sees the target's statistics.
-            self.teacher.train()
+            # Its dropout stays off (DAFormer turns it off): pseudo-labels of the whole model.
+            for m in self._teacher_norms:
+                m.train()
             p = self.teacher(normalize(xt)).softmax(1)
-            self.teacher.eval()
+            for m in self._teacher_norms:
+                m.eval()
             confidence, pseudo = p.max(1)
             weight = (confidence >= self.config.confidence).float().mean((1, 2), keepdim=True)
             weight = weight.expand_as(pseudo).clone()
