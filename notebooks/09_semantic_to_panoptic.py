@@ -36,12 +36,13 @@
 
 # %%
 from lwmm_lab import Pool, load_model, merged_model
+from lwmm_lab.analysis.adabn import bn_variance_ratios
 from lwmm_lab.analysis.comparison import merge_split, semantic_into_panoptic
 from lwmm_lab.analysis.evaluation import val_set
 from lwmm_lab.analysis.panoptic import evaluate_panoptic
 from lwmm_lab.analysis.qualitative import panoptic_examples
 from lwmm_lab.lab import MergeLab
-from lwmm_lab.lab.figures import qualitative_figure, table_figure
+from lwmm_lab.lab.figures import qualitative_figure, table_figure, variance_ratio_figure
 from lwmm_lab.zoo import find_zoo, load_manifest
 from lwmm_lab.zoo.manifest import scenario_checkpoints
 
@@ -112,6 +113,22 @@ print(
     f"merge PQ {split['reestimated_pq']:.2f} (as merged: {split['anchor_pq']:.2f}, {split['pq']:.2f})"
 )
 print(f"the merge with its variances alone measured anew: PQ {split['variance_reestimated_pq']:.2f}")
+
+# %% [markdown]
+# Where do the features shrink? The same ratio layer by layer, in the order the images go
+# through them, for the anchor and for its merge with that semantic model. The anchor's sit
+# below 1 too: its statistics were measured on source and target batches alike. Compare the two
+# lines. The schedule gives the semantic model its largest share in the decoder's first layers
+# and less after them, yet on the default zoo the gap grows with depth: each layer of the merge
+# receives features that already shrank upstream. The instance heads (centre, offset) are the
+# anchor's own, merged with nothing, and still see inputs of less variance than they expect.
+
+# %%
+one = merged_model(Pool([panoptic, *semantic[-1:]], device="cpu"))
+images = data.tensors[0]
+variance_ratio_figure(
+    {"anchor": bn_variance_ratios(anchor, images), "merge": bn_variance_ratios(one, images)}
+)
 
 # %% [markdown]
 # In the lab: open the `semantic into panoptic` scenario. With the panoptic model as the anchor,

@@ -13,11 +13,18 @@ from hypothesis import strategies as st
 from torch.optim.swa_utils import update_bn
 
 from lwmm_lab import ModelSpec, Pool, load_checkpoint, merged_model
-from lwmm_lab.analysis.adabn import bn_variance_ratio, even_batches, reestimate_bn, train_images
+from lwmm_lab.analysis.adabn import (
+    bn_variance_ratio,
+    bn_variance_ratios,
+    even_batches,
+    reestimate_bn,
+    train_images,
+)
 from lwmm_lab.analysis.discrepancy import region_of
 from lwmm_lab.analysis.evaluation import normalize
 from lwmm_lab.cli import main
 from lwmm_lab.errors import LwmmError
+from lwmm_lab.lab.figures import variance_ratio_figure
 from lwmm_lab.zoo import load_manifest
 from lwmm_lab.zoo.manifest import scenario_checkpoints
 
@@ -245,6 +252,11 @@ def test_the_variance_ratio_compares_each_layers_inputs_with_its_running_varianc
         assert ratio[region] == pytest.approx(by_hand, rel=1e-9) and ratio[region] != 1
     assert bn_variance_ratio(model, images, batch_size=5) == pytest.approx(ratio[None], rel=1e-9)
     assert math.isnan(bn_variance_ratio(model, images, "head")), "TINY's head has no BN layer"
+    layers = bn_variance_ratios(model, images, batch_size=2)
+    assert sorted(layers) == sorted(logs)
+    for name, value in layers.items():
+        assert value == pytest.approx(math.exp(float(logs[name])), rel=1e-9), name
+    assert list(bn_variance_ratios(model, images, "decoder")) == decoder
 
 
 def test_statistics_measured_on_the_images_fit_them() -> None:
@@ -258,6 +270,28 @@ def test_statistics_measured_on_the_images_fit_them() -> None:
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     norms[-1].running_var.mul_(4)  # the last layer: its output reaches no other BN layer
     assert bn_variance_ratio(model, images) == pytest.approx(fitted / 4 ** (1 / len(norms)))
+
+
+def test_the_variance_ratio_figure_shows_each_model_layer_by_layer() -> None:
+    """One trace per model, a point per BN layer at its place in the pass (named on hover),
+    the regions shaded and the line of fit at 1: the perturbed model's points off it, the
+    re-estimated one's on it."""
+    model, images = perturbed_model(TINY, 0, counts=7), _images(5)
+    stale = bn_variance_ratios(model, images)
+    fitted = bn_variance_ratios(reestimate_bn(model, images, batch_size=5), images)
+    fig = variance_ratio_figure({"stale": stale, "measured anew": fitted})
+    first, second = fig.data
+    assert (first.name, second.name) == ("stale", "measured anew")
+    assert list(first.x) == list(range(1, len(stale) + 1))
+    assert list(first.customdata) == list(stale) == list(fitted)
+    assert list(first.y) == pytest.approx(list(stale.values()))
+    assert max(abs(math.log(y)) for y in first.y) > 0.5
+    assert max(abs(math.log(y)) for y in second.y) < 0.01
+    assert fig.layout.yaxis.type == "log"
+    shown = {a.text for a in fig.layout.annotations}
+    assert {"encoder", "decoder", "the statistics fit"} <= shown
+    with pytest.raises(LwmmError, match=r"^variance_ratio_figure: no BatchNorm layer"):
+        variance_ratio_figure({"a model without BN": {}})
 
 
 def test_several_domains_take_turns_so_every_batch_mixes_them() -> None:

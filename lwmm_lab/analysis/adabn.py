@@ -99,16 +99,37 @@ def bn_variance_ratio(
     the geometric mean of their ratio over channels and layers, 1 where the statistics fit the
     features, below 1 where the features vary less than the layer assumes. Only the layers of
     ``region`` (encoder, decoder or head, as :func:`~lwmm_lab.analysis.discrepancy.region_of`
-    names them) when given; NaN when there are none.
+    names them) when given; NaN when there are none. :func:`bn_variance_ratios` gives it
+    layer by layer.
 
     A merge of decoders trained apart computes features of less variance than either computed
     (REPAIR's variance collapse, Jordan et al., ICLR 2023), while merged running statistics
     still describe the checkpoints': this measures that mismatch. After :func:`reestimate_bn`
     on the same images in one batch it is 1 within 1/n for n values per channel (BatchNorm in
     training mode normalises by the biased variance)."""
-    check_images(images, "bn_variance_ratio")
+    logs = _log_ratios(model, images, region, batch_size, "bn_variance_ratio")
+    return math.exp(float(torch.stack(list(logs.values())).mean())) if logs else math.nan
+
+
+def bn_variance_ratios(
+    model: nn.Module, images: Tensor, region: str | None = None, batch_size: int = 16
+) -> dict[str, float]:
+    """:func:`bn_variance_ratio` layer by layer: for each BatchNorm layer the pass reaches (of
+    ``region`` when given), by module name in the order the pass reaches them, the geometric
+    mean over channels of its inputs' variance over its running variance. Where in the model
+    the features vary less than the statistics assume: a merge's collapse, depth by depth."""
+    logs = _log_ratios(model, images, region, batch_size, "bn_variance_ratios")
+    return {name: math.exp(float(log)) for name, log in logs.items()}
+
+
+def _log_ratios(
+    model: nn.Module, images: Tensor, region: str | None, batch_size: int, caller: str
+) -> dict[str, Tensor]:
+    """Per BN layer reached, the mean over channels of the log of its inputs' unbiased
+    variance over ``images`` (eval mode) over its running variance; errors name ``caller``."""
+    check_images(images, caller)
     if not len(images):
-        raise LwmmError("bn_variance_ratio: no images to measure variances on")
+        raise LwmmError(f"{caller}: no images to measure variances on")
     batch_size = check_count("batch_size", batch_size)
     norms = {
         name: m
@@ -134,14 +155,13 @@ def bn_variance_ratio(
             hook.remove()
     if one := next((name for name, (n, _, _) in sums.items() if n < 2), None):
         raise LwmmError(
-            f"bn_variance_ratio: layer '{one}' sees one value per channel over "
+            f"{caller}: layer '{one}' sees one value per channel over "
             f"{len(images)} image(s), which has no variance: give more images"
         )
-    logs = [
-        (((q - s.square() / n) / (n - 1)) / norms[name].running_var.double()).log().mean()
+    return {
+        name: (((q - s.square() / n) / (n - 1)) / norms[name].running_var.double()).log().mean()
         for name, (n, s, q) in sums.items()
-    ]
-    return math.exp(float(torch.stack(logs).mean())) if logs else math.nan
+    }
 
 
 def _norm_layers(

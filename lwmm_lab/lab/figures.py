@@ -354,6 +354,29 @@ def bn_divergence_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     return _base_layout(fig, "BatchNorm statistics: how far apart the domains' Gaussians are")
 
 
+def variance_ratio_figure(ratios: Mapping[str, Mapping[str, float]]) -> go.Figure:
+    """Per model (``{label: bn_variance_ratios(model, images)}``), each BatchNorm layer's
+    input variance over its running variance, layer by layer as the pass reaches them, on a
+    log scale with the model's regions shaded: below 1, the features vary less than the layer
+    divides by (a merge of decoders trained apart, REPAIR's variance collapse)."""
+    names = list(dict.fromkeys(name for layers in ratios.values() for name in layers))
+    if not names:
+        raise LwmmError("variance_ratio_figure: no BatchNorm layer's ratio to show")
+    at = {name: k for k, name in enumerate(names, start=1)}
+    rows = [
+        {"model": label, "j": at[name], "module": name, "ratio": ratio}
+        for label, layers in ratios.items()
+        for name, ratio in layers.items()
+    ]
+    fig = go.Figure()
+    _series_by_model(fig, rows, "ratio", "module", "lines+markers", "ratio %{y:.2f}")
+    fig.add_hline(y=1, line_dash="dot", annotation_text="the statistics fit")
+    _shade_regions(fig, names)
+    fig.update_xaxes(title="BatchNorm layer, in the order the pass reaches it")
+    fig.update_yaxes(type="log", title="input variance / running variance")
+    return _base_layout(fig, "Where the features vary less than the BN statistics assume")
+
+
 def task_vector_figure(rows: Sequence[dict[str, Any]], suggestion: int | None = None) -> go.Figure:
     """Cosine between task vectors (model minus base) per tensor; a suggested start layer."""
     fig = go.Figure()
