@@ -119,9 +119,10 @@ print(f"the merge with its variances alone measured anew: PQ {split['variance_re
 # through them, for the anchor and for its merge with that semantic model. The anchor's sit
 # below 1 too: its statistics were measured on source and target batches alike. Compare the two
 # lines. The schedule gives the semantic model its largest share in the decoder's first layers
-# and less after them, yet on the default zoo the gap grows with depth: each layer of the merge
-# receives features that already shrank upstream. The instance heads (centre, offset) are the
-# anchor's own, merged with nothing, and still see inputs of less variance than they expect.
+# and less after them, yet on the default zoo the gap widens through the first blocks and stays
+# wide: each layer of the merge receives features that already shrank upstream. The instance
+# heads (centre, offset) are the anchor's own, merged with nothing, and still see inputs of
+# less variance than they expect.
 
 # %%
 one = merged_model(Pool([panoptic, *semantic[-1:]], device="cpu"))
