@@ -428,6 +428,8 @@ def test_bad_settings_are_named() -> None:
         r"start=0 is outside": {"start": 0},
         "anchor '7' is not among the inputs": {"anchor": 7},
         "anchor 'other.pt' is not among the inputs": {"anchor": "other.pt"},
+        r"anchor 'model-1' is not among the inputs \(did you mean 'model#1'\? give an index "
+        r"0\.\.1, one of the input paths, or a label: model#0, model#1\)": {"anchor": "model-1"},
         "method 'mean' is not one of": {"method": "mean"},
         "BN rule 'batch' is not one of": {"bn": "batch"},
         "granularity 'layer' is not one of": {"granularity": "layer"},

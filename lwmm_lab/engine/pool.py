@@ -45,7 +45,7 @@ from lwmm_lab.engine.checkpoints import (
     state_dict_hint,
     unique_labels,
 )
-from lwmm_lab.errors import LwmmError, check_name, check_whole
+from lwmm_lab.errors import LwmmError, check_name, check_whole, did_you_mean
 from lwmm_lab.files import same_file
 
 KINDS = ("shared", "anchor-only", "integer")
@@ -315,9 +315,12 @@ class Pool:
             for i, path in enumerate(self.paths):
                 if str(anchor) == self.labels[i] or (path is not None and same_file(path, anchor)):
                     return i
+        close = did_you_mean(str(anchor), self.labels)
+        hint = f"did you mean '{close}'? " if close else ""
         raise LwmmError(
-            f"{what} '{anchor}' is not among the inputs "
-            f"(give one of the {self.n_models} paths or an index 0..{self.n_models - 1})"
+            f"{what} '{anchor}' is not among the inputs ({hint}give an index "
+            f"0..{self.n_models - 1}, one of the input paths, or a label: "
+            f"{first_names(self.labels)})"
         )
 
     def __repr__(self) -> str:
