@@ -52,16 +52,8 @@ bench: setup
 
 # For benchmarks/gpu.sh on a machine whose Python has its own CUDA torch and no package index:
 # wheels (CPython 3.12, x86-64 Linux) of what such a Python lacks, at the versions .venv has.
-GPU_WHEELS := segmentation_models_pytorch plotly anywidget psygnal ipywidgets comm traitlets \
-  widgetsnbextension jupyterlab_widgets ipython ipython_pygments_lexers jedi parso \
-  matplotlib_inline prompt_toolkit wcwidth pexpect ptyprocess stack_data asttokens executing \
-  pure_eval
 gpu-wheels: setup
-	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-	  --platform manylinux2014_x86_64 -d .whl $$($(BIN)/python -c "import sys; \
-	  from importlib.metadata import version; \
-	  print(' '.join(f'{n}=={version(n)}' for n in sys.argv[1:]))" $(GPU_WHEELS))
+	$(BIN)/python benchmarks/gpu_wheels.py --dest .whl
 
 # lwmm's methods against FusionBench's and mergekit's on the same inputs. The peers pull in
 # transformers and lightning, so they get their own environment on top of .venv's packages.

@@ -51,6 +51,11 @@ def main() -> None:
             t = time.perf_counter()
             control.value = value
             times.append((time.perf_counter() - t) * 1000)
+            if lab.last_error is not None:  # the lab shows it in its error box: not a timing
+                raise SystemExit(
+                    f"widgets benchmark: {control.description} = {value!r} failed in the lab: "
+                    f"{type(lab.last_error).__name__}: {lab.last_error}"
+                )
             for part, ms in lab.last_update_parts.items():
                 parts.setdefault(part, []).append(ms)
         return times

@@ -146,6 +146,9 @@ def test_a_base_gives_task_vectors_to_models_outside_a_zoo(quick_zoo: Path) -> N
     lab = MergeLab(paths, preview=4, background=False)
     lab.method.value = "task_arithmetic"
     assert "needs a base" in lab.error.value and "traceback" not in lab.error.value
+    assert isinstance(lab.last_error, LwmmError), "what a script reads in place of the box"
+    lab.method.value = "isotropic"
+    assert lab.error.value == "" and lab.last_error is None
     lab = MergeLab(paths, base=base_checkpoint(manifest), preview=4, background=False)
     lab.method.value = "task_arithmetic"
     assert lab.error.value == "" and lab.plan.config.method == "task_arithmetic"

@@ -91,10 +91,14 @@ class Panel:
         self.widget: W.Widget = W.VBox()
         self._status_under_bar = self._status_with_bar = ""
         self._warned = ""  # the newest work's warnings, as the error box shows them
+        #: what the newest work raised (None when it went through): for scripts, which cannot
+        #: read the error box, and must not time a failed change as if it were a fast one
+        self.last_error: BaseException | None = None
 
     def _show_error(self, e: BaseException) -> None:
         """Bad input (:class:`~lwmm_lab.errors.LwmmError`) as its one line; anything else,
         a bug, with its type and the traceback folded under it; after the work's warnings."""
+        self.last_error = e
         if isinstance(e, LwmmError):
             self.error.value = (
                 f"{self._warned}<div style='color:#b00020'>{html.escape(str(e))}</div>"
@@ -119,6 +123,7 @@ class Panel:
 
         def fresh() -> None:
             self._warned = self.error.value = ""
+            self.last_error = None
             with shown_by(self._show_progress, self._show_warning):
                 job()
 
