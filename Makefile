@@ -52,7 +52,9 @@ bench: setup
 
 # For benchmarks/gpu.sh on a machine whose Python has its own CUDA torch and no package index:
 # wheels (CPython 3.12, x86-64 Linux) of what such a Python lacks, at the versions .venv has.
+# Afresh each time: two versions of one package in .whl would stop the install there.
 gpu-wheels: setup
+	rm -rf .whl
 	$(BIN)/python benchmarks/gpu_wheels.py --dest .whl
 
 # lwmm's methods against FusionBench's and mergekit's on the same inputs. The peers pull in

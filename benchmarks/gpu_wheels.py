@@ -80,14 +80,13 @@ def main() -> None:
     parser.add_argument("--dest", default=".whl", help="folder for the wheels (.whl)")
     parser.add_argument("--python", default="3.12", help="the GPU machine's Python (3.12)")
     args = parser.parse_args()
-    dest = args.dest
     have = closure(HAVE, args.python)
     wheels = {n: v for n, v in closure(NEED, args.python).items() if n not in have}
-    print(f"gpu_wheels: {len(wheels)} wheels into {dest}/: {', '.join(sorted(wheels))}")
+    print(f"gpu_wheels: {len(wheels)} wheels into {args.dest}/: {', '.join(sorted(wheels))}")
     platforms = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
-        + ["--python-version", args.python, "--implementation", "cp", "-d", dest]
+        + ["--python-version", args.python, "--implementation", "cp", "-d", args.dest]
         + [arg for p in platforms for arg in ("--platform", p)]
         + [f"{n}=={v}" for n, v in sorted(wheels.items())],
         check=True,
