@@ -54,7 +54,7 @@ for name in "${steps[@]}"; do
         tests) step tests python3 -m pytest -q -m cuda -p no:cacheprovider \
             --ignore=tests/test_notebooks.py ;;
         merge) step merge python3 benchmarks/merge.py --device $device "${zoo[@]}" ;;
-        widgets) step widgets bash -c "python3 benchmarks/widgets.py ${zoo[*]} &&
+        widgets) step widgets bash -c "python3 benchmarks/widgets.py --profile ${zoo[*]} &&
             python3 benchmarks/widgets.py --eager ${zoo[*]}" ;;
         analysis) step analysis python3 benchmarks/analysis.py --device $device "${zoo[@]}" ;;
         *) echo "gpu.sh: no step '$name' (zoo, tests, merge, widgets, analysis)" >&2; exit 2 ;;

@@ -12,20 +12,27 @@ kernel's messages to the browser is not included; the browser test shows the upd
 there.
 
 On a GPU the previews' forward pass is replayed from a CUDA graph; ``--eager`` times it without
-(``LWMM_CUDA_GRAPHS=0``).
+(``LWMM_CUDA_GRAPHS=0``). ``--profile`` then shows where the time of alpha changes goes: the
+Python functions with the most time of their own (cProfile) and PyTorch's operators and kernels
+(``torch.profiler``), to see what a GPU's host spends a change on.
 
 The last line is machine-readable: ``slider_update_ms_median=<x> start_update_ms_median=<y>
 adabn_update_ms_median=<z>``.
 
-Usage: ``python benchmarks/widgets.py [--zoo data/zoo] [--eager]``
+Usage: ``python benchmarks/widgets.py [--zoo data/zoo] [--eager] [--profile]``
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import statistics
 import time
+
+import torch
 
 from lwmm_lab.lab import MergeLab
 
@@ -34,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default=None)
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs on a GPU")
+    parser.add_argument("--profile", action="store_true", help="where alpha changes' time goes")
     args = parser.parse_args()
     if args.eager:
         os.environ["LWMM_CUDA_GRAPHS"] = "0"
@@ -91,6 +99,33 @@ def main() -> None:
         f"start_update_ms_median={statistics.median(start_ms):.0f} "
         f"adabn_update_ms_median={statistics.median(adabn_ms):.0f}"
     )
+    if args.profile:
+        profile(lab, alphas[:21])
+
+
+def profile(lab: MergeLab, alphas: list[float]) -> None:
+    """Print where the time of these alpha changes goes: the Python functions with the most
+    time of their own, then PyTorch's operators by their host time and, on a GPU, its kernels
+    by their device time."""
+    python = cProfile.Profile()
+    python.enable()
+    for value in alphas:
+        lab.alpha.value = value
+    python.disable()
+    text = io.StringIO()
+    pstats.Stats(python, stream=text).sort_stats("tottime").print_stats(25)
+    print(f"Python's profile of {len(alphas)} alpha changes:\n{text.getvalue()}")
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if lab.pool.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as torch_profile:
+        for value in alphas:
+            lab.alpha.value = value
+    averages = torch_profile.key_averages()
+    print(f"PyTorch's profile of {len(alphas)} alpha changes:")
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=25))
+    if lab.pool.device.type == "cuda":
+        print(averages.table(sort_by="self_device_time_total", row_limit=15))
 
 
 if __name__ == "__main__":
