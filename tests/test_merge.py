@@ -26,6 +26,7 @@ from lwmm_lab.engine.methods import METHODS, register_method, ties_count
 from lwmm_lab.engine.model import load_weights, merge_target
 from lwmm_lab.engine.panoptic import ARCHS
 from lwmm_lab.engine.pool import is_bn_stat, resolve_device
+from lwmm_lab.engine.target import lay_out
 from lwmm_lab.files import sha256
 
 from .conftest import TINY, checkpoint_of
@@ -180,6 +181,19 @@ def test_module_granularity_gives_one_depth_per_module(make_models) -> None:
     bn1 = [r for r in rows if r["name"].startswith("encoder.model.bn1.") and r["kind"] == "shared"]
     assert len({r["j"] for r in bn1}) == 1 and len({tuple(r["weights"]) for r in bn1}) == 1
     assert by_module.depth_names[0] == "encoder.model.conv1.0"
+
+
+def test_two_groups_of_equal_weight_models_each_keep_their_own_mean(device: str) -> None:
+    """Weights (1, 1, 3, 3) make two groups of models averaged first: each group's mean is
+    its own, not the latest one asked for, on either sum path and into a laid-out target."""
+    models, _ = _vectors([0.0, 4.0], [2.0, 8.0], [10.0, 0.0], [20.0, 4.0])
+    pool = Pool(models, device=device)
+    expected = torch.tensor([11.5, 3.0])  # (1 * (0 + 2) + 3 * (10 + 20)) / 8, ...
+    target = lay_out({"w": torch.zeros(2)}, pool)
+    for into in (None, target, target):
+        out = merge(pool, into=into, schedule="weights", weights=(1.0, 1.0, 3.0, 3.0))
+        torch.testing.assert_close(out["w"].cpu(), expected)
+    torch.testing.assert_close(merge(pool, method="isotropic")["w"].cpu(), torch.tensor([8.0, 4.0]))
 
 
 def test_start_frac_maps_onto_depth(make_models) -> None:
@@ -526,6 +540,49 @@ def test_cuda_merge_matches_cpu_merge(make_models) -> None:
         torch.testing.assert_close(cuda[name].cpu(), value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_gpu_re_merge_into_the_lab_s_target_replays_a_graph_of_equal_results(
+    make_models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU a re-merge into a laid-out target is replayed from a CUDA graph from the second
+    run of its kind on: each run equals an eager merge into a new state dict, through alpha and
+    start changes (one graph), a change of groups (equal weights, then the usual two), task
+    arithmetic and another target (new graphs, each a kind of its own); with LWMM_CUDA_GRAPHS=0
+    none is captured."""
+    checkpoints = [checkpoint_of(m, TINY) for m in make_models(3)]
+    pool = Pool(checkpoints, device="cuda", base=checkpoints[0])
+    model, other = merge_target(pool, 0), merge_target(pool, 0)
+
+    def runs() -> int:
+        graphed = make_plan(pool).routes.kept("graphed runs")
+        return 0 if graphed is None else graphed.captures
+
+    def merged_as_expected(target: torch.nn.Module, **settings: object) -> bool:
+        merge(pool, into=target, **settings)
+        expected = merge(pool, **settings)
+        return all(torch.equal(v, expected[k]) for k, v in target.state_dict().items())
+
+    sliders = ((0.2, 2), (0.7, 4), (0.5, 3))
+    assert all(merged_as_expected(model, alpha=a, start=s, bn="gaussian") for a, s in sliders)
+    assert runs() == 1, "alpha and start change the weights, not the kernels: one graph"
+    for settings in (
+        {"method": "isotropic"},  # one group: all three models weigh the same
+        {"alpha": 0.9, "start": 3},  # two groups again, another BN rule
+        {"method": "task_arithmetic", "scale": 0.5},
+    ):
+        assert merged_as_expected(model, **settings) and merged_as_expected(model, **settings)
+    assert runs() == 4
+    assert merged_as_expected(other, alpha=0.3) and merged_as_expected(other, alpha=0.6)
+    assert runs() == 5, "another target's memory: a new graph"
+    monkeypatch.setenv("LWMM_CUDA_GRAPHS", "0")
+    eager = Pool(checkpoints, device="cuda")
+    target = merge_target(eager, 0)
+    for alpha in (0.2, 0.4, 0.6):
+        merge(eager, into=target, alpha=alpha)
+    assert make_plan(eager).routes.kept("graphed runs") is None
+
+
 def test_a_device_is_the_cpu_or_a_cuda_gpu_this_machine_has() -> None:
     """The merges and evaluations are written for the CPU and CUDA: another kind of device,
     or a GPU index beyond this machine's, is refused naming it (not deep inside torch)."""
@@ -557,7 +614,7 @@ def test_grouped_means_equal_the_plain_weighted_sum(make_models) -> None:
                 w = plan.weights[e.j - 1].float()
                 expected = sum(w[i] * checkpoints[i].tensors[e.name] for i in range(4))
                 torch.testing.assert_close(out[e.name], expected, rtol=1e-5, atol=1e-6)
-    assert pool._mean_key == (0, 1, 2, 3), "isotropic averages every model once and keeps it"
+    assert pool._means[0][0] == (0, 1, 2, 3), "isotropic averages every model once and keeps it"
 
 
 def test_a_method_of_ones_own_is_a_short_function_and_a_name_is_taken_once(make_models) -> None:

@@ -4,7 +4,6 @@ from a CUDA graph on a GPU."""
 from __future__ import annotations
 
 import itertools
-import os
 import warnings
 import weakref
 from collections import OrderedDict
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lwmm_lab.analysis.evaluation import classify, confusion, eval_mode, model_classes, normalize
+from lwmm_lab.engine.graphs import capture, graphs_enabled
 from lwmm_lab.errors import first_line
 from lwmm_lab.heap import keep_freed_memory
 
@@ -45,7 +45,7 @@ class BatchScorer:
         ends = list(itertools.accumulate(parts))
         self.parts = [slice(end - size, end) for end, size in zip(ends, parts, strict=True)]
         if graphs is None:
-            graphs = os.environ.get("LWMM_CUDA_GRAPHS", "1") != "0"
+            graphs = graphs_enabled()
         self.graphs = graphs and self.x.is_cuda
         #: How many CUDA graphs were captured (a new one per model, or per move of its memory).
         self.captures = 0
@@ -84,27 +84,16 @@ class BatchScorer:
         there why the model is scored eagerly. Warmed up on a side stream first (lazy
         initialisations stay out of the graph), then replayed once and compared with that
         eager pass."""
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(self.x.device):
-            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                eager = self._score(model)
-            main.wait_stream(side)
-            try:
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    outputs = self._score(model)
-                graph.replay()
-            except RuntimeError as e:
-                seen.eager = (
-                    f"its forward pass cannot be captured in a CUDA graph ({first_line(e)})"
-                )
-            else:
-                if all(map(torch.equal, eager, outputs)):
-                    seen.graph, seen.outputs = graph, outputs
-                    self.captures += 1
-                    return
-                seen.eager = "its CUDA graph's replay differs from the eager pass"
+        try:
+            graph, eager, outputs = capture(lambda: self._score(model), self.x.device)
+        except RuntimeError as e:
+            seen.eager = f"its forward pass cannot be captured in a CUDA graph ({first_line(e)})"
+        else:
+            if all(map(torch.equal, eager, outputs)):
+                seen.graph, seen.outputs = graph, outputs
+                self.captures += 1
+                return
+            seen.eager = "its CUDA graph's replay differs from the eager pass"
         warnings.warn(f"lwmm: {type(model).__name__} is scored eagerly: {seen.eager}", stacklevel=3)
 
 

@@ -17,7 +17,9 @@ together, as one weighted sum over their statistics gathered from the stack once
 arithmetic is the same weighted sum moved towards the base. Fisher and TIES run over blocks of
 consecutive columns of the stack, each column weighted by its tensor's depth row: one call per
 block, not per tensor. The index structures all this needs (:mod:`lwmm_lab.engine.routes`)
-are worked out once per layout.
+are worked out once per layout. On a GPU a weighted sum into a laid-out target, run a second
+time with the same kernels, is replayed from a CUDA graph (:mod:`lwmm_lab.engine.graphs`):
+what a slider changes is a few hundred numbers copied into the graph's inputs.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.checkpoints import file_record, save_checkpoint
+from lwmm_lab.engine.graphs import GraphedRuns, graphs_enabled
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, BlockContext, Method
 from lwmm_lab.engine.pool import (
     Layout,
@@ -278,17 +281,56 @@ class MergePlan:
         merged in the stack's float32).
         """
         targets, joined = self._targets(into)
-        pool, method = self.pool, METHODS[self.config.method]
-        with torch.no_grad():
-            # Small host-to-device copies go first: later, each would wait for the queued kernels.
-            bn_table = self.bn_table.to(pool.device, pool.flat.dtype)
+        method = METHODS[self.config.method]
+        terms = self._sum_terms(joined.shared) if method.linear else None
+        # The plan's small tables go to the device first: later, each would wait for the
+        # queued kernels.
+        tables = [self.bn_table]
+        if terms is not None and terms.table is not None:
+            tables.append(terms.table)
+
+        def execute(on_device: list[Tensor]) -> None:
             if method.linear:
-                self._weighted_sum(targets, joined.shared, rebase=method.rebased)
+                table = on_device[1] if len(on_device) > 1 else None
+                self._weighted_sum(targets, joined.shared, method.rebased, terms, table)
             else:
                 self._combine_blocks(method, targets, joined.shared)
-            self._merge_bn(targets, bn_table, joined.shared)
+            self._merge_bn(targets, on_device[0], joined.shared)
             self._copy_rest(targets, joined.copied)
+
+        with torch.no_grad():
+            graphed = self._graphed(joined, terms)
+            if graphed is not None:
+                key, written = graphed
+                runs = self.routes.kept(
+                    "graphed runs", lambda: GraphedRuns(self.pool.device, self.pool.flat.dtype)
+                )
+                if runs.replay(key, tables, execute, written):
+                    return dict(targets)
+            execute([t.to(self.pool.device, self.pool.flat.dtype) for t in tables])
         return dict(targets)
+
+    def _graphed(
+        self, joined: JoinedViews, terms: SumTerms | None
+    ) -> tuple[tuple[Any, ...], list[Tensor]] | None:
+        """Where this run may be replayed from a CUDA graph (:class:`GraphedRuns`): the key of
+        its kernels and the tensors it writes; None where it runs eagerly. That is a GPU's
+        weighted sum over whole rows (a slider's re-merge) into a laid-out target: every
+        kernel's addresses are then fixed by the key, and what varies is the plan's tables."""
+        pool, c = self.pool, self.config
+        written = [joined.shared, *joined.copied]
+        if (
+            pool.device.type != "cuda"
+            or not graphs_enabled()
+            or any(view is None for view in written)
+            or not METHODS[c.method].linear
+            or (terms is not None and not terms.whole_rows)
+        ):
+            return None
+        kernels: tuple[Any, ...] = (c.method, c.scale, c.bn, bool(self.summed_counts))
+        if terms is not None:
+            kernels += (terms.rescale, tuple(m.data_ptr() for m in terms.means))
+        return (*kernels, *(view.data_ptr() for view in written)), written
 
     def _copy_rest(self, targets: Mapping[str, Tensor], joined: tuple[Tensor | None, ...]) -> None:
         """The entries no method merges: the anchor's own, or for a BN rule that sums them,
@@ -314,8 +356,44 @@ class MergePlan:
         counts = dict(zip(r.counted, sums, strict=True)) if summed else {}
         return [[counts.get(n, anchor[n]) for n in names] for names in r.copied]
 
+    def _sum_terms(self, joined: Tensor | None) -> SumTerms | None:
+        """The host's share of a weighted sum (see :meth:`_weighted_sum`): the groups of models
+        with equal weights at every depth and their mean rows, each group's step and each
+        depth's total; None where no tensor is merged. ``joined``: the target's (P,) view.
+
+        The (Np, groups) arithmetic is a few dozen numbers: numpy, not a kernel per step.
+        """
+        pool = self.pool
+        if not self.routes.weights:
+            return None
+        weights = self.weights.numpy()
+        groups = _equal_weight_groups(weights)
+        share = np.stack([weights[:, g].sum(1) for g in groups], 1)
+        reached = share.cumsum(1)
+        step = np.where(reached > 0, share / np.maximum(reached, 1e-300), 1.0)
+        total = reached[:, -1]
+        rescale = bool(np.abs(total - 1.0).max() > 1e-12)  # rows that do not sum to 1
+        means, slot = [], 0
+        for group in groups:  # each group of several models in a buffer of its own
+            means.append(pool.model_mean(group, slot))
+            slot += len(group) > 1
+        # Whole rows where launches cost more than the weights' gather (a GPU), or where the
+        # target is one laid-out row and a single group needs no weights at all.
+        whole_rows = (
+            FLAT_SUM.get(pool.device.type, False) if len(groups) > 1 else joined is not None
+        )
+        table = None
+        if whole_rows and (len(groups) > 1 or rescale):
+            table = torch.from_numpy(np.concatenate([step[:, 1:], total[:, None]], 1))
+        return SumTerms(means, step, total, rescale, whole_rows, table)
+
     def _weighted_sum(
-        self, targets: Mapping[str, Tensor], joined: Tensor | None = None, rebase: bool = False
+        self,
+        targets: Mapping[str, Tensor],
+        joined: Tensor | None,
+        rebase: bool,
+        terms: SumTerms | None,
+        table: Tensor | None,
     ) -> None:
         """Every shared tensor's weighted sum over the models, in place into ``targets`` (or,
         on the whole-row path, into ``joined``, the (P,) view of a laid-out target); with
@@ -327,46 +405,30 @@ class MergePlan:
         a_g))`` for each further group. Each lerp reads one row, so a layer-wise re-merge reads
         two rows (the anchor and the others' mean) whatever M is. Where :data:`FLAT_SUM` says
         so, the lerps run over whole rows with each column's weight gathered by its depth row
-        (a few kernels in all); else per tensor, as multi-tensor operations.
+        from ``table`` (``terms.table`` on the device: a few kernels in all); else per tensor,
+        as multi-tensor operations.
         """
-        pool, r = self.pool, self.routes
-        if not r.weights:
+        if terms is None:
             return
-        # The (Np, groups) arithmetic is a few dozen numbers: numpy, not a kernel per step.
-        weights = self.weights.numpy()
-        groups = _equal_weight_groups(weights)
-        share = np.stack([weights[:, g].sum(1) for g in groups], 1)
-        reached = share.cumsum(1)
-        step = np.where(reached > 0, share / np.maximum(reached, 1e-300), 1.0)
-        total = reached[:, -1]
-        rescale = bool(np.abs(total - 1.0).max() > 1e-12)  # rows that do not sum to 1
-        means = [pool.model_mean(group) for group in groups]
-        # Whole rows where launches cost more than the weights' gather (a GPU), or where the
-        # target is one laid-out row and a single group needs no weights at all.
-        whole_rows = (
-            FLAT_SUM.get(pool.device.type, False) if len(groups) > 1 else joined is not None
-        )
-        if whole_rows:
+        pool, r, means = self.pool, self.routes, terms.means
+        if terms.whole_rows:
             if joined is None:
                 work, parts = r.kept("sum", lambda: _row_with_parts(pool, r))
             else:
                 work, parts = joined, None
-            if len(groups) > 1 or rescale:
-                rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
-                table = np.concatenate([step[:, 1:], total[:, None]], 1)
-                table = torch.from_numpy(table).to(pool.device, pool.flat.dtype)
 
             def by_column(k: int) -> Tensor:
                 """Column ``k`` of the (Np, groups) table, spread over the P columns by depth."""
+                rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
                 return table[:, k].index_select(0, rows)
 
-            if len(groups) == 1:
+            if len(means) == 1:
                 work.copy_(means[0])
             else:
                 torch.lerp(means[0], means[1], by_column(0), out=work)
-            for g in range(2, len(groups)):
+            for g in range(2, len(means)):
                 work.lerp_(means[g], by_column(g - 1))
-            if rescale:
+            if terms.rescale:
                 work.mul_(by_column(-1))
             if rebase:
                 work.mul_(self.config.scale).add_(pool.base, alpha=1.0 - self.config.scale)
@@ -378,14 +440,14 @@ class MergePlan:
         dtype, device = pool.flat.dtype, pool.device
         work = outs if direct else [torch.empty(o.shape, dtype=dtype, device=device) for o in outs]
         at = r.weight_rows.numpy()
-        steps = step[at].T.tolist()
+        steps = terms.step[at].T.tolist()
         for k, parts in enumerate(r.parts(means)):
             if k == 0:
                 _copy_all(work, parts)
             else:
                 torch._foreach_lerp_(work, parts, steps[k])
-        if rescale:  # a schedule whose rows do not sum to 1
-            torch._foreach_mul_(work, total[at].tolist())
+        if terms.rescale:  # a schedule whose rows do not sum to 1
+            torch._foreach_mul_(work, terms.total[at].tolist())
         if rebase:
             scale = self.config.scale
             torch._foreach_mul_(work, scale)
@@ -597,6 +659,22 @@ def merge_command(plan: MergePlan, output: str | os.PathLike) -> str:
     return shlex.join([*words, "-o", str(output)])
 
 
+@dataclass(frozen=True)
+class SumTerms:
+    """A weighted sum as worked out on the host (:meth:`MergePlan._sum_terms`): the groups'
+    mean rows, each group's step (Np, groups) and each depth's total (Np,), whether rows are
+    rescaled (a schedule whose rows do not sum to 1), whether the sum runs over whole rows,
+    and there the (Np, groups) table its kernels gather from (the steps after the first, then
+    the total; None where no weight is needed)."""
+
+    means: list[Tensor]
+    step: np.ndarray
+    total: np.ndarray
+    rescale: bool
+    whole_rows: bool
+    table: Tensor | None
+
+
 #: Devices where a weighted sum of two groups or more (layer-wise, or any schedule whose
 #: models do not all weigh the same) runs over whole rows of the stack: each column's weight
 #: gathered from the plan's (Np,) weights by the column's depth row, one ``lerp`` per further
@@ -651,8 +729,8 @@ def _equal_weight_groups(weights: np.ndarray) -> list[tuple[int, ...]]:
     first): for layer-wise, the anchor alone and all the others; for isotropic, everyone.
     Groups come in the order of their first model."""
     groups: dict[bytes, tuple[int, ...]] = {}
-    for i, column in enumerate(np.ascontiguousarray(weights.T)):
-        groups[column.tobytes()] = (*groups.get(column.tobytes(), ()), i)
+    for i, key in enumerate(map(bytes, np.ascontiguousarray(weights.T))):
+        groups[key] = (*groups.get(key, ()), i)
     return list(groups.values())
 
 

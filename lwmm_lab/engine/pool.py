@@ -222,8 +222,7 @@ class Pool:
         self._layouts: dict[tuple[int, str], Layout] = {}
         self._left_out: dict[int, dict[str, list[str]]] = {}
         self._rows = self.flat.unbind(0)
-        self._mean: torch.Tensor | None = None
-        self._mean_key: tuple[int, ...] | None = None
+        self._means: list[tuple[tuple[int, ...] | None, torch.Tensor]] = []
         #: Structures the merge derives from a layout once (index tensors), by layout key.
         self.derived: dict[tuple[int, str], object] = {}
 
@@ -231,23 +230,29 @@ class Pool:
     def n_models(self) -> int:
         return self.flat.shape[0]
 
-    def model_mean(self, members: tuple[int, ...]) -> torch.Tensor:
+    def model_mean(self, members: tuple[int, ...], slot: int = 0) -> torch.Tensor:
         """The mean of the models ``members`` over every shared value (P,), kept for reuse.
 
         A single member is its own row (no copy; the same view object every time, so what is
-        derived from it can be kept). Only the latest group is kept (one model size
-        of memory): a layer-wise merge with one anchor asks for the same group, the other
-        models, every time.
+        derived from it can be kept). A mean is written into the buffer ``slot`` and kept
+        there until another group is asked for in it: a layer-wise merge with one anchor asks
+        for the same group, the other models, every time (one model size of memory), and a
+        schedule with several groups of equal-weight models asks for each in a slot of its
+        own. A slot's mean always lies at one address (what a CUDA graph of a merge reads).
         """
         if len(members) == 1:
             return self._rows[members[0]]
-        if self._mean_key != members:
-            self._mean, self._mean_key = None, None  # free the old mean first
-            total = self.flat[members[0]].clone()
+        while len(self._means) <= slot:
+            self._means.append((None, torch.empty_like(self.flat[0])))
+        held, mean = self._means[slot]
+        if held != members:
+            self._means[slot] = (None, mean)
+            mean.copy_(self.flat[members[0]])
             for m in members[1:]:
-                total.add_(self.flat[m])
-            self._mean, self._mean_key = total.div_(len(members)), members
-        return self._mean
+                mean.add_(self.flat[m])
+            mean.div_(len(members))
+            self._means[slot] = (members, mean)
+        return mean
 
     def stack(self, name: str) -> torch.Tensor:
         """The ``(M, n)`` view of a shared tensor across the M models (flattened, no copy)."""

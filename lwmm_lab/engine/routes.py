@@ -77,9 +77,12 @@ class Routes:
     _parts: dict[int, tuple[Tensor, list[Tensor]]] = field(default_factory=dict, compare=False)
     _kept: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def kept(self, key: str, make: Callable[[], Any]) -> Any:
+    def kept(self, key: str, make: Callable[[], Any] | None = None) -> Any:
         """``make()`` the first time ``key`` is asked for, then the same object: the buffers
-        and index rows a merge reuses (made only on the paths that need them)."""
+        and index rows a merge reuses (made only on the paths that need them). Without
+        ``make``, what is kept under ``key`` or None."""
+        if make is None:
+            return self._kept.get(key)
         if key not in self._kept:
             self._kept[key] = make()
         return self._kept[key]
