@@ -5,6 +5,9 @@ For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
 - ``remerge``: one layer-wise merge with new settings, pool already built, written into the
   state dict of the module the lab writes into (:func:`~lwmm_lab.engine.model.merge_target`,
   laid out in the pool's column order): what a widget does on a slider change, plan included;
+  timed in turn with the others below (``remerge``), and alone, one re-merge after another as
+  a slider's drag makes them (``alone``): on a GPU a re-merge is host time, which the naive
+  loop's Python run before it slows (it leaves the host's caches cold);
 - ``naive``: the per-key Python loop of typical merge scripts, ``sum(w_i * sd_i[k])``, with
   the same weights;
 - ``floor``: one pass over the stacked tensors (the faster of ``flat.sum(0)`` and a single
@@ -22,7 +25,7 @@ the zoo's model (1.4M parameters, about 300 state entries, six models): ``make_p
 the host's share of that on a GPU (:func:`host_ms`: the zoo's layout with one value per
 tensor, on the GPU's whole-row path, so that what is timed is Python and dispatch, measurable
 on any machine). The last line is machine-readable:
-``M=5 speedup_vs_naive=<x> time_vs_floor=<y> peak_extra_model_sizes=<z>``.
+``M=5 speedup_vs_naive=<x> time_vs_floor=<y> alone_vs_floor=<a> peak_extra_model_sizes=<z>``.
 
 Usage: ``python benchmarks/merge.py [--models 2 5 10] [--repeats 31] [--device auto|cpu|cuda]
 [--zoo DIR]``
@@ -84,20 +87,25 @@ def main() -> None:
         f"{results[0]['model_mb']:.1f} MB; device {results[0]['device']}, "
         f"{torch.get_num_threads()} threads"
     )
-    header = ("M", "build s", "remerge ms", "naive ms", "floor ms", "vs naive", "vs floor", "peak")
-    print("".join(f"{h:>11}" for h in header))
+    header = (
+        "M", "build s", "remerge ms", "naive ms", "floor ms", "vs naive", "vs floor", "alone ms",
+        "alone/floor", "peak",
+    )  # fmt: skip
+    print("".join(f"{h:>12}" for h in header))
     for r in results:
         cells = (
             f"{r['M']}",
             f"{r['build_s']:.2f}",
-            f"{r['remerge_ms']:.1f}",
-            f"{r['naive_ms']:.1f}",
-            f"{r['floor_ms']:.1f}",
+            f"{r['remerge_ms']:.2f}",
+            f"{r['naive_ms']:.2f}",
+            f"{r['floor_ms']:.2f}",
             f"{r['speedup_vs_naive']:.1f}x",
             f"{r['time_vs_floor']:.2f}x",
+            f"{r['remerge_alone_ms']:.2f}",
+            f"{r['alone_vs_floor']:.2f}x",
             f"{r['peak_extra_model_sizes']:.2f} M",
         )
-        print("".join(f"{c:>11}" for c in cells))
+        print("".join(f"{c:>12}" for c in cells))
     print("non-linear methods, one layer-wise merge (ms):")
     print("".join(f"{h:>16}" for h in ("M", *NONLINEAR)))
     for r in results:
@@ -119,7 +127,7 @@ def main() -> None:
     r5 = next((r for r in results if r["M"] == 5), results[-1])
     print(
         f"M={r5['M']} speedup_vs_naive={r5['speedup_vs_naive']:.2f} "
-        f"time_vs_floor={r5['time_vs_floor']:.2f} "
+        f"time_vs_floor={r5['time_vs_floor']:.2f} alone_vs_floor={r5['alone_vs_floor']:.2f} "
         f"peak_extra_model_sizes={r5['peak_extra_model_sizes']:.2f}"
     )
 
@@ -161,6 +169,7 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
         "floor_mv": lambda k: torch.mv(pool.flat.t(), ones, out=out),
     }
     ms = _interleaved_medians_ms(candidates, repeats, pool.device)
+    alone = _interleaved_medians_ms({"remerge": candidates["remerge"]}, repeats, pool.device)
     ms.update(nonlinear_ms(checkpoints, merged, max(3, repeats // 4), device))
     remerge, naive = ms["remerge"], ms["naive"]
     floor = min(ms["floor_sum"], ms["floor_mv"])
@@ -175,6 +184,8 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
         "floor_ms": floor,
         "speedup_vs_naive": naive / remerge,
         "time_vs_floor": remerge / floor,
+        "remerge_alone_ms": alone["remerge"],
+        "alone_vs_floor": alone["remerge"] / floor,
         "peak_extra_model_sizes": peak_extra,
         **{f"{m}_ms": ms[m] for m in NONLINEAR},
     }
