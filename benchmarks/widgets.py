@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import os
 import pstats
 import statistics
@@ -112,9 +111,8 @@ def profile(lab: MergeLab, alphas: list[float]) -> None:
     for value in alphas:
         lab.alpha.value = value
     python.disable()
-    text = io.StringIO()
-    pstats.Stats(python, stream=text).sort_stats("tottime").print_stats(25)
-    print(f"Python's profile of {len(alphas)} alpha changes:\n{text.getvalue()}")
+    print(f"Python's profile of {len(alphas)} alpha changes:")
+    pstats.Stats(python).sort_stats("tottime").print_stats(25)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if lab.pool.device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
