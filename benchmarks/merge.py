@@ -7,7 +7,8 @@ For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
   laid out in the pool's column order): what a widget does on a slider change, plan included;
   timed in turn with the others below (``remerge``), and alone, one re-merge after another as
   a slider's drag makes them (``alone``): on a GPU a re-merge is host time, which the naive
-  loop's Python run before it slows (it leaves the host's caches cold);
+  loop's Python run before it slows (it leaves the host's caches cold); where the fused
+  kernel runs (:mod:`lwmm_lab.engine.fused`), alone with torch ops instead too;
 - ``naive``: the per-key Python loop of typical merge scripts, ``sum(w_i * sd_i[k])``, with
   the same weights;
 - ``floor``: one pass over the stacked tensors (the faster of ``flat.sum(0)`` and a single
@@ -38,6 +39,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -49,6 +51,7 @@ from pathlib import Path
 import torch
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merge
+from lwmm_lab.engine.fused import fused_enabled
 from lwmm_lab.engine.model import merge_target
 from lwmm_lab.engine.pool import resolve_device
 
@@ -106,6 +109,11 @@ def main() -> None:
             f"{r['peak_extra_model_sizes']:.2f} M",
         )
         print("".join(f"{c:>12}" for c in cells))
+    if results[0]["unfused_alone_ms"] is not None:
+        print(
+            "re-merge alone with torch ops for the fused kernel (LWMM_TRITON=0): "
+            + ", ".join(f"M={r['M']} {r['unfused_alone_ms']:.2f} ms" for r in results)
+        )
     print("non-linear methods, one layer-wise merge (ms):")
     print("".join(f"{h:>16}" for h in ("M", *NONLINEAR)))
     for r in results:
@@ -170,6 +178,15 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
     }
     ms = _interleaved_medians_ms(candidates, repeats, pool.device)
     alone = _interleaved_medians_ms({"remerge": candidates["remerge"]}, repeats, pool.device)
+    if fused_enabled(pool.device):  # the same, with the torch ops for the fused kernel
+        os.environ["LWMM_TRITON"] = "0"
+        try:
+            unfused = _interleaved_medians_ms(
+                {"unfused": candidates["remerge"]}, repeats, pool.device
+            )
+        finally:
+            del os.environ["LWMM_TRITON"]
+        alone.update(unfused)
     ms.update(nonlinear_ms(checkpoints, merged, max(3, repeats // 4), device))
     remerge, naive = ms["remerge"], ms["naive"]
     floor = min(ms["floor_sum"], ms["floor_mv"])
@@ -186,6 +203,7 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
         "time_vs_floor": remerge / floor,
         "remerge_alone_ms": alone["remerge"],
         "alone_vs_floor": alone["remerge"] / floor,
+        "unfused_alone_ms": alone.get("unfused"),
         "peak_extra_model_sizes": peak_extra,
         **{f"{m}_ms": ms[m] for m in NONLINEAR},
     }

@@ -6,14 +6,23 @@ import io
 import os
 import tempfile
 from collections.abc import Callable
+from importlib.util import find_spec
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from tqdm.auto import tqdm
 
-from lwmm_lab import Checkpoint, ModelSpec
-from lwmm_lab.analysis import comparison
+# Without a GPU, Triton's kernels (the merge's fused kernel) run under Triton's interpreter
+# (numpy, on CPU tensors), so the tests check their arithmetic on any machine; set before the
+# kernels are defined, when lwmm_lab's engine is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+#: Whether Triton kernels run on CPU tensors here (the tests that do so are skipped on a GPU).
+TRITON_ON_CPU = os.environ.get("TRITON_INTERPRET") == "1" and bool(find_spec("triton"))
+
+from lwmm_lab import Checkpoint, ModelSpec  # noqa: E402
+from lwmm_lab.analysis import comparison  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

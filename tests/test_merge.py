@@ -548,8 +548,8 @@ def test_a_gpu_re_merge_into_the_lab_s_target_replays_a_graph_of_equal_results(
     """On a GPU a re-merge into a laid-out target is replayed from a CUDA graph from the second
     run of its kind on: each run equals an eager merge into a new state dict, through alpha and
     start changes (one graph), a change of groups (equal weights, then the usual two), task
-    arithmetic and another target (new graphs, each a kind of its own); with LWMM_CUDA_GRAPHS=0
-    none is captured."""
+    arithmetic, another target and the torch ops instead of the fused kernel (new graphs, each
+    a kind of its own); with LWMM_CUDA_GRAPHS=0 none is captured."""
     checkpoints = [checkpoint_of(m, TINY) for m in make_models(3)]
     pool = Pool(checkpoints, device="cuda", base=checkpoints[0])
     model, other = merge_target(pool, 0), merge_target(pool, 0)
@@ -575,6 +575,9 @@ def test_a_gpu_re_merge_into_the_lab_s_target_replays_a_graph_of_equal_results(
     assert runs() == 4
     assert merged_as_expected(other, alpha=0.3) and merged_as_expected(other, alpha=0.6)
     assert runs() == 5, "another target's memory: a new graph"
+    monkeypatch.setenv("LWMM_TRITON", "0")
+    assert merged_as_expected(other, alpha=0.3) and merged_as_expected(other, alpha=0.6)
+    assert runs() == 6, "torch ops instead of the fused kernel: a new graph"
     monkeypatch.setenv("LWMM_CUDA_GRAPHS", "0")
     eager = Pool(checkpoints, device="cuda")
     target = merge_target(eager, 0)

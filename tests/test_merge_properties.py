@@ -12,13 +12,14 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from lwmm_lab import BN_RULES, Checkpoint, Pool, layerwise_weights, make_plan, merge
+from lwmm_lab.engine import fused as fused_module
 from lwmm_lab.engine import merge as merge_module
 from lwmm_lab.engine import routes as routes_module
 from lwmm_lab.engine import target as target_module
 from lwmm_lab.engine.methods import METHODS, BlockContext, trim_
 from lwmm_lab.engine.pool import as_row, is_bn_stat
 
-from .conftest import checkpoint_of
+from .conftest import TRITON_ON_CPU, checkpoint_of
 
 #: Scalars up to 4-D tensors (laid out channels last in the stack, like convolution weights).
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=4).map(tuple)
@@ -256,16 +257,28 @@ def test_segmented_trim_equals_a_kthvalue_per_tensor(sizes, n_models, density, s
         assert bool(((part != 0).sum(1) <= n).all())
 
 
+@pytest.mark.parametrize(
+    "fused",
+    [
+        False,
+        pytest.param(
+            True, marks=pytest.mark.skipif(not TRITON_ON_CPU, reason="no Triton interpreter")
+        ),
+    ],
+)
 @given(
     state_dicts(min_models=2),
     st.sampled_from(["layerwise", "weighted", "task_arithmetic"]),
     st.sampled_from(["layerwise", "weights"]),
     st.data(),
 )
-def test_the_whole_row_sum_equals_the_per_tensor_sum(checkpoints, method, schedule, data) -> None:
-    """The weighted sum over whole rows (what a GPU runs, :data:`FLAT_SUM`) gives what the
-    per-tensor multi-tensor path gives, for any weights (rows that do not sum to 1 included),
-    with the base moved towards for task arithmetic."""
+def test_the_whole_row_sum_equals_the_per_tensor_sum(
+    fused, checkpoints, method, schedule, data
+) -> None:
+    """The weighted sum over whole rows (what a GPU runs, :data:`FLAT_SUM`), with the torch
+    ops or the fused kernel (:mod:`lwmm_lab.engine.fused`, under Triton's interpreter), gives
+    what the per-tensor multi-tensor path gives, for any weights (rows that do not sum to 1
+    included), with the base moved towards for task arithmetic."""
     base = Checkpoint({k: v * 0.5 for k, v in checkpoints[0].tensors.items()})
     pool = Pool(checkpoints, device="cpu", base=base)
     n = pool.n_models
@@ -282,6 +295,7 @@ def test_the_whole_row_sum_equals_the_per_tensor_sum(checkpoints, method, schedu
     per_tensor = plan.run()
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(merge_module.FLAT_SUM, "cpu", True)
+        patch.setitem(fused_module.FUSED, "cpu", fused)
         whole_rows = plan.run()
     for name, value in per_tensor.items():
         torch.testing.assert_close(whole_rows[name], value, rtol=1e-6, atol=1e-6)

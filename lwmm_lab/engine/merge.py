@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from lwmm_lab._version import __version__
 from lwmm_lab.engine.checkpoints import file_record, save_checkpoint
+from lwmm_lab.engine.fused import fused_enabled, lerp_by_row
 from lwmm_lab.engine.graphs import GraphedRuns, graphs_enabled
 from lwmm_lab.engine.methods import BN_RULES, METHODS, SCHEDULES, BlockContext, Method
 from lwmm_lab.engine.pool import (
@@ -327,7 +328,8 @@ class MergePlan:
             or (terms is not None and not terms.whole_rows)
         ):
             return None
-        kernels: tuple[Any, ...] = (c.method, c.scale, c.bn, bool(self.summed_counts))
+        fused = fused_enabled(pool.device)
+        kernels: tuple[Any, ...] = (c.method, c.scale, c.bn, bool(self.summed_counts), fused)
         if terms is not None:
             kernels += (terms.rescale, tuple(m.data_ptr() for m in terms.means))
         return (*kernels, *(view.data_ptr() for view in written)), written
@@ -404,9 +406,10 @@ class MergePlan:
         weighted mean: the first group's mean, then ``lerp(out, mean_g, a_g / (a_1 + ... +
         a_g))`` for each further group. Each lerp reads one row, so a layer-wise re-merge reads
         two rows (the anchor and the others' mean) whatever M is. Where :data:`FLAT_SUM` says
-        so, the lerps run over whole rows with each column's weight gathered by its depth row
-        from ``table`` (``terms.table`` on the device: a few kernels in all); else per tensor,
-        as multi-tensor operations.
+        so, the lerps run over whole rows with each column's weight looked up by its depth row
+        in ``table`` (``terms.table`` on the device: on a GPU one fused kernel per lerp,
+        :func:`~lwmm_lab.engine.fused.lerp_by_row`); else per tensor, as multi-tensor
+        operations.
         """
         if terms is None:
             return
@@ -417,19 +420,15 @@ class MergePlan:
             else:
                 work, parts = joined, None
 
-            def by_column(k: int) -> Tensor:
-                """Column ``k`` of the (Np, groups) table, spread over the P columns by depth."""
-                rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
-                return table[:, k].index_select(0, rows)
-
+            rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
             if len(means) == 1:
                 work.copy_(means[0])
             else:
-                torch.lerp(means[0], means[1], by_column(0), out=work)
+                lerp_by_row(means[0], means[1], table[:, 0], rows, out=work)
             for g in range(2, len(means)):
-                work.lerp_(means[g], by_column(g - 1))
+                lerp_by_row(work, means[g], table[:, g - 1], rows, out=work)
             if terms.rescale:
-                work.mul_(by_column(-1))
+                work.mul_(table[:, -1].index_select(0, rows))
             if rebase:
                 work.mul_(self.config.scale).add_(pool.base, alpha=1.0 - self.config.scale)
             if parts is not None:
