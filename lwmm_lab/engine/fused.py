@@ -6,9 +6,10 @@ two rows with a weight per column, the weight of the column's depth row. In torc
 gather and a lerp: the gather writes a (P,) weight row that the lerp reads back, 24 bytes of
 memory traffic per value (4 index, 4 + 4 weight, 4 + 4 rows, 4 out), as many as the one-pass
 floor at M = 5 (five rows read, one written). :func:`lerp_by_row` does it as one Triton kernel
-where Triton is there (torch's CUDA builds for Linux depend on it): the weight is looked up in the (Np,) column, which stays
-in the GPU's cache, so a column costs 16 bytes, and no weight row is held. Its arithmetic is
-``torch.lerp``'s (the two-sided formula), so the kernel and the torch ops agree to rounding.
+where Triton is there (torch's CUDA builds for Linux depend on it): each weight is looked up in
+the (Np,) column, which stays in the GPU's cache, so a value costs 16 bytes, and no weight row
+is held. Its arithmetic is ``torch.lerp``'s (from the nearer end), so the kernel and the torch
+ops agree to rounding.
 
 Where the kernel is not used (a CPU, no Triton, ``LWMM_TRITON=0``, or a launch that failed
 once, with a warning) the torch ops run instead.

@@ -9,7 +9,8 @@ at every depth are averaged once (and kept), and the merge is a chain of multi-t
 operations over every shared tensor at once, ``_foreach_copy_`` of the first group's mean and
 one ``_foreach_lerp_`` per further group, with a per-tensor weight each, written in place into
 the targets; on a GPU (:data:`FLAT_SUM`) the lerps run over whole rows of the stack instead,
-each column's weight gathered by its depth row. A target laid out like the stack
+each column's weight looked up by its depth row (one fused kernel per lerp,
+:mod:`lwmm_lab.engine.fused`). A target laid out like the stack
 (:mod:`lwmm_lab.engine.target`: what :func:`~lwmm_lab.engine.model.merge_target` builds)
 takes those rows as they are, its BN statistics one indexed copy and its other entries one
 copy per dtype; any other target gets multi-tensor copies. All BatchNorm layers are merged
@@ -675,11 +676,12 @@ class SumTerms:
 
 
 #: Devices where a weighted sum of two groups or more (layer-wise, or any schedule whose
-#: models do not all weigh the same) runs over whole rows of the stack: each column's weight
-#: gathered from the plan's (Np,) weights by the column's depth row, one ``lerp`` per further
-#: group, one multi-tensor copy into the model, a handful of kernels whatever the number of
-#: tensors (launches, not bandwidth, bound a GPU re-merge). On a CPU the per-tensor
-#: multi-tensor operations are faster: the gathered weight row costs a pass over memory there.
+#: models do not all weigh the same) runs over whole rows of the stack: one ``lerp`` per
+#: further group, each column's weight the plan's at the column's depth row
+#: (:func:`~lwmm_lab.engine.fused.lerp_by_row`), one multi-tensor copy into the model, a
+#: handful of kernels whatever the number of tensors (launches, not bandwidth, bound a GPU
+#: re-merge). On a CPU the per-tensor multi-tensor operations are faster: a gathered weight
+#: row costs a pass over memory there.
 FLAT_SUM = {"cuda": True, "cpu": False}
 
 
