@@ -16,6 +16,9 @@ For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
 - ``peak extra``: the highest memory while building the pool and merging, above the memory
   held before (the M state dicts already loaded), in model sizes: resident memory on the CPU,
   GPU memory allocated on CUDA (the pool's stack is then all extra);
+- on a GPU, the GPU's own time per call (:func:`kernel_ms`: the kernels' device time) of the
+  re-merge, with torch ops for the fused kernel too, and of the floor: the host's time comes on
+  top of it;
 - ``fisher``, ``ties``, ``task_arithmetic``: one merge by each non-linear method (layer-wise
   schedule, a base and a Fisher per model in the pool), written into the same state dict.
 
@@ -45,10 +48,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 
 from lwmm_lab import Checkpoint, ModelSpec, Pool, make_plan, merge
 from lwmm_lab.engine.fused import fused_enabled
@@ -114,6 +118,15 @@ def main() -> None:
             "re-merge alone with torch ops for the fused kernel (LWMM_TRITON=0): "
             + ", ".join(f"M={r['M']} {r['unfused_alone_ms']:.2f} ms" for r in results)
         )
+    for r in results:
+        if "remerge_gpu_ms" in r:
+            unfused = r.get("unfused_gpu_ms")
+            print(
+                f"M={r['M']}, the GPU's own time per call (its kernels, torch.profiler): re-merge "
+                f"{r['remerge_gpu_ms']:.3f} ms"
+                + (f" ({unfused:.3f} ms with torch ops)" if unfused is not None else "")
+                + f", floor {r['floor_gpu_ms']:.3f} ms"
+            )
     print("non-linear methods, one layer-wise merge (ms):")
     print("".join(f"{h:>16}" for h in ("M", *NONLINEAR)))
     for r in results:
@@ -178,15 +191,16 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
     }
     ms = _interleaved_medians_ms(candidates, repeats, pool.device)
     alone = _interleaved_medians_ms({"remerge": candidates["remerge"]}, repeats, pool.device)
+    gpu = {}
+    if cuda:
+        gpu["remerge"] = kernel_ms(candidates["remerge"], repeats)
+        gpu["floor"] = min(kernel_ms(candidates[f], repeats) for f in ("floor_sum", "floor_mv"))
     if fused_enabled(pool.device):  # the same, with the torch ops for the fused kernel
-        os.environ["LWMM_TRITON"] = "0"
-        try:
-            unfused = _interleaved_medians_ms(
-                {"unfused": candidates["remerge"]}, repeats, pool.device
-            )
-        finally:
-            del os.environ["LWMM_TRITON"]
-        alone.update(unfused)
+        with _torch_ops_for_the_fused_kernel():
+            alone["unfused"] = _interleaved_medians_ms(
+                {"remerge": candidates["remerge"]}, repeats, pool.device
+            )["remerge"]
+            gpu["unfused"] = kernel_ms(candidates["remerge"], repeats)
     ms.update(nonlinear_ms(checkpoints, merged, max(3, repeats // 4), device))
     remerge, naive = ms["remerge"], ms["naive"]
     floor = min(ms["floor_sum"], ms["floor_mv"])
@@ -204,9 +218,32 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
         "remerge_alone_ms": alone["remerge"],
         "alone_vs_floor": alone["remerge"] / floor,
         "unfused_alone_ms": alone.get("unfused"),
+        **{f"{k}_gpu_ms": v for k, v in gpu.items()},
         "peak_extra_model_sizes": peak_extra,
         **{f"{m}_ms": ms[m] for m in NONLINEAR},
     }
+
+
+def kernel_ms(fn: Callable[[int], object], n: int) -> float:
+    """The GPU's own time per call of ``fn``: its kernels' and copies' device time under
+    ``torch.profiler`` (a CUDA graph's replayed kernels included), averaged over ``n`` calls.
+    What the host's time comes on top of; a re-merge's is compared with the floor's."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for k in range(n):
+            fn(k)
+        torch.cuda.synchronize()
+    on_device = [e for e in profile.key_averages() if e.device_type == DeviceType.CUDA]
+    return sum(e.self_device_time_total for e in on_device) / n / 1000
+
+
+@contextlib.contextmanager
+def _torch_ops_for_the_fused_kernel() -> Iterator[None]:
+    """``LWMM_TRITON=0`` while inside: the whole-row lerp as torch ops."""
+    os.environ["LWMM_TRITON"] = "0"
+    try:
+        yield
+    finally:
+        del os.environ["LWMM_TRITON"]
 
 
 NONLINEAR = ("fisher", "ties", "task_arithmetic")
