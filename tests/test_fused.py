@@ -39,9 +39,8 @@ def test_the_fused_lerp_is_torch_s_lerp_with_each_column_s_weight_by_row(kernel_
     assert fused.lerp_by_row(start, end, table[:, 1], rows, out) is out
     expected = torch.lerp(start, end, weights.index_select(0, rows))
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
-    assert torch.equal(out[rows == 0], start[rows == 0]) and torch.equal(
-        out[rows == 2], end[rows == 2]
-    )
+    assert torch.equal(out[rows == 0], start[rows == 0]), "weight 0: the start exactly"
+    assert torch.equal(out[rows == 2], end[rows == 2]), "weight 1: the end exactly"
     assert fused._failed is None, "the kernel ran: no fallback"
     fused.lerp_by_row(start, end, table[:, 1], rows, out=start)
     assert torch.equal(start, out), "in place, as the chain of lerps runs"
