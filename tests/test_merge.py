@@ -22,6 +22,7 @@ from lwmm_lab import (
     save_checkpoint,
     save_merge,
 )
+from lwmm_lab.engine import merge as merge_module
 from lwmm_lab.engine.methods import METHODS, register_method, ties_count
 from lwmm_lab.engine.model import load_weights, merge_target
 from lwmm_lab.engine.panoptic import ARCHS
@@ -259,6 +260,21 @@ def test_a_kept_target_whose_memory_moved_is_written_where_it_now_is(make_models
     expected = merge(pool, alpha=0.6, start=3)
     for name, value in expected.items():
         assert torch.equal(state[name], value), name
+
+
+def test_a_one_group_merge_over_whole_rows_builds_no_depth_index(
+    make_models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-column depth index (int32, one value per parameter) is built only where a
+    weight is looked up by depth: an isotropic merge into a laid-out target copies one mean
+    row and needs none; a layer-wise merge then builds it."""
+    monkeypatch.setitem(merge_module.FLAT_SUM, "cpu", True)
+    pool = Pool([checkpoint_of(m, TINY) for m in make_models(3)], device="cpu")
+    state = merge_target(pool, 0).state_dict()
+    merge(pool, into=state, method="isotropic")
+    assert make_plan(pool).routes.kept("column rows") is None
+    merge(pool, into=state, alpha=0.3, start=2)
+    assert make_plan(pool).routes.kept("column rows") is not None
 
 
 def test_a_merge_holds_no_reference_to_its_target(make_models) -> None:

@@ -421,7 +421,12 @@ class MergePlan:
             else:
                 work, parts = joined, None
 
-            rows = r.kept("column rows", lambda: _column_rows(pool, self.layout))
+            # Each column's depth row, only where a weight is looked up (not for one group)
+            rows = (
+                None
+                if table is None
+                else r.kept("column rows", lambda: _column_rows(pool, self.layout))
+            )
             if len(means) == 1:
                 work.copy_(means[0])
             else:
