@@ -16,9 +16,10 @@ For M checkpoints of an smp Unet/resnet18 (about 14.3M parameters) it reports:
 - ``peak extra``: the highest memory while building the pool and merging, above the memory
   held before (the M state dicts already loaded), in model sizes: resident memory on the CPU,
   GPU memory allocated on CUDA (the pool's stack is then all extra);
-- on a GPU, the GPU's own time per call (:func:`kernel_ms`: the kernels' device time) of the
+- on a GPU, the GPU's own time per call (:func:`profiled_ms`: the kernels' device time) of the
   re-merge, with torch ops for the fused kernel too, and of the floor: the host's time comes on
-  top of it;
+  top of it; and the re-merge's host time in CUDA API calls (the graph's launch, the upload of
+  the plan's tables), the rest of its host time being Python;
 - ``fisher``, ``ties``, ``task_arithmetic``: one merge by each non-linear method (layer-wise
   schedule, a base and a Fisher per model in the pool), written into the same state dict.
 
@@ -127,6 +128,12 @@ def main() -> None:
                 + (f" ({unfused:.3f} ms with torch ops)" if unfused is not None else "")
                 + f", floor {r['floor_gpu_ms']:.3f} ms"
             )
+            calls = sorted(r["remerge_host_calls_ms"].items(), key=lambda kv: -kv[1])
+            print(
+                f"M={r['M']}, the host's time per re-merge in CUDA calls (torch.profiler): "
+                + (", ".join(f"{name} {ms:.3f} ms" for name, ms in calls[:6]) or "none")
+                + f"; {sum(ms for _, ms in calls):.3f} ms in all"
+            )
     print("non-linear methods, one layer-wise merge (ms):")
     print("".join(f"{h:>16}" for h in ("M", *NONLINEAR)))
     for r in results:
@@ -191,16 +198,18 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
     }
     ms = _interleaved_medians_ms(candidates, repeats, pool.device)
     alone = _interleaved_medians_ms({"remerge": candidates["remerge"]}, repeats, pool.device)
-    gpu = {}
+    gpu, host_calls = {}, {}
     if cuda:
-        gpu["remerge"] = kernel_ms(candidates["remerge"], repeats)
-        gpu["floor"] = min(kernel_ms(candidates[f], repeats) for f in ("floor_sum", "floor_mv"))
+        gpu["remerge"], host_calls = profiled_ms(candidates["remerge"], repeats)
+        gpu["floor"] = min(
+            profiled_ms(candidates[f], repeats)[0] for f in ("floor_sum", "floor_mv")
+        )
     if fused_enabled(pool.device):  # the same, with the torch ops for the fused kernel
         with _torch_ops_for_the_fused_kernel():
             alone["unfused"] = _interleaved_medians_ms(
                 {"remerge": candidates["remerge"]}, repeats, pool.device
             )["remerge"]
-            gpu["unfused"] = kernel_ms(candidates["remerge"], repeats)
+            gpu["unfused"] = profiled_ms(candidates["remerge"], repeats)[0]
     ms.update(nonlinear_ms(checkpoints, merged, max(3, repeats // 4), device))
     remerge, naive = ms["remerge"], ms["naive"]
     floor = min(ms["floor_sum"], ms["floor_mv"])
@@ -219,21 +228,34 @@ def measure(n_models: int, repeats: int, device: str) -> dict[str, float]:
         "alone_vs_floor": alone["remerge"] / floor,
         "unfused_alone_ms": alone.get("unfused"),
         **{f"{k}_gpu_ms": v for k, v in gpu.items()},
+        "remerge_host_calls_ms": host_calls,
         "peak_extra_model_sizes": peak_extra,
         **{f"{m}_ms": ms[m] for m in NONLINEAR},
     }
 
 
-def kernel_ms(fn: Callable[[int], object], n: int) -> float:
-    """The GPU's own time per call of ``fn``: its kernels' and copies' device time under
-    ``torch.profiler`` (a CUDA graph's replayed kernels included), averaged over ``n`` calls.
-    What the host's time comes on top of; a re-merge's is compared with the floor's."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+def profiled_ms(fn: Callable[[int], object], n: int) -> tuple[float, dict[str, float]]:
+    """Per call of ``fn``, over ``n`` calls under ``torch.profiler``, each waited for as
+    :func:`_interleaved_medians_ms` does: the GPU's own time (its kernels' and copies' device
+    time, a CUDA graph's replayed kernels included), and the host's time in each CUDA API call
+    it makes (``cudaGraphLaunch``, ``cudaMemcpyAsync``, ``cudaStreamSynchronize``, ...; not the
+    wait after each call). What the host's time comes on top of, and how much of that host
+    time is the CUDA calls' rather than Python's."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
         for k in range(n):
             fn(k)
-        torch.cuda.synchronize()
-    on_device = [e for e in profile.key_averages() if e.device_type == DeviceType.CUDA]
-    return sum(e.self_device_time_total for e in on_device) / n / 1000
+            torch.cuda.synchronize()
+    events = profile.key_averages()
+    on_device = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    calls = {
+        e.key: e.self_cpu_time_total / n / 1000
+        for e in events
+        if e.device_type == DeviceType.CPU
+        and e.key.startswith("cu")
+        and e.key != "cudaDeviceSynchronize"  # the wait after each call
+    }
+    return on_device / n / 1000, calls
 
 
 @contextlib.contextmanager
