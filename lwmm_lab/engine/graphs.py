@@ -63,8 +63,9 @@ class GraphedRuns:
     eager run: a run that cannot be captured, or whose replay differs, stays eager (with a
     warning). Later runs upload the inputs (one copy) and replay.
     The graphs share one memory pool: they run one after another and keep no outputs of their
-    own (they write into the caller's tensors), so the temporaries of a re-merge, the gathered
-    weight row among them, are held once, not once per graph.
+    own (they write into the caller's tensors), so the temporaries of a re-merge (the gathered
+    weight row, where the torch ops run instead of the fused kernel) are held once, not once
+    per graph.
     """
 
     #: Keys whose graphs are kept (a slider needs one; two let a pair of targets take turns).
